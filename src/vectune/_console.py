@@ -1,0 +1,49 @@
+"""Terminal output: results on stdout (tables, or JSON with --json), logs on stderr."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=logging.WARNING, handlers=[RichHandler(console=err, show_path=False)], format="%(message)s",
+                        force=True)
+    logging.getLogger("vectune").setLevel(level)
+    for noisy in ("ray", "ray.data", "ray.train", "ray.tune", "httpx", "sentence_transformers", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.ERROR if not verbose else logging.INFO)
+
+
+def emit_json(payload: Any) -> None:
+    sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def metrics_table(title: str, rows: dict[str, dict[str, float]], metrics: list[str]) -> Table:
+    """One row per model (or split), one column per metric."""
+    table = Table(title=title)
+    table.add_column("model")
+    for m in metrics:
+        table.add_column(m, justify="right")
+    for name, values in rows.items():
+        table.add_row(name, *(f"{values[m]:.4f}" if m in values else "-" for m in metrics))
+    return table
+
+
+def kv_table(title: str, items: dict[str, Any]) -> Table:
+    table = Table(title=title, show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value", overflow="fold")
+    for k, v in items.items():
+        table.add_row(str(k), f"{v:.4f}" if isinstance(v, float) else str(v))
+    return table

@@ -1,0 +1,96 @@
+"""Connecting to Ray (local or a cluster) and sizing actor pools to it."""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from vectune.spec.runtime import RuntimeSpec
+
+log = logging.getLogger(__name__)
+
+#: environment every Ray worker gets: offline model loading, quiet tokenizers
+WORKER_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TQDM_DISABLE": "1",
+}
+
+
+def init_ray(runtime: RuntimeSpec, *, extra_env: dict[str, str] | None = None) -> bool:
+    """Start or join Ray as the spec says. Returns True if this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    env = {**WORKER_ENV, **{k: v for k, v in os.environ.items() if k.startswith("VECTUNE_")}, **(extra_env or {})}
+    for key, value in WORKER_ENV.items():
+        os.environ.setdefault(key, value)
+    kwargs: dict = {"runtime_env": {"env_vars": env}, "log_to_driver": True, "logging_level": logging.WARNING}
+    if runtime.address == "local":
+        kwargs.update(
+            num_cpus=runtime.num_cpus,
+            num_gpus=runtime.num_gpus,
+            object_store_memory=runtime.object_store_memory,
+            include_dashboard=False,
+        )
+        # a local session never joins a cluster that happens to run on this machine
+        os.environ.pop("RAY_ADDRESS", None)
+        ray.init(address="local", **kwargs)
+    else:
+        ray.init(address=runtime.address, **kwargs)
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    return True
+
+
+@contextmanager
+def ray_session(runtime: RuntimeSpec):
+    """Ray for the duration of a command; shut down only if this call started it."""
+    import ray
+
+    started = init_ray(runtime)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+@dataclass(frozen=True)
+class ActorPlan:
+    """How many encoder actors, with how many CPUs and torch threads each."""
+
+    actors: int
+    cpus: float
+    threads: int
+    gpus: float = 0.0
+
+
+def plan_actors(concurrency: int | None, gpus_per_actor: float = 0.0) -> ActorPlan:
+    """Fit `concurrency` encoder actors on the cluster, leaving read tasks a CPU sliver.
+
+    Actors that reserve every CPU starve Ray Data's read tasks and the job hangs, so
+    each actor takes (CPUs - 0.25) / actors and runs that many torch threads.
+    """
+    import ray
+
+    total = float(ray.cluster_resources().get("CPU", 1))
+    if gpus_per_actor > 0:
+        gpus = float(ray.cluster_resources().get("GPU", 0))
+        actors = concurrency or max(1, int(gpus // gpus_per_actor))
+        return ActorPlan(actors, cpus=1.0, threads=max(1, int(total // max(actors, 1)) - 1) or 1, gpus=gpus_per_actor)
+    actors = concurrency or (int(total) if total < 4 else max(1, int(total) // 2))
+    actors = max(1, min(actors, int(total) or 1))
+    cpus = max(0.1, (total - 0.25) / actors)
+    threads = max(1, int(round(total / actors)))
+    return ActorPlan(actors, cpus=round(cpus, 3), threads=threads)

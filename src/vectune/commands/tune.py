@@ -1,0 +1,9 @@
+"""`vectune` commands of the tune stage."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the CLI."""

@@ -1,0 +1,72 @@
+"""Domain data: the corpus as a streaming Ray Dataset, queries and labels on the driver."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from vectune.data._files import file_digest
+from vectune.data.corpus import CorpusInfo, check_corpus, doc_text, read_corpus
+from vectune.data.labels import Labels, load_labels, load_queries, query_id_for
+from vectune.errors import DataError
+from vectune.spec import Spec
+
+__all__ = ["CorpusInfo", "DomainData", "Labels", "doc_text", "query_id_for"]
+
+
+class DomainData:
+    """Everything the stages read from `spec.data`, validated once and lazily.
+
+    The corpus is checked in one streaming pass (only its ids are kept) and read by
+    the stages as a Ray Dataset; queries and labels are small and live on the driver.
+    """
+
+    def __init__(self, spec: Spec):
+        self.spec = spec
+        self._labels: dict[str, Labels] = {}
+
+    @property
+    def corpus_path(self) -> str:
+        return self.spec.resolve(self.spec.data.corpus.path)
+
+    @cached_property
+    def corpus(self) -> CorpusInfo:
+        return check_corpus(self.spec.data.corpus, self.corpus_path)
+
+    @cached_property
+    def queries(self) -> dict[str, str] | None:
+        source = self.spec.data.queries
+        return load_queries(source, self.spec.resolve(source.path)) if source else None
+
+    def split_names(self) -> list[str]:
+        return (["train"] if self.spec.data.train else []) + list(self.spec.data.splits)
+
+    def labels(self, split: str) -> Labels:
+        """Labels of `train` or of a named held-out split, checked against the corpus."""
+        if split not in self._labels:
+            if split == "train" and self.spec.data.train is not None and split not in self.spec.data.splits:
+                source = self.spec.data.train
+            elif split in self.spec.data.splits:
+                source = self.spec.data.splits[split]
+            else:
+                raise DataError("spec", f"no labels named {split!r}; known: {self.split_names()}")
+            path = self.spec.resolve(source.path)
+            self._labels[split] = load_labels(
+                source, path, self.corpus.ids, self.queries, self.spec.data.on_bad_labels
+            )
+        return self._labels[split]
+
+    def corpus_dataset(self, blocks: int | None = None):
+        """The corpus as a Ray Dataset (doc_id, title, text), streamed, never collected."""
+        self.corpus  # validate first: Ray workers assume clean input
+        return read_corpus(self.spec.data.corpus, self.corpus_path, blocks=blocks)
+
+    def file_hashes(self) -> dict[str, str]:
+        """sha256 of every data file the spec names (the corpus hash comes from its check)."""
+        data = self.spec.data
+        out = {self.corpus_path: self.corpus.sha256}
+        sources = [data.queries, data.train, *data.splits.values()]
+        for source in sources:
+            if source is not None:
+                path = self.spec.resolve(source.path)
+                out.setdefault(path, file_digest(path))
+        return out

@@ -1,0 +1,216 @@
+"""Queries and relevance labels: BEIR qrels, JSONL/parquet pairs, click logs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import pyarrow.parquet as pq
+
+from vectune.data._files import filesystem, iter_lines
+from vectune.errors import DataError
+from vectune.spec.data import LabelSource, QuerySource
+
+Qrels = dict[str, dict[str, int]]
+
+
+@dataclass
+class Labels:
+    """Relevance labels for a set of queries.
+
+    Attributes:
+        qrels: relevant documents (and grades) by query id.
+        queries: the text of every query in `qrels`.
+        shown: click logs only: documents shown but not clicked, by query id, best position first.
+        dropped: labels skipped under `on_bad_labels: skip`, by reason.
+    """
+
+    qrels: Qrels
+    queries: dict[str, str]
+    shown: dict[str, list[str]] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def num_pairs(self) -> int:
+        return sum(len(d) for d in self.qrels.values())
+
+
+def query_id_for(text: str) -> str:
+    """A stable id for a query given only by its text."""
+    return "q" + hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
+
+
+def _rows(path: str) -> Iterator[tuple[int, dict]]:
+    """(line or row number, record) from JSONL or parquet."""
+    if path.split("?")[0].endswith((".parquet", ".pq")):
+        fs, inner = filesystem(path)
+        try:
+            pf = pq.ParquetFile(fs.open_input_file(inner))
+        except Exception as exc:
+            raise DataError(path, f"not a readable parquet file: {exc}") from None
+        row = 0
+        for batch in pf.iter_batches(batch_size=8192):
+            for record in batch.to_pylist():
+                row += 1
+                yield row, record
+        return
+    for number, line in iter_lines(path):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(path, f"malformed JSON: {exc.msg} (column {exc.colno})", number) from None
+        if not isinstance(record, dict):
+            raise DataError(path, "each line must be a JSON object", number)
+        yield number, record
+
+
+def _field(path: str, number: int, record: dict, name: str) -> str:
+    value = record.get(name)
+    if value is None or str(value).strip() == "":
+        raise DataError(path, f"missing or empty {name!r}", number)
+    return str(value)
+
+
+def load_queries(source: QuerySource, path: str) -> dict[str, str]:
+    """Query texts by id. Empty texts and duplicate ids are errors."""
+    out: dict[str, str] = {}
+    for number, record in _rows(path):
+        qid = _field(path, number, record, source.id_field)
+        text = record.get(source.text_field)
+        if text is None or not str(text).strip():
+            raise DataError(path, f"query {qid!r} has empty text", number)
+        if qid in out:
+            raise DataError(path, f"duplicate query id {qid!r}", number)
+        out[qid] = str(text)
+    if not out:
+        raise DataError(path, "no queries")
+    return out
+
+
+def read_qrels(path: str, min_score: int = 1) -> tuple[Qrels, dict[tuple[str, str], int]]:
+    """BEIR/TREC qrels: `qid docid score` or `qid 0 docid score`, tab or space separated.
+
+    Returns the relevant pairs and, for each pair, the line it came from.
+    """
+    qrels: Qrels = {}
+    where: dict[tuple[str, str], int] = {}
+    for number, line in iter_lines(path):
+        parts = line.split("\t") if "\t" in line else line.split()
+        parts = [p.strip() for p in parts]
+        if len(parts) == 4:  # TREC: qid iteration docid score
+            parts = [parts[0], parts[2], parts[3]]
+        if len(parts) != 3:
+            raise DataError(path, f"expected 3 columns (query-id, corpus-id, score), found {len(parts)}", number)
+        try:
+            score = int(float(parts[2]))
+        except ValueError:
+            if number == 1:  # an optional header line
+                continue
+            raise DataError(path, f"score {parts[2]!r} is not a number", number) from None
+        if score >= min_score:
+            qrels.setdefault(parts[0], {})[parts[1]] = score
+            where[(parts[0], parts[1])] = number
+    if not qrels:
+        raise DataError(path, "no relevant (query, document) pairs")
+    return qrels, where
+
+
+def read_pairs(path: str) -> tuple[Qrels, dict[str, str], dict[tuple[str, str], int]]:
+    """JSONL/parquet rows {query, positive[, query_id]}: positive is a corpus id."""
+    qrels: Qrels = {}
+    queries: dict[str, str] = {}
+    where: dict[tuple[str, str], int] = {}
+    for number, record in _rows(path):
+        text = _field(path, number, record, "query")
+        doc = _field(path, number, record, "positive")
+        qid = str(record.get("query_id") or query_id_for(text))
+        queries[qid] = text
+        qrels.setdefault(qid, {})[doc] = 1
+        where[(qid, doc)] = number
+    if not qrels:
+        raise DataError(path, "no (query, positive) pairs")
+    return qrels, queries, where
+
+
+def read_clicks(path: str) -> tuple[Qrels, dict[str, str], dict[str, list[str]], dict[tuple[str, str], int]]:
+    """Click-log rows {query, doc_id, clicked, position[, query_id]}.
+
+    Clicked documents are positives; shown-but-unclicked ones become candidate negatives.
+    """
+    qrels: Qrels = {}
+    queries: dict[str, str] = {}
+    shown: dict[str, list[tuple[int, str]]] = {}
+    where: dict[tuple[str, str], int] = {}
+    for number, record in _rows(path):
+        text = _field(path, number, record, "query")
+        doc = _field(path, number, record, "doc_id")
+        clicked = record.get("clicked")
+        if not isinstance(clicked, (bool, int)):
+            raise DataError(path, "'clicked' must be true/false", number)
+        try:
+            position = int(record.get("position", 0))
+        except (TypeError, ValueError):
+            raise DataError(path, "'position' must be an integer", number) from None
+        qid = str(record.get("query_id") or query_id_for(text))
+        queries[qid] = text
+        where[(qid, doc)] = number
+        if clicked:
+            qrels.setdefault(qid, {})[doc] = 1
+        else:
+            shown.setdefault(qid, []).append((position, doc))
+    if not qrels:
+        raise DataError(path, "no clicked rows: a click log needs at least one positive")
+    ordered = {
+        q: [d for _, d in sorted(v) if d not in qrels.get(q, {})] for q, v in shown.items() if q in qrels
+    }
+    return qrels, queries, ordered, where
+
+
+def load_labels(
+    source: LabelSource,
+    path: str,
+    doc_ids: set[str],
+    queries: dict[str, str] | None,
+    on_bad: str = "strict",
+) -> Labels:
+    """Read labels and check every query and document they name exists.
+
+    Under `strict`, unknown ids raise DataError with their count and first examples;
+    under `skip`, those labels are dropped and counted in `Labels.dropped`.
+    """
+    shown: dict[str, list[str]] = {}
+    if source.format == "qrels":
+        qrels, where = read_qrels(path, source.min_score)
+        if queries is None:
+            raise DataError(path, "qrels need `data.queries` for the query texts")
+        texts = queries
+    elif source.format == "pairs":
+        qrels, texts, where = read_pairs(path)
+    else:
+        qrels, texts, shown, where = read_clicks(path)
+
+    unknown_q = [(q, d) for q, docs in qrels.items() for d in docs if q not in texts]
+    unknown_d = [(q, d) for q, docs in qrels.items() for d in docs if q in texts and d not in doc_ids]
+    dropped: dict[str, int] = {}
+    for kind, bad in (("query", unknown_q), ("document", unknown_d)):
+        if not bad:
+            continue
+        if on_bad == "strict":
+            first = ", ".join(
+                f"line {where[(q, d)]}: {q if kind == 'query' else d!r}" for q, d in bad[:3]
+            )
+            raise DataError(
+                path,
+                f"{len(bad)} label(s) point at unknown {kind} ids (first: {first}); "
+                "fix the labels or set data.on_bad_labels: skip",
+            )
+        dropped[f"unknown_{kind}"] = len(bad)
+        for q, d in bad:
+            qrels[q].pop(d, None)
+    qrels = {q: docs for q, docs in qrels.items() if docs}
+    shown = {q: [d for d in docs if d in doc_ids] for q, docs in shown.items() if q in qrels}
+    if not qrels:
+        raise DataError(path, "no usable labels left after dropping unknown ids")
+    return Labels(qrels=qrels, queries={q: texts[q] for q in qrels}, shown=shown, dropped=dropped)

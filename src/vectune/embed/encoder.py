@@ -1,0 +1,131 @@
+"""The encoder every stage shares: a Ray Data callable class plus a driver-side helper."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vectune.embed.cache import EmbeddingCache, cache_key, text_hashes
+from vectune.embed.models import load_model, model_fingerprint
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Everything that determines a vector, plus how to compute it."""
+
+    model_path: str
+    fingerprint: str
+    max_seq_length: int | None = None
+    prefix: str = ""
+    normalize: bool = True
+    batch_size: int = 64
+    cache_root: str | None = None
+    device: str | None = None
+    threads: int | None = None
+    extra: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def cache_dir(self) -> str | None:
+        if not self.cache_root:
+            return None
+        key = cache_key(self.fingerprint, max_seq_length=self.max_seq_length, prefix=self.prefix,
+                        normalize=self.normalize)
+        return str(Path(self.cache_root) / key)
+
+    def with_prefix(self, prefix: str) -> "EncoderConfig":
+        return EncoderConfig(**{**self.__dict__, "prefix": prefix})
+
+
+def encoder_config(spec, model_path: str, *, role: str, cache: bool = True) -> EncoderConfig:
+    """Build the config for `role` ("query" or "document") from the spec's model section."""
+    m = spec.model
+    prefix = m.query_prefix if role == "query" else m.document_prefix
+    return EncoderConfig(
+        model_path=model_path,
+        fingerprint=model_fingerprint(model_path),
+        max_seq_length=m.max_seq_length,
+        prefix=prefix,
+        normalize=m.normalize,
+        batch_size=m.batch_size,
+        cache_root=str(Path(spec.runs_root()) / "_cache" / "embeddings") if cache and "://" not in spec.runs_root() else None,
+        threads=spec.runtime.torch_threads,
+    )
+
+
+class Encoder:
+    """Ray Data UDF: adds an `embedding` column (float32) computed from `text`.
+
+    Loads the model once per actor. Texts already in the embedding cache are not
+    re-encoded; new vectors are written to it as a pending shard per batch.
+    """
+
+    def __init__(self, config: EncoderConfig, text_column: str = "text", keep: tuple[str, ...] | None = None):
+        self.config = config
+        self.text_column = text_column
+        self.keep = keep
+        self._model = None
+        self.cache = EmbeddingCache(config.cache_dir) if config.cache_dir else None
+        self.encoded = 0
+        self.cached = 0
+
+    @property
+    def model(self):
+        if self._model is None:  # lazy: an all-cached run never loads the model
+            self._model = load_model(
+                self.config.model_path,
+                max_seq_length=self.config.max_seq_length,
+                device=self.config.device,
+                threads=self.config.threads,
+            )
+        return self._model
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """Vectors for texts (float32, n x d), through the cache when there is one."""
+        texts = [self.config.prefix + t for t in texts] if self.config.prefix else list(texts)
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        if self.cache is None:
+            return self._encode(texts)
+        hashes = text_hashes(texts)
+        found, hits = self.cache.lookup(hashes)
+        out = None
+        if hits is not None:
+            out = np.empty((len(texts), hits.shape[1]), dtype=np.float32)
+            out[found] = hits
+        missing = np.flatnonzero(~found)
+        self.cached += int(found.sum())
+        if len(missing):
+            # de-duplicate inside the batch so a repeated text is encoded once
+            uniq, inverse = np.unique(hashes[missing], return_inverse=True)
+            first = {h: i for i, h in zip(missing[::-1], hashes[missing][::-1])}
+            vecs = self._encode([texts[first[h]] for h in uniq])
+            self.cache.add(uniq, vecs)
+            if out is None:
+                out = np.empty((len(texts), vecs.shape[1]), dtype=np.float32)
+            out[missing] = vecs[inverse]
+        return out
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        self.encoded += len(texts)
+        return self.model.encode(
+            texts,
+            batch_size=self.config.batch_size,
+            normalize_embeddings=self.config.normalize,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        ).astype(np.float32, copy=False)
+
+    @property
+    def dimension(self) -> int:
+        getter = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        return int(getter())
+
+    def __call__(self, batch: dict) -> dict:
+        texts = [str(t) for t in batch[self.text_column]]
+        vectors = self.encode(texts)
+        # projecting here, not in a separate Ray op, keeps every CPU-hungry op in the pool
+        out = {k: v for k, v in batch.items() if self.keep is None or k in self.keep}
+        out["embedding"] = vectors  # n x d ndarray -> a fixed-shape tensor column
+        return out

@@ -1,0 +1,55 @@
+"""Embedding a Ray Dataset with a pool of encoder actors, and small text lists locally."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from vectune.cluster import plan_actors
+from vectune.embed.cache import EmbeddingCache
+from vectune.embed.encoder import Encoder, EncoderConfig
+
+
+def embed_dataset(ds, config: EncoderConfig, *, batch_size: int = 1024, concurrency: int | None = None,
+                  gpus: float = 0.0, keep: tuple[str, ...] | None = None):
+    """Add an `embedding` column to a Dataset with a `text` column (lazy, streaming).
+
+    `keep` names the input columns passed through (all when None). Every Ray op
+    upstream of this pool must ask for a CPU fraction only, or it starves behind
+    the actors. Large Ray batches let `encode` sort by length inside them, which is what makes
+    a pool of actors beat a single process (see benchmarks/encode.py).
+    """
+    plan = plan_actors(concurrency, gpus)
+    config = dataclasses.replace(config, threads=config.threads or plan.threads,
+                                 device=config.device or ("cuda" if plan.gpus else None))
+    return ds.map_batches(
+        Encoder,
+        fn_constructor_kwargs={"config": config, "keep": keep},
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=_pool(plan.actors),
+        num_cpus=plan.cpus,
+        num_gpus=plan.gpus or None,
+        udf_modifying_row_count=False,
+    )
+
+
+def _pool(size: int):
+    from ray.data import ActorPoolStrategy
+
+    return ActorPoolStrategy(size=size)
+
+
+def finish(config: EncoderConfig) -> None:
+    """Merge the vectors workers added to the cache (call after the dataset is consumed)."""
+    if config.cache_dir:
+        EmbeddingCache(config.cache_dir).compact()
+
+
+def encode_texts(texts: list[str], config: EncoderConfig, *, encoder: Encoder | None = None) -> np.ndarray:
+    """Encode a small list of texts (queries) in this process, through the cache."""
+    encoder = encoder or Encoder(config)
+    vectors = encoder.encode(texts)
+    finish(config)
+    return vectors

@@ -1,0 +1,64 @@
+"""vectune's error types. Each carries a message a user can act on and an exit code."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_BAD_INPUT = 2
+EXIT_GATE_FAILED = 3
+
+
+class VectuneError(Exception):
+    """Base of vectune's errors."""
+
+    exit_code = EXIT_FAILURE
+
+
+class SpecError(VectuneError):
+    """The spec is invalid: every problem, with its field path and YAML line."""
+
+    exit_code = EXIT_BAD_INPUT
+
+    def __init__(self, source: str, problems: Sequence[object]):
+        self.source = source
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{source}: {len(self.problems)} problem(s) in the spec\n{lines}")
+
+
+class DataError(VectuneError):
+    """Input data is malformed: names the file and, where it can, the line."""
+
+    exit_code = EXIT_BAD_INPUT
+
+    def __init__(self, path: str, message: str, line: int | None = None):
+        self.path = path
+        self.line = line
+        where = f"{path}:{line}" if line else path
+        super().__init__(f"{where}: {message}")
+
+
+class ModelError(VectuneError):
+    """A model cannot be found or loaded, or does not match what is expected."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class GateFailed(VectuneError):
+    """The tuned model is not better enough than the base model."""
+
+    exit_code = EXIT_GATE_FAILED
+
+
+class IndexingError(VectuneError):
+    """Qdrant is unreachable, or a collection failed verification (the alias is untouched)."""
+
+    exit_code = EXIT_FAILURE
+
+
+class StageError(VectuneError):
+    """A stage cannot run (a missing upstream artifact, a bad state)."""
+
+    exit_code = EXIT_FAILURE

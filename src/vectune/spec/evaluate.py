@@ -1,0 +1,63 @@
+"""The `evaluate` section: held-out metrics and the promotion gate."""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import Field, field_validator
+
+from vectune.spec._base import Section
+
+#: metric names the evaluate stage accepts: name@cutoff
+METRIC_PATTERN = re.compile(r"^(ndcg|recall|mrr|map|precision)@([1-9][0-9]*)$")
+
+
+class GateSpec(Section):
+    """Promote the tuned model only if `metric` improves by at least `min_gain`,
+    and none of `no_regress` drops by more than `tolerance`."""
+
+    metric: str = "ndcg@10"
+    min_gain: float = Field(0.005, ge=0.0, description="Absolute gain over the base model required.")
+    no_regress: list[str] = Field(default_factory=lambda: ["recall@100"])
+    tolerance: float = Field(0.0, ge=0.0)
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, value: str) -> str:
+        return _check_metric(value)
+
+    @field_validator("no_regress")
+    @classmethod
+    def _metrics(cls, value: list[str]) -> list[str]:
+        return [_check_metric(v) for v in value]
+
+
+def _check_metric(value: str) -> str:
+    value = value.strip().lower()
+    if not METRIC_PATTERN.match(value):
+        raise ValueError(
+            f"unknown metric {value!r}: use name@k with name one of ndcg, recall, mrr, map, precision"
+        )
+    return value
+
+
+class EvaluateSpec(Section):
+    """Which split to score and how."""
+
+    split: str = Field("test", description="A key of `data.splits`.")
+    metrics: list[str] = Field(default_factory=lambda: ["ndcg@10", "recall@100", "mrr@10"], min_length=1)
+    k: int | None = Field(None, ge=1, description="Retrieval depth; defaults to the largest metric cutoff.")
+    batch_size: int = Field(1024, ge=1, description="Documents per Ray Data batch handed to `encode`.")
+    concurrency: int = Field(1, ge=1, description="Encoder actors (one model copy each).")
+    search_block: int = Field(8192, ge=1, description="Corpus rows scored per block in exact search.")
+    gate: GateSpec = Field(default_factory=GateSpec)
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, value: list[str]) -> list[str]:
+        return [_check_metric(v) for v in value]
+
+    @property
+    def depth(self) -> int:
+        cutoffs = [int(m.split("@")[1]) for m in self.metrics]
+        return self.k or max(cutoffs)

@@ -1,0 +1,72 @@
+"""The `index` section: the Qdrant collection the corpus vectors are served from."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from vectune.spec._base import Section
+
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
+
+
+class QdrantSpec(Section):
+    """Where Qdrant is: the embedded engine (`path`, development) or a server (`url`)."""
+
+    path: str | None = Field(None, description="Embedded engine folder; `:memory:` for tests. Default <runs>/qdrant.")
+    url: str | None = None
+    api_key_env: str | None = Field(None, description="Name of the environment variable holding the API key.")
+    prefer_grpc: bool = False
+    timeout: float = Field(30.0, gt=0)
+    retries: int = Field(3, ge=0, description="Connection attempts beyond the first, with backoff.")
+
+    @model_validator(mode="after")
+    def _one_place(self) -> "QdrantSpec":
+        if self.path and self.url:
+            raise ValueError("set either `path` (embedded engine) or `url` (server), not both")
+        if self.api_key_env and not self.url:
+            raise ValueError("`api_key_env` only applies to a server `url`")
+        return self
+
+
+class HnswSpec(Section):
+    m: int = Field(16, ge=0)
+    ef_construct: int = Field(100, ge=4)
+    on_disk: bool = False
+
+
+class IndexSpec(Section):
+    qdrant: QdrantSpec = Field(default_factory=QdrantSpec)
+    collection: str | None = Field(None, description="Base collection name; defaults to the spec `name`.")
+    alias: str | None = Field(None, description="Alias readers query; defaults to the collection name.")
+    distance: Literal["cosine", "dot", "euclid"] = "cosine"
+    hnsw: HnswSpec = Field(default_factory=HnswSpec)
+    on_disk_vectors: bool = False
+    shards: int = Field(1, ge=1)
+    replication: int = Field(1, ge=1)
+    batch_size: int = Field(256, ge=1, description="Points per upsert request.")
+    parallel: int = Field(1, ge=1, description="Concurrent writers (a server only; the embedded engine has one).")
+    embed_batch_size: int = Field(1024, ge=1, description="Documents per Ray Data batch handed to `encode`.")
+    concurrency: int = Field(1, ge=1, description="Encoder actors.")
+    num_gpus: float = Field(0, ge=0, description="GPUs per encoder actor.")
+    payload: list[str] = Field(default_factory=lambda: ["doc_id", "title", "text"])
+    keep: int = Field(2, ge=0, description="Previous collections kept for rollback.")
+    verify_sample: int = Field(32, ge=1)
+
+    @field_validator("collection", "alias")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        if value is not None and not _NAME.match(value):
+            raise ValueError("use letters, digits, `_` and `-` only")
+        return value
+
+    @field_validator("payload")
+    @classmethod
+    def _payload(cls, value: list[str]) -> list[str]:
+        allowed = {"doc_id", "title", "text"}
+        bad = [v for v in value if v not in allowed]
+        if bad:
+            raise ValueError(f"unknown payload fields {bad}; choose from {sorted(allowed)}")
+        return value

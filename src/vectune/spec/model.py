@@ -1,0 +1,23 @@
+"""The `model` section: which embedding model, and how texts are fed to it."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from vectune.spec._base import Section
+
+
+class ModelSpec(Section):
+    """The base bi-encoder.
+
+    `base` is a short name from vectune's registry (`all-MiniLM-L6-v2` resolves to the
+    packaged offline copy), a local folder in sentence-transformers format, or a
+    Hugging Face hub id (needs network access or a warm cache).
+    """
+
+    base: str = "all-MiniLM-L6-v2"
+    max_seq_length: int | None = Field(None, ge=8, le=8192, description="Token limit; the model's own when unset.")
+    query_prefix: str = Field("", description='Prepended to queries, e.g. "query: " for E5.')
+    document_prefix: str = Field("", description='Prepended to documents, e.g. "passage: " for E5.')
+    normalize: bool = Field(True, description="L2-normalise embeddings (cosine similarity as dot product).")
+    batch_size: int = Field(64, ge=1, description="Texts per forward pass inside `encode`.")
