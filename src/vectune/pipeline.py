@@ -54,3 +54,139 @@ def save_evaluation(run: Run, role: str, result: Evaluation) -> None:
     metrics.setdefault(role, {})[result.split] = result.summary()
     run.write_json("metrics.json", metrics)
     run.write_json(f"per_query/{role}-{result.split}.json", result.per_query)
+
+
+# -- the whole loop -------------------------------------------------------------------
+
+STAGES = ("mine", "train", "evaluate", "gate", "reindex")
+
+
+def _selected(from_stage: str | None, only: str | None) -> list[str]:
+    from vectune.errors import SpecError
+    from vectune.spec import Problem
+
+    for name, value in (("--from", from_stage), ("--only", only)):
+        if value is not None and value not in STAGES:
+            raise SpecError(name, [Problem(name, f"unknown stage {value!r}; stages: {', '.join(STAGES)}")])
+    if only:
+        return [only]
+    return list(STAGES[STAGES.index(from_stage):]) if from_stage else list(STAGES)
+
+
+def train(spec: Spec, *, run_id: str | None = None) -> dict:
+    """Train on the mined triples of `run_id` (default: the newest run whose mine stage finished)."""
+    from vectune.errors import StageError
+
+    run = Run.open(spec, run_id) if run_id else Run.latest(spec, with_stage="mine")
+    if run is None:
+        raise StageError(f"no run of {spec.name!r} has mined triples: run `vectune mine` first")
+    with ray_session(spec.runtime):
+        summary = _train_stage(spec, run, force=True)
+    return {"run_id": run.id, "run_dir": str(run.dir), "train": summary}
+
+
+def _train_stage(spec: Spec, run: Run, *, force: bool) -> dict:
+    from vectune.train import train as train_model
+
+    inputs = {"spec": spec.section_digest("data", "model", "mine", "train"),
+              "triples": run.stage_info("mine").get("finished")}
+    if not force and run.is_done("train", inputs) and run.path("model", "modules.json").exists():
+        log.info("train: finished earlier with the same inputs, skipped")
+        return run.stage_info("train").get("outputs", {})
+    base = base_model_path(spec)
+    with run.stage("train", inputs) as outputs:
+        summary = train_model(spec, run, base)
+        outputs.update(summary)
+    models = run.manifest.setdefault("models", {})
+    models["tuned"] = {"path": summary["model"], "fingerprint": model_fingerprint(summary["model"])}
+    run.save()
+    return summary
+
+
+def _evaluate_stage(spec: Spec, run: Run, data: DomainData, *, force: bool) -> dict:
+    """Base and tuned models on the eval split (the base one is cached across runs)."""
+    split = spec.evaluate.split
+    tuned = run.manifest.get("models", {}).get("tuned")
+    if not tuned:
+        from vectune.errors import StageError
+
+        raise StageError("no tuned model in this run: the train stage must finish first")
+    out = {}
+    for role, path in (("base", base_model_path(spec)), ("tuned", tuned["path"])):
+        inputs = {"spec": spec.section_digest("data", "model", "evaluate"), "model": model_fingerprint(path)}
+        key = f"evaluate:{role}:{split}"
+        saved = (run.read_json("metrics.json") or {}).get(role, {}).get(split)
+        if not force and run.is_done(key, inputs) and saved:
+            out[role] = saved
+            continue
+        with run.stage(key, inputs) as outputs:
+            result = evaluate_model(spec, data, path, split)
+            outputs.update(result.metrics)
+        save_evaluation(run, role, result)
+        out[role] = result.summary()
+    return out
+
+
+def _gate_stage(spec: Spec, run: Run, evaluations: dict) -> dict:
+    from vectune.evaluate.gate import decide
+    from vectune.train import write_card
+
+    decision = decide(spec.evaluate.gate, evaluations["base"]["metrics"], evaluations["tuned"]["metrics"])
+    with run.stage("gate", {"metrics": evaluations}) as outputs:
+        outputs.update(decision.to_dict())
+    record = {**decision.to_dict(), "split": spec.evaluate.split}
+    run.record("gate", record)
+    tuned = run.manifest["models"]["tuned"]["path"]
+    summary = run.stage_info("train").get("outputs", {})
+    write_card(Path(tuned), spec, base_model_path(spec), summary,
+               metrics={r: evaluations[r]["metrics"] for r in ("base", "tuned")})
+    return record
+
+
+def run(spec: Spec, *, run_id: str | None = None, from_stage: str | None = None, only: str | None = None
+        ) -> dict:
+    """validate -> mine -> train -> evaluate -> gate -> re-index.
+
+    Re-running a run id skips stages that finished with the same inputs; `from_stage`
+    re-runs from that stage on, `only` runs one stage. A failed gate raises GateFailed
+    (exit code 3) before anything touches the index.
+    """
+    from vectune.errors import GateFailed
+
+    stages = _selected(from_stage, only)
+    forced = set(stages) if (from_stage or only) else set()
+    data = DomainData(spec)
+    data.labels("train")
+    data.labels(spec.evaluate.split)  # bad labels fail before any work
+    run = Run.create(spec, run_id)
+    record_lineage(run, data)
+    result: dict = {"run_id": run.id, "run_dir": str(run.dir)}
+    with ray_session(spec.runtime):
+        if "mine" in stages:
+            from vectune.mine import mine
+
+            if "mine" in forced:
+                run.manifest.get("stages", {}).pop("mine", None)
+            result["mine"] = mine(spec, data, run)
+        if "train" in stages:
+            result["train"] = _train_stage(spec, run, force="train" in forced)
+        evaluations = None
+        if "evaluate" in stages:
+            evaluations = _evaluate_stage(spec, run, data, force="evaluate" in forced)
+            result["evaluate"] = evaluations
+        if "gate" in stages:
+            if evaluations is None:
+                evaluations = _evaluate_stage(spec, run, data, force=False)
+            result["gate"] = _gate_stage(spec, run, evaluations)
+            if not result["gate"]["passed"]:
+                raise GateFailed("gate failed, nothing re-indexed: " + "; ".join(result["gate"]["reasons"])
+                                 + f" (run {run.id})")
+        if "reindex" in stages:
+            gate = run.manifest.get("gate")
+            if not gate or not gate.get("passed"):
+                raise GateFailed(f"run {run.id} has no passed gate: refusing to re-index with its model")
+            from vectune.index.stage import reindex as reindex_stage
+
+            result["reindex"] = reindex_stage(spec, run, run.manifest["models"]["tuned"]["path"])
+    run.write_json("result.json", result)
+    return result

@@ -1,9 +1,66 @@
-"""`vectune` commands of the train stage."""
+"""`vectune train` and `vectune run`: fine-tune, and the whole loop."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
+
+from vectune import _console as console
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the CLI."""
+    from vectune.cli import JsonOpt, RunOpt, SpecArg, VerboseOpt, _call, _load
+
+    @app.command()
+    def train(spec: SpecArg, run_id: RunOpt = None, json_: JsonOpt = False, verbose: VerboseOpt = False) -> None:
+        """Fine-tune the base model on a run's mined triples with Ray Train."""
+        from vectune import pipeline
+
+        s = _call(_load, spec)
+        result = _call(pipeline.train, s, run_id=run_id, verbose=verbose)
+        if json_:
+            console.emit_json(result)
+            return
+        console.out.print(console.kv_table(f"{s.name}: train (run {result['run_id']})", result["train"]))
+
+    @app.command(name="run")
+    def run_(
+        spec: SpecArg,
+        run_id: RunOpt = None,
+        from_: Annotated[Optional[str], typer.Option("--from", help="Re-run from this stage on.")] = None,
+        only: Annotated[Optional[str], typer.Option(help="Run only this stage.")] = None,
+        json_: JsonOpt = False,
+        verbose: VerboseOpt = False,
+    ) -> None:
+        """The whole loop: validate, mine, train, evaluate, gate, re-index."""
+        from vectune import pipeline
+        from vectune.errors import GateFailed
+
+        s = _call(_load, spec)
+        try:
+            result = _call(pipeline.run, s, run_id=run_id, from_stage=from_, only=only, verbose=verbose)
+        except typer.Exit:
+            raise
+        if json_:
+            console.emit_json(result)
+            return
+        _print_run(s, result)
+
+
+def _print_run(spec, result: dict) -> None:
+    evals = result.get("evaluate")
+    if evals:
+        rows = {role: evals[role]["metrics"] for role in ("base", "tuned") if role in evals}
+        console.out.print(console.metrics_table(f"{spec.name}: {spec.evaluate.split} split", rows,
+                                                spec.evaluate.metrics))
+    gate = result.get("gate")
+    if gate:
+        verdict = "[green]passed[/]" if gate["passed"] else "[red]failed[/]"
+        console.out.print(f"gate {verdict}: {gate['metric']} {gate['base']:.4f} -> {gate['tuned']:.4f} "
+                          f"({gate['gain']:+.4f}, required {gate['min_gain']:+.4f})")
+    if result.get("reindex"):
+        console.out.print(f"live collection: {result['reindex'].get('collection')}")
+    console.out.print(f"run {result['run_id']}: {result['run_dir']}")
