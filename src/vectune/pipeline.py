@@ -165,9 +165,7 @@ def run(spec: Spec, *, run_id: str | None = None, from_stage: str | None = None,
         if "mine" in stages:
             from vectune.mine import mine
 
-            if "mine" in forced:
-                run.manifest.get("stages", {}).pop("mine", None)
-            result["mine"] = mine(spec, data, run)
+            result["mine"] = mine(spec, data, run, force="mine" in forced)
         if "train" in stages:
             result["train"] = _train_stage(spec, run, force="train" in forced)
         evaluations = None
@@ -190,3 +188,11 @@ def run(spec: Spec, *, run_id: str | None = None, from_stage: str | None = None,
             result["reindex"] = reindex_stage(spec, run, run.manifest["models"]["tuned"]["path"])
     run.write_json("result.json", result)
     return result
+
+
+def reindex(spec: Spec, *, model: str | None = None, run_id: str | None = None) -> dict:
+    """Re-embed the corpus with `model` (default: the newest gated model of this spec, else
+    the base model) into a new collection, verify it, and swap the alias."""
+    from vectune.index.stage import reindex_spec
+
+    return reindex_spec(spec, model=model, run_id=run_id)

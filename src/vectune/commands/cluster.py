@@ -1,9 +1,173 @@
-"""`vectune` commands of the cluster stage."""
+"""`vectune submit` and `vectune jobs ...`: run the pipelines on a Ray cluster (Jobs API)."""
 
 from __future__ import annotations
 
+import sys
+from typing import Annotated, Optional
+
 import typer
+from rich.markup import escape
+
+AddressOpt = Annotated[Optional[str], typer.Option(
+    "--address", envvar=["VECTUNE_RAY_ADDRESS", "RAY_ADDRESS"], show_envvar=True,
+    help="The cluster's dashboard URL (http://HEAD:8265), or a Ray address.")]
+JobArg = Annotated[str, typer.Argument(help="The submission id `vectune submit` printed (raysubmit_...).",
+                                       show_default=False)]
+
+jobs_app = typer.Typer(name="jobs", help="Follow, inspect and stop jobs submitted to a Ray cluster.",
+                       no_args_is_help=True)
+
+
+def _cli():
+    from vectune import cli
+
+    return cli
+
+
+def _print_status(info: dict) -> None:
+    from vectune import _console as console
+
+    items = {"job": info["job_id"], "status": info["status"]}
+    if info.get("exit_code") is not None:
+        items["exit code"] = info["exit_code"]
+    meta = info.get("metadata") or {}
+    for key in ("vectune_spec", "vectune_pipeline", "vectune_run_id"):
+        if key in meta:
+            items[key.removeprefix("vectune_").replace("_", " ")] = meta[key]
+    items["entrypoint"] = info.get("entrypoint")
+    if info.get("message"):
+        items["message"] = info["message"]
+    console.out.print(console.kv_table("Ray job", {k: escape(str(v)) for k, v in items.items()}))
+    for node_id, node in (info.get("nodes") or {}).items():
+        role = "head" if node["head"] else "worker"
+        actors = ", ".join(f"{n} x {escape(c)}" for c, n in sorted(node["actors"].items())) or "-"
+        tasks = sum(node["tasks"].values())
+        console.out.print(f"node {node_id[:12]} ({node['ip']}, {role}): {tasks} tasks; actors: {actors}")
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the CLI."""
+
+    @app.command()
+    def submit(
+        spec: Annotated[str, typer.Argument(help="The YAML spec (rendered and shipped with the job).",
+                                            show_default=False)],
+        address: AddressOpt = None,
+        pipeline: Annotated[str, typer.Option(help="finetune (the whole pipeline), reindex or evaluate.")] = "finetune",
+        wait: Annotated[bool, typer.Option("--wait", help="Stream the job's logs until it ends; exit with "
+                                           "its result (0 only if it SUCCEEDED).")] = False,
+        image: Annotated[Optional[str], typer.Option(help="Run the job in this container image (Ray `image_uri`: "
+                                                     "podman on every node; the image holds vectune and "
+                                                     "pipelines/).")] = None,
+        image_workdir: Annotated[str, typer.Option(help="The folder holding pipelines/ inside --image.")] = "/app",
+        run_id: Annotated[Optional[str], typer.Option("--run-id", help="Reuse (resume) this run.")] = None,
+        model: Annotated[Optional[str], typer.Option(help="reindex/evaluate: this model instead of the "
+                                                     "default one (a path every node sees).")] = None,
+        pip: Annotated[Optional[list[str]], typer.Option("--pip", help="Extra pip package for the job's "
+                                                         "environment (repeatable).")] = None,
+        ship_code: Annotated[bool, typer.Option("--ship-code/--no-ship-code", help="Upload this vectune "
+                                                "package with the job (off: use the one on the nodes).")] = True,
+        json_: Annotated[bool, typer.Option("--json", help="Result as JSON on stdout; job logs go to stderr.")] = False,
+        verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs.")] = False,
+    ) -> None:
+        """Run a pipeline on a Ray cluster through the Jobs API."""
+        from pathlib import Path
+
+        from vectune import _console as console
+        from vectune import submit as jobs
+
+        cli = _cli()
+        s = cli._call(cli._load, Path(spec))
+        result = cli._call(jobs.submit, s, address=address, pipeline=pipeline, wait=wait, image=image,
+                           image_workdir=image_workdir, run_id=run_id, model=model, pip=pip, ship_package=ship_code,
+                           logs=sys.stderr if json_ else sys.stdout, verbose=verbose)
+        if json_:
+            console.emit_json(result)
+        elif not wait:
+            console.out.print(f"submitted {result['job_id']} ({pipeline}) to {result['address']}", markup=False)
+            console.out.print(f"  vectune jobs logs {result['job_id']} --follow --address {result['address']}",
+                              markup=False)
+        else:
+            console.err.print(f"job {result['job_id']} {result['status']} (exit code {result['exit_code']})",
+                              markup=False, highlight=False)
+        if wait:
+            raise typer.Exit(result["exit_code"])
+
+    app.add_typer(jobs_app)
+
+
+@jobs_app.command("status")
+def status(job_id: JobArg, address: AddressOpt = None,
+           nodes: Annotated[bool, typer.Option("--nodes/--no-nodes", help="Which nodes ran the job's actors "
+                                               "and tasks (Ray state API).")] = True,
+           json_: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """A job's status, exit code and the nodes that did its work."""
+    from vectune import _console as console
+    from vectune import submit as jobs
+
+    cli = _cli()
+    info = cli._call(jobs.status, job_id, address=address, nodes=nodes)
+    if json_:
+        console.emit_json(info)
+    else:
+        _print_status(info)
+
+
+@jobs_app.command("logs")
+def logs(job_id: JobArg, address: AddressOpt = None,
+         follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep streaming until the job ends; "
+                                              "exit with its result.")] = False) -> None:
+    """Print a job's logs."""
+    from vectune import submit as jobs
+
+    cli = _cli()
+    info = cli._call(jobs.logs, job_id, address=address, follow_logs=follow)
+    if follow:
+        raise typer.Exit(info["exit_code"])
+
+
+@jobs_app.command("stop")
+def stop(job_id: JobArg, address: AddressOpt = None,
+         json_: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Stop a running job (its driver, actors and tasks)."""
+    from vectune import _console as console
+    from vectune import submit as jobs
+
+    cli = _cli()
+    info = cli._call(jobs.stop, job_id, address=address)
+    if json_:
+        console.emit_json(info)
+    else:
+        console.out.print(f"job {info['job_id']}: {info['status']}", markup=False)
+
+
+@jobs_app.command("list")
+def list_(address: AddressOpt = None, json_: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Jobs submitted to the cluster, newest first."""
+    from rich.table import Table
+
+    from vectune import _console as console
+    from vectune import submit as jobs
+
+    cli = _cli()
+    rows = sorted(cli._call(jobs.list_jobs, address=address), key=lambda j: j["start_time"] or 0, reverse=True)
+    if json_:
+        console.emit_json(rows)
+        return
+    table = Table(title="Ray jobs")
+    for col in ("job", "status", "pipeline", "spec", "started"):
+        table.add_column(col)
+    for job in rows:
+        meta = job["metadata"]
+        started = _time(job["start_time"])
+        table.add_row(escape(job["job_id"]), job["status"], escape(meta.get("vectune_pipeline", "-")),
+                      escape(meta.get("vectune_spec", "-")), started)
+    console.out.print(table)
+
+
+def _time(ms: int | None) -> str:
+    from datetime import datetime, timezone
+
+    if not ms:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")

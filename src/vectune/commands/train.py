@@ -1,6 +1,5 @@
 """`vectune train` and `vectune run`: fine-tune, and the whole loop."""
 
-from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Optional

@@ -23,8 +23,9 @@ class RuntimeSpec(Section):
     runs: str = Field("runs", description="Run artifacts folder; the VECTUNE_RUNS variable overrides it.")
     storage: str | None = Field(
         None,
-        description="Shared location every node can read (a pyarrow URI or a shared mount) "
-        "for run artifacts on a multi-node cluster; defaults to `runs`.",
+        description="Run artifacts on a multi-node cluster: an absolute path on a mount every node "
+        "sees at the same place (NFS, CephFS, EFS, a Kubernetes ReadWriteMany volume). Takes "
+        "precedence over `runs`; VECTUNE_RUNS overrides both.",
     )
     torch_threads: int | None = Field(None, ge=1, description="Threads per torch process; Ray's share when unset.")
 
@@ -34,6 +35,22 @@ class RuntimeSpec(Section):
         if value in ("local", "auto") or "://" in value or ":" in value:
             return value
         raise ValueError("address must be `local`, `auto`, `host:port`, or a ray:// / http:// URL")
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, value: str | None) -> str | None:
+        # Every node resolves the folder on its own, so it must mean the same place
+        # everywhere; run manifests are written with plain file I/O, so no URIs.
+        if value is None:
+            return value
+        if "://" in value:
+            raise ValueError(
+                f"{value!r}: object-store URIs are not supported for run artifacts; mount the bucket "
+                "(s3fs, gcsfuse, mountpoint-s3) on every node and give its absolute path"
+            )
+        if not os.path.isabs(value):
+            raise ValueError(f"{value!r} must be an absolute path that every node of the cluster sees (a shared mount)")
+        return value
 
     def runs_root(self) -> str:
         return os.environ.get("VECTUNE_RUNS") or self.storage or self.runs

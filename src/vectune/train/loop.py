@@ -127,7 +127,8 @@ def train_loop(config: dict) -> None:
             optimizer.zero_grad(set_to_none=True)
             step += 1
             record = {"step": step, "epoch": step / steps_per_epoch, "loss": float(loss.detach()),
-                      "lr": scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - start, 3)}
+                      "lr": scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - start, 3),
+                      "time": time.time()}
             history.append(record)
             if step % config["checkpoint_every"] == 0 or step == total:
                 metrics = dict(record)
@@ -136,8 +137,17 @@ def train_loop(config: dict) -> None:
                 _report_with_checkpoint(model, optimizer, scheduler, step, history, metrics, rank)
             else:
                 ray.train.report(record)
+            _maybe_fail(config, step, rank)
     if config.get("log_path") and rank == 0:
         Path(config["log_path"]).write_text("\n".join(json.dumps(h) for h in history) + "\n")
+
+
+def _maybe_fail(config: dict, step: int, rank: int) -> None:
+    """Fault injection for the resume tests: the worker of rank 1 (or 0) dies once at a step."""
+    fail_at, marker = config.get("fail_at_step"), config.get("fail_marker")
+    if fail_at and step == fail_at and rank == min(1, config.get("world", 1) - 1) and not Path(marker).exists():
+        Path(marker).write_text(str(step))
+        raise RuntimeError(f"injected worker failure at step {step}")
 
 
 def _report_with_checkpoint(model, optimizer, scheduler, step, history, metrics, rank) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import shutil
 from pathlib import Path
@@ -102,7 +103,11 @@ def train(spec: Spec, run: Run, base_model: str) -> dict:
         "per_worker_batch": per_worker, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
         "checkpoint_every": t.checkpoint_every, "threads": threads, "shuffle_buffer": max(per_worker * 4, 256),
         "validation": _validation_rows(triples, held, negatives), "log_path": str(run.path("train", "loss.jsonl")),
+        "world": t.workers,
     }
+    if os.environ.get("VECTUNE_TEST_FAIL_AT_STEP"):  # fault injection for the resume tests only
+        config.update(fail_at_step=int(os.environ["VECTUNE_TEST_FAIL_AT_STEP"]),
+                      fail_marker=str(run.path("train", "injected-failure")))
     resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if t.gpus_per_worker else {})}
     score = {"checkpoint_score_attribute": "val_loss", "checkpoint_score_order": "min"} if held else {}
     trainer = TorchTrainer(

@@ -1,0 +1,134 @@
+"""Step time of vectune's Ray Train path vs a plain sentence-transformers loop, same batch.
+
+Both train all-MiniLM-L6-v2 with MultipleNegativesRankingLoss on the same SciFact triples
+(query, positive, one negative), same batch size and sequence length, in one run:
+
+- plain: a single-process loop (preprocess -> loss -> backward -> AdamW step), 2 torch threads;
+- ray-1: `vectune.train.train` with 1 worker (2 CPUs);
+- ray-2: the same with 2 workers x 1 CPU (gradients all-reduced over gloo), for throughput.
+
+Step time is wall time between consecutive steps (data ingestion included), first step
+excluded as warm-up. Writes benchmarks/results/train.json.
+
+    python benchmarks/train.py [--steps 8] [--batch 16] [--seq 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "scifact"
+
+
+def triples(n: int, seed: int = 0) -> list[dict]:
+    docs = {}
+    for line in open(DATA / "corpus.jsonl"):
+        d = json.loads(line)
+        docs[d["_id"]] = f"{d['title']} {d['text']}".strip()
+    queries = {json.loads(l)["_id"]: json.loads(l)["text"] for l in open(DATA / "queries.jsonl")}
+    rows = [l.rstrip("\r\n").split("\t") for l in open(DATA / "qrels" / "train.tsv")][1:]
+    rng = random.Random(seed)
+    ids = list(docs)
+    out = []
+    for q, d, _ in rows[:n]:
+        neg = rng.choice(ids)
+        out.append({"query_id": q, "query": queries[q], "positive_id": d, "positive": docs[d], "positive_score": 0.0,
+                    "negative_ids": [neg], "negatives": [docs[neg]], "negative_scores": [0.0]})
+    return out
+
+
+def plain(rows, steps, batch, seq, lr=5e-5) -> list[float]:
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.losses import MultipleNegativesRankingLoss
+
+    from vectune.embed import resolve_model
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    model = SentenceTransformer(resolve_model("all-MiniLM-L6-v2"))
+    model.max_seq_length = seq
+    loss = MultipleNegativesRankingLoss(model)
+    opt = torch.optim.AdamW(loss.parameters(), lr=lr)
+    stamps = []
+    for i in range(steps):
+        b = rows[i * batch:(i + 1) * batch]
+        cols = [[r["query"] for r in b], [r["positive"] for r in b], [r["negatives"][0] for r in b]]
+        feats = [model.preprocess(c) for c in cols]
+        value = loss(feats, None)
+        value.backward()
+        torch.nn.utils.clip_grad_norm_(loss.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+        stamps.append(time.time())
+    return [b - a for a, b in zip(stamps, stamps[1:])]
+
+
+def ray_path(rows, steps, batch, seq, workers, cpus, tmp) -> list[float]:
+    from vectune.cluster import ray_session
+    from vectune.pipeline import base_model_path
+    from vectune.runs import Run
+    from vectune.spec import validate_dict
+    from vectune.train import train
+
+    spec = validate_dict({
+        "version": 1, "name": f"bench-{workers}",
+        "data": {"corpus": {"path": str(DATA / "corpus.jsonl")}},
+        "model": {"max_seq_length": seq},
+        "train": {"workers": workers, "cpus_per_worker": cpus, "batch_size": batch, "negatives": 1,
+                  "epochs": steps * batch / len(rows), "checkpoint_every": 10_000, "learning_rate": 5e-5,
+                  "warmup_ratio": 0.0},
+        "runtime": {"runs": str(tmp), "num_cpus": 2},
+    }, "bench")
+    run = Run.create(spec)
+    run.path("mine").mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), run.path("mine", "triples.parquet"))
+    with ray_session(spec.runtime):
+        train(spec, run, base_model_path(spec))
+    hist = [json.loads(l) for l in run.path("train", "loss.jsonl").read_text().splitlines() if l]
+    stamps = [h["time"] for h in hist]
+    return [b - a for a, b in zip(stamps, stamps[1:])]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train.json"))
+    args = ap.parse_args()
+    rows = triples(args.steps * args.batch)
+    with tempfile.TemporaryDirectory() as tmp:
+        p = plain(rows, args.steps, args.batch, args.seq)
+        r1 = ray_path(rows, args.steps, args.batch, args.seq, 1, 2, Path(tmp) / "r1")
+        r2 = ray_path(rows, args.steps, args.batch, args.seq, 2, 0.9, Path(tmp) / "r2")
+    med = statistics.median
+    result = {
+        "setup": vars(args) | {"loss": "mnrl", "negatives": 1, "model": "all-MiniLM-L6-v2"},
+        "plain_step_s": med(p), "ray_1_worker_step_s": med(r1), "ray_2_workers_step_s": med(r2),
+        "ratio_ray1_vs_plain": med(r1) / med(p), "goal_ratio": 1.10,
+        "rows_per_s": {"plain": args.batch / med(p), "ray_1_worker": args.batch / med(r1),
+                       "ray_2_workers": args.batch / med(r2)},
+        "raw": {"plain": p, "ray_1": r1, "ray_2": r2},
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "raw"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
