@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 import yaml
+from rich.markup import escape
 
 from vectune import _console as console
 from vectune.errors import EXIT_BAD_INPUT, EXIT_FAILURE, SpecError, VectuneError
@@ -28,12 +29,13 @@ VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs.")
 
 
 def _fail(exc: BaseException) -> None:
+    # messages quote user data (ids, paths, YAML): escape it, or `[/x]` is read as markup
     if isinstance(exc, SpecError):
-        console.err.print(f"[bold red]invalid spec[/] {exc.source}")
+        console.err.print(f"[bold red]invalid spec[/] {escape(exc.source)}", highlight=False)
         for problem in exc.problems:
-            console.err.print(f"  - {problem}", markup=False)
+            console.err.print(f"  - {problem}", markup=False, highlight=False)
     else:
-        console.err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        console.err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False)
     code = exc.exit_code if isinstance(exc, VectuneError) else EXIT_FAILURE
     raise typer.Exit(code)
 
@@ -63,7 +65,7 @@ def validate(spec: SpecArg, json_: JsonOpt = False) -> None:
     if json_:
         console.emit_json({"valid": True, "spec": str(spec), "name": s.name, "hash": s.digest()})
     else:
-        console.out.print(f"[green]valid[/] {spec} (name {s.name}, hash {s.digest()})")
+        console.out.print(f"[green]valid[/] {escape(str(spec))} (name {s.name}, hash {s.digest()})")
 
 
 @app.command()
@@ -108,7 +110,7 @@ def evaluate(
     console.out.print(console.metrics_table(
         f"{s.name}: {summary['split']} split, {summary['num_queries']} queries", {role: summary["metrics"]},
         s.evaluate.metrics))
-    console.out.print(f"run {result['run_id']}: {result['run_dir']}/metrics.json")
+    console.out.print(f"run {result['run_id']}: {result['run_dir']}/metrics.json", markup=False)
 
 
 def _register_stage_commands() -> None:

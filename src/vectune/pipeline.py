@@ -187,7 +187,18 @@ def run(spec: Spec, *, run_id: str | None = None, from_stage: str | None = None,
 
             result["reindex"] = reindex_stage(spec, run, run.manifest["models"]["tuned"]["path"])
     run.write_json("result.json", result)
+    _write_report(run)
     return result
+
+
+def _write_report(run: Run) -> None:
+    """`<run_dir>/report.html`; a report that fails to render never fails the run."""
+    try:
+        from vectune.report import write_report
+
+        log.info("report: %s", write_report(run.dir))
+    except Exception as exc:  # noqa: BLE001 - the run's results are already saved
+        log.warning("could not write the run report: %s: %s", type(exc).__name__, exc)
 
 
 def reindex(spec: Spec, *, model: str | None = None, run_id: str | None = None) -> dict:

@@ -51,7 +51,11 @@ def _block_topk(batch: dict, queries_ref: list, k: int) -> dict:
         pad = k - idx.shape[1]
         top = np.pad(top, ((0, 0), (0, pad)), constant_values=-np.inf)
         doc = np.pad(doc, ((0, 0), (0, pad)), constant_values="")
-    return {"q": np.arange(len(queries)), "ids": doc.astype(str), "scores": top.astype(np.float32)}
+    # ids as lists (an Arrow list<string> column): a fixed-width numpy string tensor
+    # cannot be concatenated with another batch's of a different width, and Ray joins
+    # the outputs of every batch a task processes into one block
+    return {"q": np.arange(len(queries)), "ids": [list(map(str, r)) for r in doc],
+            "scores": top.astype(np.float32)}
 
 
 def merge_topk(partials, nq: int, k: int) -> TopK:
@@ -60,13 +64,39 @@ def merge_topk(partials, nq: int, k: int) -> TopK:
     best_i = np.full((nq, k), "", dtype=object)
     for part in partials:
         q = np.asarray(part["q"])
-        s = np.concatenate([best_s[q], np.asarray(part["scores"], dtype=np.float32)], axis=1)
-        i = np.concatenate([best_i[q], np.asarray(part["ids"]).astype(object)], axis=1)
-        idx, top = _partial_topk(s, k)
-        best_s[q] = top
-        best_i[q] = np.take_along_axis(i, idx, axis=1)
+        scores = np.asarray(part["scores"], dtype=np.float32).reshape(len(q), -1)
+        ids = _id_matrix(part["ids"], len(q))
+        # one block may hold several batches' rows, so a query can repeat: merge one
+        # occurrence at a time (fancy-index assignment keeps only the last duplicate)
+        for rows in _occurrences(q):
+            qr = q[rows]
+            s = np.concatenate([best_s[qr], scores[rows]], axis=1)
+            i = np.concatenate([best_i[qr], ids[rows]], axis=1)
+            idx, top = _partial_topk(s, k)
+            best_s[qr] = top
+            best_i[qr] = np.take_along_axis(i, idx, axis=1)
     order = np.argsort(-best_s, axis=1, kind="stable")
     return TopK(ids=np.take_along_axis(best_i, order, axis=1), scores=np.take_along_axis(best_s, order, axis=1))
+
+
+def _id_matrix(ids, n: int) -> np.ndarray:
+    """Doc ids of a partial as an (n, k) object array (they arrive as arrays of arrays)."""
+    arr = np.asarray(ids)
+    if arr.dtype == object and arr.ndim == 1:
+        arr = np.stack([np.asarray(r, dtype=object) for r in arr]) if n else np.empty((0, 0), dtype=object)
+    return arr.astype(object).reshape(n, -1)
+
+
+def _occurrences(q: np.ndarray):
+    """Row masks: the first occurrence of each query, then the second, and so on."""
+    order = np.argsort(q, kind="stable")
+    sq = q[order]
+    starts = np.flatnonzero(np.r_[True, sq[1:] != sq[:-1]])
+    rank = np.arange(len(sq)) - np.repeat(starts, np.diff(np.r_[starts, len(sq)]))
+    occ = np.empty_like(rank)
+    occ[order] = rank
+    for level in range(int(occ.max()) + 1 if len(occ) else 0):
+        yield occ == level
 
 
 def search_dataset(embedded_ds, queries: np.ndarray, k: int, *, block: int = 8192) -> TopK:

@@ -1,9 +1,75 @@
-"""`vectune` commands of the mine stage."""
+"""`vectune` commands of the mine stage.
 
-from __future__ import annotations
+No `from __future__ import annotations` here: typer reads the option annotations,
+which name types imported inside `register` (importing `vectune.cli` at the top would
+be circular).
+"""
+
+from typing import Annotated
 
 import typer
 
 
+def summary_tables(result: dict) -> list:
+    """Rich tables of a mine audit: counts, guard drops, score distributions."""
+    from rich.table import Table
+
+    from vectune import _console as console
+
+    counts = {
+        "queries in / mined": f"{result['queries_in']} / {result['queries_mined']}",
+        "pairs in / mined": f"{result['pairs_in']} / {result['pairs_mined']}",
+        "triples out (rows)": result["triples_out"],
+        "negatives out": result["negatives_out"],
+        "queries short of negatives": result["queries_short"],
+        "queries without negatives": result["queries_without_negatives"],
+        "candidates considered": result["candidates"],
+        "score source": result["score_source"],
+    }
+    if result["shown"]["candidates"]:
+        counts["shown (click logs): candidates / taken"] = (
+            f"{result['shown']['candidates']} / {result['shown']['negatives']}")
+    cache = result["embedding_cache"]
+    if cache["enabled"]:
+        counts["documents / queries encoded"] = f"{cache['documents_encoded']} / {cache['queries_encoded']}"
+    counts["seconds"] = f"{result['seconds']['total']:.1f}"
+    dropped = Table(title="candidates dropped")
+    dropped.add_column("guard")
+    dropped.add_column("dropped", justify="right")
+    for name, n in result["dropped"].items():
+        dropped.add_row(name.replace("_", " "), str(n))
+    scores = Table(title=f"scores ({result['score_source']})")
+    scores.add_column("")
+    names = ("positive", "negative", "difference")
+    for name in names:
+        scores.add_column(name, justify="right")
+    for stat in ("count", "mean", "std", "min", "p5", "p25", "p50", "p75", "p95", "max"):
+        values = [result["scores"][name][stat] for name in names]
+        scores.add_row(stat, *("-" if v is None else (str(v) if stat == "count" else f"{v:.4f}") for v in values))
+    return [console.kv_table(f"mine: run {result['run_id']}", counts), dropped, scores]
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the CLI."""
+    from vectune.cli import JsonOpt, RunOpt, SpecArg, VerboseOpt, _call, _load
+
+    @app.command()
+    def mine(
+        spec: SpecArg,
+        run_id: RunOpt = None,
+        force: Annotated[bool, typer.Option("--force", help="Mine again even if this run already has it.")] = False,
+        json_: JsonOpt = False,
+        verbose: VerboseOpt = False,
+    ) -> None:
+        """Mine hard negatives for the training pairs; writes mine/triples.parquet and mine_audit.json."""
+        from vectune import _console as console
+        from vectune.mine import mine_spec
+
+        s = _call(_load, spec)
+        result = _call(mine_spec, s, run_id=run_id, force=force, verbose=verbose)
+        if json_:
+            console.emit_json(result)
+            return
+        for table in summary_tables(result):
+            console.out.print(table)
+        console.out.print(f"run {result['run_id']}: {result['triples']}")

@@ -1,9 +1,70 @@
-"""`vectune` commands of the tune stage."""
+"""`vectune` commands of the tune stage (`tune`) and of run reports (`report`).
 
-from __future__ import annotations
+No `from __future__ import annotations` here: typer reads the option annotations,
+which name types imported inside `register` (importing `vectune.cli` at the top would
+be circular).
+"""
+
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
+
+
+def _trials_table(result: dict):
+    from rich.table import Table
+
+    metric = result["metric"]
+    names = sorted({k for tr in result["trials"] for k in tr["config"]})
+    table = Table(title=f"{len(result['trials'])} trials, scored by {metric} on "
+                        f"{result['validation_queries']} held-out training queries")
+    for col in ("trial", *names, metric, "final loss", "seconds", "status"):
+        table.add_column(col, justify="left" if col in ("trial", "status") else "right")
+    best = result["best"]["trial_id"]
+    for tr in sorted(result["trials"], key=lambda tr: -(tr["metrics"].get(metric) or -1)):
+        values = [f"{tr['config'][n]:.3g}" if isinstance(tr["config"].get(n), float) else str(tr["config"].get(n))
+                  for n in names]
+        score = tr["metrics"].get(metric)
+        table.add_row(tr["trial_id"] + (" *" if tr["trial_id"] == best else ""), *values,
+                      f"{score:.4f}" if score is not None else "-",
+                      f"{tr['final_loss']:.4f}" if tr.get("final_loss") is not None else "-",
+                      f"{tr['seconds']:.0f}" if tr.get("seconds") is not None else "-",
+                      tr["status"] if tr["status"] == "done" else f"failed: {tr['error']}")
+    return table
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the CLI."""
+    from vectune import _console as console
+    from vectune.cli import JsonOpt, RunOpt, SpecArg, VerboseOpt, _call, _load
+
+    @app.command()
+    def tune(spec: SpecArg, run_id: RunOpt = None, json_: JsonOpt = False, verbose: VerboseOpt = False) -> None:
+        """Search train/mine settings (the spec's `tune` section) with Ray Tune on held-out
+        training queries; writes the best as `<spec>.tuned.yaml`."""
+        from vectune.tune import tune_spec
+
+        s = _call(_load, spec)
+        result = _call(tune_spec, s, run_id=run_id, verbose=verbose)
+        if json_:
+            console.emit_json(result)
+            return
+        console.out.print(_trials_table(result))
+        console.out.print(f"best: {result['best']['config']} -> {result['tuned_spec']}", markup=False)
+        console.out.print(f"run {result['run_id']}: {result['run_dir']}", markup=False)
+
+    @app.command()
+    def report(
+        run_dir: Annotated[Path, typer.Argument(help="A run folder (holds manifest.json).", show_default=False)],
+        out: Annotated[Optional[Path], typer.Option("--out", help="Where to write (default RUN_DIR/report.html).")] = None,
+        json_: JsonOpt = False,
+    ) -> None:
+        """Write a run's self-contained HTML report: metrics, plots, timings, lineage."""
+        from vectune.report import write_report
+
+        path = _call(write_report, run_dir, out)
+        if json_:
+            console.emit_json({"report": str(path), "bytes": path.stat().st_size})
+        else:
+            console.out.print(f"[green]report[/] {escape(str(path))}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from functools import cached_property
 
 from vectune.data._files import file_digest
@@ -9,6 +10,8 @@ from vectune.data.corpus import CorpusInfo, check_corpus, doc_text, read_corpus
 from vectune.data.labels import Labels, load_labels, load_queries, query_id_for
 from vectune.errors import DataError
 from vectune.spec import Spec
+
+log = logging.getLogger(__name__)
 
 __all__ = ["CorpusInfo", "DomainData", "Labels", "doc_text", "query_id_for"]
 
@@ -53,6 +56,9 @@ class DomainData:
             self._labels[split] = load_labels(
                 source, path, self.corpus.ids, self.queries, self.spec.data.on_bad_labels
             )
+            if self._labels[split].dropped:
+                log.warning("%s: dropped labels naming unknown ids (on_bad_labels: skip): %s",
+                            path, self._labels[split].dropped)
         return self._labels[split]
 
     def corpus_dataset(self, blocks: int | None = None):

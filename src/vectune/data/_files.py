@@ -53,7 +53,9 @@ def iter_lines(path: str, hasher: "hashlib._Hash | None" = None) -> Iterator[tup
             if not chunk:
                 if pending:
                     number += 1
-                    yield number, _decode(path, number, pending)
+                    text = _decode(path, number, pending)
+                    if text.strip():  # a last line without a newline, unless blank
+                        yield number, text
                 return
             pending += chunk
             *complete, pending = pending.split(b"\n")

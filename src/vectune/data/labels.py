@@ -205,6 +205,7 @@ def load_labels(
                 path,
                 f"{len(bad)} label(s) point at unknown {kind} ids (first: {first}); "
                 "fix the labels or set data.on_bad_labels: skip",
+                where[bad[0]],
             )
         dropped[f"unknown_{kind}"] = len(bad)
         for q, d in bad:

@@ -28,17 +28,23 @@ def embed_dataset(ds, config: EncoderConfig, *, batch_size: int = 1024, concurre
         fn_constructor_kwargs={"config": config, "keep": keep},
         batch_size=batch_size,
         batch_format="numpy",
-        compute=_pool(plan.actors),
+        compute=actor_pool(plan.actors),
         num_cpus=plan.cpus,
         num_gpus=plan.gpus or None,
         udf_modifying_row_count=False,
     )
 
 
-def _pool(size: int):
+def actor_pool(size: int):
+    """A fixed pool of `size` encoder actors, each handed one batch at a time.
+
+    With more tasks in flight per actor (Ray's default), the first actor to start takes
+    the queued batches while the others are still starting: a small corpus
+    would then be encoded by one actor alone.
+    """
     from ray.data import ActorPoolStrategy
 
-    return ActorPoolStrategy(size=size)
+    return ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=1)
 
 
 def finish(config: EncoderConfig) -> None:

@@ -37,18 +37,32 @@ class Evaluation:
         }
 
 
-def corpus_blocks(data: DomainData, batch_size: int, actors: int) -> int:
-    """Read parallelism: enough blocks that every encoder actor gets work."""
-    return max(actors * 2, math.ceil(data.corpus.count / batch_size))
+def corpus_batching(count: int, batch_size: int, actors: int) -> tuple[int, int]:
+    """(Ray batch size, read blocks) that give every encoder actor an equal share.
+
+    Ray Data hands an actor whole blocks, gathered until they hold `batch_size` rows, so
+    blocks a little smaller than a batch pile up: 4 blocks of 500 with batch 1024 send
+    1,500 documents to one actor and 500 to the other. Blocks of at least one batch each,
+    in a multiple of the actor count, go one by one to the next free actor.
+    """
+    per_block = max(1, min(batch_size, math.ceil(count / actors)))
+    blocks = math.ceil(math.ceil(count / per_block) / actors) * actors
+    # the read splits rows evenly (sizes differ by one at most): every block >= count // blocks
+    return max(1, count // blocks), blocks
 
 
 def embedded_corpus(spec: Spec, data: DomainData, model_path: str, *, batch_size: int, concurrency: int | None,
-                    gpus: float = 0.0, keep: tuple[str, ...] = ("doc_id",)):
-    """The corpus Dataset with an `embedding` column, and the encoder config used."""
-    cfg = encoder_config(spec, model_path, role="document")
+                    gpus: float = 0.0, keep: tuple[str, ...] = ("doc_id",), cache: bool = True):
+    """The corpus Dataset with an `embedding` column, and the encoder config used.
+
+    `batch_size` is an upper bound: see `corpus_batching`. `cache=False` skips the
+    embedding cache (benchmarks).
+    """
+    cfg = encoder_config(spec, model_path, role="document", cache=cache)
     plan = plan_actors(concurrency, gpus)
-    ds = data.corpus_dataset(blocks=corpus_blocks(data, batch_size, plan.actors))
-    return embed_dataset(ds, cfg, batch_size=batch_size, concurrency=concurrency, gpus=gpus, keep=keep), cfg
+    batch, blocks = corpus_batching(data.corpus.count, batch_size, plan.actors)
+    ds = data.corpus_dataset(blocks=blocks)
+    return embed_dataset(ds, cfg, batch_size=batch, concurrency=concurrency, gpus=gpus, keep=keep), cfg
 
 
 def retrieve(spec: Spec, data: DomainData, model_path: str, query_ids: list[str], query_texts: list[str],

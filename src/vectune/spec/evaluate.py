@@ -48,7 +48,10 @@ class EvaluateSpec(Section):
     metrics: list[str] = Field(default_factory=lambda: ["ndcg@10", "recall@100", "mrr@10"], min_length=1)
     k: int | None = Field(None, ge=1, description="Retrieval depth; defaults to the largest metric cutoff.")
     batch_size: int = Field(1024, ge=1, description="Documents per Ray Data batch handed to `encode`.")
-    concurrency: int = Field(1, ge=1, description="Encoder actors (one model copy each).")
+    concurrency: int | None = Field(
+        None, ge=1, description="Encoder actors (one model copy each); sized to the cluster's CPUs when unset "
+        "(on 2 CPUs: 2 actors x 1 torch thread, the fastest shape in benchmarks/encode.py)."
+    )
     search_block: int = Field(8192, ge=1, description="Corpus rows scored per block in exact search.")
     gate: GateSpec = Field(default_factory=GateSpec)
 

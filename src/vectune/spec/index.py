@@ -51,9 +51,11 @@ class IndexSpec(Section):
     embed_batch_size: int = Field(1024, ge=1, description="Documents per Ray Data batch handed to `encode`.")
     concurrency: int = Field(1, ge=1, description="Encoder actors.")
     num_gpus: float = Field(0, ge=0, description="GPUs per encoder actor.")
-    payload: list[str] = Field(default_factory=lambda: ["doc_id", "title", "text"])
+    payload: list[str] = Field(default_factory=lambda: ["doc_id", "title", "text"],
+                               description="Document fields stored with each point; `doc_id` is always stored.")
     keep: int = Field(2, ge=0, description="Previous collections kept for rollback.")
-    verify_sample: int = Field(32, ge=1)
+    verify_sample: int = Field(32, ge=1, description="Points whose stored vectors are checked against a fresh embedding.")
+    green_timeout: float = Field(3600.0, gt=0, description="Seconds to wait for the server to rebuild HNSW (status green).")
 
     @field_validator("collection", "alias")
     @classmethod

@@ -31,6 +31,7 @@ class _Lines:
 
     def __init__(self, node: yaml.Node | None):
         self.node = node
+        self.duplicates: list[Problem] = _duplicate_keys(node, ())
 
     def line(self, loc: tuple[Any, ...]) -> int | None:
         node = self.node
@@ -52,6 +53,24 @@ class _Lines:
             else:
                 return best
         return best
+
+
+def _duplicate_keys(node: yaml.Node | None, loc: tuple[Any, ...]) -> list[Problem]:
+    """Keys written twice in one mapping: YAML keeps the last silently, a typo hides."""
+    out: list[Problem] = []
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key, value in node.value:
+            name = str(key.value)
+            if name in seen and name != "<<":  # `<<` merge keys may repeat
+                out.append(Problem(_loc_str(loc + (name,)), "duplicate key (written more than once)",
+                                   key.start_mark.line + 1))
+            seen.add(name)
+            out += _duplicate_keys(value, loc + (name,))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out += _duplicate_keys(item, loc + (i,))
+    return out
 
 
 def _loc_str(loc: tuple[Any, ...]) -> str:
@@ -83,21 +102,48 @@ def parse_yaml(text: str, source: str) -> tuple[Any, _Lines]:
     return data, _Lines(node)
 
 
-def _cross_checks(spec: Spec) -> list[tuple[tuple[Any, ...], str]]:
-    """Rules that span sections (checked after every default is applied)."""
+def _cross_checks(spec: Spec, broken: frozenset[str] = frozenset()) -> list[tuple[tuple[Any, ...], str]]:
+    """Rules that span sections (checked after every default is applied).
+
+    `broken` names sections that failed validation: rules reading them are skipped.
+    """
     out: list[tuple[tuple[Any, ...], str]] = []
-    splits = spec.data.splits
-    if splits and spec.evaluate.split not in splits:
+    splits = spec.data.splits if "data" not in broken else {}
+    if splits and "evaluate" not in broken and spec.evaluate.split not in splits:
         out.append((("evaluate", "split"), f"{spec.evaluate.split!r} is not a key of data.splits {sorted(splits)}"))
-    gate = spec.evaluate.gate
-    for metric in [gate.metric, *gate.no_regress]:
-        if metric not in spec.evaluate.metrics:
-            out.append((("evaluate", "gate"), f"gate metric {metric!r} is not in evaluate.metrics"))
-    if spec.train.negatives is not None and spec.train.negatives > spec.mine.num_negatives:
+    if "evaluate" not in broken:
+        gate = spec.evaluate.gate
+        for metric in [gate.metric, *gate.no_regress]:
+            if metric not in spec.evaluate.metrics:
+                out.append((("evaluate", "gate"), f"gate metric {metric!r} is not in evaluate.metrics"))
+    if not {"train", "mine"} & broken and spec.train.negatives is not None \
+            and spec.train.negatives > spec.mine.num_negatives:
         out.append((("train", "negatives"), f"{spec.train.negatives} exceeds mine.num_negatives ({spec.mine.num_negatives})"))
-    if spec.mine.cross_encoder and not Path(spec.resolve(spec.mine.cross_encoder, data=False)).exists():
+    if not {"mine", "data"} & broken and spec.mine.cross_encoder \
+            and not Path(spec.resolve(spec.mine.cross_encoder, data=False)).exists():
         out.append((("mine", "cross_encoder"), f"no such folder: {spec.mine.cross_encoder}"))
     return out
+
+
+def _partial_spec(data: dict, broken: set[str], source: Path | None) -> Spec:
+    """A spec of the sections that validated (defaults for the rest), so cross-section
+    rules can be reported in the same pass as field errors."""
+    sections: dict[str, Any] = {}
+    for name, info in Spec.model_fields.items():
+        if name in ("version", "name") or name in broken:
+            continue
+        if name in data:
+            try:
+                sections[name] = info.annotation.model_validate(data[name])
+            except ValidationError:
+                broken.add(name)
+        elif not info.is_required():
+            sections[name] = info.get_default(call_default_factory=True)
+        else:
+            broken.add(name)
+    spec = Spec.model_construct(**sections)
+    spec._source = source.resolve() if source else None
+    return spec
 
 
 def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Spec:
@@ -125,23 +171,31 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Spec
 def validate_dict(data: dict, name: str, lines: _Lines | None = None, source: Path | None = None) -> Spec:
     """Validate an already-parsed spec mapping."""
     lines = lines or _Lines(None)
+    problems = list(lines.duplicates)
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
-        problems = []
+        broken: set[str] = set()
         for err in exc.errors(include_url=False):
             loc = _clean_loc(tuple(err["loc"]))
+            if loc:
+                broken.add(str(loc[0]))
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown key (not part of this section)"
             elif err["type"] == "missing":
                 msg = "required field is missing"
+            elif loc == ("version",):
+                msg = f"unsupported spec version {err.get('input')!r}; this vectune reads version 1"
             problems.append(Problem(_loc_str(loc), msg, lines.line(loc)))
-        raise SpecError(name, problems) from None
+        spec = _partial_spec(data, broken, source)
+        cross = _cross_checks(spec, frozenset(broken))
+        problems += [Problem(_loc_str(loc), msg, lines.line(loc)) for loc, msg in cross]
+        raise SpecError(name, sorted(problems, key=lambda p: p.line or 0)) from None
     spec._source = source.resolve() if source else None
-    cross = _cross_checks(spec)
-    if cross:
-        raise SpecError(name, [Problem(_loc_str(loc), msg, lines.line(loc)) for loc, msg in cross])
+    problems += [Problem(_loc_str(loc), msg, lines.line(loc)) for loc, msg in _cross_checks(spec)]
+    if problems:
+        raise SpecError(name, sorted(problems, key=lambda p: p.line or 0))
     return spec
 
 
@@ -159,7 +213,7 @@ def render(spec: Spec) -> dict:
     """The spec with every default filled in and every data path resolved."""
     out = spec.canonical()
     data = out["data"]
-    data["root"] = spec.resolve(".", data=True)
+    data["root"] = spec.data.root if "://" in spec.data.root else spec.resolve(".", data=True)
     for key in ("corpus", "queries", "train"):
         if data.get(key):
             data[key]["path"] = spec.resolve(data[key]["path"])

@@ -1,10 +1,25 @@
 """The `mine` section: hard-negative mining with false-negative guards.
 
-Names follow `sentence_transformers.util.mine_hard_negatives` where they overlap:
-candidates ranked `range_min` .. `range_max` by the (base) model are eligible;
-`margin` drops a candidate scoring more than `positive - margin`; `relative_margin`
-drops one scoring more than `positive * (1 - relative_margin)`; `max_score` drops
-one above an absolute score; then `num_negatives` are taken (`top` or `random`).
+Semantics follow `sentence_transformers.util.mine_hard_negatives` (6.x) where the names
+are the same (`margin` is its `absolute_margin`):
+
+1. Candidates of a query are its `range_max + P` best documents under the base model
+   (P = its number of labelled positives), or under the cross-encoder when one is set.
+2. Guards drop, in this order: the query's labelled positives; documents whose normalised
+   text (lower-case, whitespace collapsed) equals a positive's; `margin`: a score above
+   `min_positive - margin`; `relative_margin`: a score above
+   `min_positive - |min_positive| * relative_margin`; `max_score`: a score above it.
+   `min_positive` is the lowest score among the query's positives (the strictest).
+   Of several candidates with the same normalised text only the best is kept
+   (sentence-transformers de-duplicates its corpus by text to the same effect).
+3. The survivors, best first, are ranked 0, 1, 2, ...; ranks `range_min` up to
+   `range_max - 1` form the window (so `range_min` skips the best *surviving* candidates,
+   as in sentence-transformers, which applies it after the margins).
+4. `num_negatives` are taken from the window: the best (`top`) or a uniform sample
+   (`random`, seeded per query from `seed`), listed best first.
+
+Click logs (`data.train.format: clicks`): shown-but-unclicked documents are candidates
+too; they pass the same guards but not the rank window, and are taken first.
 """
 
 from __future__ import annotations
@@ -17,21 +32,33 @@ from vectune.spec._base import Section
 
 
 class MineSpec(Section):
-    num_negatives: int = Field(3, ge=1, le=64)
-    range_min: int = Field(0, ge=0, description="Skip this many top-ranked candidates.")
-    range_max: int = Field(100, ge=1, description="Look no deeper than this rank.")
-    margin: float | None = Field(None, description="Absolute: keep candidates with score <= positive - margin.")
-    relative_margin: float | None = Field(
-        0.05, ge=0.0, lt=1.0, description="Relative: keep candidates with score <= positive * (1 - relative_margin)."
+    """How hard negatives are mined for the training pairs (see the module docstring)."""
+
+    num_negatives: int = Field(3, ge=1, le=64, description="Negatives per query (fewer when too few survive).")
+    range_min: int = Field(0, ge=0, description="Skip this many best-ranked surviving candidates.")
+    range_max: int = Field(100, ge=1, description="Look no deeper than this rank (plus the query's positives).")
+    margin: float | None = Field(
+        None, description="Absolute: drop a candidate scoring above (lowest positive score - margin)."
     )
-    max_score: float | None = Field(None, description="Drop candidates scoring above this.")
-    sampling: Literal["top", "random"] = "top"
-    seed: int = 12
-    cross_encoder: str | None = Field(None, description="Local path of a cross-encoder that rescores candidates.")
+    relative_margin: float | None = Field(
+        0.05, ge=0.0, lt=1.0,
+        description="Relative: drop a candidate scoring above positive - |positive| * relative_margin.",
+    )
+    max_score: float | None = Field(None, description="Drop a candidate scoring above this.")
+    sampling: Literal["top", "random"] = Field("top", description="Take the window's best, or sample it.")
+    seed: int = Field(12, description="Seeds `random` sampling and the max_queries / max_pairs caps.")
+    cross_encoder: str | None = Field(
+        None, description="Local folder of a cross-encoder: its scores replace the bi-encoder's for every guard."
+    )
+    shown_first: bool = Field(
+        True, description="Click logs: take shown-but-unclicked documents (that pass the guards) before mined ones."
+    )
     max_queries: int | None = Field(None, ge=1, description="Cap on training queries, sampled with `seed`.")
     max_pairs: int | None = Field(None, ge=1, description="Cap on (query, positive) pairs, sampled with `seed`.")
     batch_size: int = Field(1024, ge=1, description="Documents per Ray Data batch (encode and search).")
-    concurrency: int = Field(1, ge=1, description="Encoder actors.")
+    concurrency: int | None = Field(
+        None, ge=1, description="Encoder actors (one model copy each); sized to the cluster's CPUs when unset."
+    )
 
     @model_validator(mode="after")
     def _window(self) -> "MineSpec":

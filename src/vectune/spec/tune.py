@@ -47,15 +47,23 @@ Domain = Annotated[Union[Choice, Uniform, LogUniform], Field(discriminator="type
 
 
 class TuneSpec(Section):
-    space: dict[str, Domain] = Field(default_factory=dict)
-    trials: int = Field(4, ge=1)
-    scheduler: Literal["asha", "none"] = "asha"
-    metric: str = "ndcg@10"
+    """Search `space` with Ray Tune; each trial trains and is scored on held-out TRAINING
+    queries (never a test split). `vectune tune` writes the best as `<spec>.tuned.yaml`."""
+
+    space: dict[str, Domain] = Field(
+        default_factory=dict,
+        description="Parameter (`train.learning_rate`, `mine.num_negatives`, ...) -> {type: choice|uniform|loguniform}.",
+    )
+    trials: int = Field(4, ge=1, description="Configurations sampled from the space (Tune's num_samples).")
+    scheduler: Literal["asha", "none"] = Field(
+        "asha", description="ASHA early stopping, or none. Trials report once, after scoring, so ASHA stops none yet.")
+    metric: str = Field("ndcg@10", description="Maximised; must be one of evaluate.metrics.")
     validation_queries: int = Field(100, ge=10, description="Training queries held out to score trials.")
-    cpus_per_trial: float = Field(1, gt=0)
-    gpus_per_trial: float = Field(0, ge=0)
-    max_concurrent: int = Field(1, ge=1)
-    seed: int = 12
+    cpus_per_trial: float = Field(
+        1, gt=0, description="CPUs of the trial itself (scoring); training workers take train.cpus_per_worker each.")
+    gpus_per_trial: float = Field(0, ge=0, description="GPUs of the trial itself (scoring).")
+    max_concurrent: int = Field(1, ge=1, description="Trials running at once.")
+    seed: int = Field(12, description="Seeds the validation carve-out and the search's sampling.")
 
     @field_validator("space")
     @classmethod

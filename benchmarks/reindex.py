@@ -1,0 +1,422 @@
+"""Re-index throughput and memory: is writing to Qdrant hidden behind encoding?
+
+For each corpus (a SciFact slice and a synthetic corpus of short documents):
+
+(a) embed-only docs/s: the re-index's own read -> encode pipeline into a sink that drops rows;
+(b) full re-index time / embed-only time, for the load phase (read -> encode -> upsert)
+    and for the whole stage (plus create, verify, alias swap); goal <= 1.10;
+(c) upsert-only points/s of vectune's writer (Ray write tasks -> Qdrant) over precomputed
+    vectors vs the best setting of qdrant-client's own `upload_points` / `upload_collection`
+    called in one process; goal >= 1.0;
+(d) peak RSS of the driver plus every Ray process (psutil, sampled every 0.2 s) per
+    phase; it should not grow with the corpus size.
+
+Every pass starts with a cold embedding cache (a fresh runs folder) and a fresh Qdrant
+folder on tmpfs. Results go to benchmarks/results/reindex.json.
+
+    python benchmarks/reindex.py --quick                 # SciFact 1,000 + synthetic 5,000
+    python benchmarks/reindex.py                         # SciFact 5,183 + synthetic 50,000 (long)
+    python benchmarks/reindex.py --docs 500 --synthetic 2000 --concurrency 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+import yaml  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SCIFACT = ROOT.parent / "shared" / "data" / "scifact" / "corpus.jsonl"
+DIM = 384
+
+
+# -- memory ---------------------------------------------------------------------------
+class PeakRSS:
+    """Peak RSS of this process and all its descendants (the local Ray), sampled, and the
+    CPU seconds they used (the last sample of each process; a process that lives less
+    than one interval is missed). CPU seconds are steadier than wall time on a shared
+    machine, where other people's jobs take turns with ours."""
+
+    def __init__(self, every: float = 0.2):
+        self.every = every
+        self.peak_total = 0
+        self.peak_driver = 0
+        self._cpu: dict[int, float] = {}
+        self._cpu0: dict[int, float] = {}
+        self._stop = threading.Event()
+
+    def _procs(self):
+        me = psutil.Process()
+        return [me, *me.children(recursive=True)]
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            total = 0
+            try:
+                procs = self._procs()
+            except psutil.Error:
+                continue
+            for i, proc in enumerate(procs):
+                try:
+                    with proc.oneshot():
+                        rss = proc.memory_info().rss
+                        t = proc.cpu_times()
+                except psutil.Error:
+                    continue
+                total += rss
+                if i == 0:
+                    self.peak_driver = max(self.peak_driver, rss)
+                self._cpu0.setdefault(proc.pid, t.user + t.system)
+                self._cpu[proc.pid] = t.user + t.system
+            self.peak_total = max(self.peak_total, total)
+            self._stop.wait(self.every)
+
+    def __enter__(self):
+        # processes alive before the phase count only what they use during it
+        for proc in self._procs():
+            try:
+                t = proc.cpu_times()
+                self._cpu0[proc.pid] = t.user + t.system
+            except psutil.Error:
+                pass
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def cpu_seconds(self) -> float:
+        return sum(self._cpu[p] - self._cpu0.get(p, 0.0) for p in self._cpu)
+
+    def mib(self) -> dict:
+        return {"peak_rss_mib": round(self.peak_total / 2**20, 1), "peak_driver_rss_mib": round(self.peak_driver / 2**20, 1),
+                "cpu_seconds": round(self.cpu_seconds(), 1)}
+
+
+# -- corpora --------------------------------------------------------------------------
+def scifact_slice(folder: Path, n: int | None) -> int:
+    """The first `n` SciFact documents (all when None)."""
+    count = 0
+    with open(SCIFACT, encoding="utf-8") as src, open(folder / "corpus.jsonl", "w", encoding="utf-8") as dst:
+        for line in src:
+            if n is not None and count >= n:
+                break
+            if line.strip():
+                dst.write(line)
+                count += 1
+    return count
+
+
+def synthetic(folder: Path, n: int, seed: int = 0) -> int:
+    """`n` short documents (title of 3-8 words, text of 15-60) over a Zipf vocabulary."""
+    rng = random.Random(seed)
+    syllables = ["ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "ze", "pa", "qui", "dor", "len", "bra", "sto"]
+    vocab = sorted({"".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for _ in range(8000)})
+    weights = [1 / (r + 1) for r in range(len(vocab))]
+    with open(folder / "corpus.jsonl", "w", encoding="utf-8") as fh:
+        for i in range(n):
+            title = " ".join(rng.choices(vocab, weights, k=rng.randint(3, 8)))
+            text = " ".join(rng.choices(vocab, weights, k=rng.randint(15, 60))) + "."
+            fh.write(json.dumps({"_id": f"s{i}", "title": title, "text": text}) + "\n")
+    return n
+
+
+def write_spec(folder: Path, name: str, runs: Path, qdrant: Path, args) -> Path:
+    spec = {"version": 1, "name": name, "data": {"corpus": {"path": str(folder / "corpus.jsonl")}},
+            "index": {"qdrant": {"path": str(qdrant)}, "concurrency": args.concurrency,
+                      "embed_batch_size": args.embed_batch, "batch_size": args.upsert_batch, "keep": 0},
+            "runtime": {"runs": str(runs)}}
+    path = folder / f"spec-{runs.name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+# -- the measurements -----------------------------------------------------------------
+class _CountSink:
+    """A Datasink that only counts rows: the pipeline's cost without Qdrant."""
+
+    def __new__(cls):
+        from ray.data import Datasink
+
+        class CountSink(Datasink):
+            def write(self, blocks, ctx):
+                from ray.data.block import BlockAccessor
+
+                return sum(BlockAccessor.for_block(b).num_rows() for b in blocks)
+
+            def on_write_complete(self, result):
+                self.rows = sum(result.write_returns)
+
+        return CountSink()
+
+
+def embed_only(spec_path: Path) -> dict:
+    from vectune.data import DomainData
+    from vectune.embed import encoder_config, resolve_model
+    from vectune.index.stage import corpus_vectors
+    from vectune.index.writer import WRITE_TASK_CPUS
+    from vectune.spec import load_spec
+
+    spec = load_spec(spec_path)
+    data = DomainData(spec)
+    n = data.corpus.count
+    cfg = encoder_config(spec, resolve_model(spec.model.base), role="document")
+    with PeakRSS() as mem:
+        start = time.perf_counter()
+        ds, blocks = corpus_vectors(spec, data, cfg)
+        sink = _CountSink()
+        ds.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_TASK_CPUS}, concurrency=min(blocks, 2))
+        seconds = time.perf_counter() - start
+    assert sink.rows == n, (sink.rows, n)
+    return {"docs": n, "seconds": round(seconds, 2), "docs_per_s": round(n / seconds, 1), **mem.mib()}
+
+
+def full_reindex(spec_path: Path) -> dict:
+    from vectune.embed import resolve_model
+    from vectune.index import reindex
+    from vectune.runs import Run
+    from vectune.spec import load_spec
+
+    spec = load_spec(spec_path)
+    run = Run.create(spec, "bench")
+    with PeakRSS() as mem:
+        start = time.perf_counter()
+        result = reindex(spec, run, resolve_model(spec.model.base))
+        seconds = time.perf_counter() - start
+    return {"points": result["points"], "seconds": round(seconds, 2), "timings": result["timings"], **mem.mib()}
+
+
+def _vectors_dataset(spec_path: Path):
+    """The corpus with random unit vectors, materialised in the object store (no model)."""
+    from vectune.data import DomainData
+    from vectune.spec import load_spec
+
+    def add(batch):
+        rng = np.random.default_rng(len(batch["doc_id"]))
+        v = rng.normal(size=(len(batch["doc_id"]), DIM)).astype(np.float32)
+        batch["embedding"] = v / np.linalg.norm(v, axis=1, keepdims=True)
+        return batch
+
+    data = DomainData(load_spec(spec_path))
+    return data.corpus_dataset(blocks=max(2, data.corpus.count // 1024)).map_batches(
+        add, batch_format="numpy", num_cpus=0.1).materialize()
+
+
+def _fresh_collection(client, name: str) -> None:
+    from qdrant_client import models
+
+    client.create_collection(name, vectors_config=models.VectorParams(size=DIM, distance=models.Distance.COSINE),
+                             hnsw_config=models.HnswConfigDiff(m=0))
+
+
+def upsert_only(spec_path: Path, work: Path, batch_sizes: list[int], upsert_batch: int, repeat: int) -> dict:
+    """vectune's writer vs qdrant-client's upload helpers, same vectors, same tmpfs engine.
+
+    Both start from the same columns (doc ids, vectors, payload fields). The baseline is
+    timed twice: the upload call alone (points built beforehand, untimed: its best case)
+    and building the points plus the upload (what a caller has to do).
+    """
+    import ray
+    from qdrant_client import QdrantClient, models
+
+    from vectune.index.client import Target
+    from vectune.index.points import point_id
+    from vectune.index.writer import WRITE_TASK_CPUS, QdrantDatasink, start_owner
+
+    ds = _vectors_dataset(spec_path)
+    n = ds.count()
+    fields = ["doc_id", "text", "title"]
+
+    # vectune: write tasks -> the engine's owner actor (what `reindex` does on the embedded engine)
+    ours, busy = [], []
+    with PeakRSS() as mem:
+        for i in range(repeat):
+            where = Target(path=str(work / f"q-vectune-{i}"))
+            owner = start_owner(where)
+            _fresh_collection(owner, "bench")
+            start = time.perf_counter()
+            sink = QdrantDatasink("bench", where=where, owner=owner.actor, batch_size=upsert_batch, payload=fields)
+            ds.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_TASK_CPUS}, concurrency=2)
+            ours.append(time.perf_counter() - start)
+            busy.append(ray.get(owner.actor.stats.remote())["busy_seconds"] / ours[-1])
+            assert owner.count("bench", exact=True).count == n
+            owner.close()
+            shutil.rmtree(where.path, ignore_errors=True)
+
+    rows = [r for b in ds.iter_batches(batch_format="numpy", batch_size=4096)
+            for r in zip(b["doc_id"], b["title"], b["text"], b["embedding"])]
+    upload_only, with_build = {}, {}
+    for method in ("upload_points", "upload_collection"):
+        for bs in batch_sizes:
+            path = work / f"q-{method}-{bs}"
+            client = QdrantClient(path=str(path))
+            _fresh_collection(client, "bench")
+            built = time.perf_counter()
+            if method == "upload_points":
+                points = [models.PointStruct(id=point_id(d), vector=v.tolist(),
+                                             payload={"doc_id": str(d), "title": str(t), "text": str(x)})
+                          for d, t, x, v in rows]
+                start = time.perf_counter()
+                client.upload_points("bench", points, batch_size=bs, wait=True)
+            else:
+                ids = [point_id(d) for d, *_ in rows]
+                vectors = np.stack([v for *_, v in rows])
+                payload = [{"doc_id": str(d), "title": str(t), "text": str(x)} for d, t, x, _ in rows]
+                start = time.perf_counter()
+                client.upload_collection("bench", vectors=vectors, payload=payload, ids=ids, batch_size=bs, wait=True)
+            end = time.perf_counter()
+            assert client.count("bench", exact=True).count == n
+            client.close()
+            shutil.rmtree(path, ignore_errors=True)
+            key = f"{method}(batch_size={bs})"
+            upload_only[key] = round(n / (end - start), 1)
+            with_build[key] = round(n / (end - built), 1)
+    best = max(upload_only, key=upload_only.get)
+    best_built = max(with_build, key=with_build.get)
+    rate = n / min(ours)
+    return {"points": n, "vectune_points_per_s": round(rate, 1), "vectune_seconds": [round(x, 2) for x in ours],
+            "owner_busy_fraction": [round(x, 3) for x in busy],
+            "qdrant_client_upload_only": upload_only, "qdrant_client_build_and_upload": with_build,
+            "best_upload_only": best, "ratio_vs_best_upload_only": round(rate / upload_only[best], 3),
+            "best_build_and_upload": best_built, "ratio_vs_best_build_and_upload": round(rate / with_build[best_built], 3),
+            **mem.mib()}
+
+
+def bench_corpus(label: str, make, args, work: Path) -> dict:
+    folder = work / label
+    folder.mkdir()
+    n = make(folder)
+    print(f"[{label}] {n} documents", file=sys.stderr, flush=True)
+    out: dict = {"docs": n}
+    spec_a = write_spec(folder, f"bench-{label}", folder / "runs-embed", folder / "qdrant-embed", args)
+    spec_b = write_spec(folder, f"bench-{label}", folder / "runs-full", folder / "qdrant-full", args)
+    if "embed" in args.phases:
+        out["embed_only"] = embed_only(spec_a)
+        print(f"[{label}] embed-only {out['embed_only']}", file=sys.stderr, flush=True)
+    if "full" in args.phases:
+        out["full_reindex"] = full_reindex(spec_b)
+        print(f"[{label}] full re-index {out['full_reindex']}", file=sys.stderr, flush=True)
+    if "embed_only" in out and "full_reindex" in out:
+        e, f = out["embed_only"]["seconds"], out["full_reindex"]
+        out["ratio_load_vs_embed_only"] = round(f["timings"]["load"] / e, 3)
+        out["ratio_total_vs_embed_only"] = round(f["seconds"] / e, 3)
+        # CPU seconds of driver + Ray: what upserting and verifying add, whatever the contention
+        out["ratio_cpu_vs_embed_only"] = round(f["cpu_seconds"] / max(out["embed_only"]["cpu_seconds"], 1e-9), 3)
+    if "upsert" in args.phases:
+        out["upsert_only"] = upsert_only(spec_b, folder, args.baseline_batches, args.upsert_batch, args.repeat)
+        print(f"[{label}] upsert-only {out['upsert_only']}", file=sys.stderr, flush=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    return out
+
+
+def _one(args) -> None:
+    """Child process: one corpus, with its own Ray, so peak memory and model residue of one
+    corpus never leak into the next."""
+    from vectune.cluster import init_ray
+    from vectune.spec.runtime import RuntimeSpec
+
+    logging.basicConfig(level=logging.WARNING)
+    os.environ["RAY_worker_niceness"] = str(args.ray_niceness)  # read by the raylet Ray starts below
+    init_ray(RuntimeSpec(num_cpus=args.cpus))
+    kind, n = args.one
+    n = int(n)
+    work = Path(tempfile.mkdtemp(prefix="vectune-bench-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
+    make = (lambda f: scifact_slice(f, n or None)) if kind == "scifact" else (lambda f: synthetic(f, n))
+    try:
+        result = bench_corpus(kind, make, args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    args.child_out.write_text(json.dumps(result))
+
+
+def _spawn(kind: str, n: int, phases: str, argv: list[str]) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
+        out = Path(fh.name)
+    cmd = [sys.executable, __file__, *argv, "--phases", phases, "--one", kind, str(n), "--child-out", str(out)]
+    subprocess.run(cmd, check=True)
+    try:
+        return json.loads(out.read_text())
+    finally:
+        out.unlink(missing_ok=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="SciFact 1,000 docs + synthetic 5,000 (and 1,000 for (d)).")
+    ap.add_argument("--docs", type=int, default=None, help="SciFact documents (default: all 5,183).")
+    ap.add_argument("--synthetic", type=int, default=None, help="Synthetic documents (default 50,000).")
+    ap.add_argument("--skip-scifact", action="store_true")
+    ap.add_argument("--phases", default="embed,full,upsert",
+                    help="Comma-separated subset of embed (a), full (b), upsert (c).")
+    ap.add_argument("--concurrency", type=int, default=2, help="Encoder actors.")
+    ap.add_argument("--embed-batch", type=int, default=1024, help="Documents per Ray batch handed to encode.")
+    ap.add_argument("--upsert-batch", type=int, default=256, help="Points per upsert request.")
+    ap.add_argument("--repeat", type=int, default=2, help="Runs of vectune's writer in (c); the best counts.")
+    ap.add_argument("--baseline-batches", type=int, nargs="+", default=[64, 256, 1024])
+    ap.add_argument("--cpus", type=int, default=None, help="CPUs for the local Ray (default: all).")
+    ap.add_argument("--ray-niceness", type=int, default=0,
+                    help="Niceness of Ray workers (Ray's default is 15). 0 puts them on par with the in-process "
+                         "qdrant-client baseline on a shared machine.")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "reindex.json")
+    ap.add_argument("--one", nargs=2, metavar=("KIND", "N"), help=argparse.SUPPRESS)
+    ap.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        return _one(args)
+    if args.quick:
+        args.docs = args.docs or 1000
+        args.synthetic = args.synthetic or 5000
+    synthetic_n = args.synthetic or 50_000
+    small_n = max(200, synthetic_n // 5)  # (d): the same kind of corpus at a fifth of the size
+    argv = [a for a in sys.argv[1:]]
+    if "--phases" in argv:
+        i = argv.index("--phases")
+        del argv[i:i + 2]
+
+    results: dict = {
+        "benchmark": "reindex", "host": platform.node(), "cpus": os.cpu_count(),
+        "load_average_start": [round(x, 2) for x in os.getloadavg()],
+        "ray_worker_niceness": args.ray_niceness,
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                     if k not in ("one", "child_out")},
+        "corpora": {},
+    }
+    if not args.skip_scifact:
+        results["corpora"]["scifact"] = _spawn("scifact", args.docs or 0, args.phases, argv)
+    results["corpora"]["synthetic"] = _spawn("synthetic", synthetic_n, args.phases, argv)
+    if "full" in args.phases:
+        results["corpora"][f"synthetic_{small_n}"] = _spawn("synthetic", small_n, "full", argv)
+        big, small = results["corpora"]["synthetic"]["full_reindex"], results["corpora"][f"synthetic_{small_n}"]["full_reindex"]
+        results["memory_scaling"] = {
+            "docs": [small_n, synthetic_n],
+            "peak_rss_mib": [small["peak_rss_mib"], big["peak_rss_mib"]],
+            "peak_driver_rss_mib": [small["peak_driver_rss_mib"], big["peak_driver_rss_mib"]],
+            "growth_for_5x_docs": round(big["peak_rss_mib"] / small["peak_rss_mib"], 3),
+        }
+    results["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

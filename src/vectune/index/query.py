@@ -1,0 +1,100 @@
+"""Searching the live collection with the model that built it, and the read-only views
+behind `vectune collections` and `vectune rollback`.
+
+Model choice for a query (the vectors must come from the model the collection was built
+with, or the scores mean nothing):
+
+- by default, the model stamped on the live collection (its path and fingerprint);
+- `model=` another model: allowed only when its fingerprint equals the stamp's, e.g. the
+  same model copied elsewhere; a different model is refused (ModelError, exit 2)
+  unless `force=True`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from vectune.cluster import WORKER_ENV
+from vectune.embed import encode_texts, encoder_config, model_fingerprint, resolve_model
+from vectune.errors import IndexingError, ModelError
+from vectune.index import collections as cols
+from vectune.index.client import connect
+from vectune.spec import Spec
+
+
+def _live(client, spec: Spec) -> tuple[str, dict]:
+    alias = cols.alias_name(spec)
+    live = cols.live_collection(client, alias)
+    if live is None:
+        raise IndexingError(f"alias {alias!r} points at no collection yet: run `vectune reindex` first")
+    stamp = cols.read_stamp(client, live)
+    if stamp is None:
+        raise IndexingError(f"{live} (behind alias {alias!r}) carries no vectune stamp: cannot tell its model")
+    return live, stamp
+
+
+def query_model(stamp: dict, model: str | None, *, force: bool = False) -> tuple[str, str]:
+    """(model path, fingerprint) to embed queries with, checked against the stamp."""
+    stamped_fp = stamp.get("model_fingerprint")
+    if model is None:
+        path = stamp.get("model_path") or ""
+        if not str(stamped_fp).startswith("hub:") and not Path(path).is_dir():
+            raise ModelError(f"the live collection was built with {path}, which is not on this machine; "
+                             "pass --model with a copy of it")
+        fp = model_fingerprint(path)
+        if fp != stamped_fp and not force:
+            raise ModelError(f"the model at {path} changed since it built the live collection (fingerprint {fp}, "
+                             f"stamped {stamped_fp}); pass --model with the original, or --force")
+        return path, fp
+    path = resolve_model(model, Path.cwd())
+    fp = model_fingerprint(path)
+    if fp != stamped_fp and not force:
+        raise ModelError(f"--model {model} (fingerprint {fp}) is not the model that built the live collection "
+                         f"({stamp.get('model_path')}, fingerprint {stamped_fp}); its query vectors would not match "
+                         "the documents. Leave out --model to use the stamped one, or pass --force")
+    return path, fp
+
+
+def search(spec: Spec, text: str, *, k: int = 10, model: str | None = None, force: bool = False) -> dict:
+    """Embed `text` and return the `k` nearest documents behind the spec's alias."""
+    if not text.strip():
+        raise ModelError("the query text is empty")
+    for key, value in WORKER_ENV.items():  # offline, no progress bars: this runs in the CLI process
+        os.environ.setdefault(key, value)
+    client = connect(spec)
+    try:
+        live, stamp = _live(client, spec)
+        path, fp = query_model(stamp, model, force=force)
+        vector = encode_texts([text], encoder_config(spec, path, role="query", cache=False))[0]
+        hits = client.query_points(cols.alias_name(spec), query=vector.tolist(), limit=k,
+                                   with_payload=["doc_id", "title"]).points
+    finally:
+        client.close()
+    return {
+        "alias": cols.alias_name(spec), "collection": live, "query": text,
+        "model": {"path": path, "fingerprint": fp, "stamped": stamp.get("model_fingerprint"),
+                  "forced": fp != stamp.get("model_fingerprint")},
+        "hits": [{"rank": i + 1, "doc_id": (h.payload or {}).get("doc_id"), "score": round(float(h.score), 6),
+                  "title": (h.payload or {}).get("title", "")} for i, h in enumerate(hits)],
+    }
+
+
+def list_collections(spec: Spec) -> dict:
+    """Every version of the spec's collection, newest first, and which one is live."""
+    client = connect(spec)
+    try:
+        versions = cols.versions(client, spec)
+        live = cols.live_collection(client, cols.alias_name(spec))
+    finally:
+        client.close()
+    return {"alias": cols.alias_name(spec), "live": live, "collections": [v.to_dict() for v in versions]}
+
+
+def rollback(spec: Spec, *, to: str | None = None) -> dict:
+    """Move the alias back to the previous verified collection (or `to`)."""
+    client = connect(spec)
+    try:
+        return cols.rollback(client, spec, to)
+    finally:
+        client.close()

@@ -1,0 +1,288 @@
+"""The re-index stage: embed the corpus with the promoted model, load a new collection,
+verify it, then move the alias to it in one atomic call.
+
+    corpus (Ray Data, in blocks) -> encoder actors -> write tasks -> Qdrant `<base>__<run_id>`
+    -> restore HNSW, wait green -> verify -> swap alias -> drop old versions
+
+The corpus never comes to the driver. A failure anywhere before the swap leaves the
+alias where it was; re-running the same run id resumes: point ids derive from document
+ids, so the rewrite overwrites, and the embedding cache makes it cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from pathlib import Path
+
+from vectune.cluster import plan_actors, ray_session
+from vectune.data import DomainData
+from vectune.embed import embed_dataset, encoder_config, model_fingerprint, resolve_model
+from vectune.embed.encoder import Encoder
+from vectune.embed.pipeline import finish
+from vectune.errors import IndexingError, SpecError
+from vectune.index import collections as cols
+from vectune.index.client import MEMORY, Target, open_target, target
+from vectune.runs import Run
+from vectune.spec import Spec
+
+log = logging.getLogger(__name__)
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_DISTANCE = {"cosine": "Cosine", "dot": "Dot", "euclid": "Euclid"}
+
+
+# -- choosing the model -----------------------------------------------------------------
+def promoted_model(spec: Spec) -> tuple[str, str]:
+    """(model path, where it came from): the newest tuned model of this spec whose run
+    passed the gate, else the spec's base model."""
+    for run in reversed(Run.all(spec)):
+        m = run.manifest
+        tuned = (m.get("models") or {}).get("tuned") or {}
+        if (m.get("gate") or {}).get("passed") is True and tuned.get("path"):
+            if Path(tuned["path"]).is_dir():
+                return tuned["path"], f"tuned model of run {run.id} (gate passed)"
+            log.warning("run %s passed the gate but its model %s is gone; looking further back", run.id, tuned["path"])
+    return resolve_model(spec.model.base, spec.base_dir), f"base model {spec.model.base} (no run passed the gate)"
+
+
+def reindex_spec(spec: Spec, *, model: str | None = None, run_id: str | None = None) -> dict:
+    """`vectune reindex`: pick the model (`model`, else what a resumed run used, else
+    `promoted_model`), open or create the run, and run the stage."""
+    run = Run.create(spec, run_id)
+    previous = (run.manifest.get("collection") or {}).get("model") or {}
+    if model:
+        path, source = resolve_model(model, Path.cwd()), "--model"
+    elif previous.get("path") and run.stage_info("reindex").get("status") in ("running", "failed"):
+        path, source = previous["path"], f"resuming run {run.id}"
+    else:
+        path, source = promoted_model(spec)
+    log.info("re-indexing %s with %s", spec.name, source)
+    result = reindex(spec, run, path)
+    return {**result, "model_source": source, "run_dir": str(run.dir)}
+
+
+# -- the stage --------------------------------------------------------------------------
+def reindex(spec: Spec, run: Run, model_path: str) -> dict:
+    """Build, verify and promote a new collection for `run` with `model_path`.
+
+    Records the collection in the run manifest (`collection`) and the stage as `reindex`.
+    Starts Ray when it is not running (or uses the running one).
+
+    Returns:
+        The manifest's `collection` entry: name, alias, points, model, previous live
+        collection, deleted versions, verification.
+
+    Raises:
+        IndexingError: Qdrant unreachable, or verification refused the collection; the
+            alias is untouched either way.
+    """
+    if not _RUN_ID.match(run.id):
+        raise SpecError("--run-id", [f"run id {run.id!r} cannot name a collection: use letters, digits, `_`, `-`"])
+    where = target(spec)
+    if where.embedded and where.path == MEMORY:
+        raise SpecError("index.qdrant.path", ["`:memory:` lives inside one process and would vanish with the "
+                                              "re-index workers; use a folder (a tmpfs one for tests) or a server url"])
+    data = DomainData(spec)
+    fingerprint = model_fingerprint(model_path)
+    name = cols.collection_name(spec, run.id)
+    inputs = {"model": fingerprint, "corpus": data.corpus.sha256, "index": spec.section_digest("index", "model"),
+              "qdrant": where.describe()}
+    if run.is_done("reindex", inputs) and run.manifest.get("collection", {}).get("name") == name:
+        log.info("run %s already re-indexed %s; nothing to do", run.id, name)
+        return run.manifest["collection"]
+    model = {"path": model_path, "fingerprint": fingerprint}
+    run.record("collection", {"name": name, "alias": cols.alias_name(spec), "state": "building", "model": model,
+                              "qdrant": where.describe()})
+    try:
+        with run.stage("reindex", inputs) as outputs:
+            open_target(where).close()  # fail fast (server down, embedded folder held) before Ray starts
+            with ray_session(spec.runtime):
+                client = _client(where)
+                try:
+                    record = _build(client, where, spec, run, data, name, model)
+                finally:
+                    client.close()
+            outputs.update({k: record[k] for k in ("name", "points", "seconds", "previous")})
+    except BaseException as exc:
+        run.record("collection", {**run.manifest["collection"], "state": "failed",
+                                  "error": f"{type(exc).__name__}: {exc}"[:1000]})
+        raise
+    run.record("collection", record)
+    return record
+
+
+def _client(where: Target):
+    """The driver's client: direct for a server; through the owner actor for the embedded engine."""
+    if not where.embedded:
+        return open_target(where)
+    from vectune.index.writer import FailureHook, start_owner
+
+    try:
+        return start_owner(where, FailureHook.from_env())
+    except IndexingError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - an actor that died opening the folder
+        raise IndexingError(f"cannot start the embedded Qdrant owner for {where.path}: {exc}") from None
+
+
+def _build(client, where: Target, spec: Spec, run: Run, data: DomainData, name: str, model: dict) -> dict:
+    start = time.perf_counter()
+    idx = spec.index
+    cfg = encoder_config(spec, model["path"], role="document")
+    # one uncached encoder on the driver: the dimension now, a fresh sample for verification later
+    fresh = Encoder(encoder_config(spec, model["path"], role="document", cache=False))
+    dimension = fresh.dimension
+    stamp = {
+        "format": 1, "spec": spec.name, "base": cols.base_name(spec), "run_id": run.id, "spec_hash": spec.digest(),
+        "model_path": model["path"], "model_fingerprint": model["fingerprint"], "dimension": dimension,
+        "distance": idx.distance, "document_prefix": spec.model.document_prefix,
+        "max_seq_length": spec.model.max_seq_length, "normalize": spec.model.normalize,
+        "corpus_sha256": data.corpus.sha256, "corpus_count": data.corpus.count, "created": cols.now(),
+        "state": "building",
+    }
+    alias = cols.alias_name(spec)
+    live_before = cols.live_collection(client, alias)
+    resumed = _prepare(client, spec, name, stamp, live=live_before, where_embedded=where.embedded)
+    timings = {"prepare": round(time.perf_counter() - start, 2)}
+
+    mark = time.perf_counter()
+    written = _load(client, where, spec, data, name, cfg)
+    finish(cfg)  # merge the vectors the workers cached, for the next run and for search
+    timings["load"] = round(time.perf_counter() - mark, 2)
+    mark = time.perf_counter()
+    _restore_index(client, spec, name)
+    timings["index"] = round(time.perf_counter() - mark, 2)
+
+    mark = time.perf_counter()
+    try:
+        checks = _verify(client, name, spec, data, model["path"], seed=run.id, encoder=fresh)
+    except IndexingError as exc:
+        cols.update_stamp(client, name, state="failed", error=str(exc)[:500])
+        raise IndexingError(f"{exc}. The alias {alias!r} still points at {live_before or 'nothing'}; the new "
+                            f"collection {name} is kept for inspection") from None
+    timings["verify"] = round(time.perf_counter() - mark, 2)
+    cols.update_stamp(client, name, state="ready", verified=checks)
+    previous = cols.promote(client, spec, name)
+    deleted = cols.retain(client, spec, name)
+    seconds = round(time.perf_counter() - start, 2)
+    log.info("alias %s -> %s (%d points, %.1f s); previous %s", alias, name, checks["points"], seconds, previous)
+    return {"name": name, "alias": alias, "state": "live", "points": checks["points"], "written": written,
+            "dimension": dimension, "model": model, "previous": previous, "deleted": deleted, "resumed": resumed,
+            "verified": checks, "qdrant": where.describe(), "seconds": seconds, "timings": timings}
+
+
+def _prepare(client, spec: Spec, name: str, stamp: dict, *, live: str | None, where_embedded: bool) -> bool:
+    """Create the collection with HNSW off for the bulk load, or resume a half-built one.
+
+    Returns True when resuming. A leftover of this run id built from another model or
+    corpus is dropped and rebuilt, unless it is live.
+    """
+    from qdrant_client import models
+
+    if client.collection_exists(name):
+        old = cols.read_stamp(client, name)
+        if old is None:
+            raise IndexingError(f"collection {name} exists and was not made by vectune; use another run id")
+        same = all(old.get(k) == stamp[k] for k in ("model_fingerprint", "corpus_sha256", "dimension", "distance",
+                                                    "document_prefix", "max_seq_length", "normalize"))
+        if same:
+            log.info("resuming %s (%s, %d points so far)", name, old.get("state"), client.count(name).count)
+            cols.write_stamp(client, name, {**stamp, "created": old.get("created", stamp["created"]),
+                                            "state": "ready" if name == live else "building"})
+            return True
+        if name == live:
+            raise IndexingError(f"{name} is live and was built from another model or corpus; use a new run id")
+        log.info("dropping %s: it was built from another model or corpus", name)
+        client.delete_collection(name)
+
+    idx = spec.index
+    client.create_collection(
+        name,
+        vectors_config=models.VectorParams(size=stamp["dimension"], distance=models.Distance(_DISTANCE[idx.distance]),
+                                           on_disk=idx.on_disk_vectors or None),
+        # m=0: no HNSW graph while bulk loading (it is rebuilt once, after); see _restore_index
+        hnsw_config=models.HnswConfigDiff(m=0, ef_construct=idx.hnsw.ef_construct, on_disk=idx.hnsw.on_disk),
+        shard_number=idx.shards,
+        replication_factor=idx.replication,
+        metadata={cols.STAMP_KEY: stamp},
+    )
+    if cols.read_stamp(client, name) is None:
+        client.delete_collection(name)
+        raise IndexingError("this Qdrant does not keep collection metadata (vectune's stamp); upgrade the server")
+    if not where_embedded:  # the embedded engine ignores payload indexes (and warns)
+        client.create_payload_index(name, "doc_id", models.PayloadSchemaType.KEYWORD)
+    return False
+
+
+def payload_fields(spec: Spec) -> list[str]:
+    return sorted(set(spec.index.payload) | {"doc_id"})
+
+
+def corpus_vectors(spec: Spec, data: DomainData, cfg) -> tuple:
+    """(lazy Dataset of the payload fields plus `embedding`, its number of read blocks)."""
+    idx = spec.index
+    plan = plan_actors(idx.concurrency, idx.num_gpus)
+    # enough blocks that every encoder actor gets work, each a Ray batch `encode` can sort
+    blocks = max(plan.actors * 2, math.ceil(data.corpus.count / idx.embed_batch_size))
+    ds = data.corpus_dataset(blocks=blocks)
+    embedded = embed_dataset(ds, cfg, batch_size=idx.embed_batch_size, concurrency=idx.concurrency,
+                             gpus=idx.num_gpus, keep=tuple(payload_fields(spec)))
+    return embedded, blocks
+
+
+def _load(client, where: Target, spec: Spec, data: DomainData, name: str, cfg) -> int:
+    """Stream the corpus through the encoder actors into Qdrant; returns points written."""
+    from vectune.index.writer import WRITE_TASK_CPUS, FailureHook, QdrantDatasink
+
+    idx = spec.index
+    payload = payload_fields(spec)
+    embedded, blocks = corpus_vectors(spec, data, cfg)
+    owner = getattr(client, "actor", None)
+    sink = QdrantDatasink(name, where=where, owner=owner, batch_size=idx.batch_size, payload=payload,
+                          hook=None if owner is not None else FailureHook.from_env())
+    # the embedded engine applies one request at a time: two tasks keep it fed, more only queue
+    concurrency = min(blocks, 2 if owner is not None else idx.parallel)
+    try:
+        embedded.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_TASK_CPUS}, concurrency=concurrency)
+    except Exception as exc:  # noqa: BLE001 - a Ray-wrapped worker error: keep its last line
+        raise IndexingError(f"loading {name} failed: {_root_cause(exc)}") from exc
+    return int(getattr(sink, "written", 0) or 0)
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost error of a Ray-wrapped exception chain, in one line."""
+    while True:
+        inner = getattr(exc, "cause", None) or exc.__cause__
+        if inner is None or inner is exc:
+            break
+        exc = inner
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    return f"{type(exc).__name__}: {lines[-1] if lines else ''}"[:500]
+
+
+def _restore_index(client, spec: Spec, name: str, *, poll: float = 0.5) -> None:
+    """Turn HNSW back on (the server builds it once, over the loaded points) and wait green."""
+    from qdrant_client import models
+
+    h = spec.index.hnsw
+    client.update_collection(name, hnsw_config=models.HnswConfigDiff(m=h.m, ef_construct=h.ef_construct,
+                                                                       on_disk=h.on_disk))
+    deadline = time.monotonic() + spec.index.green_timeout
+    while True:
+        status = client.get_collection(name).status
+        if status == models.CollectionStatus.GREEN:
+            return
+        if status == models.CollectionStatus.RED:
+            raise IndexingError(f"Qdrant reports collection {name} as red (failed optimisation)")
+        if time.monotonic() > deadline:
+            raise IndexingError(f"collection {name} still {status} after {spec.index.green_timeout:.0f} s of indexing")
+        time.sleep(poll)
+
+
+def _verify(client, name, spec, data, model_path, *, seed, encoder):
+    from vectune.index.verify import verify
+
+    return verify(client, name, spec, data, model_path, seed=seed, encoder=encoder)

@@ -1,0 +1,93 @@
+"""Checks a new collection passes before the alias may move to it.
+
+1. its point count equals the corpus document count;
+2. its point ids are exactly the corpus ids (an order-free checksum over a scroll of ids
+   only, constant memory), so there is no duplicate, stale or missing point;
+3. a sample of points is present with the right `doc_id`;
+4. their stored vectors match a fresh embedding of the same documents (cosine > 0.999),
+   computed on the driver without the embedding cache, so a stale cache or a mix-up of
+   models cannot pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import numpy as np
+
+from vectune.data import DomainData
+from vectune.embed import Encoder, encode_texts, encoder_config
+from vectune.errors import IndexingError
+from vectune.index.points import id_checksum, point_id
+from vectune.spec import Spec
+
+log = logging.getLogger(__name__)
+
+MIN_COSINE = 0.999
+_SCROLL_PAGE = 10_000
+
+
+def scroll_ids(client, name: str):
+    """Every point id of a collection, page by page (no payloads, no vectors)."""
+    offset = None
+    while True:
+        points, offset = client.scroll(name, limit=_SCROLL_PAGE, offset=offset, with_payload=False,
+                                       with_vectors=False)
+        for p in points:
+            yield p.id
+        if offset is None:
+            return
+
+
+def _pick_rows(batch: dict, wanted: frozenset) -> dict:
+    keep = np.array([d in wanted for d in batch["doc_id"]], dtype=bool)
+    return {k: np.asarray(v)[keep] for k, v in batch.items()}
+
+
+def sample_texts(data: DomainData, doc_ids: list[str]) -> dict[str, str]:
+    """Texts of a few documents, found by the Ray workers: the driver sees only those."""
+    wanted = frozenset(doc_ids)
+    ds = data.corpus_dataset().map_batches(_pick_rows, fn_kwargs={"wanted": wanted}, batch_format="numpy",
+                                           num_cpus=0.1)
+    return {str(r["doc_id"]): str(r["text"]) for r in ds.take_all()}
+
+
+def verify(client, name: str, spec: Spec, data: DomainData, model_path: str, *, seed: str,
+           encoder: Encoder | None = None) -> dict:
+    """Raise IndexingError unless collection `name` holds exactly the corpus, embedded by
+    `model_path`. Returns what was checked.
+
+    `encoder` (optional) is an uncached document encoder of `model_path` already loaded.
+    """
+    expected = data.corpus.count
+    got = client.count(name, exact=True).count
+    if got != expected:
+        raise IndexingError(f"{name} holds {got} points but the corpus has {expected} documents")
+    want = id_checksum(point_id(d) for d in data.corpus.ids)
+    have = id_checksum(scroll_ids(client, name))
+    if want != have:
+        raise IndexingError(f"{name} holds {have[0]} points whose ids do not match the corpus document ids")
+
+    ids = random.Random(seed).sample(sorted(data.corpus.ids), min(spec.index.verify_sample, expected))
+    points = client.retrieve(name, [point_id(d) for d in ids], with_payload=["doc_id"], with_vectors=True)
+    by_doc = {p.payload.get("doc_id"): p for p in points}
+    missing = [d for d in ids if d not in by_doc]
+    if missing:
+        raise IndexingError(f"{name} misses sampled documents {missing[:5]}")
+    texts = sample_texts(data, ids)
+    cfg = encoder_config(spec, model_path, role="document", cache=False)
+    fresh = encode_texts([texts[d] for d in ids], cfg, encoder=encoder if encoder is not None else Encoder(cfg))
+    stored = np.asarray([by_doc[d].vector for d in ids], dtype=np.float32)
+    cos = np.sum(_unit(fresh) * _unit(stored), axis=1)
+    worst = int(np.argmin(cos))
+    if cos[worst] < MIN_COSINE:
+        raise IndexingError(f"{name}: the stored vector of document {ids[worst]!r} does not match a fresh embedding "
+                            f"by {model_path} (cosine {cos[worst]:.4f} < {MIN_COSINE})")
+    log.info("verified %s: %d points, ids match, %d sampled vectors (min cosine %.5f)", name, got, len(ids),
+             float(cos[worst]))
+    return {"points": got, "ids_checksum": True, "sampled": len(ids), "min_cosine": round(float(cos[worst]), 6)}
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

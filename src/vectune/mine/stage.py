@@ -1,0 +1,278 @@
+"""The mine stage: (query, positive) pairs in, (query, positive, hard negatives) rows out.
+
+Top to bottom: read and cap the training labels; embed the queries (driver, cached) and
+the corpus (Ray Data encoder pool, cached); exact top-k search in Ray tasks; one light
+pass over the corpus for the candidates' text hashes (and the positives' texts, and
+cross-encoder scores when one is set); choose the negatives on the driver
+(`vectune.mine.select`); one light pass for the chosen negatives' texts; write
+`mine/triples.parquet` and `mine/mine_audit.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vectune.cluster import plan_actors
+from vectune.data import DomainData, Labels
+from vectune.embed import EmbeddingCache, Encoder, encode_texts, encoder_config, model_fingerprint, resolve_model
+from vectune.errors import SpecError
+from vectune.mine.audit import build_audit
+from vectune.mine.candidates import ExactScorer, pair_scores, search_corpus
+from vectune.mine.lookup import DocFacts, gather
+from vectune.mine.select import QueryCandidates, choose
+from vectune.runs import Run
+from vectune.spec import Spec
+
+log = logging.getLogger("vectune.mine")
+
+#: searched beyond each query's depth, so exact rescoring settles near-ties at the cut
+_SLACK = 8
+
+TRIPLES = ("mine", "triples.parquet")
+AUDIT = ("mine", "mine_audit.json")
+
+#: the contract the train stage reads
+SCHEMA = pa.schema([
+    ("query_id", pa.string()),
+    ("query", pa.string()),
+    ("positive_id", pa.string()),
+    ("positive", pa.string()),
+    ("positive_score", pa.float32()),
+    ("negative_ids", pa.list_(pa.string())),
+    ("negatives", pa.list_(pa.string())),
+    ("negative_scores", pa.list_(pa.float32())),
+])
+
+
+def _natural(value: str):
+    return (0, int(value), "") if value.isdigit() else (1, 0, value)
+
+
+def training_labels(spec: Spec, data: DomainData) -> Labels:
+    """The `data.train` labels, checked against the corpus (raises before Ray starts)."""
+    if spec.data.train is None:
+        raise SpecError(str(spec._source or "<spec>"), [
+            "data.train: the mine stage needs training labels (qrels, pairs or clicks); add `data.train: {path: ...}`"
+        ])
+    return data.labels("train")
+
+
+def stage_inputs(spec: Spec, data: DomainData) -> dict:
+    """What the stage's output depends on: the data, model and mine settings, the data
+    files' hashes and the base model's content fingerprint."""
+    return {
+        "sections": spec.section_digest("data", "model", "mine"),
+        "files": data.file_hashes(),
+        "model": model_fingerprint(resolve_model(spec.model.base, spec.base_dir)),
+    }
+
+
+def select_pairs(spec: Spec, labels: Labels) -> list[tuple[str, str]]:
+    """The (query id, positive id) pairs to mine, after the seeded caps."""
+    m = spec.mine
+    rng = np.random.default_rng(m.seed)
+    qids = sorted(labels.qrels, key=_natural)
+    if m.max_queries and len(qids) > m.max_queries:
+        keep = set(rng.choice(len(qids), size=m.max_queries, replace=False).tolist())
+        qids = [q for i, q in enumerate(qids) if i in keep]
+    pairs = [(q, d) for q in qids for d in sorted(labels.qrels[q], key=_natural)]
+    if m.max_pairs and len(pairs) > m.max_pairs:
+        idx = np.sort(rng.choice(len(pairs), size=m.max_pairs, replace=False))
+        pairs = [pairs[i] for i in idx]
+    return pairs
+
+
+def mine(spec: Spec, data: DomainData, run: Run, *, force: bool = False) -> dict:
+    """Mine hard negatives for `data.train` into `run` (Ray must be running).
+
+    Runs inside `run.stage("mine", stage_inputs(...))`; a finished stage with the same
+    inputs and both files present is not redone (unless `force`).
+
+    Returns:
+        The audit (also written to `mine/mine_audit.json`).
+    """
+    inputs = stage_inputs(spec, data)
+    triples, audit_path = run.path(*TRIPLES), run.path(*AUDIT)
+    if not force and run.is_done("mine", inputs) and triples.exists() and audit_path.exists():
+        log.info("mine: already done in run %s with the same inputs", run.id)
+        return json.loads(audit_path.read_text())
+    with run.stage("mine", inputs) as outputs:
+        audit = _mine(spec, data, run)
+        outputs.update(triples=str(triples), audit=str(audit_path), rows=audit["triples_out"],
+                       negatives=audit["negatives_out"], queries_short=audit["queries_short"])
+    return audit
+
+
+def mine_spec(spec: Spec, *, run_id: str | None = None, force: bool = False) -> dict:
+    """`vectune mine`: check the labels (before Ray starts), open the run, mine.
+
+    Returns:
+        The audit, with `run_id` and `run_dir`.
+    """
+    from vectune.cluster import ray_session
+    from vectune.pipeline import record_lineage
+
+    data = DomainData(spec)
+    training_labels(spec, data)  # bad labels fail fast, without starting Ray
+    run = Run.create(spec, run_id)
+    record_lineage(run, data)
+    with ray_session(spec.runtime):
+        audit = mine(spec, data, run, force=force)
+    return {**audit, "run_id": run.id, "run_dir": str(run.dir)}
+
+
+def _cache_sizes(*configs) -> dict[str, int]:
+    return {c.cache_dir: len(EmbeddingCache(c.cache_dir)) for c in configs if c.cache_dir}
+
+
+def _mine(spec: Spec, data: DomainData, run: Run) -> dict:
+    m = spec.mine
+    clock = {"start": time.perf_counter()}
+
+    def lap(name: str) -> None:
+        clock[name] = time.perf_counter()
+
+    labels = training_labels(spec, data)
+    pairs = select_pairs(spec, labels)
+    qids = list(dict.fromkeys(q for q, _ in pairs))
+    qindex = {q: i for i, q in enumerate(qids)}
+    positives = {q: sorted(labels.qrels[q], key=_natural) for q in qids}  # every labelled positive guards
+    shown = {q: labels.shown.get(q, []) for q in qids}
+    model_path = resolve_model(spec.model.base, spec.base_dir)
+    q_cfg = encoder_config(spec, model_path, role="query")
+    d_cfg = encoder_config(spec, model_path, role="document")
+    cache_before = _cache_sizes(q_cfg, d_cfg)
+    log.info("mine: %d queries, %d pairs", len(qids), len(pairs))
+
+    # 1. embed queries (driver, cached), search the corpus (Ray Data; see candidates.py)
+    q_encoder = Encoder(q_cfg)
+    queries = encode_texts([labels.queries[q] for q in qids], q_cfg, encoder=q_encoder)
+    lap("queries")
+    depth = {q: m.range_max + len(positives[q]) for q in qids}
+    top, d_cfg, embedded_by = search_corpus(spec, data, model_path, queries, max(depth.values()) + _SLACK)
+    lap("search")
+
+    # 2. one light pass: text hashes of every candidate, texts of positives and shown documents
+    pool = {}
+    for q in qids:
+        row_ids, row_scores = top.ids[qindex[q]], top.scores[qindex[q]]
+        ok = [i for i, d in enumerate(row_ids) if d != "" and np.isfinite(row_scores[i])]
+        pool[q] = ([str(row_ids[i]) for i in ok], np.asarray(row_scores, dtype=np.float32)[ok])
+    extra = {d for q in qids for d in positives[q] + shown[q]}
+    wanted = {d for ids, _ in pool.values() for d in ids} | extra
+    blocks = max(2, math.ceil(data.corpus.count / m.batch_size))
+    cross = _cross_plan(spec, qids, labels, pool, positives, shown) if m.cross_encoder else None
+    facts = gather(data, wanted, extra, prefix=d_cfg.prefix, blocks=blocks, cross=cross)
+    lap("candidates")
+
+    # 3. exact scores, the candidates of each query cut to its depth, then the choice
+    score = _Scores(facts, queries, qindex, d_cfg, extra, cross is not None)
+    choices, positive_scores = {}, {}
+    for q in qids:
+        ids, search_scores = pool[q]
+        bi = score.bi_encoder(q, ids, search_scores)
+        # ties (the same text scores the same) broken by id, so the cut never depends on order
+        order = sorted(range(len(ids)), key=lambda i: (-bi[i], ids[i]))[: depth[q]]
+        ids = [ids[i] for i in order]
+        pos = score(q, positives[q])
+        positive_scores.update({(q, p): float(v) for p, v in zip(positives[q], pos)})
+        qc = QueryCandidates(
+            query_id=q, positive_ids=positives[q], positive_keys=[facts.keys[p] for p in positives[q]],
+            positive_scores=pos, ids=ids, scores=score(q, ids, bi[order]), keys=[facts.keys[d] for d in ids],
+            shown_ids=shown[q], shown_scores=score(q, shown[q]), shown_keys=[facts.keys[d] for d in shown[q]],
+        )
+        choices[q] = choose(m, qc)
+    lap("select")
+
+    # 4. texts of the chosen negatives only, then the rows
+    need = {d for c in choices.values() for d in c.ids} - set(facts.texts)
+    if need:
+        facts.texts.update(gather(data, need, need, prefix=d_cfg.prefix, blocks=blocks).texts)
+    rows = _rows(pairs, labels, facts, choices, positive_scores)
+    _write_parquet(rows, run.path(*TRIPLES))
+    lap("write")
+
+    cache = {"before": cache_before, "after": _cache_sizes(q_cfg, d_cfg), "queries_encoded": q_encoder.encoded,
+             "shared": q_cfg.cache_dir == d_cfg.cache_dir, "documents": d_cfg.cache_dir}
+    audit = {
+        "run_id": run.id, "triples": str(run.path(*TRIPLES)),
+        "model": {"path": model_path, "fingerprint": d_cfg.fingerprint, "cross_encoder": m.cross_encoder},
+        "corpus_vectors": embedded_by, "exact_scores": score.exact.enabled,
+        **build_audit(spec, labels, pairs, positives, shown, facts.texts, choices, rows, cache, clock),
+    }
+    run.write_json("/".join(AUDIT), audit)
+    return audit
+
+
+def _cross_plan(spec, qids, labels, pool, positives, shown) -> dict:
+    """Which (document, query) pairs the cross-encoder scores during the candidate pass."""
+    path = spec.resolve(spec.mine.cross_encoder, data=False)
+    pairs: dict[str, list[int]] = {}
+    for i, q in enumerate(qids):
+        for d in dict.fromkeys(pool[q][0] + positives[q] + shown[q]):
+            pairs.setdefault(d, []).append(i)
+    return {"model": path, "pairs": pairs, "queries": [labels.queries[q] for q in qids],
+            "batch_size": spec.model.batch_size, "actors": plan_actors(spec.mine.concurrency)}
+
+
+class _Scores:
+    """Scores of (query, documents): the cross-encoder's when one is set, else the base
+    model's, computed exactly from the cached vectors (see candidates.py); without a
+    cache, search scores for candidates and driver-side vectors for positives."""
+
+    def __init__(self, facts: DocFacts, queries: np.ndarray, qindex: dict, d_cfg, extra: set[str], cross: bool):
+        self.facts, self.queries, self.qindex, self.cross = facts, queries, qindex, cross
+        self.exact = ExactScorer(d_cfg, queries)
+        self.d_cfg, self.extra = d_cfg, sorted(extra)
+        self._vectors = None
+
+    def bi_encoder(self, q: str, ids: list[str], fallback: np.ndarray | None = None) -> np.ndarray:
+        qi = self.qindex[q]
+        if self.exact.enabled:
+            exact = self.exact.scores(qi, [self.facts.vkeys[d] for d in ids])
+            if exact is not None:
+                return exact
+        if fallback is not None:
+            return fallback
+        if self._vectors is None:  # positives and shown documents, encoded here (no cache)
+            vectors = encode_texts([self.facts.texts[d] for d in self.extra], self.d_cfg)
+            self._vectors = dict(zip(self.extra, vectors))
+        return pair_scores(self.queries[qi], np.stack([self._vectors[d] for d in ids]))
+
+    def __call__(self, q: str, ids: list[str], bi: np.ndarray | None = None) -> np.ndarray:
+        if not ids:
+            return np.zeros(0, dtype=np.float32)
+        if self.cross:
+            return np.asarray([self.facts.cross[(self.qindex[q], d)] for d in ids], dtype=np.float32)
+        return bi if bi is not None else self.bi_encoder(q, ids)
+
+
+def _rows(pairs, labels, facts, choices, positive_scores) -> dict[str, list]:
+    cols: dict[str, list] = {name: [] for name in SCHEMA.names}
+    for q, p in pairs:
+        c = choices[q]
+        cols["query_id"].append(q)
+        cols["query"].append(labels.queries[q])
+        cols["positive_id"].append(p)
+        cols["positive"].append(facts.texts[p])
+        cols["positive_score"].append(positive_scores[(q, p)])
+        cols["negative_ids"].append(list(c.ids))
+        cols["negatives"].append([facts.texts[d] for d in c.ids])
+        cols["negative_scores"].append(list(c.scores))
+    return cols
+
+
+def _write_parquet(cols: dict[str, list], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".parquet.tmp")
+    pq.write_table(pa.table(cols, schema=SCHEMA), tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,74 @@
+"""What a run folder holds, read leniently: a missing file is `None`, never an error."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def _json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _jsonl(path: Path) -> list[dict] | None:
+    if not path.is_file():
+        return None
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash: the rest of the curve still plots
+    return rows
+
+
+@dataclass
+class RunArtifacts:
+    """The files a report draws on.
+
+    Attributes:
+        dir: the run folder.
+        manifest: `manifest.json` (lineage, stages, gate, collection).
+        metrics: `metrics.json`: {role: {split: summary}}.
+        per_query: {"<role>-<split>": {qid: {metric: value}}} from `per_query/`.
+        loss: `train/loss.jsonl` rows, one per optimizer step.
+        audit: `mine/mine_audit.json`.
+    """
+
+    dir: Path
+    manifest: dict = field(default_factory=dict)
+    metrics: dict | None = None
+    per_query: dict[str, dict] = field(default_factory=dict)
+    loss: list[dict] | None = None
+    audit: dict | None = None
+
+    @classmethod
+    def read(cls, run_dir: str | Path) -> "RunArtifacts":
+        d = Path(run_dir)
+        per_query = {}
+        if (d / "per_query").is_dir():
+            for p in sorted((d / "per_query").glob("*.json")):
+                loaded = _json(p)
+                if isinstance(loaded, dict):
+                    per_query[p.stem] = loaded
+        return cls(dir=d, manifest=_json(d / "manifest.json") or {}, metrics=_json(d / "metrics.json"),
+                   per_query=per_query, loss=_jsonl(d / "train" / "loss.jsonl"),
+                   audit=_json(d / "mine" / "mine_audit.json"))
+
+    @property
+    def run_id(self) -> str:
+        return str(self.manifest.get("run_id") or self.dir.name)
+
+    def splits(self) -> list[str]:
+        """Every split some role was scored on, in first-seen order."""
+        out: list[str] = []
+        for by_split in (self.metrics or {}).values():
+            for split in by_split:
+                if split not in out:
+                    out.append(split)
+        return out

@@ -1,0 +1,201 @@
+"""The report as one self-contained HTML page: inline CSS, PNG data URIs, no scripts."""
+
+from __future__ import annotations
+
+import html
+import json
+from typing import Any, Callable
+
+import yaml
+
+from vectune.report import plots
+from vectune.report.artifacts import RunArtifacts
+
+_CSS = """
+body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:980px;color:#222;padding:0 1em}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
+table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left}
+td.num{text-align:right;font-variant-numeric:tabular-nums}th{background:#f5f5f5}
+pre{background:#f7f7f7;padding:.8em;overflow:auto;font-size:12px}img{max-width:100%}
+.missing{color:#888;font-style:italic}.pass{color:#2a7d2a;font-weight:bold}.fail{color:#b22;font-weight:bold}
+.gain{color:#2a7d2a}.loss{color:#b22}code{font-size:12px}
+"""
+
+GAIN_METRIC = "ndcg@10"
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _num(value: Any) -> str:
+    """Metrics are shown to 4 decimals everywhere (the test compares on this format)."""
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else _e(value)
+
+
+def _missing(what: str) -> str:
+    return f'<p class="missing">{_e(what)}: not run</p>'
+
+
+def _img(uri: str, alt: str) -> str:
+    return f'<img src="{uri}" alt="{_e(alt)}">'
+
+
+def _table(header: list[str], rows: list[list[Any]], numeric: bool = True) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = []
+    for row in rows:
+        cells = [f"<th>{_e(row[0])}</th>"]
+        for v in row[1:]:
+            is_num = numeric and isinstance(v, (int, float)) and not isinstance(v, bool)
+            cells.append(f'<td class="num">{_num(v)}</td>' if is_num else f"<td>{_e(v)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _kv(items: dict) -> str:
+    return _table(["key", "value"], [[k, v if isinstance(v, (int, float, str)) or v is None else json.dumps(v)]
+                                     for k, v in items.items()])
+
+
+# -- sections -------------------------------------------------------------------------
+def _metrics(a: RunArtifacts) -> str:
+    if not a.metrics:
+        return _missing("evaluation")
+    parts = []
+    for split in a.splits():
+        rows = {role: by[split]["metrics"] for role, by in a.metrics.items() if split in by}
+        names = sorted({m for v in rows.values() for m in v})
+        table_rows = [[role] + [vals.get(m, "-") for m in names] for role, vals in rows.items()]
+        if "base" in rows and "tuned" in rows:
+            table_rows.append(["tuned - base"] + [rows["tuned"][m] - rows["base"][m]
+                                                  if m in rows["tuned"] and m in rows["base"] else "-"
+                                                  for m in names])
+        queries = {role: by[split].get("num_queries") for role, by in a.metrics.items() if split in by}
+        parts.append(f"<h3>{_e(split)} split</h3>"
+                     f"<p>queries: {_e(', '.join(f'{r} {n}' for r, n in queries.items()))}</p>"
+                     + _table(["model", *names], table_rows) + _img(plots.metric_bars(split, rows), f"{split} metrics"))
+    return "".join(parts)
+
+
+def _per_query(a: RunArtifacts, metric: str = GAIN_METRIC) -> str:
+    pairs = [(s, a.per_query.get(f"base-{s}"), a.per_query.get(f"tuned-{s}")) for s in a.splits()]
+    pairs = [(s, b, t) for s, b, t in pairs if b and t]
+    if not pairs:
+        return _missing("per-query comparison of base and tuned models")
+    parts = []
+    for split, base, tuned in pairs:
+        b = {q: v[metric] for q, v in base.items() if metric in v}
+        t = {q: v[metric] for q, v in tuned.items() if metric in v}
+        common = sorted(set(b) & set(t))
+        deltas = {q: t[q] - b[q] for q in common}
+        gained = sum(d > 0 for d in deltas.values())
+        lost = sum(d < 0 for d in deltas.values())
+        worst = sorted(deltas.items(), key=lambda kv: kv[1])[:5]
+        best = sorted(deltas.items(), key=lambda kv: -kv[1])[:5]
+        parts.append(
+            f"<h3>{_e(split)}: {_e(metric)} per query</h3>"
+            f'<p><span class="gain">{gained} gained</span>, <span class="loss">{lost} lost</span>, '
+            f"{len(common) - gained - lost} unchanged of {len(common)} queries</p>"
+            + _img(plots.per_query_scatter(b, t, metric), f"{split} per-query {metric}")
+            + _table(["query", f"base {metric}", f"tuned {metric}", "change"],
+                     [[q, b[q], t[q], d] for q, d in best + [kv for kv in worst if kv not in best]]))
+    return "".join(parts)
+
+
+def _train(a: RunArtifacts) -> str:
+    info = a.manifest.get("stages", {}).get("train")
+    if not a.loss and not info:
+        return _missing("train stage")
+    parts = []
+    if info:
+        outputs = {k: v for k, v in (info.get("outputs") or {}).items()}
+        parts.append(_kv({"status": info.get("status"), "seconds": info.get("seconds"), **outputs}))
+    parts.append(_img(plots.loss_curve(a.loss), "training loss") if a.loss else _missing("loss log"))
+    return "".join(parts)
+
+
+def _mine(a: RunArtifacts) -> str:
+    if not a.audit:
+        return _missing("mine stage")
+    au = a.audit
+    counts = {k: au.get(k) for k in ("queries_mined", "pairs_mined", "triples_out", "negatives_out",
+                                     "queries_short", "queries_without_negatives", "candidates", "score_source")}
+    scores = au.get("scores") or {}
+    stats = ["count", "mean", "std", "min", "p5", "p50", "p95", "max"]
+    rows = [[name] + [(scores.get(name) or {}).get(s, "-") for s in stats]
+            for name in ("positive", "negative", "difference") if scores.get(name)]
+    parts = [_kv(counts), "<h3>dropped by guard</h3>", _kv(au.get("dropped") or {}),
+             "<h3>scores</h3>", _table(["scores", *stats], rows)]
+    hist = scores.get("histogram") or {}
+    parts.append(_img(plots.score_histogram(hist), "positive vs negative scores") if hist.get("edges")
+                 else _missing("score histogram"))
+    return "".join(parts)
+
+
+def _timings(a: RunArtifacts) -> str:
+    stages = a.manifest.get("stages") or {}
+    if not stages:
+        return _missing("stages")
+    rows = [[name, info.get("status"), info.get("seconds", "-"), info.get("started", ""), info.get("error", "")]
+            for name, info in stages.items()]
+    seconds = {n: float(i["seconds"]) for n, i in stages.items() if isinstance(i.get("seconds"), (int, float))}
+    return _table(["stage", "status", "seconds", "started", "error"], rows) + (
+        _img(plots.stage_timings(seconds), "stage timings") if seconds else "")
+
+
+def _gate(a: RunArtifacts) -> str:
+    gate = a.manifest.get("gate")
+    if not gate:
+        return _missing("gate")
+    verdict = '<span class="pass">passed</span>' if gate.get("passed") else '<span class="fail">failed</span>'
+    reasons = "".join(f"<li>{_e(r)}</li>" for r in gate.get("reasons") or []) or "<li>none</li>"
+    rest = {k: v for k, v in gate.items() if k not in ("passed", "reasons")}
+    return f"<p>gate {verdict}</p>{_kv(rest)}<p>reasons:</p><ul>{reasons}</ul>"
+
+
+def _lineage(a: RunArtifacts) -> str:
+    m = a.manifest
+    parts = [_kv({k: m.get(k) for k in ("run_id", "name", "created", "spec_hash", "spec_file", "host")})]
+    data = m.get("data") or {}
+    parts.append("<h3>data</h3>" + (_table(["file", "sha256"], [[p, h] for p, h in data.items()], numeric=False)
+                                    if data else _missing("data hashes")))
+    models = m.get("models") or {}
+    parts.append("<h3>models</h3>" + (
+        _table(["role", "name", "path", "fingerprint"],
+               [[r, v.get("name", ""), v.get("path", ""), v.get("fingerprint", "")] for r, v in models.items()],
+               numeric=False) if models else _missing("models")))
+    parts.append("<h3>collection</h3>" + (_kv(m["collection"]) if m.get("collection") else _missing("re-index")))
+    parts.append("<h3>packages</h3>" + (_kv(m["packages"]) if m.get("packages") else _missing("packages")))
+    spec = m.get("spec")
+    parts.append("<h3>spec</h3>" + (f"<pre>{_e(yaml.safe_dump(spec, sort_keys=False))}</pre>" if spec
+                                    else _missing("spec")))
+    return "".join(parts)
+
+
+SECTIONS: list[tuple[str, Callable[[RunArtifacts], str]]] = [
+    ("Metrics: base vs tuned", _metrics),
+    ("Per-query changes", _per_query),
+    ("Gate decision", _gate),
+    ("Training", _train),
+    ("Mined negatives", _mine),
+    ("Stage timings", _timings),
+    ("Lineage", _lineage),
+]
+
+
+def render(a: RunArtifacts) -> str:
+    """The whole page. A section that fails to draw says so instead of sinking the report."""
+    body = []
+    for title, fn in SECTIONS:
+        try:
+            content = fn(a)
+        except Exception as exc:  # a malformed artifact costs one section, not the report
+            content = f'<p class="missing">could not render: {_e(type(exc).__name__)}: {_e(exc)}</p>'
+        body.append(f"<h2>{_e(title)}</h2>{content}")
+    name = a.manifest.get("name", "")
+    return (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>vectune report: {_e(name)} {_e(a.run_id)}</title><style>{_CSS}</style></head><body>"
+            f"<h1>vectune run {_e(a.run_id)} <small>({_e(name)})</small></h1>{''.join(body)}</body></html>\n")

@@ -1,0 +1,101 @@
+"""The report's figures: matplotlib (Agg, no display) rendered to PNG data URIs."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: reports are written by jobs and CI without a display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+_COLORS = {"base": "#8c8c8c", "tuned": "#1f77b4", "model": "#2ca02c"}
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=96, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def metric_bars(split: str, values: dict[str, dict[str, float]]) -> str:
+    """Grouped bars: one group per metric, one bar per role (base, tuned, ...)."""
+    roles = list(values)
+    metrics = sorted({m for v in values.values() for m in v})
+    x = np.arange(len(metrics))
+    width = 0.8 / max(len(roles), 1)
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    for i, role in enumerate(roles):
+        heights = [values[role].get(m, np.nan) for m in metrics]
+        bars = ax.bar(x + (i - (len(roles) - 1) / 2) * width, heights, width, label=role,
+                      color=_COLORS.get(role))
+        ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=1)
+    ax.set_xticks(x, metrics)
+    ax.set_ylim(0, 1.08)
+    ax.set_title(f"{split} split")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return _png(fig)
+
+
+def loss_curve(rows: list[dict]) -> str:
+    """Training loss per step, with a moving average when the curve is long enough to be noisy."""
+    steps = [r["step"] for r in rows]
+    loss = np.asarray([r["loss"] for r in rows], dtype=float)
+    fig, ax = plt.subplots(figsize=(6.5, 3.0))
+    ax.plot(steps, loss, lw=1, alpha=0.6, label="loss")
+    window = max(1, len(loss) // 10)
+    if window > 1:
+        smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
+        ax.plot(steps[window - 1:], smooth, lw=2, label=f"mean of {window}")
+    val = [(r["step"], r["val_loss"]) for r in rows if r.get("val_loss") is not None]
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def score_histogram(hist: dict) -> str:
+    """Positive vs mined-negative scores over the audit's shared bin edges."""
+    edges = np.asarray(hist["edges"], dtype=float)
+    centers, widths = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
+    fig, ax = plt.subplots(figsize=(6.5, 3.0))
+    for name, color in (("positive", "#2ca02c"), ("negative", "#d62728")):
+        if hist.get(name):
+            ax.bar(centers, hist[name], widths, alpha=0.55, color=color, label=f"{name} ({sum(hist[name])})")
+    ax.set_xlabel("score under the mining model")
+    ax.set_ylabel("count")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def per_query_scatter(base: dict[str, float], tuned: dict[str, float], metric: str) -> str:
+    """Each query's metric under base (x) and tuned (y): above the diagonal gained, below lost."""
+    qids = sorted(set(base) & set(tuned))
+    x = np.asarray([base[q] for q in qids], dtype=float)
+    y = np.asarray([tuned[q] for q in qids], dtype=float)
+    colors = np.where(y > x, "#2ca02c", np.where(y < x, "#d62728", "#8c8c8c"))
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    ax.scatter(x, y, c=colors, s=14, alpha=0.7)
+    ax.plot([0, 1], [0, 1], color="black", lw=0.8)
+    ax.set_xlim(-0.03, 1.03)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel(f"base {metric}")
+    ax.set_ylabel(f"tuned {metric}")
+    return _png(fig)
+
+
+def stage_timings(seconds: dict[str, float]) -> str:
+    """Horizontal bars: wall-clock seconds per recorded stage."""
+    names = list(seconds)
+    fig, ax = plt.subplots(figsize=(6.5, 0.4 * len(names) + 1.0))
+    bars = ax.barh(names, [seconds[n] for n in names], color="#1f77b4")
+    ax.bar_label(bars, fmt="%.1f s", fontsize=8, padding=2)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds")
+    return _png(fig)

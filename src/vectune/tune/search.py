@@ -1,0 +1,124 @@
+"""`vectune tune`: search train (and mine) settings with Ray Tune on held-out training queries.
+
+Top to bottom: carve `tune.validation_queries` training queries out (seeded); mine once
+with the base model on the rest (unless mine settings are searched: then every trial
+mines); run the trials (each trains with Ray Train and is scored by nDCG@10, or
+`tune.metric`, on the carved-out queries; the test split is never read); write the best
+values into `<spec>.tuned.yaml` next to the spec.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from vectune.cluster import ray_session
+from vectune.data import DomainData
+from vectune.errors import SpecError, StageError
+from vectune.runs import Run, new_run_id
+from vectune.spec import Problem, Spec
+from vectune.tune.space import renamed, search_space, write_tuned_spec
+from vectune.tune.trial import run_trial
+from vectune.tune.validate import TrainingSubset, carve
+
+log = logging.getLogger("vectune")
+
+
+def _check(spec: Spec) -> None:
+    source = str(spec._source or "<spec>")
+    if not spec.tune.space:
+        raise SpecError(source, [Problem("tune.space", "nothing to search: add e.g. "
+                                         "`train.learning_rate: {type: loguniform, low: 1e-5, high: 1e-4}`")])
+    if spec.data.train is None:
+        raise SpecError(source, [Problem("data.train", "tuning needs training labels to carve validation queries from")])
+    if spec.tune.metric not in spec.evaluate.metrics:
+        raise SpecError(source, [Problem("tune.metric", f"{spec.tune.metric!r} is not in evaluate.metrics "
+                                                        f"{spec.evaluate.metrics}")])
+
+
+def _scheduler(spec: Spec):
+    if spec.tune.scheduler == "none":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    # a trial reports once, after training and scoring: ASHA can only stop trials that
+    # report during training, so today it ranks finished trials and stops none
+    return ASHAScheduler(time_attr="training_iteration", grace_period=1, max_t=1)
+
+
+def tune_spec(spec: Spec, *, run_id: str | None = None) -> dict:
+    """Run the search; returns the trials, the best values and the tuned spec's path."""
+    from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    _check(spec)
+    t = spec.tune
+    data = DomainData(spec)
+    validation, rest = carve(data.labels("train"), t.validation_queries, t.seed)
+    tspec = renamed(spec, (spec.name + "-tune")[:63])
+    tune_id = run_id or new_run_id()
+    run = Run.create(tspec, tune_id)
+    from vectune.pipeline import base_model_path, record_lineage
+
+    record_lineage(run, data)
+    run.record("tune", {"validation_queries": sorted(validation.qrels), "train_queries": len(rest.qrels),
+                        "space": {k: v.model_dump() for k, v in t.space.items()}})
+    base = base_model_path(spec)
+    mine_searched = any(name.startswith("mine.") for name in t.space)
+    start = time.perf_counter()
+    with ray_session(spec.runtime):
+        triples = None
+        if not mine_searched:
+            from vectune.mine import mine
+
+            mine(tspec, TrainingSubset(tspec, rest), run)
+            triples = str(run.path("mine", "triples.parquet"))
+        trainable = tune.with_resources(
+            tune.with_parameters(run_trial, spec=tspec, tune_id=tune_id, triples=triples, train_labels=rest,
+                                 validation=validation, base_model=base),
+            {"cpu": t.cpus_per_trial, "gpu": t.gpus_per_trial},
+        )
+        tuner = tune.Tuner(
+            trainable,
+            param_space=search_space(spec),
+            tune_config=tune.TuneConfig(
+                metric=t.metric, mode="max", num_samples=t.trials, scheduler=_scheduler(spec),
+                # the limit goes to the generator itself: Tune ignores max_concurrent_trials
+                # for a BasicVariantGenerator passed in (it is not a Searcher)
+                search_alg=BasicVariantGenerator(random_state=t.seed, max_concurrent=t.max_concurrent),
+            ),
+            run_config=tune.RunConfig(name="ray", storage_path=str(run.path("tune")), verbose=0),
+        )
+        grid = tuner.fit()
+    trials = _trials(grid, t.metric)
+    done = [tr for tr in trials if tr["status"] == "done"]
+    if not done:
+        errors = "; ".join(f"{tr['trial_id']}: {tr['error']}" for tr in trials)[:2000]
+        run.record("tune_result", {"trials": trials})
+        raise StageError(f"every trial failed ({errors}); trial logs under {run.path('tune')}")
+    best = max(done, key=lambda tr: tr["metrics"][t.metric])
+    header = (f"written by `vectune tune` (run {tune_id}): best of {len(trials)} trials by {t.metric} "
+              f"{best['metrics'][t.metric]:.4f}\non {len(validation.qrels)} held-out training queries; "
+              f"values: {best['config']}")
+    tuned_path = write_tuned_spec(spec, best["config"], header)
+    result = {"run_id": tune_id, "run_dir": str(run.dir), "metric": t.metric, "trials": trials, "best": best,
+              "tuned_spec": str(tuned_path), "validation_queries": len(validation.qrels),
+              "seconds": round(time.perf_counter() - start, 2)}
+    run.record("tune_result", {k: v for k, v in result.items() if k != "run_dir"})
+    return result
+
+
+def _trials(grid, metric: str) -> list[dict]:
+    out = []
+    for r in grid:
+        m = r.metrics or {}
+        config = {k: (v.item() if hasattr(v, "item") else v) for k, v in (r.config or {}).items()}
+        ok = r.error is None and metric in m
+        out.append({
+            "trial_id": m.get("trial_id") or r.path.rsplit("/", 1)[-1], "config": config,
+            "status": "done" if ok else "failed", "error": None if ok else str(r.error)[:500],
+            "metrics": {k: m[k] for k in m if "@" in k},
+            "final_loss": m.get("final_loss"), "steps": m.get("steps"), "seconds": m.get("trial_seconds"),
+            "run_dir": m.get("run_dir"),
+        })
+    return out

@@ -1,0 +1,249 @@
+"""Shared fixtures: the SciFact data, small BEIR slices of it, tiny hand-made data, a local Ray.
+
+Tests never touch the network (the model is the packaged all-MiniLM-L6-v2) and never
+read the whole corpus through the model: slices are a few hundred documents.
+"""
+
+from __future__ import annotations
+
+import os
+
+# before anything imports transformers / huggingface_hub: the model is a local folder
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# a developer's own settings must not leak into tests (runs folder, resumed run)
+for _var in ("VECTUNE_RUNS", "VECTUNE_RUN_ID"):
+    os.environ.pop(_var, None)
+
+import json  # noqa: E402
+import random  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Callable  # noqa: E402
+
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+
+#: the shared BEIR SciFact copy, next to the repository (never copied into it)
+SCIFACT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scifact"
+
+
+# -- GPU tests skip without a GPU ------------------------------------------------------
+def pytest_collection_modifyitems(config, items):
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if not gpu_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in gpu_items:
+        item.add_marker(skip)
+
+
+# -- SciFact and slices of it -----------------------------------------------------------
+@pytest.fixture(scope="session")
+def scifact_dir() -> Path:
+    """The shared SciFact folder (corpus.jsonl, queries.jsonl, qrels/); skips if absent."""
+    if not (SCIFACT / "corpus.jsonl").is_file():
+        pytest.skip(f"SciFact data not found at {SCIFACT}")
+    return SCIFACT
+
+
+@dataclass
+class _SciFact:
+    """SciFact held as raw lines, read once per session."""
+
+    corpus: dict[str, str]  # doc id -> its JSONL line, byte for byte
+    queries: dict[str, str]  # query id -> its JSONL line
+    qrels: dict[str, dict[str, dict[str, int]]]  # split -> qid -> docid -> score
+
+
+def _read_scifact(root: Path) -> _SciFact:
+    def by_id(path: Path) -> dict[str, str]:
+        out = {}
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
+                    out[json.loads(line)["_id"]] = line.rstrip("\r\n")
+        return out
+
+    qrels: dict[str, dict[str, dict[str, int]]] = {}
+    for split in ("train", "test"):
+        rows = (root / "qrels" / f"{split}.tsv").read_text(encoding="utf-8").splitlines()
+        for row in rows[1:]:  # header
+            qid, did, score = row.split("\t")
+            qrels.setdefault(split, {}).setdefault(qid, {})[did] = int(score)
+    return _SciFact(by_id(root / "corpus.jsonl"), by_id(root / "queries.jsonl"), qrels)
+
+
+@pytest.fixture(scope="session")
+def scifact(scifact_dir) -> _SciFact:
+    return _read_scifact(scifact_dir)
+
+
+@dataclass
+class Slice:
+    """A small BEIR folder cut from SciFact, with a spec that points at it.
+
+    Attributes:
+        root: the folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv, spec.yaml, runs/).
+        spec_path: the spec YAML.
+        doc_ids: every document id in the slice's corpus.
+        qrels: per split, the relevant documents of each chosen query.
+        queries: text of every chosen query.
+    """
+
+    root: Path
+    spec_path: Path
+    doc_ids: list[str]
+    qrels: dict[str, dict[str, dict[str, int]]]
+    queries: dict[str, str]
+    spec: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    @property
+    def corpus_path(self) -> Path:
+        return self.root / "corpus.jsonl"
+
+    def qrels_path(self, split: str) -> Path:
+        return self.root / "qrels" / f"{split}.tsv"
+
+    def load(self):
+        """The validated `Spec`."""
+        from vectune.spec import load_spec
+
+        return load_spec(self.spec_path)
+
+
+def _deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def write_qrels(path: Path, qrels: dict[str, dict[str, int]], *, crlf: bool = True, header: bool = True) -> None:
+    """Write BEIR qrels (`query-id  corpus-id  score`), CRLF and with a header as BEIR ships them."""
+    end = "\r\n" if crlf else "\n"
+    rows = (["query-id\tcorpus-id\tscore"] if header else []) + [
+        f"{q}\t{d}\t{s}" for q, docs in qrels.items() for d, s in docs.items()
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes("".join(r + end for r in rows).encode("utf-8"))
+
+
+@pytest.fixture(scope="session")
+def make_slice(scifact) -> Callable[..., Slice]:
+    """Factory: `make_slice(tmp_path, n_docs=300, split="test", n_queries=60, *, seed=0, spec=None)`.
+
+    Picks `n_queries` queries of `split` ("test", "train", or a tuple of both) at random
+    (seeded), puts every relevant document of theirs in the corpus, fills it up to
+    `n_docs` with random other documents (so there is something to rank against), and
+    writes `corpus.jsonl`, `queries.jsonl`, `qrels/<split>.tsv` (CRLF, with header) and
+    `spec.yaml` (runs under `<tmp_path>/runs`, a 2-CPU local Ray). `spec` is merged into
+    the spec mapping (for sections a test needs). Session-scoped, so module fixtures can
+    use it with `tmp_path_factory.mktemp(...)`.
+    """
+
+    def make(tmp_path: Path, n_docs: int = 300, split: str | tuple[str, ...] = "test", n_queries: int = 60, *,
+             seed: int = 0, spec: dict | None = None) -> Slice:
+        rng = random.Random(seed)
+        splits = (split,) if isinstance(split, str) else tuple(split)
+        chosen: dict[str, dict[str, dict[str, int]]] = {}
+        for name in splits:
+            pool = sorted(scifact.qrels[name])
+            picked = sorted(rng.sample(pool, min(n_queries, len(pool))))
+            chosen[name] = {q: dict(scifact.qrels[name][q]) for q in picked}
+        positives = sorted({d for qrels in chosen.values() for docs in qrels.values() for d in docs})
+        others = sorted(set(scifact.corpus) - set(positives))
+        fillers = rng.sample(others, max(0, n_docs - len(positives)))
+        doc_ids = positives + fillers
+        rng.shuffle(doc_ids)  # positives are not bunched at the top of the file
+
+        root = Path(tmp_path)
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "corpus.jsonl").write_text("".join(scifact.corpus[d] + "\n" for d in doc_ids), encoding="utf-8")
+        qids = sorted({q for qrels in chosen.values() for q in qrels})
+        (root / "queries.jsonl").write_text("".join(scifact.queries[q] + "\n" for q in qids), encoding="utf-8")
+        for name, qrels in chosen.items():
+            write_qrels(root / "qrels" / f"{name}.tsv", qrels)
+
+        data: dict[str, Any] = {"corpus": {"path": "corpus.jsonl"}, "queries": {"path": "queries.jsonl"}}
+        if "train" in chosen:
+            data["train"] = {"path": "qrels/train.tsv"}
+        test_splits = {n: {"path": f"qrels/{n}.tsv"} for n in chosen if n != "train"}
+        if test_splits:
+            data["splits"] = test_splits
+        mapping = {"version": 1, "name": "slice", "data": data,
+                   "runtime": {"runs": str(root / "runs"), "num_cpus": 2}}
+        mapping = _deep_merge(mapping, spec or {})
+        spec_path = root / "spec.yaml"
+        spec_path.write_text(yaml.safe_dump(mapping, sort_keys=False), encoding="utf-8")
+        queries = {q: json.loads(scifact.queries[q])["text"] for q in qids}
+        return Slice(root=root, spec_path=spec_path, doc_ids=doc_ids, qrels=chosen, queries=queries, spec=mapping)
+
+    return make
+
+
+# -- tiny hand-made BEIR data (for loaders and malformed-input tests) -----------------
+TINY_CORPUS = [
+    {"_id": "d1", "title": "Aspirin", "text": "Aspirin lowers the risk of heart attack."},
+    {"_id": "d2", "title": "", "text": "Vitamin C does not cure the common cold."},
+    {"_id": "d3", "title": "Sleep", "text": "Adults need seven hours of sleep."},
+    {"_id": "d4", "title": "Coffee", "text": "Coffee drinkers live longer in cohort studies."},
+]
+TINY_QUERIES = [
+    {"_id": "q1", "text": "Does aspirin prevent heart attacks?"},
+    {"_id": "q2", "text": "Is vitamin C a cure for colds?"},
+]
+TINY_QRELS = {"q1": {"d1": 1}, "q2": {"d2": 1}}
+#: 11 lines, so a section a test appends starts on line 12
+TINY_SPEC = """\
+# a four-document BEIR folder
+version: 1
+name: tiny
+data:
+  corpus: {{path: corpus.jsonl}}
+  queries: {{path: queries.jsonl}}
+  splits:
+    test: {{path: qrels/test.tsv}}
+runtime:
+  runs: {runs}
+  num_cpus: 2
+"""
+
+
+@pytest.fixture
+def tiny_beir(tmp_path) -> Slice:
+    """A four-document BEIR folder with a valid spec, for tests to break one file at a time.
+
+    Lines: corpus.jsonl d1..d4 on lines 1..4; qrels/test.tsv has a header on line 1;
+    spec.yaml is `TINY_SPEC` (version on line 2, name on line 3, 11 lines).
+    """
+    root = tmp_path / "tiny"
+    root.mkdir()
+    (root / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in TINY_CORPUS), encoding="utf-8")
+    (root / "queries.jsonl").write_text("".join(json.dumps(r) + "\n" for r in TINY_QUERIES), encoding="utf-8")
+    write_qrels(root / "qrels" / "test.tsv", TINY_QRELS)
+    spec_path = root / "spec.yaml"
+    spec_path.write_text(TINY_SPEC.format(runs=tmp_path / "runs"), encoding="utf-8")
+    mapping = yaml.safe_load(spec_path.read_text())
+    return Slice(root=root, spec_path=spec_path, doc_ids=[r["_id"] for r in TINY_CORPUS],
+                 qrels={"test": TINY_QRELS}, queries={r["_id"]: r["text"] for r in TINY_QUERIES}, spec=mapping)
+
+
+# -- Ray ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local 2-CPU Ray for one test module (joined, not restarted, if one is already up)."""
+    import ray
+
+    from vectune.cluster import init_ray
+    from vectune.spec.runtime import RuntimeSpec
+
+    started = init_ray(RuntimeSpec(num_cpus=2))
+    yield ray
+    if started:
+        ray.shutdown()

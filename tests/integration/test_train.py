@@ -1,0 +1,153 @@
+"""The train stage on real Ray Train (2 CPU workers), real mined triples, the real model.
+
+Worker failures are real exceptions raised inside the training loop at a chosen step
+(VECTUNE_TEST_FAIL_AT_STEP): the only way to lose a worker on cue on one machine.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from vectune.data import DomainData
+from vectune.errors import GateFailed, StageError
+from vectune.runs import Run
+
+pytestmark = pytest.mark.ray
+
+TRAIN = {"workers": 2, "cpus_per_worker": 0.8, "batch_size": 8, "checkpoint_every": 2, "epochs": 1,
+         "negatives": 1, "max_failures": 0, "learning_rate": 5e-5}
+
+
+@pytest.fixture(scope="module")
+def mined(tmp_path_factory, make_slice, ray_local):
+    """A slice with train and test queries, and a run whose mine stage finished."""
+    from vectune.mine import mine
+
+    sl = make_slice(tmp_path_factory.mktemp("train"), n_docs=160, split=("train", "test"), n_queries=24,
+                    spec={"model": {"max_seq_length": 48}, "mine": {"num_negatives": 2, "range_min": 0,
+                                                                     "range_max": 30},
+                          "train": TRAIN})
+    spec = sl.load()
+    run = Run.create(spec, "mined")
+    mine(spec, DomainData(spec), run)
+    return sl, spec, run
+
+
+def _fresh_run(spec, src: Run, run_id: str) -> Run:
+    """A new run holding a copy of `src`'s mined triples (so each test trains from scratch)."""
+    import shutil
+
+    run = Run.create(spec, run_id)
+    shutil.copytree(src.path("mine"), run.path("mine"))
+    run.manifest["stages"]["mine"] = src.manifest["stages"]["mine"]
+    run.save()
+    return run
+
+
+def _final_state(run: Run) -> dict:
+    ckpts = sorted(p for p in run.path("train", "ray").glob("checkpoint_*") if p.is_dir())
+    return torch.load(ckpts[-1] / "trainer_state.pt", weights_only=False)
+
+
+def _adam_steps(state: dict) -> int:
+    return int(next(iter(state["optimizer"]["state"].values()))["step"])
+
+
+def test_train_two_workers_keeps_dimension(mined):
+    from sentence_transformers import SentenceTransformer
+
+    from vectune.pipeline import base_model_path
+    from vectune.train import train
+
+    _, spec, src = mined
+    run = _fresh_run(spec, src, "plain")
+    summary = train(spec, run, base_model_path(spec))
+    assert summary["steps"] >= 2 and summary["dimension"] == 384
+    model = SentenceTransformer(summary["model"])
+    assert model.encode(["a claim"]).shape == (1, 384)
+    card = json.loads((Path(summary["model"]) / "vectune_card.json").read_text())
+    assert card["loss"]["type"] == "mnrl" and card["summary"]["steps"] == summary["steps"]
+    state = _final_state(run)
+    assert state["step"] == summary["steps"] == _adam_steps(state)
+
+
+def test_interrupted_training_resumes_from_checkpoint(mined, monkeypatch):
+    """A run that dies at step 3 (checkpoint at 2) and is re-run continues at step 3 with the
+    checkpoint's optimizer state: Adam's step counter ends at the total, not total - 2."""
+    from vectune.pipeline import base_model_path
+    from vectune.train import train
+
+    _, spec, src = mined
+    run = _fresh_run(spec, src, "interrupted")
+    monkeypatch.setenv("VECTUNE_TEST_FAIL_AT_STEP", "3")
+    with pytest.raises(StageError, match="injected worker failure"):
+        train(spec, run, base_model_path(spec))
+    assert _final_state(run)["step"] == 2
+    monkeypatch.delenv("VECTUNE_TEST_FAIL_AT_STEP")
+    summary = train(spec, Run.open(spec, run.id), base_model_path(spec))
+    state = _final_state(run)
+    assert state["step"] == summary["steps"]
+    assert _adam_steps(state) == summary["steps"]  # optimizer state came from the checkpoint
+    assert [h["step"] for h in state["history"]] == list(range(1, summary["steps"] + 1))
+
+
+def test_lost_worker_resumes_within_the_run(mined, monkeypatch):
+    """With max_failures: 1, Ray Train restarts the workers from the last checkpoint."""
+    from vectune.pipeline import base_model_path
+    from vectune.train import train
+
+    _, spec, src = mined
+    spec.train.max_failures = 1
+    try:
+        run = _fresh_run(spec, src, "lost-worker")
+        monkeypatch.setenv("VECTUNE_TEST_FAIL_AT_STEP", "3")
+        summary = train(spec, run, base_model_path(spec))
+    finally:
+        spec.train.max_failures = 0
+    assert run.path("train", "injected-failure").exists()
+    state = _final_state(run)
+    assert state["step"] == summary["steps"] == _adam_steps(state)
+
+
+def test_gate_blocks_a_worse_model(mined):
+    """An absurd learning rate wrecks the model; `vectune run` stops at the gate with exit
+    code 3, records the refusal, and never creates a collection."""
+    from typer.testing import CliRunner
+
+    from vectune.cli import app
+
+    sl, spec, src = mined
+    import yaml
+
+    mapping = dict(sl.spec)
+    mapping["train"] = {**TRAIN, "learning_rate": 0.05, "warmup_ratio": 0.0}
+    bad = sl.root / "bad.yaml"
+    bad.write_text(yaml.safe_dump(mapping))
+    result = CliRunner().invoke(app, ["run", str(bad), "--run-id", "absurd"])
+    assert result.exit_code == 3, result.output
+    assert "gate failed" in result.output
+    from vectune.spec import load_spec
+
+    run = Run.open(load_spec(bad), "absurd")
+    assert run.manifest["gate"]["passed"] is False
+    assert run.manifest["gate"]["tuned"] < run.manifest["gate"]["base"]
+    assert "reindex" not in run.manifest["stages"] and "collection" not in run.manifest
+    metrics = run.read_json("metrics.json")
+    assert set(metrics) == {"base", "tuned"}
+
+
+def test_gate_decision_rules():
+    from vectune.evaluate.gate import decide
+    from vectune.spec.evaluate import GateSpec
+
+    gate = GateSpec(metric="ndcg@10", min_gain=0.01, no_regress=["recall@100"], tolerance=0.0)
+    ok = decide(gate, {"ndcg@10": 0.60, "recall@100": 0.90}, {"ndcg@10": 0.62, "recall@100": 0.90})
+    assert ok.passed and ok.gain == pytest.approx(0.02)
+    small = decide(gate, {"ndcg@10": 0.60, "recall@100": 0.90}, {"ndcg@10": 0.605, "recall@100": 0.95})
+    assert not small.passed and "below the required" in small.reasons[0]
+    regress = decide(gate, {"ndcg@10": 0.60, "recall@100": 0.90}, {"ndcg@10": 0.70, "recall@100": 0.89})
+    assert not regress.passed and "recall@100 regressed" in regress.reasons[0]

@@ -1,0 +1,303 @@
+"""Loaders: BEIR qrels and corpora, JSONL pairs, click logs, parquet, and the Ray Dataset read."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from conftest import TINY_CORPUS, TINY_QRELS, write_qrels
+from vectune.data import DomainData, doc_text, query_id_for
+from vectune.data.corpus import check_corpus
+from vectune.data.labels import load_labels, read_clicks, read_pairs, read_qrels
+from vectune.errors import DataError
+from vectune.spec import validate_dict
+from vectune.spec.data import CorpusSource, LabelSource
+
+
+def spec_for(root, data: dict, tmp_path=None):
+    mapping = {"version": 1, "name": "t", "data": {"root": str(root), **data},
+               "runtime": {"runs": str((tmp_path or root) / "runs")}}
+    return validate_dict(mapping, "test")
+
+
+# -- qrels --------------------------------------------------------------------------------
+@pytest.mark.parametrize("crlf", [True, False], ids=["crlf", "lf"])
+@pytest.mark.parametrize("header", [True, False], ids=["header", "no-header"])
+def test_qrels_line_ends_and_header(tmp_path, crlf, header):
+    qrels = {"q1": {"d1": 1, "d3": 2}, "q2": {"d2": 1}}
+    path = tmp_path / "q.tsv"
+    write_qrels(path, qrels, crlf=crlf, header=header)
+    got, where = read_qrels(str(path))
+    assert got == qrels  # no "\r" left on the scores or ids
+    first = 2 if header else 1
+    assert where[("q1", "d1")] == first and where[("q2", "d2")] == first + 2
+
+
+def test_qrels_trec_four_columns_spaces_and_min_score(tmp_path):
+    path = tmp_path / "q.txt"
+    path.write_text("q1 0 d1 1\nq1 0 d2 0\nq2 0 d3 2\n\n")
+    got, _ = read_qrels(str(path))
+    assert got == {"q1": {"d1": 1}, "q2": {"d3": 2}}  # score 0 is not relevant
+    got, _ = read_qrels(str(path), min_score=2)
+    assert got == {"q2": {"d3": 2}}
+
+
+def test_qrels_bad_rows_name_file_and_line(tmp_path):
+    path = tmp_path / "q.tsv"
+    path.write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\tyes\n")
+    with pytest.raises(DataError, match=r"q\.tsv:3: score 'yes' is not a number"):
+        read_qrels(str(path))
+    path.write_text("q1\td1\t1\nq2\td2\n")
+    with pytest.raises(DataError, match=r"q\.tsv:2: expected 3 columns"):
+        read_qrels(str(path))
+    path.write_text("query-id\tcorpus-id\tscore\n")
+    with pytest.raises(DataError, match="no relevant"):
+        read_qrels(str(path))
+
+
+def test_scifact_qrels_as_shipped(scifact_dir):
+    qrels, _ = read_qrels(str(scifact_dir / "qrels" / "test.tsv"))
+    assert len(qrels) == 300 and sum(len(d) for d in qrels.values()) == 339
+    qrels, _ = read_qrels(str(scifact_dir / "qrels" / "train.tsv"))
+    assert len(qrels) == 809 and sum(len(d) for d in qrels.values()) == 919
+
+
+# -- corpus -------------------------------------------------------------------------------
+def test_doc_text_is_title_space_text():
+    assert doc_text("Aspirin", "lowers risk.") == "Aspirin lowers risk."
+    assert doc_text("", "only text") == "only text"
+    assert doc_text(None, "only text") == "only text"
+    assert doc_text("only title", None) == "only title"
+
+
+def test_check_corpus_counts_ids_and_hashes(tiny_beir):
+    import hashlib
+
+    info = check_corpus(CorpusSource(path="corpus.jsonl"), str(tiny_beir.corpus_path))
+    assert info.count == 4 and info.ids == {"d1", "d2", "d3", "d4"}
+    assert info.sha256 == hashlib.sha256(tiny_beir.corpus_path.read_bytes()).hexdigest()
+
+
+def test_corpus_tolerates_crlf_blank_lines_and_no_final_newline(tmp_path):
+    path = tmp_path / "c.jsonl"
+    rows = [json.dumps(r) for r in TINY_CORPUS]
+    path.write_bytes(("\r\n".join(rows[:2]) + "\r\n\r\n" + "\n".join(rows[2:]) + "\n  ").encode())
+    info = check_corpus(CorpusSource(path="c.jsonl"), str(path))
+    assert info.count == 4
+
+
+@pytest.mark.parametrize(
+    ("lines", "pattern"),
+    [
+        (['{"_id": "d1", "text": "a"}', '{"_id": "d2", "text": "b"', '{"_id": "d3", "text": "c"}'],
+         r"c\.jsonl:2: malformed JSON"),
+        (['{"_id": "d1", "text": "a"}', '["d2", "b"]'], r"c\.jsonl:2: each line must be a JSON object"),
+        (['{"_id": "d1", "text": "a"}', '{"_id": "d2", "text": "b"}', '{"_id": "d1", "text": "c"}'],
+         r"c\.jsonl:3: duplicate document id 'd1'"),
+        (['{"_id": "d1", "text": "a"}', '{"_id": "d2", "title": " ", "text": ""}'],
+         r"c\.jsonl:2: document 'd2' has empty text"),
+        (['{"_id": "d1", "text": "a"}', '{"text": "no id"}'], r"c\.jsonl:2: line has no document id"),
+        ([], r"c\.jsonl: the corpus has no documents"),
+    ],
+)
+def test_corpus_errors_name_file_and_line(tmp_path, lines, pattern):
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(line + "\n" for line in lines))
+    with pytest.raises(DataError, match=pattern) as info:
+        check_corpus(CorpusSource(path="c.jsonl"), str(path))
+    assert info.value.exit_code == 2
+
+
+def test_non_utf8_bytes_name_the_line(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(b'{"_id": "d1", "text": "a"}\n{"_id": "d2", "text": "caf\xe9"}\n')
+    with pytest.raises(DataError, match=r"c\.jsonl:2: bytes that are not UTF-8 at column 27"):
+        check_corpus(CorpusSource(path="c.jsonl"), str(path))
+
+
+def test_missing_corpus_file(tmp_path):
+    with pytest.raises(DataError, match=r"nope\.jsonl: file not found"):
+        check_corpus(CorpusSource(path="nope.jsonl"), str(tmp_path / "nope.jsonl"))
+
+
+def write_parquet_corpus(path, ids, titles, texts):
+    pq.write_table(pa.table({"doc_id": ids, "heading": titles, "body": texts, "extra": [1] * len(ids)}), path)
+
+
+def test_parquet_corpus_check(tmp_path):
+    path = tmp_path / "c.parquet"
+    write_parquet_corpus(path, ["a", "b", "c"], ["T", None, ""], ["x", "y", "z"])
+    source = CorpusSource(path="c.parquet", id_field="doc_id", title_field="heading", text_field="body")
+    assert source.format == "parquet"
+    info = check_corpus(source, str(path))
+    assert info.count == 3 and info.ids == {"a", "b", "c"}
+    wrong = CorpusSource(path="c.parquet", id_field="id", text_field="body", title_field=None)
+    with pytest.raises(DataError, match=r"missing column\(s\) \['id'\]"):
+        check_corpus(wrong, str(path))
+    write_parquet_corpus(path, ["a", "a"], ["", ""], ["x", "y"])
+    with pytest.raises(DataError, match=r"c\.parquet:2: duplicate document id 'a'"):
+        check_corpus(source, str(path))
+
+
+# -- queries and labels -----------------------------------------------------------------
+def test_domain_data_reads_beir(tiny_beir):
+    data = DomainData(tiny_beir.load())
+    assert data.corpus.count == 4
+    assert data.queries == tiny_beir.queries
+    labels = data.labels("test")
+    assert labels.qrels == TINY_QRELS and labels.queries == tiny_beir.queries and labels.dropped == {}
+    assert labels.num_pairs == 2
+    hashes = data.file_hashes()
+    assert set(hashes) == {str(tiny_beir.root / p) for p in ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv")}
+    with pytest.raises(DataError, match="no labels named 'dev'"):
+        data.labels("dev")
+
+
+def test_unknown_document_strict_names_file_and_line(tiny_beir):
+    write_qrels(tiny_beir.qrels_path("test"), {"q1": {"d1": 1}, "q2": {"d9": 1}})
+    with pytest.raises(DataError, match=r"test\.tsv:3: 1 label\(s\) point at unknown document ids.*'d9'"):
+        DomainData(tiny_beir.load()).labels("test")
+
+
+def test_unknown_query_strict(tiny_beir):
+    write_qrels(tiny_beir.qrels_path("test"), {"q1": {"d1": 1}, "q7": {"d2": 1}})
+    with pytest.raises(DataError, match=r"test\.tsv:3: 1 label\(s\) point at unknown query ids.*q7"):
+        DomainData(tiny_beir.load()).labels("test")
+
+
+def test_unknown_ids_skip_mode_drops_and_counts(tiny_beir, caplog):
+    write_qrels(tiny_beir.qrels_path("test"),
+                {"q1": {"d1": 1, "d8": 1}, "q2": {"d9": 1}, "q7": {"d2": 1}})
+    mapping = yaml.safe_load(tiny_beir.spec_path.read_text())
+    mapping["data"]["on_bad_labels"] = "skip"
+    tiny_beir.spec_path.write_text(yaml.safe_dump(mapping))
+    with caplog.at_level(logging.WARNING, logger="vectune"):
+        labels = DomainData(tiny_beir.load()).labels("test")
+    assert labels.qrels == {"q1": {"d1": 1}}  # q2 lost its only label, q7 is unknown
+    assert labels.dropped == {"unknown_query": 1, "unknown_document": 2}
+    assert "dropped labels" in caplog.text
+
+
+def test_queries_errors(tiny_beir):
+    path = tiny_beir.root / "queries.jsonl"
+    path.write_text('{"_id": "q1", "text": "a"}\n{"_id": "q1", "text": "b"}\n')
+    with pytest.raises(DataError, match=r"queries\.jsonl:2: duplicate query id 'q1'"):
+        DomainData(tiny_beir.load()).queries
+    path.write_text('{"_id": "q1", "text": "a"}\n{"_id": "q2", "text": "  "}\n')
+    with pytest.raises(DataError, match=r"queries\.jsonl:2: query 'q2' has empty text"):
+        DomainData(tiny_beir.load()).queries
+
+
+def test_jsonl_pairs(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    rows = [{"query": "aspirin heart", "positive": "d1"},
+            {"query": "aspirin heart", "positive": "d4"},
+            {"query": "vitamin c", "positive": "d2", "query_id": "v1"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    qrels, queries, where = read_pairs(str(path))
+    qa = query_id_for("aspirin heart")
+    assert qrels == {qa: {"d1": 1, "d4": 1}, "v1": {"d2": 1}}
+    assert queries == {qa: "aspirin heart", "v1": "vitamin c"}
+    assert where[("v1", "d2")] == 3
+    labels = load_labels(LabelSource(path="pairs.jsonl"), str(path), {"d1", "d2", "d4"}, None)
+    assert labels.queries[qa] == "aspirin heart" and labels.num_pairs == 3
+    path.write_text('{"query": "x", "positive": "d1"}\n{"query": "y"}\n')
+    with pytest.raises(DataError, match=r"pairs\.jsonl:2: missing or empty 'positive'"):
+        read_pairs(str(path))
+
+
+def test_parquet_pairs(tmp_path):
+    path = tmp_path / "pairs.parquet"
+    pq.write_table(pa.table({"query": ["a", "b"], "positive": ["d1", "d2"]}), path)
+    source = LabelSource(path="pairs.parquet")
+    assert source.format == "pairs"
+    labels = load_labels(source, str(path), {"d1", "d2"}, None)
+    assert labels.qrels == {query_id_for("a"): {"d1": 1}, query_id_for("b"): {"d2": 1}}
+
+
+def test_click_logs(tmp_path):
+    path = tmp_path / "clicks.jsonl"
+    rows = [{"query": "q", "doc_id": "d3", "clicked": False, "position": 1},
+            {"query": "q", "doc_id": "d1", "clicked": True, "position": 2},
+            {"query": "q", "doc_id": "d2", "clicked": False, "position": 0},
+            {"query": "never clicked", "doc_id": "d4", "clicked": False, "position": 0}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    qrels, _, shown, _ = read_clicks(str(path))
+    qid = query_id_for("q")
+    assert qrels == {qid: {"d1": 1}}
+    assert shown == {qid: ["d2", "d3"]}  # by position; queries without a click have no negatives
+    path.write_text('{"query": "q", "doc_id": "d1", "clicked": "maybe"}\n')
+    with pytest.raises(DataError, match=r"clicks\.jsonl:1: 'clicked' must be true/false"):
+        read_clicks(str(path))
+
+
+# -- the Ray Dataset read ------------------------------------------------------------------
+def _collect(ds) -> dict[str, tuple[str, str]]:
+    rows = ds.take_all()
+    out = {r["doc_id"]: (r["title"], r["text"]) for r in rows}
+    assert len(out) == len(rows)  # no row read twice
+    return out
+
+
+@pytest.mark.ray
+def test_ray_corpus_read_returns_every_row(make_slice, tmp_path, ray_local):
+    sl = make_slice(tmp_path, n_docs=200, n_queries=20)
+    data = DomainData(sl.load())
+    expected = {}
+    for line in sl.corpus_path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        expected[record["_id"]] = (record["title"], doc_text(record["title"], record["text"]))
+    ds = data.corpus_dataset(blocks=4)
+    assert ds.count() == data.corpus.count == 200
+    assert _collect(ds) == expected
+
+
+@pytest.mark.ray
+def test_ray_parquet_corpus_read(tmp_path, ray_local):
+    ids = [f"p{i}" for i in range(50)]
+    titles = [f"title {i}" if i % 3 else None for i in range(50)]
+    texts = [f"text number {i}" for i in range(50)]
+    write_parquet_corpus(tmp_path / "c.parquet", ids, titles, texts)
+    spec = spec_for(tmp_path, {"corpus": {"path": "c.parquet", "id_field": "doc_id", "title_field": "heading",
+                                          "text_field": "body"}})
+    data = DomainData(spec)
+    got = _collect(data.corpus_dataset(blocks=3))
+    assert got == {i: (t or "", doc_text(t, x)) for i, t, x in zip(ids, titles, texts)}
+
+
+@pytest.mark.ray
+def test_ray_corpus_blocks_feed_every_actor(make_slice, tmp_path, ray_local):
+    """The read layout and actor pool of the evaluate stage give each of two actors half of a
+    300-document corpus (one bundle of 300 would go to a single actor)."""
+    from collections import Counter
+
+    from ray.data import DataContext
+
+    from vectune.embed.pipeline import actor_pool
+    from vectune.evaluate.stage import corpus_batching
+
+    class Who:  # defined here so Ray pickles it by value (workers cannot import test modules)
+        def __call__(self, batch: dict) -> dict:
+            import os
+            import time
+
+            time.sleep(3.0)  # busy, like an encoder: the next batch must go to the other actor
+            return {"pid": [os.getpid()] * len(batch["doc_id"])}
+
+    data = DomainData(make_slice(tmp_path, n_docs=300, n_queries=10).load())
+    batch, blocks = corpus_batching(data.corpus.count, 1024, 2)
+    assert (batch, blocks) == (150, 2)
+    ctx = DataContext.get_current()
+    before, ctx.wait_for_min_actors_s = ctx.wait_for_min_actors_s, 300  # both actors up before dispatch
+    try:
+        tagged = data.corpus_dataset(blocks=blocks).map_batches(
+            Who, batch_size=batch, compute=actor_pool(2), num_cpus=0.5)
+        per_actor = sorted(Counter(r["pid"] for r in tagged.take_all()).values())
+    finally:
+        ctx.wait_for_min_actors_s = before
+    assert per_actor == [150, 150]

@@ -1,0 +1,255 @@
+"""The spec: strict loading with every problem located, defaults, paths, schema, identity."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from vectune.errors import SpecError
+from vectune.spec import Spec, json_schema, load_spec, render, validate_dict
+
+MINIMAL = """\
+version: 1
+name: demo
+data:
+  root: data
+  corpus: {path: corpus.jsonl}
+  queries: {path: queries.jsonl}
+  splits:
+    test: {path: qrels/test.tsv}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def problems(tmp_path: Path, text: str) -> list[str]:
+    with pytest.raises(SpecError) as info:
+        load_spec(write(tmp_path, text))
+    return [str(p) for p in info.value.problems]
+
+
+def test_minimal_spec_gets_every_default(tmp_path):
+    spec = load_spec(write(tmp_path, MINIMAL))
+    assert spec.name == "demo"
+    assert spec.model.base == "all-MiniLM-L6-v2"
+    assert spec.evaluate.metrics == ["ndcg@10", "recall@100", "mrr@10"]
+    assert spec.evaluate.depth == 100  # the largest cutoff
+    assert spec.mine.range_max == 100 and spec.train.loss.type == "mnrl"
+    # formats inferred from suffixes
+    assert spec.data.corpus.format == "beir"
+    assert spec.data.splits["test"].format == "qrels"
+
+
+def test_render_fills_defaults_and_resolves_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = load_spec(write(tmp_path, MINIMAL + "runtime: {runs: out/runs}\n"))
+    out = render(spec)
+    data_root = tmp_path / "data"
+    assert out["data"]["root"] == str(data_root)
+    assert out["data"]["corpus"]["path"] == str(data_root / "corpus.jsonl")
+    assert out["data"]["queries"]["path"] == str(data_root / "queries.jsonl")
+    assert out["data"]["splits"]["test"]["path"] == str(data_root / "qrels" / "test.tsv")
+    assert out["runtime"]["runs"] == str(tmp_path / "out" / "runs")
+    # every section is there with its defaults, and the result is itself a valid spec
+    for section in ("model", "mine", "train", "evaluate", "index", "tune", "runtime"):
+        assert section in out
+    assert out["train"]["learning_rate"] == 2e-5 and out["index"]["distance"] == "cosine"
+    again = validate_dict(out, "rendered")
+    assert again.digest() != "" and again.mine == spec.mine
+
+
+def test_paths_resolve_against_the_spec_folder_not_the_cwd(tmp_path, monkeypatch):
+    sub = tmp_path / "specs"
+    sub.mkdir()
+    spec = load_spec(write(sub, MINIMAL.replace("root: data", "root: ../shared")))
+    monkeypatch.chdir("/")
+    assert spec.resolve(spec.data.corpus.path) == str(tmp_path / "shared" / "corpus.jsonl")
+    assert spec.resolve("/abs/file.jsonl") == "/abs/file.jsonl"
+    assert spec.resolve("s3://bucket/corpus.jsonl") == "s3://bucket/corpus.jsonl"
+    assert spec.resolve("model", data=False) == str(sub / "model")
+
+
+def test_uri_data_root_is_joined_not_resolved(tmp_path):
+    spec = load_spec(write(tmp_path, MINIMAL.replace("root: data", "root: s3://bucket/scifact/")))
+    assert spec.resolve("corpus.jsonl") == "s3://bucket/scifact/corpus.jsonl"
+    rendered = render(spec)["data"]
+    assert rendered["root"] == "s3://bucket/scifact/"
+    assert rendered["splits"]["test"]["path"] == "s3://bucket/scifact/qrels/test.tsv"
+
+
+def test_runs_root_env_override(tmp_path, monkeypatch):
+    spec = load_spec(write(tmp_path, MINIMAL + "runtime: {runs: a}\n"))
+    monkeypatch.setenv("VECTUNE_RUNS", str(tmp_path / "elsewhere"))
+    assert spec.runs_root() == str(tmp_path / "elsewhere")
+
+
+def test_overrides_apply_before_validation(tmp_path):
+    path = write(tmp_path, MINIMAL)
+    spec = load_spec(path, overrides={"train.epochs": 3, "mine.num_negatives": 5})
+    assert spec.train.epochs == 3 and spec.mine.num_negatives == 5
+    with pytest.raises(SpecError) as info:
+        load_spec(path, overrides={"train.epochs": "many"})
+    assert "train.epochs" in str(info.value)
+
+
+def test_digest_is_stable_and_tracks_every_setting(tmp_path):
+    a = load_spec(write(tmp_path, MINIMAL, "a.yaml"))
+    b = load_spec(write(tmp_path, MINIMAL + "evaluate: {k: 100}\n", "b.yaml"))  # only a default, spelled out
+    c = load_spec(write(tmp_path, MINIMAL + "train: {epochs: 2}\n", "c.yaml"))
+    assert a.digest() == load_spec(tmp_path / "a.yaml").digest()
+    assert len(a.digest()) == 16
+    assert a.digest() != c.digest()
+    assert a.section_digest("data", "model") == c.section_digest("data", "model")
+    assert a.section_digest("train") != c.section_digest("train")
+    assert a.digest() != b.digest()  # k=None and k=100 are different settings
+
+
+# -- every problem, located ---------------------------------------------------------------
+def test_unknown_key_names_its_path_and_line(tmp_path):
+    found = problems(tmp_path, MINIMAL + "mine:\n  num_negatives: 3\n  rangemax: 10\n")
+    assert found == ["line 11: mine.rangemax: unknown key (not part of this section)"]
+
+
+def test_all_errors_are_reported_at_once(tmp_path):
+    text = MINIMAL + textwrap.dedent("""\
+        mine:
+          range_min: 50
+          range_max: 10
+        train:
+          epochs: lots
+          loss: {type: mnrl, scael: 20}
+        evaluate:
+          split: dev
+          metrics: [ndcg@10, hits@5]
+        colour: blue
+        """)
+    found = problems(tmp_path, text)
+    joined = "\n".join(found)
+    for needle in ("line 9: mine: range_min (50) must be below range_max (10)",
+                   "line 13: train.epochs:",
+                   "line 14: train.loss.scael: unknown key",
+                   "line 17: evaluate.metrics",
+                   "'hits@5'",
+                   "line 18: colour: unknown key"):
+        assert needle in joined, joined
+    assert len(found) == 5
+
+
+def test_cross_section_rules_are_reported_with_field_errors(tmp_path):
+    found = problems(tmp_path, MINIMAL + "evaluate: {split: dev}\ntrain: {epochs: -1}\n")
+    assert any(p.startswith("line 9: evaluate.split: 'dev' is not a key of data.splits") for p in found), found
+    assert any(p.startswith("line 10: train.epochs:") for p in found), found
+
+
+def test_cross_section_rules_skip_broken_sections(tmp_path):
+    # evaluate itself is broken: no extra noise about its split or gate
+    found = problems(tmp_path, MINIMAL + "evaluate: {split: dev, metrics: [bogus]}\n")
+    assert len(found) == 1 and "evaluate.metrics" in found[0]
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        ("train: {epochs: abc}\n", "line 9: train.epochs: Input should be a valid number"),
+        ("evaluate: {metrics: [ndcg@10, ndcg]}\n", "evaluate.metrics: unknown metric 'ndcg'"),
+        ("evaluate: {split: dev}\n", "evaluate.split: 'dev' is not a key of data.splits ['test']"),
+        ("mine: {range_min: 5, range_max: 5}\n", "line 9: mine: range_min (5) must be below range_max (5)"),
+        ("mine: {range_min: 0, range_max: 2}\n", "fewer candidates than num_negatives (3)"),
+        ("train: {loss: {type: arcface}}\n", "train.loss: Input tag 'arcface'"),
+        ("train: {negatives: 9}\n", "train.negatives: 9 exceeds mine.num_negatives (3)"),
+        ("evaluate: {gate: {metric: map@10}}\n", "gate metric 'map@10' is not in evaluate.metrics"),
+        ("tune: {space: {train.dropout: {type: choice, values: [0.1]}}}\n", "tune.space: cannot tune ['train.dropout']"),
+        ("tune:\n  space:\n    train.learning_rate: {type: loguniform, low: 0, high: 1}\n",
+         "line 11: tune.space.train.learning_rate: loguniform needs low > 0"),
+        ("index: {qdrant: {path: /x, url: 'http://q:6333'}}\n", "index.qdrant: set either `path`"),
+        ("runtime: {address: nowhere}\n", "runtime.address: address must be"),
+        ("name: Bad Name\n", "line 9: name: duplicate key"),
+    ],
+)
+def test_field_errors(tmp_path, extra, needle):
+    found = problems(tmp_path, MINIMAL + extra)
+    assert any(needle in p for p in found), found
+
+
+def test_missing_required_fields(tmp_path):
+    found = problems(tmp_path, "version: 1\ndata:\n  queries: {path: q.jsonl}\n")
+    assert "line 1: name: required field is missing" in found
+    assert "line 2: data.corpus: required field is missing" in found
+
+
+def test_version_2_is_refused_by_name(tmp_path):
+    found = problems(tmp_path, MINIMAL.replace("version: 1", "version: 2"))
+    assert found == ["line 1: version: unsupported spec version 2; this vectune reads version 1"]
+
+
+def test_invalid_yaml_names_the_line(tmp_path):
+    found = problems(tmp_path, MINIMAL + "train:\n  epochs: [1, 2\n  batch_size: 4\n")
+    assert len(found) == 1 and "invalid YAML" in found[0]
+    assert found[0].startswith("line 11:")  # where the flow sequence breaks
+
+
+@pytest.mark.parametrize("text", ["", "- a\n- b\n", "just a string\n"])
+def test_spec_must_be_a_mapping(tmp_path, text):
+    found = problems(tmp_path, text)
+    assert "the spec must be a YAML mapping" in found[0]
+
+
+def test_missing_spec_file(tmp_path):
+    with pytest.raises(SpecError, match="spec file not found"):
+        load_spec(tmp_path / "nope.yaml")
+
+
+def test_non_utf8_spec(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_bytes(MINIMAL.encode() + b"# caf\xe9\n")
+    with pytest.raises(SpecError, match="not UTF-8"):
+        load_spec(path)
+
+
+def test_qrels_labels_need_queries(tmp_path):
+    found = problems(tmp_path, MINIMAL.replace("  queries: {path: queries.jsonl}\n", ""))
+    assert any("data: `queries` is required" in p for p in found), found
+
+
+def test_unknown_corpus_suffix_needs_a_format(tmp_path):
+    found = problems(tmp_path, MINIMAL.replace("corpus.jsonl", "corpus.csv"))
+    assert any("data.corpus: cannot infer the format" in p for p in found), found
+
+
+def test_exit_code_is_bad_input(tmp_path):
+    with pytest.raises(SpecError) as info:
+        load_spec(write(tmp_path, MINIMAL + "x: 1\n"))
+    assert info.value.exit_code == 2
+
+
+# -- JSON Schema ----------------------------------------------------------------------------
+def test_json_schema_is_valid_and_accepts_the_shipped_spec():
+    schema = json_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    shipped = Path(__file__).resolve().parents[2] / "specs" / "scifact.yaml"
+    jsonschema.validate(yaml.safe_load(shipped.read_text()), schema, cls=jsonschema.Draft202012Validator)
+
+
+def test_json_schema_rejects_what_the_loader_rejects():
+    schema = json_schema()
+    good = yaml.safe_load(MINIMAL)
+    validator = jsonschema.Draft202012Validator(schema)
+    assert not list(validator.iter_errors(good))
+    assert list(validator.iter_errors({**good, "colour": "blue"}))  # unknown key
+    assert list(validator.iter_errors({**good, "mine": {"num_negatives": "three"}}))  # wrong type
+    assert list(validator.iter_errors({k: v for k, v in good.items() if k != "data"}))  # missing section
+
+
+def test_spec_object_is_typed_not_a_dict(tmp_path):
+    spec = load_spec(write(tmp_path, MINIMAL))
+    assert isinstance(spec, Spec)
+    with pytest.raises(Exception):
+        spec.train.epochs = "lots"  # validate_assignment keeps the typed object honest
