@@ -124,7 +124,11 @@ def train(spec: Spec, run: Run, base_model: str) -> dict:
     )
     log.info("training on %d rows (%d workers x %d per batch, %d steps, %d negatives)", rows, t.workers, per_worker,
              total_steps, negatives)
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # Ray Train raises TrainingFailedError once max_failures is spent
+        raise StageError(f"training failed (re-run the same run id to resume from the last checkpoint): "
+                         f"{exc}") from None
     if result.error:
         raise StageError(f"training failed: {result.error}")
     chosen = result.checkpoint
