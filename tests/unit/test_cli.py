@@ -46,7 +46,8 @@ SPEC_CASES = {
     # name: (extra YAML, (old, new) replacement, expected fragments)
     "unknown-key": ("mine:\n  num_negative: 3\n", None, ["line 13: mine.num_negative: unknown key"]),
     "unknown-top-level-key": ("evaluation: {split: test}\n", None, ["line 12: evaluation: unknown key"]),
-    "wrong-type": ("train:\n  batch_size: large\n", None, ["line 13: train.batch_size: Input should be a valid integer"]),
+    "wrong-type": ("train:\n  batch_size: large\n", None,
+                   ["line 13: train.batch_size: Input should be a valid integer"]),
     "missing-required": ("", ("  corpus: {path: corpus.jsonl}\n", ""), ["data.corpus: required field is missing"]),
     "invalid-yaml": ("train: {epochs: 1\n", None, ["line 13:", "invalid YAML"]),
     "version-2": ("", ("version: 1", "version: 2"), ["line 2: version: unsupported spec version 2"]),

@@ -219,3 +219,26 @@ def test_search_explains_a_missing_stamped_model(tmp_path):
     stamp = {"model_path": str(tmp_path / "gone"), "model_fingerprint": "abc"}
     with pytest.raises(ModelError, match="not on this machine"):
         query_model(stamp, None)
+
+
+# -- which model `vectune reindex` promotes ---------------------------------------------
+def test_reindex_promotes_the_newest_model_that_passed_the_gate(tmp_path):
+    from vectune.embed import resolve_model
+    from vectune.index import promoted_model
+    from vectune.runs import Run
+
+    spec = _spec(tmp_path)
+    assert promoted_model(spec)[0] == resolve_model("all-MiniLM-L6-v2")  # no run yet: the base model
+
+    def run(run_id, passed, model):
+        r = Run.create(spec, run_id)
+        r.manifest["models"]["tuned"] = {"path": str(model), "fingerprint": "x"}
+        r.record("gate", {"passed": passed})
+
+    good = tmp_path / "good"
+    good.mkdir()
+    run("20260101-000000-aaaa", True, good)
+    run("20260102-000000-bbbb", False, tmp_path / "failed")  # newer, but the gate said no
+    run("20260103-000000-cccc", True, tmp_path / "deleted")  # newest passed, but its folder is gone
+    path, source = promoted_model(spec)
+    assert path == str(good) and "20260101-000000-aaaa" in source
