@@ -2,7 +2,7 @@
 
 On the same SciFact documents, in one process and one run:
 
-- plain: `SentenceTransformer.encode(texts, batch_size=32)` (and 64), model already loaded,
+- plain: `SentenceTransformer.encode(texts, batch_size=32)` (and 64 with --sweep), model loaded,
   torch using every CPU: what a user would write without vectune;
 - ray: the corpus read and embedded as the evaluate stage does it
   (`vectune.evaluate.stage.embedded_corpus`: `DomainData.corpus_dataset` into
@@ -10,8 +10,9 @@ On the same SciFact documents, in one process and one run:
   actor plan), timed end to end: actor start and model load included.
 
 `--sweep` adds the shapes around the default (batch 512/1024/2048 x 2 actors of 1 thread or
-1 actor of 2 threads) and plain encode with batch 64. Plain encoding runs before and after the Ray runs, and the ratio is
-taken against their mean, so drift in the machine's load hits both sides alike.
+1 actor of 2 threads) and plain encode with batch 64. Plain encoding runs before and after
+the Ray runs, and the ratio is taken against their mean, so drift in the machine's load
+hits both sides alike.
 
     python benchmarks/encode.py --docs 2000 [--sweep] [--out benchmarks/results/encode.json]
 """
