@@ -62,6 +62,7 @@ class PeakRSS:
         self.every = every
         self.peak_total = 0
         self.peak_driver = 0
+        self.at_peak: dict = {}
         self._cpu: dict[int, float] = {}
         self._cpu0: dict[int, float] = {}
         self._stop = threading.Event()
@@ -73,6 +74,7 @@ class PeakRSS:
     def _sample(self) -> None:
         while not self._stop.is_set():
             total = 0
+            by_name: dict[str, list] = {}
             try:
                 procs = self._procs()
             except psutil.Error:
@@ -82,14 +84,21 @@ class PeakRSS:
                     with proc.oneshot():
                         rss = proc.memory_info().rss
                         t = proc.cpu_times()
+                        name = "driver" if i == 0 else proc.name()
                 except psutil.Error:
                     continue
                 total += rss
+                entry = by_name.setdefault(name[:40], [0, 0])
+                entry[0] += 1
+                entry[1] += rss
                 if i == 0:
                     self.peak_driver = max(self.peak_driver, rss)
                 self._cpu0.setdefault(proc.pid, t.user + t.system)
                 self._cpu[proc.pid] = t.user + t.system
-            self.peak_total = max(self.peak_total, total)
+            if total > self.peak_total:
+                self.peak_total = total
+                self.at_peak = {k: {"procs": c, "rss_mib": round(r / 2**20, 1)} for k, (c, r) in
+                                sorted(by_name.items(), key=lambda kv: -kv[1][1])}
             self._stop.wait(self.every)
 
     def __enter__(self):
@@ -112,8 +121,9 @@ class PeakRSS:
         return sum(self._cpu[p] - self._cpu0.get(p, 0.0) for p in self._cpu)
 
     def mib(self) -> dict:
-        return {"peak_rss_mib": round(self.peak_total / 2**20, 1), "peak_driver_rss_mib": round(self.peak_driver / 2**20, 1),
-                "cpu_seconds": round(self.cpu_seconds(), 1)}
+        return {"peak_rss_mib": round(self.peak_total / 2**20, 1),
+                "peak_driver_rss_mib": round(self.peak_driver / 2**20, 1),
+                "cpu_seconds": round(self.cpu_seconds(), 1), "rss_at_peak_by_process": self.at_peak}
 
 
 # -- corpora --------------------------------------------------------------------------
@@ -301,7 +311,8 @@ def upsert_only(spec_path: Path, work: Path, batch_sizes: list[int], upsert_batc
             "owner_busy_fraction": [round(x, 3) for x in busy],
             "qdrant_client_upload_only": upload_only, "qdrant_client_build_and_upload": with_build,
             "best_upload_only": best, "ratio_vs_best_upload_only": round(rate / upload_only[best], 3),
-            "best_build_and_upload": best_built, "ratio_vs_best_build_and_upload": round(rate / with_build[best_built], 3),
+            "best_build_and_upload": best_built,
+            "ratio_vs_best_build_and_upload": round(rate / with_build[best_built], 3),
             **mem.mib()}
 
 
@@ -330,6 +341,33 @@ def bench_corpus(label: str, make, args, work: Path) -> dict:
         print(f"[{label}] upsert-only {out['upsert_only']}", file=sys.stderr, flush=True)
     shutil.rmtree(folder, ignore_errors=True)
     return out
+
+
+def _encoders(full: dict) -> tuple[int, float]:
+    """(encoder actors alive at the peak, MiB each)."""
+    for name, entry in full.get("rss_at_peak_by_process", {}).items():
+        if "Encoder" in name:
+            return entry["procs"], round(entry["rss_mib"] / entry["procs"], 1)
+    return 0, 0.0
+
+
+def memory_scaling(small_n: int, small: dict, big_n: int, big: dict) -> dict:
+    """Peak memory of the same kind of corpus at two sizes, total and per process.
+
+    The total also counts how many encoder actors had loaded the model at the peak (they
+    load it on their first batch): a corpus of one Ray batch keeps one actor busy, so
+    compare per-actor memory too.
+    """
+    actors = [_encoders(small), _encoders(big)]
+    return {
+        "docs": [small_n, big_n],
+        "docs_ratio": round(big_n / small_n, 2),
+        "peak_rss_mib": [small["peak_rss_mib"], big["peak_rss_mib"]],
+        "peak_rss_ratio": round(big["peak_rss_mib"] / small["peak_rss_mib"], 3),
+        "peak_driver_rss_mib": [small["peak_driver_rss_mib"], big["peak_driver_rss_mib"]],
+        "encoder_actors_at_peak": [a[0] for a in actors],
+        "rss_per_encoder_actor_mib": [a[1] for a in actors],
+    }
 
 
 def _one(args) -> None:
@@ -409,14 +447,9 @@ def main() -> None:
     results["corpora"]["synthetic"] = _spawn("synthetic", synthetic_n, args.phases, argv)
     if "full" in args.phases:
         results["corpora"][f"synthetic_{small_n}"] = _spawn("synthetic", small_n, "full", argv)
-        big, small = results["corpora"]["synthetic"]["full_reindex"], results["corpora"][f"synthetic_{small_n}"]["full_reindex"]
-        results["memory_scaling"] = {
-            "docs": [small_n, synthetic_n],
-            "peak_rss_mib": [small["peak_rss_mib"], big["peak_rss_mib"]],
-            "peak_driver_rss_mib": [small["peak_driver_rss_mib"], big["peak_driver_rss_mib"]],
-            "docs_ratio": round(synthetic_n / small_n, 2),
-            "peak_rss_ratio": round(big["peak_rss_mib"] / small["peak_rss_mib"], 3),
-        }
+        big = results["corpora"]["synthetic"]["full_reindex"]
+        small = results["corpora"][f"synthetic_{small_n}"]["full_reindex"]
+        results["memory_scaling"] = memory_scaling(small_n, small, synthetic_n, big)
     results["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

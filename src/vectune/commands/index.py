@@ -95,7 +95,8 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def rollback(
         spec: SpecArg,
-        to: Annotated[Optional[str], typer.Option(help="Collection name or run id to serve (default: the previous one).")] = None,
+        to: Annotated[Optional[str], typer.Option(
+            help="Collection name or run id to serve (default: the previous one).")] = None,
         json_: JsonOpt = False,
         verbose: VerboseOpt = False,
     ) -> None:

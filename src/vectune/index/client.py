@@ -81,7 +81,8 @@ def target(spec: Spec) -> Target:
             value = os.environ.get(q.api_key_env)
             if not value:
                 raise SpecError("index.qdrant.api_key_env",
-                                [f"environment variable {q.api_key_env} is not set (it should hold the Qdrant API key)"])
+                                [f"environment variable {q.api_key_env} is not set "
+                                 "(it should hold the Qdrant API key)"])
             key = Secret(value)
         return Target(url=q.url, prefer_grpc=q.prefer_grpc, timeout=q.timeout, retries=q.retries,
                       api_key_env=q.api_key_env, api_key=key)
@@ -126,7 +127,8 @@ def open_target(where: Target):
             if "already accessed" in str(exc):
                 raise IndexingError(
                     f"the embedded Qdrant at {where.path} is open in another process (a reindex running?); "
-                    "the embedded engine allows one process at a time: wait for it, or use a Qdrant server (index.qdrant.url)"
+                    "the embedded engine allows one process at a time: wait for it, or use a Qdrant server "
+                    "(index.qdrant.url)"
                 ) from None
             raise IndexingError(f"cannot open the embedded Qdrant at {where.path}: {exc}") from None
         return client
@@ -148,7 +150,8 @@ def open_target(where: Target):
             client.close()
             kind, last = _classify(exc)
             if kind == "auth":
-                hint = f" (check the key in ${where.api_key_env})" if where.api_key_env else " (set index.qdrant.api_key_env)"
+                hint = (f" (check the key in ${where.api_key_env})" if where.api_key_env
+                        else " (set index.qdrant.api_key_env)")
                 raise IndexingError(f"Qdrant at {where.url} rejected the API key{hint}") from None
             if kind == "fatal":
                 raise IndexingError(f"Qdrant at {where.url} answered with an error: {last}") from None

@@ -82,7 +82,8 @@ def swap_alias(client, alias: str, collection: str) -> str | None:
     ops = []
     if previous is not None:
         ops.append(models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias)))
-    ops.append(models.CreateAliasOperation(create_alias=models.CreateAlias(collection_name=collection, alias_name=alias)))
+    ops.append(models.CreateAliasOperation(
+        create_alias=models.CreateAlias(collection_name=collection, alias_name=alias)))
     client.update_collection_aliases(change_aliases_operations=ops)
     return previous
 
