@@ -61,5 +61,5 @@ def _print_run(spec, result: dict) -> None:
         console.out.print(f"gate {verdict}: {gate['metric']} {gate['base']:.4f} -> {gate['tuned']:.4f} "
                           f"({gate['gain']:+.4f}, required {gate['min_gain']:+.4f})")
     if result.get("reindex"):
-        console.out.print(f"live collection: {result['reindex'].get('collection')}")
+        console.out.print(f"live collection: {result['reindex'].get('collection') or result['reindex'].get('name')}")
     console.out.print(f"run {result['run_id']}: {result['run_dir']}")
