@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,13 +31,6 @@ def _env(**extra) -> dict:
 def vectune(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
     return subprocess.run([VECTUNE, *map(str, args)], capture_output=True, text=True, env=env or _env(),
                           timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def shm():
-    root = Path(tempfile.mkdtemp(prefix="vectune-index-cli-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,6 @@ Ray and the embedded Qdrant engine on tmpfs."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,13 +16,6 @@ pytestmark = pytest.mark.ray
 
 N_DOCS = 240
 INDEX = {"batch_size": 32, "embed_batch_size": 64, "keep": 1, "verify_sample": 16}
-
-
-@pytest.fixture(scope="module")
-def shm():
-    root = Path(tempfile.mkdtemp(prefix="vectune-index-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
