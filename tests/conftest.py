@@ -23,6 +23,7 @@ from pathlib import Path  # noqa: E402
 from typing import Any, Callable  # noqa: E402
 
 import pytest  # noqa: E402
+from testdata import TINY_CORPUS, TINY_QRELS, TINY_QUERIES, TINY_SPEC, write_qrels  # noqa: E402,F401
 import yaml  # noqa: E402
 
 #: the shared BEIR SciFact copy, next to the repository (never copied into it)
@@ -124,16 +125,6 @@ def _deep_merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def write_qrels(path: Path, qrels: dict[str, dict[str, int]], *, crlf: bool = True, header: bool = True) -> None:
-    """Write BEIR qrels (`query-id  corpus-id  score`), CRLF and with a header as BEIR ships them."""
-    end = "\r\n" if crlf else "\n"
-    rows = (["query-id\tcorpus-id\tscore"] if header else []) + [
-        f"{q}\t{d}\t{s}" for q, docs in qrels.items() for d, s in docs.items()
-    ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes("".join(r + end for r in rows).encode("utf-8"))
-
-
 @pytest.fixture(scope="session")
 def make_slice(scifact) -> Callable[..., Slice]:
     """Factory: `make_slice(tmp_path, n_docs=300, split="test", n_queries=60, *, seed=0, spec=None)`.
@@ -188,33 +179,6 @@ def make_slice(scifact) -> Callable[..., Slice]:
 
 
 # -- tiny hand-made BEIR data (for loaders and malformed-input tests) -----------------
-TINY_CORPUS = [
-    {"_id": "d1", "title": "Aspirin", "text": "Aspirin lowers the risk of heart attack."},
-    {"_id": "d2", "title": "", "text": "Vitamin C does not cure the common cold."},
-    {"_id": "d3", "title": "Sleep", "text": "Adults need seven hours of sleep."},
-    {"_id": "d4", "title": "Coffee", "text": "Coffee drinkers live longer in cohort studies."},
-]
-TINY_QUERIES = [
-    {"_id": "q1", "text": "Does aspirin prevent heart attacks?"},
-    {"_id": "q2", "text": "Is vitamin C a cure for colds?"},
-]
-TINY_QRELS = {"q1": {"d1": 1}, "q2": {"d2": 1}}
-#: 11 lines, so a section a test appends starts on line 12
-TINY_SPEC = """\
-# a four-document BEIR folder
-version: 1
-name: tiny
-data:
-  corpus: {{path: corpus.jsonl}}
-  queries: {{path: queries.jsonl}}
-  splits:
-    test: {{path: qrels/test.tsv}}
-runtime:
-  runs: {runs}
-  num_cpus: 2
-"""
-
-
 @pytest.fixture
 def tiny_beir(tmp_path) -> Slice:
     """A four-document BEIR folder with a valid spec, for tests to break one file at a time.
@@ -247,3 +211,15 @@ def ray_local():
     yield ray
     if started:
         ray.shutdown()
+
+
+# -- scratch space ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def shm():
+    """A scratch folder on tmpfs when there is one: the embedded Qdrant engine is disk-bound."""
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="vectune-it-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)

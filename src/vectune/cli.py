@@ -11,7 +11,7 @@ import yaml
 from rich.markup import escape
 
 from vectune import _console as console
-from vectune.errors import EXIT_BAD_INPUT, EXIT_FAILURE, SpecError, VectuneError
+from vectune.errors import EXIT_FAILURE, SpecError, VectuneError
 
 app = typer.Typer(
     name="vectune",

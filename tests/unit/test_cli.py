@@ -13,7 +13,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from conftest import write_qrels
+from testdata import write_qrels
 from vectune.cli import app
 
 REPO = Path(__file__).resolve().parents[2]

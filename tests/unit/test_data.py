@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import TINY_CORPUS, TINY_QRELS, write_qrels
+from testdata import TINY_CORPUS, TINY_QRELS, write_qrels
 from vectune.data import DomainData, doc_text, query_id_for
 from vectune.data.corpus import check_corpus
 from vectune.data.labels import load_labels, read_clicks, read_pairs, read_qrels

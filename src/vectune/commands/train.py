@@ -1,7 +1,6 @@
 """`vectune train` and `vectune run`: fine-tune, and the whole loop."""
 
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -36,13 +35,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """The whole loop: validate, mine, train, evaluate, gate, re-index."""
         from vectune import pipeline
-        from vectune.errors import GateFailed
-
         s = _call(_load, spec)
-        try:
-            result = _call(pipeline.run, s, run_id=run_id, from_stage=from_, only=only, verbose=verbose)
-        except typer.Exit:
-            raise
+        result = _call(pipeline.run, s, run_id=run_id, from_stage=from_, only=only, verbose=verbose)
         if json_:
             console.emit_json(result)
             return

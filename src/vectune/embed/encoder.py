@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from vectune.embed.cache import EmbeddingCache, cache_key, text_hashes
-from vectune.embed.models import load_model, model_fingerprint
+from vectune.embed.models import embedding_dimension, load_model, model_fingerprint
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,6 @@ class EncoderConfig:
     cache_root: str | None = None
     device: str | None = None
     threads: int | None = None
-    extra: dict = field(default_factory=dict, compare=False)
 
     @property
     def cache_dir(self) -> str | None:
@@ -34,8 +33,6 @@ class EncoderConfig:
                         normalize=self.normalize)
         return str(Path(self.cache_root) / key)
 
-    def with_prefix(self, prefix: str) -> "EncoderConfig":
-        return EncoderConfig(**{**self.__dict__, "prefix": prefix})
 
 
 def encoder_config(spec, model_path: str, *, role: str, cache: bool = True) -> EncoderConfig:
@@ -119,8 +116,7 @@ class Encoder:
 
     @property
     def dimension(self) -> int:
-        getter = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
-        return int(getter())
+        return embedding_dimension(self.model)
 
     def __call__(self, batch: dict) -> dict:
         texts = [str(t) for t in batch[self.text_column]]

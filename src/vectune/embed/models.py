@@ -83,3 +83,9 @@ def load_model(path: str, *, max_seq_length: int | None = None, device: str | No
     if max_seq_length:
         model.max_seq_length = max_seq_length
     return model
+
+
+def embedding_dimension(model) -> int:
+    """Output dimension of a loaded SentenceTransformer (the method was renamed in v5)."""
+    getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    return int(getter())

@@ -8,7 +8,6 @@ times per step, which DDP's hooks do not allow.
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 import time
@@ -64,7 +63,6 @@ def _batch_features(model, batch, config, device):
 
 def train_loop(config: dict) -> None:
     """Ray Train entry point (runs on every worker)."""
-    import numpy as np
     import ray.train
     import torch
     from sentence_transformers import SentenceTransformer
@@ -89,7 +87,6 @@ def train_loop(config: dict) -> None:
 
     step = 0
     history: list[dict] = []
-    best = {"val_loss": math.inf}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:  # resume: weights, optimizer and schedule state, step count
         with checkpoint.as_directory() as d:

@@ -153,12 +153,9 @@ def train(spec: Spec, run: Run, base_model: str) -> dict:
 
 def _check_dimension(base: str, tuned: str) -> int:
     from vectune.embed import load_model
+    from vectune.embed.models import embedding_dimension
 
-    def dim(m):
-        getter = getattr(m, "get_embedding_dimension", None) or m.get_sentence_embedding_dimension
-        return int(getter())
-
-    b, t = dim(load_model(base)), dim(load_model(tuned))
+    b, t = embedding_dimension(load_model(base)), embedding_dimension(load_model(tuned))
     if b != t:
         raise ModelError(f"the tuned model outputs {t} dimensions, the base model {b}: vectors would not be comparable")
     return t

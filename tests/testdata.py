@@ -1,0 +1,44 @@
+"""Small hand-made test data and writers, importable from any test module
+(`pythonpath = tests` in pyproject). Not a conftest: a module named `conftest` is
+ambiguous once several test folders have one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def write_qrels(path: Path, qrels: dict[str, dict[str, int]], *, crlf: bool = True, header: bool = True) -> None:
+    """Write BEIR qrels (`query-id  corpus-id  score`), CRLF and with a header as BEIR ships them."""
+    end = "\r\n" if crlf else "\n"
+    rows = (["query-id\tcorpus-id\tscore"] if header else []) + [
+        f"{q}\t{d}\t{s}" for q, docs in qrels.items() for d, s in docs.items()
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes("".join(r + end for r in rows).encode("utf-8"))
+
+
+TINY_CORPUS = [
+    {"_id": "d1", "title": "Aspirin", "text": "Aspirin lowers the risk of heart attack."},
+    {"_id": "d2", "title": "", "text": "Vitamin C does not cure the common cold."},
+    {"_id": "d3", "title": "Sleep", "text": "Adults need seven hours of sleep."},
+    {"_id": "d4", "title": "Coffee", "text": "Coffee drinkers live longer in cohort studies."},
+]
+TINY_QUERIES = [
+    {"_id": "q1", "text": "Does aspirin prevent heart attacks?"},
+    {"_id": "q2", "text": "Is vitamin C a cure for colds?"},
+]
+TINY_QRELS = {"q1": {"d1": 1}, "q2": {"d2": 1}}
+#: 11 lines, so a section a test appends starts on line 12
+TINY_SPEC = """\
+# a four-document BEIR folder
+version: 1
+name: tiny
+data:
+  corpus: {{path: corpus.jsonl}}
+  queries: {{path: queries.jsonl}}
+  splits:
+    test: {{path: qrels/test.tsv}}
+runtime:
+  runs: {runs}
+  num_cpus: 2
+"""
