@@ -42,6 +42,9 @@ def init_ray(runtime: RuntimeSpec, *, extra_env: dict[str, str] | None = None) -
         )
         # a local session never joins a cluster that happens to run on this machine
         os.environ.pop("RAY_ADDRESS", None)
+        # Ray starts workers at nice 15; on a shared workstation that hands every encode
+        # and training step to whatever else runs. A local session is the user's job.
+        os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(address="local", **kwargs)
     else:
         ray.init(address=runtime.address, **kwargs)
