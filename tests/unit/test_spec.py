@@ -160,6 +160,7 @@ def test_cross_section_rules_skip_broken_sections(tmp_path):
     [
         ("train: {epochs: abc}\n", "line 9: train.epochs: Input should be a valid number"),
         ("evaluate: {metrics: [ndcg@10, ndcg]}\n", "evaluate.metrics: unknown metric 'ndcg'"),
+        ("evaluate: {k: 10}\n", "evaluate: k=10 is shallower than the deepest metric cutoff (100)"),
         ("evaluate: {split: dev}\n", "evaluate.split: 'dev' is not a key of data.splits ['test']"),
         ("mine: {range_min: 5, range_max: 5}\n", "line 9: mine: range_min (5) must be below range_max (5)"),
         ("mine: {range_min: 0, range_max: 2}\n", "fewer candidates than num_negatives (3)"),

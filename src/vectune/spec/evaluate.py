@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from vectune.spec._base import Section
 
@@ -59,6 +59,16 @@ class EvaluateSpec(Section):
     @classmethod
     def _metrics(cls, value: list[str]) -> list[str]:
         return [_check_metric(v) for v in value]
+
+    @model_validator(mode="after")
+    def _depth_covers_metrics(self) -> "EvaluateSpec":
+        deepest = max(int(m.split("@")[1]) for m in self.metrics)
+        if self.k is not None and self.k < deepest:
+            raise ValueError(
+                f"k={self.k} is shallower than the deepest metric cutoff ({deepest}): "
+                f"those metrics would be computed on truncated rankings; drop k or set it >= {deepest}"
+            )
+        return self
 
     @property
     def depth(self) -> int:

@@ -49,7 +49,10 @@ class IndexSpec(Section):
     batch_size: int = Field(256, ge=1, description="Points per upsert request.")
     parallel: int = Field(1, ge=1, description="Concurrent writers (a server only; the embedded engine has one).")
     embed_batch_size: int = Field(1024, ge=1, description="Documents per Ray Data batch handed to `encode`.")
-    concurrency: int = Field(1, ge=1, description="Encoder actors.")
+    concurrency: int | None = Field(
+        None, ge=1, description="Encoder actors (one model copy each); sized to the cluster's CPUs when unset, "
+        "as in `evaluate`."
+    )
     num_gpus: float = Field(0, ge=0, description="GPUs per encoder actor.")
     payload: list[str] = Field(default_factory=lambda: ["doc_id", "title", "text"],
                                description="Document fields stored with each point; `doc_id` is always stored.")
