@@ -19,6 +19,7 @@ from vectune.spec import load_spec
 TUNE = {
     "space": {"train.learning_rate": {"type": "loguniform", "low": 1e-6, "high": 1e-3}},
     "trials": 2, "scheduler": "asha", "validation_queries": 10, "cpus_per_trial": 0.5, "max_concurrent": 1,
+    "train_queries": 6,
 }
 SMALL = {
     "model": {"max_seq_length": 32},
@@ -72,6 +73,13 @@ def test_two_trial_search_picks_best_and_writes_a_valid_spec(tmp_path, make_slic
     assert len(trials) == 2 and all(t["status"] == "done" for t in trials), trials
     rates = [t["config"]["train.learning_rate"] for t in trials]
     assert rates[0] != rates[1] and all(1e-6 <= r <= 1e-3 for r in rates)
+    # one trial is the spec's own value (tune.baseline), and the gain is measured against it
+    baseline = [t for t in trials if t["baseline"]]
+    assert len(baseline) == 1 and baseline[0]["config"]["train.learning_rate"] == spec.train.learning_rate
+    assert result["baseline"]["trial_id"] == baseline[0]["trial_id"]
+    assert result["gain_vs_baseline"] == pytest.approx(
+        result["best"]["metrics"]["ndcg@10"] - baseline[0]["metrics"]["ndcg@10"])
+    assert result["gain_vs_baseline"] >= 0
     best = max(trials, key=lambda t: t["metrics"]["ndcg@10"])
     assert result["best"]["trial_id"] == best["trial_id"]
     # each trial really trained and was scored on the held-out training queries
@@ -80,6 +88,8 @@ def test_two_trial_search_picks_best_and_writes_a_valid_spec(tmp_path, make_slic
     assert len(held) == 10 and held <= set(sl.qrels["train"])
     mined = set(pq.read_table(Path(result["run_dir"]) / "mine" / "triples.parquet").column("query_id").to_pylist())
     assert mined and held.isdisjoint(mined)
+    # tune.train_queries: each trial's budget is 6 of the 10 queries left after the carve-out
+    assert result["train_queries"] == 6 and len(mined) <= 6
     for t in trials:
         saved = json.loads((Path(t["run_dir"]) / "validation.json").read_text())
         assert saved["metrics"]["ndcg@10"] == t["metrics"]["ndcg@10"]
@@ -96,3 +106,4 @@ def test_two_trial_search_picks_best_and_writes_a_valid_spec(tmp_path, make_slic
     console.print(_trials_table(result))
     text = console.export_text()
     assert f"{best['trial_id']} *" in text and f"{best['metrics']['ndcg@10']:.4f}" in text
+    assert "(spec)" in text

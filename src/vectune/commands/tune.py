@@ -26,7 +26,8 @@ def _trials_table(result: dict):
         values = [f"{tr['config'][n]:.3g}" if isinstance(tr["config"].get(n), float) else str(tr["config"].get(n))
                   for n in names]
         score = tr["metrics"].get(metric)
-        table.add_row(tr["trial_id"] + (" *" if tr["trial_id"] == best else ""), *values,
+        label = tr["trial_id"] + (" *" if tr["trial_id"] == best else "") + (" (spec)" if tr.get("baseline") else "")
+        table.add_row(label, *values,
                       f"{score:.4f}" if score is not None else "-",
                       f"{tr['final_loss']:.4f}" if tr.get("final_loss") is not None else "-",
                       f"{tr['seconds']:.0f}" if tr.get("seconds") is not None else "-",
@@ -52,6 +53,9 @@ def register(app: typer.Typer) -> None:
             return
         console.out.print(_trials_table(result))
         console.out.print(f"best: {result['best']['config']} -> {result['tuned_spec']}", markup=False)
+        if result.get("gain_vs_baseline") is not None:
+            console.out.print(f"{result['metric']} gain over the spec's own values: "
+                              f"{result['gain_vs_baseline']:+.4f}", markup=False)
         console.out.print(f"run {result['run_id']}: {result['run_dir']}", markup=False)
 
     @app.command()

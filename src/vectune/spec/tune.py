@@ -59,6 +59,12 @@ class TuneSpec(Section):
         "asha", description="ASHA early stopping, or none. Trials report once, after scoring, so ASHA stops none yet.")
     metric: str = Field("ndcg@10", description="Maximised; must be one of evaluate.metrics.")
     validation_queries: int = Field(100, ge=10, description="Training queries held out to score trials.")
+    train_queries: int | None = Field(
+        None, ge=1, description="Per-trial budget: each trial mines and trains on this many of the remaining "
+        "training queries (sampled with `seed`); the tuned spec still trains on all of them.")
+    baseline: bool = Field(
+        True, description="Score the spec's own values as the first trial, so the search reports what it "
+        "gained over them (the trial counts toward `trials`).")
     cpus_per_trial: float = Field(
         1, gt=0, description="CPUs of the trial itself (scoring); training workers take train.cpus_per_worker each.")
     gpus_per_trial: float = Field(0, ge=0, description="GPUs of the trial itself (scoring).")

@@ -55,14 +55,17 @@ def tune_spec(spec: Spec, *, run_id: str | None = None) -> dict:
     t = spec.tune
     data = DomainData(spec)
     validation, rest = carve(data.labels("train"), t.validation_queries, t.seed)
+    if t.train_queries is not None and t.train_queries < len(rest.qrels):
+        rest, _ = carve(rest, t.train_queries, t.seed + 1)  # the per-trial budget
     tspec = renamed(spec, (spec.name + "-tune")[:63])
     tune_id = run_id or new_run_id()
     run = Run.create(tspec, tune_id)
     from vectune.pipeline import base_model_path, record_lineage
 
     record_lineage(run, data)
+    baseline = spec_values(spec) if t.baseline else None
     run.record("tune", {"validation_queries": sorted(validation.qrels), "train_queries": len(rest.qrels),
-                        "space": {k: v.model_dump() for k, v in t.space.items()}})
+                        "space": {k: v.model_dump() for k, v in t.space.items()}, "baseline": baseline})
     base = base_model_path(spec)
     mine_searched = any(name.startswith("mine.") for name in t.space)
     start = time.perf_counter()
@@ -85,30 +88,57 @@ def tune_spec(spec: Spec, *, run_id: str | None = None) -> dict:
                 metric=t.metric, mode="max", num_samples=t.trials, scheduler=_scheduler(spec),
                 # the limit goes to the generator itself: Tune ignores max_concurrent_trials
                 # for a BasicVariantGenerator passed in (it is not a Searcher)
-                search_alg=BasicVariantGenerator(random_state=t.seed, max_concurrent=t.max_concurrent),
+                # the spec's own values go first (`tune.baseline`): the search reports its gain over them
+                search_alg=BasicVariantGenerator(points_to_evaluate=[baseline] if baseline else None,
+                                                 random_state=t.seed, max_concurrent=t.max_concurrent),
             ),
             run_config=tune.RunConfig(name="ray", storage_path=str(run.path("tune")), verbose=0),
         )
         grid = tuner.fit()
-    trials = _trials(grid, t.metric)
+    trials = _trials(grid, t.metric, baseline)
     done = [tr for tr in trials if tr["status"] == "done"]
     if not done:
         errors = "; ".join(f"{tr['trial_id']}: {tr['error']}" for tr in trials)[:2000]
         run.record("tune_result", {"trials": trials})
         raise StageError(f"every trial failed ({errors}); trial logs under {run.path('tune')}")
     best = max(done, key=lambda tr: tr["metrics"][t.metric])
+    base_trial = next((tr for tr in trials if tr["baseline"]), None)
+    base_score = base_trial["metrics"].get(t.metric) if base_trial and base_trial["status"] == "done" else None
+    versus = (f"; the spec's own values scored {base_score:.4f} (gain {best['metrics'][t.metric] - base_score:+.4f})"
+              if base_score is not None else "")
     header = (f"written by `vectune tune` (run {tune_id}): best of {len(trials)} trials by {t.metric} "
-              f"{best['metrics'][t.metric]:.4f}\non {len(validation.qrels)} held-out training queries; "
+              f"{best['metrics'][t.metric]:.4f}\non {len(validation.qrels)} held-out training queries{versus}; "
               f"values: {best['config']}")
     tuned_path = write_tuned_spec(spec, best["config"], header)
     result = {"run_id": tune_id, "run_dir": str(run.dir), "metric": t.metric, "trials": trials, "best": best,
+              "baseline": base_trial,
+              "gain_vs_baseline": None if base_score is None else best["metrics"][t.metric] - base_score,
               "tuned_spec": str(tuned_path), "validation_queries": len(validation.qrels),
-              "seconds": round(time.perf_counter() - start, 2)}
+              "train_queries": len(rest.qrels), "seconds": round(time.perf_counter() - start, 2)}
     run.record("tune_result", {k: v for k, v in result.items() if k != "run_dir"})
     return result
 
 
-def _trials(grid, metric: str) -> list[dict]:
+def spec_values(spec: Spec) -> dict:
+    """The spec's own value of every searched parameter (the baseline trial's config)."""
+    dump = spec.canonical()
+    out = {}
+    for name in spec.tune.space:
+        node = dump
+        for part in name.split("."):
+            node = node[part]
+        out[name] = node
+    return out
+
+
+def _same(a: dict, b: dict | None) -> bool:
+    if b is None or set(a) != set(b):
+        return False
+    return all(abs(float(a[k]) - float(b[k])) <= 1e-12 * max(1.0, abs(float(b[k])))
+               if isinstance(b[k], (int, float)) and isinstance(a[k], (int, float)) else a[k] == b[k] for k in b)
+
+
+def _trials(grid, metric: str, baseline: dict | None = None) -> list[dict]:
     out = []
     for r in grid:
         m = r.metrics or {}
@@ -116,6 +146,7 @@ def _trials(grid, metric: str) -> list[dict]:
         ok = r.error is None and metric in m
         out.append({
             "trial_id": m.get("trial_id") or r.path.rsplit("/", 1)[-1], "config": config,
+            "baseline": baseline is not None and _same(config, baseline) and not any(o["baseline"] for o in out),
             "status": "done" if ok else "failed", "error": None if ok else str(r.error)[:500],
             "metrics": {k: m[k] for k in m if "@" in k},
             "final_loss": m.get("final_loss"), "steps": m.get("steps"), "seconds": m.get("trial_seconds"),

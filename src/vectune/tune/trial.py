@@ -49,12 +49,21 @@ def run_trial(config: dict, *, spec: Spec, tune_id: str, triples: str | None, tr
         if not link.exists():
             os.symlink(triples, link)
     summary = train(trial_spec, run, base_model)
-    threads = spec.runtime.torch_threads or max(1, int(math.ceil(spec.tune.cpus_per_trial)))
+    threads = spec.runtime.torch_threads or scoring_threads(trial_spec)
     metrics = validation_metrics(trial_spec, data, summary["model"], validation, threads)
     run.write_json("validation.json", {"config": {k: _plain(v) for k, v in config.items()}, "metrics": metrics,
                                        "train": summary})
     tune.report({**metrics, "final_loss": summary.get("final_loss"), "steps": summary["steps"],
                  "trial_seconds": round(time.perf_counter() - start, 2), "run_dir": str(run.dir)})
+
+
+def scoring_threads(spec: Spec) -> int:
+    """Torch threads for scoring a trial's model: the trial's own CPUs, plus, while trials
+    run one at a time, those its training workers held (training is over by then)."""
+    cpus = spec.tune.cpus_per_trial
+    if spec.tune.max_concurrent == 1:
+        cpus += spec.train.workers * spec.train.cpus_per_worker
+    return max(1, int(math.ceil(cpus - 1e-6)))
 
 
 def _plain(value):
