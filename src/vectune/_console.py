@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -16,7 +17,17 @@ err = Console(stderr=True, soft_wrap=True)
 
 
 def setup_logging(verbose: bool = False) -> None:
+    """vectune's own log lines on stderr; Ray's chatter only with `verbose`.
+
+    Without it, Ray Data's per-dataset lines stay quiet (`RAY_DATA_LOG_LEVEL`, read when
+    Ray Data is imported) and worker output is not forwarded to the driver (see
+    `vectune.cluster.init_ray`): errors still arrive as exceptions, and progress comes from
+    `vectune.progress`.
+    """
     level = logging.DEBUG if verbose else logging.INFO
+    if verbose:
+        os.environ["VECTUNE_VERBOSE"] = "1"
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "INFO" if verbose else "ERROR")
     logging.basicConfig(level=logging.WARNING, handlers=[RichHandler(console=err, show_path=False)], format="%(message)s",
                         force=True)
     logging.getLogger("vectune").setLevel(level)

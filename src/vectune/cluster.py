@@ -32,7 +32,11 @@ def init_ray(runtime: RuntimeSpec, *, extra_env: dict[str, str] | None = None) -
     env = {**WORKER_ENV, **{k: v for k, v in os.environ.items() if k.startswith("VECTUNE_")}, **(extra_env or {})}
     for key, value in WORKER_ENV.items():
         os.environ.setdefault(key, value)
-    kwargs: dict = {"runtime_env": {"env_vars": env}, "log_to_driver": True, "logging_level": logging.WARNING}
+    # worker output (Ray Train's per-step reports, its placement-group cleaner polling a
+    # State API the local session runs without) reaches the terminal only when asked for:
+    # `-v`, or VECTUNE_WORKER_LOGS=1. Worker errors still arrive as exceptions.
+    worker_logs = os.environ.get("VECTUNE_VERBOSE") == "1" or os.environ.get("VECTUNE_WORKER_LOGS") == "1"
+    kwargs: dict = {"runtime_env": {"env_vars": env}, "log_to_driver": worker_logs, "logging_level": logging.WARNING}
     if runtime.address == "local":
         kwargs.update(
             num_cpus=runtime.num_cpus,

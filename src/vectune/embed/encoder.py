@@ -9,6 +9,10 @@ import numpy as np
 
 from vectune.embed.cache import EmbeddingCache, cache_key, text_hashes
 from vectune.embed.models import embedding_dimension, load_model, model_fingerprint
+from vectune.progress import tick
+
+#: texts per `model.encode` call when a progress counter is ticked (a multiple of the model batch)
+PROGRESS_CHUNK = 128
 
 
 @dataclass(frozen=True)
@@ -55,11 +59,14 @@ class Encoder:
     """Ray Data UDF: adds an `embedding` column (float32) computed from `text`.
 
     Loads the model once per actor. Texts already in the embedding cache are not
-    re-encoded; new vectors are written to it as a pending shard per batch.
+    re-encoded; new vectors are written to it as a pending shard per batch. With a
+    `progress` counter (see `vectune.progress`), every text done ticks it.
     """
 
-    def __init__(self, config: EncoderConfig, text_column: str = "text", keep: tuple[str, ...] | None = None):
+    def __init__(self, config: EncoderConfig, text_column: str = "text", keep: tuple[str, ...] | None = None,
+                 progress=None):
         self.config = config
+        self.progress = progress
         self.text_column = text_column
         self.keep = keep
         self._model = None
@@ -96,16 +103,38 @@ class Encoder:
         if len(missing):
             # de-duplicate inside the batch so a repeated text is encoded once
             uniq, inverse = np.unique(hashes[missing], return_inverse=True)
+            tick(self.progress, len(texts) - len(uniq))  # cache hits and repeats: done already
             first = {h: i for i, h in zip(missing[::-1], hashes[missing][::-1])}
             vecs = self._encode([texts[first[h]] for h in uniq])
             self.cache.add(uniq, vecs)
             if out is None:
                 out = np.empty((len(texts), vecs.shape[1]), dtype=np.float32)
             out[missing] = vecs[inverse]
+        else:
+            tick(self.progress, len(texts))
         return out
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         self.encoded += len(texts)
+        chunk = max(1, PROGRESS_CHUNK // self.config.batch_size) * self.config.batch_size
+        if self.progress is None or len(texts) <= chunk:
+            vectors = self._model_encode(texts)
+            tick(self.progress, len(texts))
+            return vectors
+        # sort by length once, as `encode` does inside a call, and encode the sorted order in
+        # chunks of whole model batches: the same padded batches as one call, a tick after each
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        out = None
+        for start in range(0, len(texts), chunk):
+            idx = order[start:start + chunk]
+            vectors = self._model_encode([texts[i] for i in idx])
+            if out is None:
+                out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
+            out[idx] = vectors
+            tick(self.progress, len(idx))
+        return out
+
+    def _model_encode(self, texts: list[str]) -> np.ndarray:
         return self.model.encode(
             texts,
             batch_size=self.config.batch_size,

@@ -12,20 +12,21 @@ from vectune.embed.encoder import Encoder, EncoderConfig
 
 
 def embed_dataset(ds, config: EncoderConfig, *, batch_size: int = 1024, concurrency: int | None = None,
-                  gpus: float = 0.0, keep: tuple[str, ...] | None = None):
+                  gpus: float = 0.0, keep: tuple[str, ...] | None = None, progress=None):
     """Add an `embedding` column to a Dataset with a `text` column (lazy, streaming).
 
     `keep` names the input columns passed through (all when None). Every Ray op
     upstream of this pool must ask for a CPU fraction only, or it starves behind
     the actors. Large Ray batches let `encode` sort by length inside them, which is what makes
-    a pool of actors beat a single process (see benchmarks/encode.py).
+    a pool of actors beat a single process (see benchmarks/encode.py). `progress` is a
+    `vectune.progress.track` counter the actors tick per text.
     """
     plan = plan_actors(concurrency, gpus)
     config = dataclasses.replace(config, threads=config.threads or plan.threads,
                                  device=config.device or ("cuda" if plan.gpus else None))
     return ds.map_batches(
         Encoder,
-        fn_constructor_kwargs={"config": config, "keep": keep},
+        fn_constructor_kwargs={"config": config, "keep": keep, "progress": progress},
         batch_size=batch_size,
         batch_format="numpy",
         compute=actor_pool(plan.actors),

@@ -12,6 +12,7 @@ from vectune.data import DomainData
 from vectune.embed import encode_texts, encoder_config, embed_dataset
 from vectune.embed.pipeline import finish
 from vectune.evaluate.metrics import score_run
+from vectune.progress import track
 from vectune.search import TopK, search_dataset
 from vectune.spec import Spec
 
@@ -52,7 +53,7 @@ def corpus_batching(count: int, batch_size: int, actors: int) -> tuple[int, int]
 
 
 def embedded_corpus(spec: Spec, data: DomainData, model_path: str, *, batch_size: int, concurrency: int | None,
-                    gpus: float = 0.0, keep: tuple[str, ...] = ("doc_id",), cache: bool = True):
+                    gpus: float = 0.0, keep: tuple[str, ...] = ("doc_id",), cache: bool = True, progress=None):
     """The corpus Dataset with an `embedding` column, and the encoder config used.
 
     `batch_size` is an upper bound: see `corpus_batching`. `cache=False` skips the
@@ -62,7 +63,8 @@ def embedded_corpus(spec: Spec, data: DomainData, model_path: str, *, batch_size
     plan = plan_actors(concurrency, gpus)
     batch, blocks = corpus_batching(data.corpus.count, batch_size, plan.actors)
     ds = data.corpus_dataset(blocks=blocks)
-    return embed_dataset(ds, cfg, batch_size=batch, concurrency=concurrency, gpus=gpus, keep=keep), cfg
+    return embed_dataset(ds, cfg, batch_size=batch, concurrency=concurrency, gpus=gpus, keep=keep,
+                         progress=progress), cfg
 
 
 def retrieve(spec: Spec, data: DomainData, model_path: str, query_ids: list[str], query_texts: list[str],
@@ -71,8 +73,10 @@ def retrieve(spec: Spec, data: DomainData, model_path: str, query_ids: list[str]
     ev = spec.evaluate
     q_cfg = encoder_config(spec, model_path, role="query")
     queries = encode_texts(query_texts, q_cfg)
-    embedded, d_cfg = embedded_corpus(spec, data, model_path, batch_size=ev.batch_size, concurrency=ev.concurrency)
-    top = search_dataset(embedded, queries, k, block=ev.search_block)
+    with track("encode corpus", data.corpus.count) as counter:
+        embedded, d_cfg = embedded_corpus(spec, data, model_path, batch_size=ev.batch_size,
+                                          concurrency=ev.concurrency, progress=counter)
+        top = search_dataset(embedded, queries, k, block=ev.search_block)
     finish(d_cfg)
     return top
 

@@ -23,6 +23,7 @@ from vectune.embed import embed_dataset, encoder_config, model_fingerprint, reso
 from vectune.embed.encoder import Encoder
 from vectune.embed.pipeline import finish
 from vectune.errors import IndexingError, SpecError
+from vectune.progress import track
 from vectune.index import collections as cols
 from vectune.index.client import MEMORY, Target, open_target, target
 from vectune.runs import Run
@@ -221,7 +222,7 @@ def payload_fields(spec: Spec) -> list[str]:
     return sorted(set(spec.index.payload) | {"doc_id"})
 
 
-def corpus_vectors(spec: Spec, data: DomainData, cfg) -> tuple:
+def corpus_vectors(spec: Spec, data: DomainData, cfg, progress=None) -> tuple:
     """(lazy Dataset of the payload fields plus `embedding`, its number of read blocks)."""
     idx = spec.index
     plan = plan_actors(idx.concurrency, idx.num_gpus)
@@ -229,7 +230,7 @@ def corpus_vectors(spec: Spec, data: DomainData, cfg) -> tuple:
     blocks = max(plan.actors * 2, math.ceil(data.corpus.count / idx.embed_batch_size))
     ds = data.corpus_dataset(blocks=blocks)
     embedded = embed_dataset(ds, cfg, batch_size=idx.embed_batch_size, concurrency=idx.concurrency,
-                             gpus=idx.num_gpus, keep=tuple(payload_fields(spec)))
+                             gpus=idx.num_gpus, keep=tuple(payload_fields(spec)), progress=progress)
     return embedded, blocks
 
 
@@ -239,14 +240,15 @@ def _load(client, where: Target, spec: Spec, data: DomainData, name: str, cfg) -
 
     idx = spec.index
     payload = payload_fields(spec)
-    embedded, blocks = corpus_vectors(spec, data, cfg)
     owner = getattr(client, "actor", None)
     sink = QdrantDatasink(name, where=where, owner=owner, batch_size=idx.batch_size, payload=payload,
                           hook=None if owner is not None else FailureHook.from_env())
-    # the embedded engine applies one request at a time: two tasks keep it fed, more only queue
-    concurrency = min(blocks, 2 if owner is not None else idx.parallel)
     try:
-        embedded.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_TASK_CPUS}, concurrency=concurrency)
+        with track("re-embed corpus", data.corpus.count) as counter:
+            embedded, blocks = corpus_vectors(spec, data, cfg, progress=counter)
+            # the embedded engine applies one request at a time: two tasks keep it fed, more only queue
+            concurrency = min(blocks, 2 if owner is not None else idx.parallel)
+            embedded.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_TASK_CPUS}, concurrency=concurrency)
     except Exception as exc:  # noqa: BLE001 - a Ray-wrapped worker error: keep its last line
         raise IndexingError(f"loading {name} failed: {_root_cause(exc)}") from exc
     return int(getattr(sink, "written", 0) or 0)

@@ -68,6 +68,7 @@ def train_loop(config: dict) -> None:
     from sentence_transformers import SentenceTransformer
     from transformers import get_linear_schedule_with_warmup
 
+    from vectune.progress import tick_to
     from vectune.train.losses import build_loss
 
     ctx = ray.train.get_context()
@@ -96,6 +97,8 @@ def train_loop(config: dict) -> None:
             scheduler.load_state_dict(state["scheduler"])
             step, history = state["step"], state["history"]
             torch.set_rng_state(state["rng"])
+    progress = config.get("progress") if rank == 0 else None
+    tick_to(progress, step)
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config["precision"] == "bf16")
     shard = ray.train.get_dataset_shard("train")
@@ -127,6 +130,7 @@ def train_loop(config: dict) -> None:
                       "lr": scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - start, 3),
                       "time": time.time()}
             history.append(record)
+            tick_to(progress, step, loss=record["loss"])
             if step % config["checkpoint_every"] == 0 or step == total:
                 metrics = dict(record)
                 if config.get("validation"):

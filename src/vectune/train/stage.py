@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from vectune.errors import ModelError, StageError
+from vectune.progress import track
 from vectune.runs import Run
 from vectune.spec import Spec
 from vectune.train.loop import STATE_FILE, train_loop
@@ -125,7 +126,9 @@ def train(spec: Spec, run: Run, base_model: str) -> dict:
     log.info("training on %d rows (%d workers x %d per batch, %d steps, %d negatives)", rows, t.workers, per_worker,
              total_steps, negatives)
     try:
-        result = trainer.fit()
+        with track("train", total_steps, unit="steps") as counter:
+            config["progress"] = counter  # rank 0 ticks it after each step (the trainer holds this dict)
+            result = trainer.fit()
     except Exception as exc:  # Ray Train raises TrainingFailedError once max_failures is spent
         raise StageError(f"training failed (re-run the same run id to resume from the last checkpoint): "
                          f"{exc}") from None
