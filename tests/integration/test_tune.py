@@ -59,15 +59,26 @@ def test_carve_is_seeded_and_disjoint(tmp_path, make_slice):
 
 
 @pytest.mark.ray
-def test_two_trial_search_picks_best_and_writes_a_valid_spec(tmp_path, make_slice):
+def test_two_trial_search_picks_best_and_writes_a_valid_spec(tmp_path, make_slice, caplog, monkeypatch):
+    import logging
+
     from rich.console import Console
 
     from vectune.commands.tune import _trials_table
     from vectune.tune import tune_spec
 
-    sl = make_slice(tmp_path, n_docs=60, split=("train", "test"), n_queries=20, spec=SMALL)
+    # a relative runs folder, as in specs/scifact.yaml: trials run in Tune's own working
+    # directories, and their runs must still land here
+    sl = make_slice(tmp_path, n_docs=60, split=("train", "test"), n_queries=20,
+                    spec={**SMALL, "runtime": {"runs": "runs", "num_cpus": 2}})
+    monkeypatch.chdir(sl.root)
     spec = sl.load()
-    result = tune_spec(spec, run_id="t1")
+    with caplog.at_level(logging.INFO, logger="vectune"):
+        result = tune_spec(spec, run_id="t1")
+    # Tune runs quiet; vectune logs each trial's start and outcome
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("started: train.learning_rate=" in m for m in messages) == 2, messages
+    assert sum(" done (" in m and "ndcg@10 0." in m for m in messages) == 2, messages
 
     trials = result["trials"]
     assert len(trials) == 2 and all(t["status"] == "done" for t in trials), trials
@@ -91,6 +102,7 @@ def test_two_trial_search_picks_best_and_writes_a_valid_spec(tmp_path, make_slic
     # tune.train_queries: each trial's budget is 6 of the 10 queries left after the carve-out
     assert result["train_queries"] == 6 and len(mined) <= 6
     for t in trials:
+        assert Path(t["run_dir"]).is_relative_to(sl.root / "runs" / "slice-tune" / "t1" / "trials"), t["run_dir"]
         saved = json.loads((Path(t["run_dir"]) / "validation.json").read_text())
         assert saved["metrics"]["ndcg@10"] == t["metrics"]["ndcg@10"]
         assert saved["config"]["train.learning_rate"] == t["config"]["train.learning_rate"]

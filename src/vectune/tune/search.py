@@ -10,6 +10,7 @@ values into `<spec>.tuned.yaml` next to the spec.
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 from vectune.cluster import ray_session
@@ -57,7 +58,7 @@ def tune_spec(spec: Spec, *, run_id: str | None = None) -> dict:
     validation, rest = carve(data.labels("train"), t.validation_queries, t.seed)
     if t.train_queries is not None and t.train_queries < len(rest.qrels):
         rest, _ = carve(rest, t.train_queries, t.seed + 1)  # the per-trial budget
-    tspec = renamed(spec, (spec.name + "-tune")[:63])
+    tspec = pinned_runs(renamed(spec, (spec.name + "-tune")[:63]))
     tune_id = run_id or new_run_id()
     run = Run.create(tspec, tune_id)
     from vectune.pipeline import base_model_path, record_lineage
@@ -92,7 +93,8 @@ def tune_spec(spec: Spec, *, run_id: str | None = None) -> dict:
                 search_alg=BasicVariantGenerator(points_to_evaluate=[baseline] if baseline else None,
                                                  random_state=t.seed, max_concurrent=t.max_concurrent),
             ),
-            run_config=tune.RunConfig(name="ray", storage_path=str(run.path("tune")), verbose=0),
+            run_config=tune.RunConfig(name="ray", storage_path=str(run.path("tune")), verbose=0,
+                                      callbacks=[_trial_log(t.trials, t.metric)]),
         )
         grid = tuner.fit()
     trials = _trials(grid, t.metric, baseline)
@@ -117,6 +119,45 @@ def tune_spec(spec: Spec, *, run_id: str | None = None) -> dict:
               "train_queries": len(rest.qrels), "seconds": round(time.perf_counter() - start, 2)}
     run.record("tune_result", {k: v for k, v in result.items() if k != "run_dir"})
     return result
+
+
+def pinned_runs(spec: Spec) -> Spec:
+    """The spec with its runs folder made absolute: Tune runs each trial in a working
+    directory of its own, where a relative `runtime.runs` (or VECTUNE_RUNS) would put the
+    trials' models and logs."""
+    root = spec.runs_root()
+    if "://" in root:
+        return spec
+    if os.environ.get("VECTUNE_RUNS"):
+        os.environ["VECTUNE_RUNS"] = root  # read again in the trials, which inherit VECTUNE_* variables
+    out = spec.model_copy(update={"runtime": spec.runtime.model_copy(update={"runs": root})})
+    out._source = spec._source
+    return out
+
+
+def _trial_log(total: int, metric: str):
+    """A Tune callback that logs each trial's start and outcome (Tune itself runs quiet)."""
+    from ray.tune import Callback
+
+    class TrialLog(Callback):
+        def on_trial_start(self, iteration, trials, trial, **info):
+            log.info("trial %d/%d (%s) started: %s", len(trials), total, trial.trial_id, _short(trial.config))
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            result = trial.last_result or {}
+            score = result.get(metric)
+            done = sum(t.status in ("TERMINATED", "ERROR") for t in trials) + 1
+            log.info("trial %s done (%d/%d): %s %s after %ss", trial.trial_id, min(done, total), total, metric,
+                     f"{score:.4f}" if isinstance(score, float) else score, result.get("trial_seconds"))
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            log.warning("trial %s failed: %s", trial.trial_id, _short(trial.config))
+
+    return TrialLog()
+
+
+def _short(config: dict) -> str:
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items())
 
 
 def spec_values(spec: Spec) -> dict:
