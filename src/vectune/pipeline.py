@@ -177,6 +177,8 @@ def run(spec: Spec, *, run_id: str | None = None, from_stage: str | None = None,
                 evaluations = _evaluate_stage(spec, run, data, force=False)
             result["gate"] = _gate_stage(spec, run, evaluations)
             if not result["gate"]["passed"]:
+                run.write_json("result.json", result)
+                _write_report(run)  # a refused model is when the report matters most
                 raise GateFailed("gate failed, nothing re-indexed: " + "; ".join(result["gate"]["reasons"])
                                  + f" (run {run.id})")
         if "reindex" in stages:

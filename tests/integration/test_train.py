@@ -147,6 +147,15 @@ def test_gate_blocks_a_worse_model(mined):
     assert run.manifest["gate"]["passed"] is False
     assert run.manifest["gate"]["tuned"] < run.manifest["gate"]["base"]
     assert "reindex" not in run.manifest["stages"] and "collection" not in run.manifest
+    # the report of this real run (mine, Ray Train, evaluate, gate) shows its own figures
+    import json
+
+    page = (run.dir / "report.html").read_text(encoding="utf-8")
+    metrics = json.loads((run.dir / "metrics.json").read_text())
+    for role in ("base", "tuned"):
+        assert f"{metrics[role]['test']['metrics']['ndcg@10']:.4f}" in page
+    assert "refused" in page.lower() or "failed" in page.lower()
+    assert page.count("data:image/png;base64,") >= 3 and "http://" not in page and "https://" not in page
     metrics = run.read_json("metrics.json")
     assert set(metrics) == {"base", "tuned"}
 
