@@ -63,16 +63,32 @@ def _adam_steps(state: dict) -> int:
     return int(next(iter(state["optimizer"]["state"].values()))["step"])
 
 
-def test_train_two_workers_keeps_dimension(mined):
+def test_train_two_workers_keeps_dimension(mined, monkeypatch):
+    import contextlib
+
+    import ray
     from sentence_transformers import SentenceTransformer
 
+    from vectune import progress
     from vectune.pipeline import base_model_path
-    from vectune.train import train
+    from vectune.train import stage, train
 
+    # keep the stage's progress counter past the stage, to read what the workers ticked
+    kept = []
+
+    @contextlib.contextmanager
+    def keep_counter(description, total, unit="docs"):
+        kept.append(ray.remote(progress.Counter).options(num_cpus=0).remote())
+        yield kept[-1]
+
+    monkeypatch.setattr(stage, "track", keep_counter)
     _, spec, src = mined
     run = _fresh_run(spec, src, "plain")
     summary = train(spec, run, base_model_path(spec))
     assert summary["steps"] >= 2 and summary["dimension"] == 384
+    done, info = ray.get(kept[0].read.remote())
+    assert done == summary["steps"] and info["loss"] == summary["final_loss"]  # rank 0 ticked every step
+    ray.kill(kept[0])
     model = SentenceTransformer(summary["model"])
     assert model.encode(["a claim"]).shape == (1, 384)
     card = json.loads((Path(summary["model"]) / "vectune_card.json").read_text())

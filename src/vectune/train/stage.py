@@ -111,27 +111,27 @@ def train(spec: Spec, run: Run, base_model: str) -> dict:
                       fail_marker=str(run.path("train", "injected-failure")))
     resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if t.gpus_per_worker else {})}
     score = {"checkpoint_score_attribute": "val_loss", "checkpoint_score_order": "min"} if held else {}
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=t.workers, use_gpu=t.gpus_per_worker > 0,
-                                     resources_per_worker=resources),
-        run_config=RunConfig(
-            name="ray", storage_path=str(run.path("train")),
-            failure_config=FailureConfig(max_failures=t.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints, **score),
-        ),
-        datasets={"train": ds},
-    )
-    log.info("training on %d rows (%d workers x %d per batch, %d steps, %d negatives)", rows, t.workers, per_worker,
-             total_steps, negatives)
-    try:
-        with track("train", total_steps, unit="steps") as counter:
-            config["progress"] = counter  # rank 0 ticks it after each step (the trainer holds this dict)
+    with track("train", total_steps, unit="steps") as counter:
+        config["progress"] = counter  # rank 0 ticks it after each step
+        trainer = TorchTrainer(
+            train_loop,
+            train_loop_config=config,
+            scaling_config=ScalingConfig(num_workers=t.workers, use_gpu=t.gpus_per_worker > 0,
+                                         resources_per_worker=resources),
+            run_config=RunConfig(
+                name="ray", storage_path=str(run.path("train")),
+                failure_config=FailureConfig(max_failures=t.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints, **score),
+            ),
+            datasets={"train": ds},
+        )
+        log.info("training on %d rows (%d workers x %d per batch, %d steps, %d negatives)", rows, t.workers,
+                 per_worker, total_steps, negatives)
+        try:
             result = trainer.fit()
-    except Exception as exc:  # Ray Train raises TrainingFailedError once max_failures is spent
-        raise StageError(f"training failed (re-run the same run id to resume from the last checkpoint): "
-                         f"{exc}") from None
+        except Exception as exc:  # Ray Train raises TrainingFailedError once max_failures is spent
+            raise StageError(f"training failed (re-run the same run id to resume from the last checkpoint): "
+                             f"{exc}") from None
     if result.error:
         raise StageError(f"training failed: {result.error}")
     chosen = result.checkpoint

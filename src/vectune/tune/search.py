@@ -140,14 +140,16 @@ def _trial_log(total: int, metric: str):
     from ray.tune import Callback
 
     class TrialLog(Callback):
+        finished = 0
+
         def on_trial_start(self, iteration, trials, trial, **info):
             log.info("trial %d/%d (%s) started: %s", len(trials), total, trial.trial_id, _short(trial.config))
 
         def on_trial_complete(self, iteration, trials, trial, **info):
+            self.finished += 1
             result = trial.last_result or {}
             score = result.get(metric)
-            done = sum(t.status in ("TERMINATED", "ERROR") for t in trials) + 1
-            log.info("trial %s done (%d/%d): %s %s after %ss", trial.trial_id, min(done, total), total, metric,
+            log.info("trial %s done (%d/%d): %s %s after %ss", trial.trial_id, self.finished, total, metric,
                      f"{score:.4f}" if isinstance(score, float) else score, result.get("trial_seconds"))
 
         def on_trial_error(self, iteration, trials, trial, **info):
@@ -172,13 +174,6 @@ def spec_values(spec: Spec) -> dict:
     return out
 
 
-def _same(a: dict, b: dict | None) -> bool:
-    if b is None or set(a) != set(b):
-        return False
-    return all(abs(float(a[k]) - float(b[k])) <= 1e-12 * max(1.0, abs(float(b[k])))
-               if isinstance(b[k], (int, float)) and isinstance(a[k], (int, float)) else a[k] == b[k] for k in b)
-
-
 def _trials(grid, metric: str, baseline: dict | None = None) -> list[dict]:
     out = []
     for r in grid:
@@ -187,7 +182,8 @@ def _trials(grid, metric: str, baseline: dict | None = None) -> list[dict]:
         ok = r.error is None and metric in m
         out.append({
             "trial_id": m.get("trial_id") or r.path.rsplit("/", 1)[-1], "config": config,
-            "baseline": baseline is not None and _same(config, baseline) and not any(o["baseline"] for o in out),
+            # the first trial with the spec's values (Tune hands points_to_evaluate over unchanged)
+            "baseline": baseline is not None and config == baseline and not any(o["baseline"] for o in out),
             "status": "done" if ok else "failed", "error": None if ok else str(r.error)[:500],
             "metrics": {k: m[k] for k in m if "@" in k},
             "final_loss": m.get("final_loss"), "steps": m.get("steps"), "seconds": m.get("trial_seconds"),
