@@ -173,6 +173,7 @@ def test_cross_section_rules_skip_broken_sections(tmp_path):
          "line 11: tune.space.train.learning_rate: loguniform needs low > 0"),
         ("index: {qdrant: {path: /x, url: 'http://q:6333'}}\n", "index.qdrant: set either `path`"),
         ("runtime: {address: nowhere}\n", "runtime.address: address must be"),
+        ("model: {precision: fp16}\n", "line 9: model.precision: Input should be 'fp32' or 'bf16'"),
         ("name: Bad Name\n", "line 9: name: duplicate key"),
     ],
 )

@@ -32,8 +32,11 @@ def text_hashes(texts) -> np.ndarray:
     )
 
 
-def cache_key(fingerprint: str, *, max_seq_length: int | None, prefix: str, normalize: bool) -> str:
-    blob = json.dumps([fingerprint, max_seq_length, prefix, normalize]).encode()
+def cache_key(fingerprint: str, *, max_seq_length: int | None, prefix: str, normalize: bool,
+              precision: str = "fp32") -> str:
+    # fp32 keys are those written before `precision` existed: their caches stay valid
+    parts = [fingerprint, max_seq_length, prefix, normalize] + ([precision] if precision != "fp32" else [])
+    blob = json.dumps(parts).encode()
     return hashlib.sha256(blob).hexdigest()[:20]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,8 +12,31 @@ from vectune.embed.cache import EmbeddingCache, cache_key, text_hashes
 from vectune.embed.models import embedding_dimension, load_model, model_fingerprint
 from vectune.progress import tick
 
+log = logging.getLogger(__name__)
+
 #: texts per `model.encode` call when a progress counter is ticked (a multiple of the model batch)
 PROGRESS_CHUNK = 128
+
+
+def autocast(precision: str, device_type: str):
+    """The context a forward pass runs in: bf16 autocast (matmuls in bf16, norms and softmax in
+    fp32, weights untouched) or nothing for fp32."""
+    import contextlib
+
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if device_type == "cpu" and not _cpu_has_bf16():
+        log.warning("model.precision bf16 on a CPU without AVX-512 BF16 or AMX: emulated, slower than fp32")
+    return torch.autocast(device_type, dtype=torch.bfloat16)
+
+
+def _cpu_has_bf16() -> bool:
+    import torch
+
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None)
 
 
 @dataclass(frozen=True)
@@ -28,13 +52,14 @@ class EncoderConfig:
     cache_root: str | None = None
     device: str | None = None
     threads: int | None = None
+    precision: str = "fp32"
 
     @property
     def cache_dir(self) -> str | None:
         if not self.cache_root:
             return None
         key = cache_key(self.fingerprint, max_seq_length=self.max_seq_length, prefix=self.prefix,
-                        normalize=self.normalize)
+                        normalize=self.normalize, precision=self.precision)
         return str(Path(self.cache_root) / key)
 
 
@@ -52,6 +77,7 @@ def encoder_config(spec, model_path: str, *, role: str, cache: bool = True) -> E
         batch_size=m.batch_size,
         cache_root=str(Path(spec.runs_root()) / "_cache" / "embeddings") if cache and "://" not in spec.runs_root() else None,
         threads=spec.runtime.torch_threads,
+        precision=m.precision,
     )
 
 
@@ -135,13 +161,24 @@ class Encoder:
         return out
 
     def _model_encode(self, texts: list[str]) -> np.ndarray:
-        return self.model.encode(
-            texts,
-            batch_size=self.config.batch_size,
-            normalize_embeddings=self.config.normalize,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        ).astype(np.float32, copy=False)
+        bf16 = self.config.precision == "bf16"
+        with autocast(self.config.precision, self.model.device.type):
+            vectors = self.model.encode(
+                texts,
+                batch_size=self.config.batch_size,
+                normalize_embeddings=self.config.normalize and not bf16,
+                convert_to_tensor=bf16,
+                convert_to_numpy=not bf16,
+                show_progress_bar=False,
+            )
+        if bf16:  # pooled output back to fp32 and normalised there, so norms are 1 to fp32 precision
+            import torch
+
+            vectors = vectors.float()
+            if self.config.normalize:
+                vectors = torch.nn.functional.normalize(vectors, dim=-1)
+            vectors = vectors.cpu().numpy()
+        return vectors.astype(np.float32, copy=False)
 
     @property
     def dimension(self) -> int:
