@@ -16,7 +16,7 @@ Each corpus runs in its own process with its own local Ray, so nothing (a loaded
 a warm worker pool) carries over from one measurement set to the next.
 
 Every pass starts with a cold embedding cache (a fresh runs folder) and a fresh Qdrant
-folder on tmpfs. Results go to benchmarks/results/reindex.json.
+folder on tmpfs (`--qdrant-dir` puts it on a disk). Results go to benchmarks/results/reindex.json.
 
     python benchmarks/reindex.py --quick                 # SciFact 1,000 + synthetic 5,000
     python benchmarks/reindex.py                         # SciFact 5,183 + synthetic 50,000 (long)
@@ -245,18 +245,20 @@ def _fresh_collection(client, name: str) -> None:
 
 
 def upsert_only(spec_path: Path, work: Path, batch_sizes: list[int], upsert_batch: int, repeat: int) -> dict:
-    """vectune's writer vs qdrant-client's upload helpers, same vectors, same tmpfs engine.
+    """vectune's writer vs qdrant-client's upload helpers, same vectors, same engine folder.
 
     Both start from the same columns (doc ids, vectors, payload fields). The baseline is
     timed twice: the upload call alone (points built beforehand, untimed: its best case)
-    and building the points plus the upload (what a caller has to do).
+    and building the points plus the upload (what a caller has to do). vectune's writer
+    switches the store to WAL (`fast_commits`); the best baseline setting is run once more
+    on such a store, so the ratio can be split into the store's part and the writer's.
     """
     import ray
     from qdrant_client import QdrantClient, models
 
     from vectune.index.client import Target
     from vectune.index.points import point_id
-    from vectune.index.writer import WRITE_TASK_CPUS, QdrantDatasink, start_owner
+    from vectune.index.writer import WRITE_TASK_CPUS, QdrantDatasink, fast_commits, start_owner
 
     ds = _vectors_dataset(spec_path)
     n = ds.count()
@@ -280,41 +282,53 @@ def upsert_only(spec_path: Path, work: Path, batch_sizes: list[int], upsert_batc
 
     rows = [r for b in ds.iter_batches(batch_format="numpy", batch_size=4096)
             for r in zip(b["doc_id"], b["title"], b["text"], b["embedding"])]
+
+    def baseline(method: str, bs: int, wal: bool) -> tuple[float, float]:
+        path = work / f"q-{method}-{bs}-{'wal' if wal else 'default'}"
+        client = QdrantClient(path=str(path))
+        _fresh_collection(client, "bench")
+        if wal:  # the same store settings vectune's writer uses (vectune.index.writer.fast_commits)
+            assert fast_commits(client, "bench")
+        built = time.perf_counter()
+        if method == "upload_points":
+            points = [models.PointStruct(id=point_id(d), vector=v.tolist(),
+                                         payload={"doc_id": str(d), "title": str(t), "text": str(x)})
+                      for d, t, x, v in rows]
+            start = time.perf_counter()
+            client.upload_points("bench", points, batch_size=bs, wait=True)
+        else:
+            ids = [point_id(d) for d, *_ in rows]
+            vectors = np.stack([v for *_, v in rows])
+            payload = [{"doc_id": str(d), "title": str(t), "text": str(x)} for d, t, x, _ in rows]
+            start = time.perf_counter()
+            client.upload_collection("bench", vectors=vectors, payload=payload, ids=ids, batch_size=bs, wait=True)
+        end = time.perf_counter()
+        assert client.count("bench", exact=True).count == n
+        client.close()
+        shutil.rmtree(path, ignore_errors=True)
+        return round(n / (end - start), 1), round(n / (end - built), 1)
+
     upload_only, with_build = {}, {}
     for method in ("upload_points", "upload_collection"):
         for bs in batch_sizes:
-            path = work / f"q-{method}-{bs}"
-            client = QdrantClient(path=str(path))
-            _fresh_collection(client, "bench")
-            built = time.perf_counter()
-            if method == "upload_points":
-                points = [models.PointStruct(id=point_id(d), vector=v.tolist(),
-                                             payload={"doc_id": str(d), "title": str(t), "text": str(x)})
-                          for d, t, x, v in rows]
-                start = time.perf_counter()
-                client.upload_points("bench", points, batch_size=bs, wait=True)
-            else:
-                ids = [point_id(d) for d, *_ in rows]
-                vectors = np.stack([v for *_, v in rows])
-                payload = [{"doc_id": str(d), "title": str(t), "text": str(x)} for d, t, x, _ in rows]
-                start = time.perf_counter()
-                client.upload_collection("bench", vectors=vectors, payload=payload, ids=ids, batch_size=bs, wait=True)
-            end = time.perf_counter()
-            assert client.count("bench", exact=True).count == n
-            client.close()
-            shutil.rmtree(path, ignore_errors=True)
             key = f"{method}(batch_size={bs})"
-            upload_only[key] = round(n / (end - start), 1)
-            with_build[key] = round(n / (end - built), 1)
+            upload_only[key], with_build[key] = baseline(method, bs, wal=False)
     best = max(upload_only, key=upload_only.get)
     best_built = max(with_build, key=with_build.get)
+    # the best setting again on a store switched to WAL as vectune's writer does: what is left
+    # of the ratio is the writer itself (Ray write tasks + the owner actor), not the store
+    method, bs = best.split("(batch_size=")
+    wal_only, wal_built = baseline(method, int(bs.rstrip(")")), wal=True)
     rate = n / min(ours)
-    return {"points": n, "vectune_points_per_s": round(rate, 1), "vectune_seconds": [round(x, 2) for x in ours],
+    return {"points": n, "store": str(work), "vectune_points_per_s": round(rate, 1),
+            "vectune_seconds": [round(x, 2) for x in ours],
             "owner_busy_fraction": [round(x, 3) for x in busy],
             "qdrant_client_upload_only": upload_only, "qdrant_client_build_and_upload": with_build,
             "best_upload_only": best, "ratio_vs_best_upload_only": round(rate / upload_only[best], 3),
             "best_build_and_upload": best_built,
             "ratio_vs_best_build_and_upload": round(rate / with_build[best_built], 3),
+            "best_upload_only_wal_store": wal_only,
+            "ratio_vs_best_upload_only_wal_store": round(rate / wal_only, 3),
             **mem.mib()}
 
 
@@ -383,7 +397,8 @@ def _one(args) -> None:
     init_ray(RuntimeSpec(num_cpus=args.cpus))
     kind, n = args.one
     n = int(n)
-    work = Path(tempfile.mkdtemp(prefix="vectune-bench-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
+    where = args.qdrant_dir or ("/dev/shm" if Path("/dev/shm").is_dir() else None)
+    work = Path(tempfile.mkdtemp(prefix="vectune-bench-", dir=where))
     make = (lambda f: scifact_slice(f, n or None)) if kind == "scifact" else (lambda f: synthetic(f, n))
     try:
         result = bench_corpus(kind, make, args, work)
@@ -420,6 +435,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2, help="Runs of vectune's writer in (c); the best counts.")
     ap.add_argument("--baseline-batches", type=int, nargs="+", default=[64, 256, 1024])
     ap.add_argument("--cpus", type=int, default=None, help="CPUs for the local Ray (default: all).")
+    ap.add_argument("--qdrant-dir", default=None,
+                    help="Folder for the work files and Qdrant stores (default /dev/shm, tmpfs); a folder on "
+                         "disk measures what the default `<runs>/qdrant` store sees.")
     ap.add_argument("--ray-niceness", type=int, default=0,
                     help="Niceness of Ray workers (Ray's default is 15). 0 puts them on par with the in-process "
                          "qdrant-client baseline on a shared machine.")
