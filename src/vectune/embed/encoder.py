@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,15 +29,21 @@ def autocast(precision: str, device_type: str):
     if precision == "fp32":
         return contextlib.nullcontext()
     if device_type == "cpu" and not _cpu_has_bf16():
-        log.warning("model.precision bf16 on a CPU without AVX-512 BF16 or AMX: emulated, slower than fp32")
+        _warn_once("model.precision bf16 on a CPU without AVX-512 BF16 or AMX: emulated, slower than fp32")
     return torch.autocast(device_type, dtype=torch.bfloat16)
 
 
+@functools.cache
 def _cpu_has_bf16() -> bool:
     import torch
 
     checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     return any(check() for check in checks if check is not None)
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    log.warning(message)
 
 
 @dataclass(frozen=True)
