@@ -18,8 +18,8 @@ def embed_dataset(ds, config: EncoderConfig, *, batch_size: int = 1024, concurre
     `keep` names the input columns passed through (all when None). Every Ray op
     upstream of this pool must ask for a CPU fraction only, or it starves behind
     the actors. Large Ray batches let `encode` sort by length inside them (less padding). On 2
-    CPUs a pool of 1-thread actors is at 0.93x one 2-thread process end to end, against a
-    ceiling of 1.12x for two bare processes (benchmarks/encode.py). `progress` is a
+    CPUs a pool of 1-thread actors runs at 0.93-1.00x one 2-thread process end to end, while
+    two bare 1-thread processes reach 1.12-1.28x (benchmarks/encode.py). `progress` is a
     `vectune.progress.track` counter the actors tick per text.
     """
     plan = plan_actors(concurrency, gpus)
