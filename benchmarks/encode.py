@@ -56,15 +56,15 @@ def read_docs(corpus: Path, n: int) -> list[str]:
 
 def plain(model_path: str, texts: list[str], batch_size: int, precision: str = "fp32") -> dict:
     """Plain sentence-transformers in this process, every CPU to torch."""
-    import contextlib
-
     import torch
     from sentence_transformers import SentenceTransformer
+
+    from vectune.embed.encoder import autocast
 
     torch.set_num_threads(os.cpu_count() or 1)
     model = SentenceTransformer(model_path, device="cpu")
     model.encode(texts[:8], batch_size=8)  # warm-up: first-call allocations
-    context = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    context = autocast(precision, "cpu")  # the same context vectune's encoder runs in
     start = time.perf_counter()
     with context:
         vectors = model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
