@@ -175,3 +175,22 @@ def test_second_evaluation_encodes_nothing(sl, first):
     assert (encoder.encoded, encoder.cached) == (0, 300) and encoder._model is None
     assert vectors.shape == (300, 384)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-4)
+
+
+def test_actors_load_the_model_at_start_only_when_they_will_encode(sl, first):
+    """Encoder actors load the model in their constructor when the corpus is not already
+    cached (cold: the load overlaps Ray Data's start), and lazily otherwise (warm: never)."""
+    import dataclasses
+
+    from vectune.embed import Encoder, encoder_config
+    from vectune.embed.pipeline import expects_encoding
+
+    spec, result = first
+    model_path = json.loads((Path(result["run_dir"]) / "manifest.json").read_text())["models"]["base"]["path"]
+    cfg = encoder_config(spec, model_path, role="document")
+    uncached = dataclasses.replace(cfg, cache_root=None)
+    assert not expects_encoding(cfg, 300)  # the first evaluation cached all 300 documents
+    assert expects_encoding(cfg, 301 + 60)  # more rows than the cache holds
+    assert expects_encoding(uncached, 1)
+    assert Encoder(uncached, preload=True)._model is not None
+    assert Encoder(uncached)._model is None

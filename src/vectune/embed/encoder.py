@@ -91,13 +91,17 @@ def encoder_config(spec, model_path: str, *, role: str, cache: bool = True) -> E
 class Encoder:
     """Ray Data UDF: adds an `embedding` column (float32) computed from `text`.
 
-    Loads the model once per actor. Texts already in the embedding cache are not
-    re-encoded; new vectors are written to it as a pending shard per batch. With a
-    `progress` counter (see `vectune.progress`), every text done ticks it.
+    Loads the model once per actor: on the first text the cache lacks, or in the
+    constructor with `preload` (when the caller expects to encode: the import of torch
+    and sentence-transformers, ~6 s of CPU in a fresh worker, then runs while Ray Data is
+    still starting the other actors and reading, not after the first batch has arrived).
+    Texts already in the embedding cache are not re-encoded; new vectors are written to it
+    as a pending shard per batch. With a `progress` counter (see `vectune.progress`), every
+    text done ticks it.
     """
 
     def __init__(self, config: EncoderConfig, text_column: str = "text", keep: tuple[str, ...] | None = None,
-                 progress=None):
+                 progress=None, preload: bool = False):
         self.config = config
         self.progress = progress
         self.text_column = text_column
@@ -106,6 +110,8 @@ class Encoder:
         self.cache = EmbeddingCache(config.cache_dir) if config.cache_dir else None
         self.encoded = 0
         self.cached = 0
+        if preload:
+            self.model  # noqa: B018 - load now
 
     @property
     def model(self):

@@ -12,7 +12,7 @@ from vectune.embed.encoder import Encoder, EncoderConfig
 
 
 def embed_dataset(ds, config: EncoderConfig, *, batch_size: int = 1024, concurrency: int | None = None,
-                  gpus: float = 0.0, keep: tuple[str, ...] | None = None, progress=None):
+                  gpus: float = 0.0, keep: tuple[str, ...] | None = None, progress=None, preload: bool = False):
     """Add an `embedding` column to a Dataset with a `text` column (lazy, streaming).
 
     `keep` names the input columns passed through (all when None). Every Ray op
@@ -20,14 +20,15 @@ def embed_dataset(ds, config: EncoderConfig, *, batch_size: int = 1024, concurre
     the actors. Large Ray batches let `encode` sort by length inside them (less padding). On 2
     CPUs a pool of 1-thread actors runs at 0.93-1.00x one 2-thread process end to end, while
     two bare 1-thread processes reach 1.12-1.28x (benchmarks/encode.py). `progress` is a
-    `vectune.progress.track` counter the actors tick per text.
+    `vectune.progress.track` counter the actors tick per text. `preload` loads the model as
+    each actor starts (see `Encoder`); pass `expects_encoding(config, rows)`.
     """
     plan = plan_actors(concurrency, gpus)
     config = dataclasses.replace(config, threads=config.threads or plan.threads,
                                  device=config.device or ("cuda" if plan.gpus else None))
     return ds.map_batches(
         Encoder,
-        fn_constructor_kwargs={"config": config, "keep": keep, "progress": progress},
+        fn_constructor_kwargs={"config": config, "keep": keep, "progress": progress, "preload": preload},
         batch_size=batch_size,
         batch_format="numpy",
         compute=actor_pool(plan.actors),
@@ -35,6 +36,15 @@ def embed_dataset(ds, config: EncoderConfig, *, batch_size: int = 1024, concurre
         num_gpus=plan.gpus or None,
         udf_modifying_row_count=False,
     )
+
+
+def expects_encoding(config: EncoderConfig, rows: int) -> bool:
+    """Whether embedding `rows` texts will run the model: no cache, or one too small to
+    hold them all. A cache that may hold them leaves the model unloaded until a text is
+    missing, so a warm run never pays for it."""
+    if not config.cache_dir:
+        return True
+    return len(EmbeddingCache(config.cache_dir)) < rows
 
 
 def actor_pool(size: int):

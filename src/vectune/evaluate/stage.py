@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from vectune.cluster import plan_actors
 from vectune.data import DomainData
 from vectune.embed import encode_texts, encoder_config, embed_dataset
-from vectune.embed.pipeline import finish
+from vectune.embed.pipeline import expects_encoding, finish
 from vectune.evaluate.metrics import score_run
 from vectune.progress import track
 from vectune.search import TopK, search_dataset
@@ -64,7 +64,7 @@ def embedded_corpus(spec: Spec, data: DomainData, model_path: str, *, batch_size
     batch, blocks = corpus_batching(data.corpus.count, batch_size, plan.actors)
     ds = data.corpus_dataset(blocks=blocks)
     return embed_dataset(ds, cfg, batch_size=batch, concurrency=concurrency, gpus=gpus, keep=keep,
-                         progress=progress), cfg
+                         progress=progress, preload=expects_encoding(cfg, data.corpus.count)), cfg
 
 
 def retrieve(spec: Spec, data: DomainData, model_path: str, query_ids: list[str], query_texts: list[str],

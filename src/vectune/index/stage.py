@@ -21,7 +21,7 @@ from vectune.cluster import plan_actors, ray_session
 from vectune.data import DomainData
 from vectune.embed import embed_dataset, encoder_config, model_fingerprint, resolve_model
 from vectune.embed.encoder import Encoder
-from vectune.embed.pipeline import finish
+from vectune.embed.pipeline import expects_encoding, finish
 from vectune.errors import IndexingError, SpecError
 from vectune.progress import track
 from vectune.index import collections as cols
@@ -230,7 +230,8 @@ def corpus_vectors(spec: Spec, data: DomainData, cfg, progress=None) -> tuple:
     blocks = max(plan.actors * 2, math.ceil(data.corpus.count / idx.embed_batch_size))
     ds = data.corpus_dataset(blocks=blocks)
     embedded = embed_dataset(ds, cfg, batch_size=idx.embed_batch_size, concurrency=idx.concurrency,
-                             gpus=idx.num_gpus, keep=tuple(payload_fields(spec)), progress=progress)
+                             gpus=idx.num_gpus, keep=tuple(payload_fields(spec)), progress=progress,
+                             preload=expects_encoding(cfg, data.corpus.count))
     return embedded, blocks
 
 
