@@ -2,14 +2,17 @@
 
 Same data (SciFact train pairs, the whole corpus as candidates), same model, same settings
 (num_negatives 3, range_min 10, range_max 100, relative_margin 0.05, sampling top; ST with
-use_faiss False and batch size = the spec's model.batch_size), in one process, one run:
+use_faiss False and batch size = the spec's model.batch_size), in one process, one run of
+`--rounds` rounds, each of:
 
 1. sentence-transformers: load the model, mine (it embeds corpus and queries every time);
-2. vectune cold: start Ray, mine with an empty embedding cache (a fresh runs folder);
-3. vectune warm: mine again in a new run: the embedding cache holds every vector.
+2. vectune cold: start Ray, mine with an empty embedding cache (a fresh runs folder), stop Ray;
+
+the two in turn, the first of them alternating from round to round (ABBA), and after the last
+cold run, 3. vectune warm: mine again in a new run: the embedding cache holds every vector.
 
 Ratios are vectune's seconds over ST's; the Ray start is counted in both vectune figures
-(what `vectune mine` pays). Ray workers run at ST's priority (see RAY_worker_niceness below);
+(what `vectune mine` pays); the cold ratio is the median of the rounds' ratios. Ray workers run at ST's priority (see RAY_worker_niceness below);
 the load average before and after each side is recorded, as the machine may be shared. The chosen negatives are compared query by query, by text:
 `overlap` is the fraction of vectune's negatives that ST chose too.
 
@@ -22,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -155,6 +159,8 @@ def main() -> None:
     parser.add_argument("--corpus-limit", type=int, default=None,
                         help="First N corpus documents, plus every positive (all by default).")
     parser.add_argument("--batch-size", type=int, default=64, help="Encode batch size, both sides.")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="ST / vectune-cold rounds, alternating which runs first; the ratio is the median.")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "mine.json")
     args = parser.parse_args()
 
@@ -164,44 +170,64 @@ def main() -> None:
     from vectune.embed import resolve_model
 
     model_path = resolve_model("all-MiniLM-L6-v2")
+    rounds = []
     with tempfile.TemporaryDirectory(prefix="vectune-bench-mine-") as tmp:
         work = Path(tmp)
         data = prepare(args.data, work / "data", args.max_queries, args.corpus_limit)
         print(f"{len(data['qids'])} queries, {len(data['docs'])} documents", file=sys.stderr)
         load = {"before": os.getloadavg()}
+        for i in range(args.rounds):
+            row: dict = {}
+            # ABBA: the side that runs first alternates, so drift in the machine's speed
+            # (10-20% over minutes here) does not always favour the same side
+            for side in ("st", "vectune") if i % 2 == 0 else ("vectune", "st"):
+                if side == "st":
+                    row["st"], st_chosen = run_st(model_path, data, args.batch_size)
+                    row.setdefault("st_chosen", st_chosen)
+                    print(f"round {i + 1}: sentence-transformers {row['st']:.1f} s", file=sys.stderr)
+                    continue
+                # a fresh runs folder: an empty embedding cache, i.e. cold
+                spec = vectune_spec(work / "data", args.data, work / f"runs{i}", args.batch_size)
+                start = time.perf_counter()
+                init_ray(spec.runtime)
+                row["ray_start"] = time.perf_counter() - start
+                row["cold"] = run_vectune(spec)
+                print(f"round {i + 1}: vectune cold {row['ray_start']:.1f} s Ray start + "
+                      f"{row['cold']['seconds']:.1f} s", file=sys.stderr)
+                if i == args.rounds - 1:
+                    row["warm"] = run_vectune(spec)
+                    print(f"vectune warm: {row['warm']['seconds']:.1f} s", file=sys.stderr)
+                # Ray down before ST runs: its idle helper processes would tax ST's CPUs
+                ray.shutdown()
+            row["ratio"] = (row["ray_start"] + row["cold"]["seconds"]) / row["st"]
+            rounds.append(row)
+            load[f"after_round_{i + 1}"] = os.getloadavg()
 
-        st_seconds, st_chosen = run_st(model_path, data, args.batch_size)
-        load["after_st"] = os.getloadavg()
-        print(f"sentence-transformers: {st_seconds:.1f} s", file=sys.stderr)
-
-        spec = vectune_spec(work / "data", args.data, work / "runs", args.batch_size)  # empty cache: cold
-        start = time.perf_counter()
-        init_ray(spec.runtime)
-        ray_start = time.perf_counter() - start
-        cold = run_vectune(spec)
-        load["after_cold"] = os.getloadavg()
-        print(f"vectune cold: {ray_start:.1f} s Ray start + {cold['seconds']:.1f} s", file=sys.stderr)
-        warm = run_vectune(spec)
-        load["after_warm"] = os.getloadavg()
-        print(f"vectune warm: {ray_start:.1f} s Ray start + {warm['seconds']:.1f} s", file=sys.stderr)
-        ray.shutdown()
-
-    cold_total, warm_total = ray_start + cold["seconds"], ray_start + warm["seconds"]
-    ratios = {"cold": round(cold_total / st_seconds, 3), "warm": round(warm_total / st_seconds, 3),
-              "warm_ray_running": round(warm["seconds"] / st_seconds, 3)}
+    first, last = rounds[0], rounds[-1]
+    cold, warm, st_chosen = first["cold"], last["warm"], first["st_chosen"]
+    cold_ratio = statistics.median(r["ratio"] for r in rounds)
+    ratios = {"cold": round(cold_ratio, 3),
+              "warm": round((last["ray_start"] + warm["seconds"]) / last["st"], 3),
+              "warm_ray_running": round(warm["seconds"] / last["st"], 3),
+              "cold_rounds": [round(r["ratio"], 3) for r in rounds]}
     audit = cold["audit"]
     result = {
         "benchmark": "mine",
         "data": {"queries": len(data["qids"]), "pairs": audit["pairs_mined"], "documents": len(data["docs"]),
                  "max_queries": args.max_queries, "corpus_limit": args.corpus_limit},
         "settings": {**SETTINGS, "batch_size": args.batch_size, "st_use_faiss": False},
-        "seconds": {"sentence_transformers": round(st_seconds, 2), "ray_start": round(ray_start, 2),
-                    "vectune_cold": round(cold["seconds"], 2), "vectune_warm": round(warm["seconds"], 2),
-                    "vectune_cold_phases": audit["seconds"], "vectune_warm_phases": warm["audit"]["seconds"]},
+        "seconds": {"rounds": [{"sentence_transformers": round(r["st"], 2), "ray_start": round(r["ray_start"], 2),
+                                "vectune_cold": round(r["cold"]["seconds"], 2),
+                                "vectune_cold_phases": r["cold"]["audit"]["seconds"]} for r in rounds],
+                    "vectune_warm": round(warm["seconds"], 2), "vectune_warm_phases": warm["audit"]["seconds"]},
         "ratio": ratios,
+        "ratio_method": "cold: median over rounds of (Ray start + vectune cold) / ST; rounds alternate "
+                        "which side runs first; Ray is shut down while ST runs",
         "goals": {k: {"max_ratio": v, "met": ratios[k] <= v} for k, v in GOALS.items()},
         "negatives": overlap(cold["chosen"], st_chosen),
         "warm_same_as_cold": cold["chosen"] == warm["chosen"],
+        "cold_same_every_round": all(r["cold"]["chosen"] == cold["chosen"] for r in rounds),
+        "st_same_every_round": all(r["st_chosen"] == st_chosen for r in rounds),
         "audit": {k: audit[k] for k in ("queries_mined", "triples_out", "negatives_out", "queries_short",
                                         "rows_short", "queries_without_negatives", "dropped", "embedding_cache",
                                         "corpus_vectors")},
