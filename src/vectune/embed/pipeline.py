@@ -18,11 +18,12 @@ def embed_dataset(ds, config: EncoderConfig, *, batch_size: int = 1024, concurre
     `keep` names the input columns passed through (all when None). Every Ray op
     upstream of this pool must ask for a CPU fraction only, or it starves behind
     the actors. Large Ray batches let `encode` sort by length inside them (less padding). On 2
-    CPUs a pool of 1-thread actors runs at 0.93-1.00x one 2-thread process end to end: from its
-    first batch to its last it runs at 1.10x, 97% of two bare 1-thread processes, and loses
-    the rest to the actors' start, importing torch and sentence-transformers (benchmarks/encode.py). `progress` is a
-    `vectune.progress.track` counter the actors tick per text. `preload` loads the model as
-    each actor starts (see `Encoder`); pass `expects_encoding(config, rows)`.
+    CPUs a pool of 1-thread actors runs at 0.93-1.00x one 2-thread process end to end: from
+    its first batch to its last it runs at 1.10x, 97% of two bare 1-thread processes, and
+    loses the rest to the actors' start, importing torch and sentence-transformers
+    (benchmarks/encode.py). `progress` is a `vectune.progress.track` counter the actors tick
+    per text. `preload` loads the model as each actor starts (see `Encoder`); pass
+    `expects_encoding(config, rows)`.
     """
     plan = plan_actors(concurrency, gpus)
     config = dataclasses.replace(config, threads=config.threads or plan.threads,
