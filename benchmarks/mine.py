@@ -182,8 +182,7 @@ def main() -> None:
             # (10-20% over minutes here) does not always favour the same side
             for side in ("st", "vectune") if i % 2 == 0 else ("vectune", "st"):
                 if side == "st":
-                    row["st"], st_chosen = run_st(model_path, data, args.batch_size)
-                    row.setdefault("st_chosen", st_chosen)
+                    row["st"], row["st_chosen"] = run_st(model_path, data, args.batch_size)
                     print(f"round {i + 1}: sentence-transformers {row['st']:.1f} s", file=sys.stderr)
                     continue
                 # a fresh runs folder: an empty embedding cache, i.e. cold
