@@ -194,3 +194,13 @@ def test_actors_load_the_model_at_start_only_when_they_will_encode(sl, first):
     assert expects_encoding(uncached, 1)
     assert Encoder(uncached, preload=True)._model is not None
     assert Encoder(uncached)._model is None
+
+    # and the evaluate stage's pool gets that decision: read from the (lazy, unexecuted) plan's
+    # map op, a Ray Data internal, as nothing outside an actor shows when it loaded its model
+    from vectune.data import DomainData
+    from vectune.evaluate.stage import embedded_corpus
+
+    data = DomainData(spec)
+    for cache, preload in ((True, False), (False, True)):
+        ds, _ = embedded_corpus(spec, data, model_path, batch_size=1024, concurrency=None, cache=cache)
+        assert ds._logical_plan.dag.fn_constructor_kwargs["preload"] is preload
