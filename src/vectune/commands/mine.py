@@ -23,6 +23,8 @@ def summary_tables(result: dict) -> list:
         "negatives out": result["negatives_out"],
         "queries short of negatives": result["queries_short"],
         "queries without negatives": result["queries_without_negatives"],
+        "rows without negatives (trained on in-batch negatives)": result.get("rows_without_negatives", 0),
+        "guards judged per": result.get("judged_per", "query"),
         "candidates considered": result["candidates"],
         "score source": result["score_source"],
     }
@@ -33,11 +35,15 @@ def summary_tables(result: dict) -> list:
     if cache["enabled"]:
         counts["documents / queries encoded"] = f"{cache['documents_encoded']} / {cache['queries_encoded']}"
     counts["seconds"] = f"{result['seconds']['total']:.1f}"
+    if result.get("grades", {}).get("mined"):
+        counts["grades mined (grade: rows)"] = ", ".join(f"{g}: {n}" for g, n in result["grades"]["mined"].items())
+    emptied = result.get("emptied_by", {}).get("queries", {})
     dropped = Table(title="candidates dropped")
     dropped.add_column("guard")
     dropped.add_column("dropped", justify="right")
+    dropped.add_column("queries left without negatives", justify="right")
     for name, n in result["dropped"].items():
-        dropped.add_row(name.replace("_", " "), str(n))
+        dropped.add_row(name.replace("_", " "), str(n), str(emptied.get(name, 0)))
     scores = Table(title=f"scores ({result['score_source']})")
     scores.add_column("")
     names = ("positive", "negative", "difference")

@@ -25,12 +25,23 @@ class Labels:
         queries: the text of every query in `qrels`.
         shown: click logs only: documents shown but not clicked, by query id, best position first.
         dropped: labels skipped under `on_bad_labels: skip`, by reason.
+        related: graded qrels: documents graded relevant (above 0) but below `min_relevance`,
+            by query id: not trained on as positives, never mined as negatives either.
     """
 
     qrels: Qrels
     queries: dict[str, str]
     shown: dict[str, list[str]] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)
+    related: dict[str, set[str]] = field(default_factory=dict)
+
+    def grades(self) -> dict[str, int]:
+        """How many (query, document) pairs carry each grade."""
+        out: dict[str, int] = {}
+        for docs in self.qrels.values():
+            for g in docs.values():
+                out[str(g)] = out.get(str(g), 0) + 1
+        return dict(sorted(out.items(), key=lambda kv: int(kv[0])))
 
     @property
     def num_pairs(self) -> int:
@@ -89,10 +100,12 @@ def load_queries(source: QuerySource, path: str) -> dict[str, str]:
     return out
 
 
-def read_qrels(path: str, min_score: int = 1) -> tuple[Qrels, dict[tuple[str, str], int]]:
+def read_qrels(path: str, min_score: int = 1, related: dict[str, set[str]] | None = None
+               ) -> tuple[Qrels, dict[tuple[str, str], int]]:
     """BEIR/TREC qrels: `qid docid score` or `qid 0 docid score`, tab or space separated.
 
-    Returns the relevant pairs and, for each pair, the line it came from.
+    Returns the relevant pairs and, for each pair, the line it came from. Pairs graded
+    above 0 but below `min_score` go into `related` when it is given.
     """
     qrels: Qrels = {}
     where: dict[tuple[str, str], int] = {}
@@ -112,6 +125,8 @@ def read_qrels(path: str, min_score: int = 1) -> tuple[Qrels, dict[tuple[str, st
         if score >= min_score:
             qrels.setdefault(parts[0], {})[parts[1]] = score
             where[(parts[0], parts[1])] = number
+        elif score > 0 and related is not None:
+            related.setdefault(parts[0], set()).add(parts[1])
     if not qrels:
         raise DataError(path, "no relevant (query, document) pairs")
     return qrels, where
@@ -181,8 +196,9 @@ def load_labels(
     under `skip`, those labels are dropped and counted in `Labels.dropped`.
     """
     shown: dict[str, list[str]] = {}
+    related: dict[str, set[str]] = {}
     if source.format == "qrels":
-        qrels, where = read_qrels(path, source.min_score)
+        qrels, where = read_qrels(path, source.min_relevance, related)
         if queries is None:
             raise DataError(path, "qrels need `data.queries` for the query texts")
         texts = queries
@@ -214,4 +230,6 @@ def load_labels(
     shown = {q: [d for d in docs if d in doc_ids] for q, docs in shown.items() if q in qrels}
     if not qrels:
         raise DataError(path, "no usable labels left after dropping unknown ids")
-    return Labels(qrels=qrels, queries={q: texts[q] for q in qrels}, shown=shown, dropped=dropped)
+    related = {q: {d for d in docs if d in doc_ids} - set(qrels[q]) for q, docs in related.items() if q in qrels}
+    return Labels(qrels=qrels, queries={q: texts[q] for q in qrels}, shown=shown, dropped=dropped,
+                  related={q: docs for q, docs in related.items() if docs})

@@ -4,7 +4,8 @@
 is what `vectune mine` calls (checks the labels, opens the run, starts Ray).
 """
 
+from vectune.mine.audit import preflight
 from vectune.mine.select import normalise
 from vectune.mine.stage import AUDIT, SCHEMA, TRIPLES, mine, mine_spec, stage_inputs, training_labels
 
-__all__ = ["AUDIT", "SCHEMA", "TRIPLES", "mine", "mine_spec", "normalise", "stage_inputs", "training_labels"]
+__all__ = ["AUDIT", "SCHEMA", "TRIPLES", "mine", "mine_spec", "normalise", "preflight", "stage_inputs", "training_labels"]

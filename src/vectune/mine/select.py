@@ -40,7 +40,7 @@ class QueryCandidates:
         query_id: the query.
         positive_ids: every labelled positive of the query (never a negative).
         positive_keys: `text_key` of each positive's text.
-        positive_scores: score of each positive (the guards use the lowest).
+        positive_scores: score of each positive (`weakest` guards compare with the lowest).
         ids, scores, keys: ranked candidates (best first), at most range_max + P of them.
         shown_ids, shown_scores, shown_keys: click logs: shown-but-unclicked documents.
     """
@@ -59,7 +59,8 @@ class QueryCandidates:
 
 @dataclass
 class Choice:
-    """The negatives chosen for one query, and what the guards dropped on the way."""
+    """The negatives chosen for one training row (or one query, under `reference: weakest`),
+    and what the guards dropped on the way."""
 
     ids: list[str]
     scores: list[float]
@@ -68,8 +69,19 @@ class Choice:
     considered: int = 0  # candidates looked at: ranked plus shown
     duplicates: list[str] = field(default_factory=list)  # candidates whose text equals a positive's
 
+    @property
+    def emptied_by(self) -> str | None:
+        """None when negatives were found; else the guard that dropped most of the candidates
+        (`window` when survivors were all skipped by range_min, `no_candidates` when there were none)."""
+        if self.ids:
+            return None
+        guards = {g: self.dropped.get(g, 0) for g in GUARDS}
+        if any(guards.values()):
+            return max(GUARDS, key=lambda g: (guards[g], -GUARDS.index(g)))
+        return "window" if self.dropped.get("range_min", 0) else "no_candidates"
 
-def _guard(spec: MineSpec, c: QueryCandidates, positive_min: np.float32, doc_id: str, score: np.float32,
+
+def _guard(spec: MineSpec, c: QueryCandidates, reference: np.float32, doc_id: str, score: np.float32,
            key: int) -> str | None:
     """The first guard that drops this candidate, or None if it survives.
 
@@ -80,9 +92,9 @@ def _guard(spec: MineSpec, c: QueryCandidates, positive_min: np.float32, doc_id:
         return "labelled_positive"
     if key in c.positive_keys:
         return "duplicate_of_positive"
-    if spec.margin is not None and score + np.float32(spec.margin) > positive_min:
+    if spec.margin is not None and score + np.float32(spec.margin) > reference:
         return "margin"
-    if spec.relative_margin is not None and score > positive_min - abs(positive_min) * np.float32(spec.relative_margin):
+    if spec.relative_margin is not None and score > reference - abs(reference) * np.float32(spec.relative_margin):
         return "relative_margin"
     if spec.max_score is not None and score > np.float32(spec.max_score):
         return "max_score"
@@ -94,9 +106,18 @@ def query_rng(seed: int, query_id: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(query_id.encode("utf-8"))])
 
 
-def choose(spec: MineSpec, c: QueryCandidates) -> Choice:
-    """Apply the guards, the rank window and the sampling to one query's candidates."""
-    positive_min = np.float32(np.min(c.positive_scores)) if len(c.positive_scores) else np.float32(np.inf)
+def choose(spec: MineSpec, c: QueryCandidates, *, reference: float | None = None,
+           rng: np.random.Generator | None = None) -> Choice:
+    """Apply the guards, the rank window and the sampling to one query's candidates.
+
+    Args:
+        reference: the positive score the margin guards compare with; None takes the
+            query's weakest positive (sentence-transformers' `mine_hard_negatives`).
+        rng: the generator of `random` sampling (default: `query_rng(seed, query_id)`).
+    """
+    if reference is None:
+        reference = np.min(c.positive_scores) if len(c.positive_scores) else np.inf
+    positive_min = np.float32(reference)
     dropped: Counter = Counter()
     duplicates: list[str] = []
     seen: set[int] = set()  # text keys of the survivors so far
@@ -134,8 +155,25 @@ def choose(spec: MineSpec, c: QueryCandidates) -> Choice:
     if spec.sampling == "top" or len(window) <= room:
         picked = window[:room]
     else:
-        idx = np.sort(query_rng(spec.seed, c.query_id).choice(len(window), size=room, replace=False))
+        rng = rng or query_rng(spec.seed, c.query_id)
+        idx = np.sort(rng.choice(len(window), size=room, replace=False))
         picked = [window[i] for i in idx]  # window is best first, so sorted indices keep that order
     out = taken + picked
     return Choice(ids=[d for d, _ in out], scores=[float(s) for _, s in out], dropped=dropped,
                   from_shown=len(taken), duplicates=duplicates, considered=len(c.ids) + len(c.shown_ids))
+
+
+def choose_rows(spec: MineSpec, c: QueryCandidates, rows: list[str]) -> dict[str, Choice]:
+    """The negatives of each training row (query, positive) of one query, by positive id.
+
+    `reference: pair` (the default) judges every row against its own positive's score, so a
+    weak positive of a query with many graded positives does not veto every candidate for
+    the strong ones; `reference: weakest` judges the query once against its lowest-scoring
+    positive and gives every row the same negatives (sentence-transformers' behaviour).
+    """
+    if spec.reference == "weakest":
+        shared = choose(spec, c)
+        return {p: shared for p in rows}
+    score_of = dict(zip(c.positive_ids, (np.float32(s) for s in c.positive_scores)))
+    return {p: choose(spec, c, reference=score_of[p], rng=query_rng(spec.seed, f"{c.query_id}\x00{p}"))
+            for p in rows}

@@ -28,7 +28,7 @@ from vectune.errors import SpecError
 from vectune.mine.audit import build_audit
 from vectune.mine.candidates import ExactScorer, pair_scores, search_corpus
 from vectune.mine.lookup import DocFacts, gather
-from vectune.mine.select import QueryCandidates, choose
+from vectune.mine.select import QueryCandidates, choose_rows
 from vectune.runs import Run
 from vectune.spec import Spec
 
@@ -47,6 +47,7 @@ SCHEMA = pa.schema([
     ("positive_id", pa.string()),
     ("positive", pa.string()),
     ("positive_score", pa.float32()),
+    ("grade", pa.int32()),
     ("negative_ids", pa.list_(pa.string())),
     ("negatives", pa.list_(pa.string())),
     ("negative_scores", pa.list_(pa.float32())),
@@ -76,19 +77,54 @@ def stage_inputs(spec: Spec, data: DomainData) -> dict:
     }
 
 
+#: `mine.max_pairs: auto` mines this much more than the training budget's rows, for the
+#: validation queries the train stage holds out and batches the no-duplicates sampler leaves
+_AUTO_SLACK = 1.15
+
+
+def pair_cap(spec: Spec) -> int | None:
+    """`mine.max_pairs` as a number: `auto` is what `train.max_steps` batches can use."""
+    cap = spec.mine.max_pairs
+    if cap == "auto":
+        t = spec.train
+        return None if t.max_steps is None else math.ceil(t.max_steps * t.batch_size * _AUTO_SLACK)
+    return cap
+
+
 def select_pairs(spec: Spec, labels: Labels) -> list[tuple[str, str]]:
-    """The (query id, positive id) pairs to mine, after the seeded caps."""
+    """The (query id, positive id) pairs to mine, after the seeded caps.
+
+    `max_queries` draws queries uniformly; `max_pairs` then takes pairs round-robin across
+    the queries (each query's positives shuffled, higher grades first), so every query
+    keeps about the same number of pairs: uniform sampling over pairs would hand most of
+    the budget to the few queries with hundreds of positives.
+    """
     m = spec.mine
     rng = np.random.default_rng(m.seed)
     qids = sorted(labels.qrels, key=_natural)
     if m.max_queries and len(qids) > m.max_queries:
         keep = set(rng.choice(len(qids), size=m.max_queries, replace=False).tolist())
         qids = [q for i, q in enumerate(qids) if i in keep]
-    pairs = [(q, d) for q in qids for d in sorted(labels.qrels[q], key=_natural)]
-    if m.max_pairs and len(pairs) > m.max_pairs:
-        idx = np.sort(rng.choice(len(pairs), size=m.max_pairs, replace=False))
-        pairs = [pairs[i] for i in idx]
-    return pairs
+    cap = pair_cap(spec)
+    total = sum(len(labels.qrels[q]) for q in qids)
+    if not cap or total <= cap:
+        return [(q, d) for q in qids for d in sorted(labels.qrels[q], key=_natural)]
+    order = [qids[i] for i in rng.permutation(len(qids))]
+    queues = {}
+    for q in order:
+        docs = sorted(labels.qrels[q], key=_natural)
+        shuffled = [docs[i] for i in rng.permutation(len(docs))]
+        queues[q] = sorted(shuffled, key=lambda d: -labels.qrels[q][d])  # stable: grade, then shuffled
+    chosen: set[tuple[str, str]] = set()
+    depth = 0
+    while len(chosen) < cap:
+        for q in order:
+            if depth < len(queues[q]):
+                chosen.add((q, queues[q][depth]))
+                if len(chosen) == cap:
+                    break
+        depth += 1
+    return [(q, d) for q in qids for d in sorted(labels.qrels[q], key=_natural) if (q, d) in chosen]
 
 
 def mine(spec: Spec, data: DomainData, run: Run, *, force: bool = False) -> dict:
@@ -145,7 +181,11 @@ def _mine(spec: Spec, data: DomainData, run: Run) -> dict:
     pairs = select_pairs(spec, labels)
     qids = list(dict.fromkeys(q for q, _ in pairs))
     qindex = {q: i for i, q in enumerate(qids)}
-    positives = {q: sorted(labels.qrels[q], key=_natural) for q in qids}  # every labelled positive guards
+    # every labelled positive guards, and so do documents graded below `min_relevance`
+    positives = {q: sorted(set(labels.qrels[q]) | labels.related.get(q, set()), key=_natural) for q in qids}
+    rows_of: dict[str, list[str]] = {}
+    for q, p in pairs:
+        rows_of.setdefault(q, []).append(p)
     shown = {q: labels.shown.get(q, []) for q in qids}
     model_path = resolve_model(spec.model.base, spec.base_dir)
     q_cfg = encoder_config(spec, model_path, role="query")
@@ -190,7 +230,8 @@ def _mine(spec: Spec, data: DomainData, run: Run) -> dict:
             positive_scores=pos, ids=ids, scores=score(q, ids, bi[order]), keys=[facts.keys[d] for d in ids],
             shown_ids=shown[q], shown_scores=score(q, shown[q]), shown_keys=[facts.keys[d] for d in shown[q]],
         )
-        choices[q] = choose(m, qc)
+        for p, choice in choose_rows(m, qc, rows_of[q]).items():
+            choices[(q, p)] = choice
     lap("select")
 
     # 4. texts of the chosen negatives only, then the rows
@@ -259,12 +300,13 @@ class _Scores:
 def _rows(pairs, labels, facts, choices, positive_scores) -> dict[str, list]:
     cols: dict[str, list] = {name: [] for name in SCHEMA.names}
     for q, p in pairs:
-        c = choices[q]
+        c = choices[(q, p)]
         cols["query_id"].append(q)
         cols["query"].append(labels.queries[q])
         cols["positive_id"].append(p)
         cols["positive"].append(facts.texts[p])
         cols["positive_score"].append(positive_scores[(q, p)])
+        cols["grade"].append(int(labels.qrels[q][p]))
         cols["negative_ids"].append(list(c.ids))
         cols["negatives"].append([facts.texts[d] for d in c.ids])
         cols["negative_scores"].append(list(c.scores))

@@ -122,12 +122,16 @@ def _mine(a: RunArtifacts) -> str:
         return _missing("mine stage")
     au = a.audit
     counts = {k: au.get(k) for k in ("queries_mined", "pairs_mined", "triples_out", "negatives_out",
-                                     "queries_short", "queries_without_negatives", "candidates", "score_source")}
+                                     "queries_short", "queries_without_negatives", "rows_without_negatives",
+                                     "reference", "candidates", "score_source")}
+    counts["grades mined"] = (au.get("grades") or {}).get("mined")
     scores = au.get("scores") or {}
     stats = ["count", "mean", "std", "min", "p5", "p50", "p95", "max"]
     rows = [[name] + [(scores.get(name) or {}).get(s, "-") for s in stats]
             for name in ("positive", "negative", "difference") if scores.get(name)]
     parts = [_kv(counts), "<h3>dropped by guard</h3>", _kv(au.get("dropped") or {}),
+             "<h3>queries left without negatives, by guard</h3>",
+             _kv((au.get("emptied_by") or {}).get("queries") or {"none": 0}),
              "<h3>scores</h3>", _table(["scores", *stats], rows)]
     hist = scores.get("histogram") or {}
     parts.append(_img(plots.score_histogram(hist), "positive vs negative scores") if hist.get("edges")

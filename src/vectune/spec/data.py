@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, model_validator
 
 from vectune.spec._base import Section
 
@@ -74,7 +74,11 @@ class LabelSource(Section):
 
     path: str
     format: LabelFormat | None = None
-    min_score: int = Field(1, description="qrels rows scoring below this are not relevant.")
+    min_relevance: int = Field(
+        1, validation_alias=AliasChoices("min_relevance", "min_score"),
+        description="Graded qrels: rows graded below this are not relevant. For `data.train` these are the "
+                    "grades trained on as positives; for a split, the grades its graded nDCG counts.",
+    )
 
     @model_validator(mode="after")
     def _infer_format(self) -> "LabelSource":

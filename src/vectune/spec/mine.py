@@ -5,18 +5,26 @@ are the same (`margin` is its `absolute_margin`):
 
 1. Candidates of a query are its `range_max + P` best documents under the base model
    (P = its number of labelled positives), or under the cross-encoder when one is set.
-2. Guards drop, in this order: the query's labelled positives; documents whose normalised
-   text (lower-case, whitespace collapsed) equals a positive's; `margin`: a score above
-   `min_positive - margin`; `relative_margin`: a score above
-   `min_positive - |min_positive| * relative_margin`; `max_score`: a score above it.
-   `min_positive` is the lowest score among the query's positives (the strictest).
+2. Guards drop, in this order: the query's labelled positives (all of them, whatever the
+   row); documents whose normalised text (lower-case, whitespace collapsed) equals a
+   positive's; `margin`: a score above `reference - margin`; `relative_margin`: a score
+   above `reference - |reference| * relative_margin`; `max_score`: a score above it.
+   `reference` is the score of the row's own positive (`reference: pair`, the default),
+   or of the query's weakest positive (`reference: weakest`, sentence-transformers'
+   choice "to be on the safe side", which with many graded positives per query lets one
+   weak positive veto almost every candidate of the query).
    Of several candidates with the same normalised text only the best is kept
    (sentence-transformers de-duplicates its corpus by text to the same effect).
 3. The survivors, best first, are ranked 0, 1, 2, ...; ranks `range_min` up to
    `range_max - 1` form the window (so `range_min` skips the best *surviving* candidates,
    as in sentence-transformers, which applies it after the margins).
 4. `num_negatives` are taken from the window: the best (`top`) or a uniform sample
-   (`random`, seeded per query from `seed`), listed best first.
+   (`random`, seeded per row from `seed`), listed best first.
+5. `max_queries` and `max_pairs` sample fairly across queries: queries are drawn with
+   `seed`, then pairs are taken round-robin (each query's positives shuffled, higher grades
+   first), so a query with a thousand positives does not crowd out the rest.
+   `max_pairs: auto` caps the pairs at what the training budget uses (train.max_steps x
+   train.batch_size, plus the validation queries' pairs).
 
 Click logs (`data.train.format: clicks`): shown-but-unclicked documents are candidates
 too; they pass the same guards but not the rank window, and are taken first.
@@ -54,7 +62,12 @@ class MineSpec(Section):
         True, description="Click logs: take shown-but-unclicked documents (that pass the guards) before mined ones."
     )
     max_queries: int | None = Field(None, ge=1, description="Cap on training queries, sampled with `seed`.")
-    max_pairs: int | None = Field(None, ge=1, description="Cap on (query, positive) pairs, sampled with `seed`.")
+    max_pairs: int | Literal["auto"] | None = Field(
+        "auto", description="Cap on (query, positive) pairs, round-robin across queries; `auto`: what training uses."
+    )
+    reference: Literal["pair", "weakest"] = Field(
+        "pair", description="Margin guards compare with the row's own positive (`pair`) or the query's weakest (`weakest`)."
+    )
     batch_size: int = Field(1024, ge=1, description="Documents per Ray Data batch (encode and search).")
     concurrency: int | None = Field(
         None, ge=1, description="Encoder actors (one model copy each); sized to the cluster's CPUs when unset."
@@ -62,6 +75,8 @@ class MineSpec(Section):
 
     @model_validator(mode="after")
     def _window(self) -> "MineSpec":
+        if isinstance(self.max_pairs, int) and self.max_pairs < 1:
+            raise ValueError(f"max_pairs must be at least 1 (or `auto`, or null for no cap), not {self.max_pairs}")
         if self.range_min >= self.range_max:
             raise ValueError(f"range_min ({self.range_min}) must be below range_max ({self.range_max})")
         if self.range_max - self.range_min < self.num_negatives:

@@ -1,10 +1,18 @@
-"""The `train` section: contrastive fine-tuning on Ray Train."""
+"""The `train` section: contrastive fine-tuning with sentence-transformers' trainer on Ray Train.
+
+Defaults follow the data: `max_steps` bounds the work whatever the number of labelled
+pairs (a domain with 100k pairs trains for the same budget as one with 1k); warm-up is a
+share of the steps actually run; checkpoints are taken `checkpoints` times over the run
+and scored on `validation_queries` held-out *training* queries (the test split is never
+read before the gate); the kept model is the best checkpoint, mixed with the base model
+at the weight `interpolation` scores best on the same queries (WiSE-FT).
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from vectune.spec._base import Section
 
@@ -35,7 +43,21 @@ class TripletLoss(Section):
     margin: float = Field(0.5, gt=0)
 
 
-LossSpec = Annotated[Union[MNRLoss, CachedMNRLoss, TripletLoss], Field(discriminator="type")]
+class GISTLoss(Section):
+    """GISTEmbedLoss: in-batch negatives filtered by the base model as guide.
+
+    An in-batch or hard negative the guide scores above the row's positive is treated as a
+    false negative and left out of the loss: what a query with many relevant documents needs.
+    """
+
+    type: Literal["gist"] = "gist"
+    temperature: float = Field(0.05, gt=0, description="Softmax temperature (1 / scale).")
+    margin_strategy: Literal["absolute", "relative"] = "absolute"
+    margin: float = Field(0.0, ge=0)
+    gather_across_workers: bool = True
+
+
+LossSpec = Annotated[Union[MNRLoss, CachedMNRLoss, TripletLoss, GISTLoss], Field(discriminator="type")]
 
 
 class TrainSpec(Section):
@@ -52,9 +74,51 @@ class TrainSpec(Section):
     workers: int = Field(1, ge=1)
     gpus_per_worker: float = Field(0, ge=0)
     cpus_per_worker: float = Field(1, gt=0)
-    checkpoint_every: int = Field(50, ge=1, description="Steps between checkpoints.")
+    max_steps: int | None = Field(
+        150, ge=1, description="Training budget in optimizer steps (null: `epochs` alone decide)."
+    )
+    gradient_accumulation: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    require_negatives: bool = Field(
+        False, description="Drop rows short of `negatives` hard negatives (default: train them with fewer)."
+    )
+    checkpoint_every: int | None = Field(
+        None, ge=1, description="Steps between checkpoints (null: `checkpoints` evenly spaced)."
+    )
+    checkpoints: int = Field(4, ge=1, description="Checkpoints over the run when checkpoint_every is unset.")
     keep_checkpoints: int = Field(2, ge=1)
     max_failures: int = Field(1, ge=0, description="Worker failures tolerated; each resumes from the last checkpoint.")
-    validation_queries: int = Field(
-        0, ge=0, description="Training queries held out to pick the best checkpoint (0: keep the last)."
+    validation_queries: int | Literal["auto"] = Field(
+        "auto", description="Training queries held out to score checkpoints and the interpolation "
+                            "(0: none, keep the last; auto: 10% of the queries, 20 to 100, none below 100 queries)."
     )
+    validation_docs: int = Field(
+        1000, ge=10, description="Documents the validation queries are ranked among: their positives and "
+                                 "mined negatives, then other mined documents."
+    )
+    interpolation: list[float] = Field(
+        default_factory=lambda: [0.0, 0.5, 0.75, 1.0],
+        description="Weights of the tuned model mixed with the base (0: base, 1: tuned) tried on the "
+                    "validation queries; the best is kept ([1.0]: no mixing).",
+    )
+
+    @field_validator("validation_queries")
+    @classmethod
+    def _validation(cls, v):
+        if isinstance(v, int) and v < 0:
+            raise ValueError("must be 0 or more, or `auto`")
+        return v
+
+    @field_validator("interpolation")
+    @classmethod
+    def _weights(cls, v: list[float]) -> list[float]:
+        if not v:
+            raise ValueError("needs at least one weight ([1.0]: keep the tuned model as trained)")
+        if any(not 0.0 <= w <= 1.0 for w in v):
+            raise ValueError(f"weights must lie in [0, 1], got {v}")
+        return sorted(set(v))
+
+    def held_out(self, queries: int) -> int:
+        """How many of `queries` mined training queries are held out for validation."""
+        if self.validation_queries != "auto":
+            return int(self.validation_queries)
+        return 0 if queries < 100 else max(20, min(100, queries // 10))

@@ -25,7 +25,8 @@ def carve(labels: Labels, n: int, seed: int) -> tuple[Labels, Labels]:
     def part(keep) -> Labels:
         ids = [q for q in qids if keep(q)]
         return Labels(qrels={q: labels.qrels[q] for q in ids}, queries={q: labels.queries[q] for q in ids},
-                      shown={q: labels.shown[q] for q in ids if q in labels.shown})
+                      shown={q: labels.shown[q] for q in ids if q in labels.shown},
+                      related={q: labels.related[q] for q in ids if q in labels.related})
 
     return part(lambda q: q in held), part(lambda q: q not in held)
 
