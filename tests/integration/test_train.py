@@ -49,13 +49,18 @@ def _fresh_run(spec, src: Run, run_id: str) -> Run:
 
 
 def _final_state(run: Run) -> dict:
-    """The newest complete checkpoint's state (a worker killed mid-save leaves a partial folder)."""
+    """The newest complete checkpoint's trainer state (a worker killed mid-save leaves a
+    partial folder): its step, loss history and optimizer state."""
     ckpts = sorted(p for p in run.path("train", "ray").glob("checkpoint_*") if p.is_dir())
     for ckpt in reversed(ckpts):
+        hf = ckpt / "checkpoint"
         try:
-            return torch.load(ckpt / "trainer_state.pt", weights_only=False)
-        except (RuntimeError, FileNotFoundError):
+            state = json.loads((hf / "trainer_state.json").read_text())
+            optimizer = torch.load(hf / "optimizer.pt", weights_only=False)
+        except (RuntimeError, FileNotFoundError, json.JSONDecodeError):
             continue
+        return {"step": state["global_step"], "history": [h for h in state["log_history"] if "loss" in h],
+                "optimizer": optimizer}
     raise AssertionError("no complete checkpoint")
 
 

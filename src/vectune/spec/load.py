@@ -86,7 +86,21 @@ def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in _TAGS)))
 
 
-_TAGS = {"mnrl", "cached_mnrl", "triplet", "choice", "uniform", "loguniform"}
+def _union_tags(*unions) -> set[str]:
+    """The `type` tags of discriminated unions, read from the section classes themselves."""
+    from typing import get_args
+
+    return {member.model_fields["type"].default for union in unions for member in get_args(get_args(union)[0])}
+
+
+def _tags() -> set[str]:
+    from vectune.spec.train import LossSpec
+    from vectune.spec.tune import Domain
+
+    return _union_tags(LossSpec, Domain)
+
+
+_TAGS = _tags()
 
 
 def parse_yaml(text: str, source: str) -> tuple[Any, _Lines]:

@@ -1,171 +1,203 @@
-"""The per-worker training loop Ray Train runs: one plain function, top to bottom.
+"""What every Ray Train worker runs: sentence-transformers' own trainer, top to bottom.
 
-Data-parallel with gradients averaged by one all-reduce of a flat buffer per step
-(what DDP does), done by hand because GradCache-style losses run the model several
-times per step, which DDP's hooks do not allow.
+`SentenceTransformerTrainer` brings the no-duplicates batch sampler (no batch holds one
+query, or one document, twice, so a query's other positives are never its in-batch
+negatives), one dataset per number of hard negatives (rows short of negatives still
+train, on in-batch negatives and the hard ones they have), every library loss,
+gradient accumulation, mixed precision and evaluators. Ray Train starts the process
+group; `prepare_trainer` and `RayTrainReportCallback` hand each checkpoint (with its
+validation score) to Ray Train, which keeps the best and restores the latest after a
+worker failure or a re-run.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-STATE_FILE = "trainer_state.pt"
-
-
-def _features(model, texts, device):
-    feats = model.preprocess(list(texts))
-    return {k: (v.to(device) if hasattr(v, "to") else v) for k, v in feats.items()}
+#: the Hugging Face checkpoint folder inside each Ray Train checkpoint (RayTrainReportCallback's)
+HF_CHECKPOINT = "checkpoint"
 
 
-def _allreduce_grads(params, world: int) -> None:
-    import torch
-    import torch.distributed as dist
-    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+@dataclass(frozen=True)
+class LoopConfig:
+    """Everything a worker needs, decided on the driver (see `vectune.train.plan`)."""
 
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = _flatten_dense_tensors(grads)
-    dist.all_reduce(flat)
-    flat /= world
-    for p, g in zip(params, _unflatten_dense_tensors(flat, grads)):
-        if p.grad is None:
-            p.grad = g
-        else:
-            p.grad.copy_(g)
-
-
-def _validation_loss(loss_fn, model, rows, config, device) -> float:
-    import torch
-
-    if not rows:
-        return float("nan")
-    bs = config["per_worker_batch"]
-    total, n = 0.0, 0
-    model.eval()
-    with torch.no_grad():
-        for i in range(0, len(rows["query"]) - 1, bs):
-            chunk = {k: v[i : i + bs] for k, v in rows.items()}
-            if len(chunk["query"]) < 2:
-                break
-            total += float(loss_fn(_batch_features(model, chunk, config, device), None)) * len(chunk["query"])
-            n += len(chunk["query"])
-    model.train()
-    return total / max(n, 1)
+    model_path: str
+    base_model_path: str  # the guide of GIST losses
+    loss: Any  # the spec's loss section
+    groups: tuple[int, ...]  # hard-negative counts with a dataset each, largest first
+    micro_batch: int  # rows per worker per forward pass
+    accumulation: int
+    total_steps: int
+    warmup_steps: int
+    checkpoint_every: int
+    learning_rate: float
+    weight_decay: float
+    precision: str
+    max_seq_length: int | None
+    seed: int
+    threads: int
+    prompts: dict[str, str] = field(default_factory=dict)
+    validation: dict | None = None  # see vectune.train.validation.validation_set
+    metrics: tuple[str, ...] = ("ndcg@10",)
+    primary: str = "ndcg@10"
+    log_path: str | None = None
+    progress: Any = None  # a vectune.progress counter actor, ticked by rank 0
+    fail_at_step: int | None = None  # fault injection for the resume tests (VECTUNE_TEST_FAIL_AT_STEP)
+    fail_marker: str | None = None
 
 
-def _batch_features(model, batch, config, device):
-    cols = [batch["query"], batch["positive"]] + [batch[f"negative_{j}"] for j in range(config["negatives"])]
-    return [_features(model, c, device) for c in cols]
+def score_key(primary: str) -> str:
+    """The metric Ray Train ranks checkpoints by (the HF trainer prefixes `eval_`)."""
+    return f"eval_val_{primary}"
 
 
-def train_loop(config: dict) -> None:
-    """Ray Train entry point (runs on every worker)."""
+def datasets_from_table(table, groups: tuple[int, ...]):
+    """Rows (query, positive, negatives, group) -> one Hugging Face Dataset per hard-negative
+    count: `anchor`, `positive`, `negative_1..k` (the columns the losses read in order)."""
+    import pyarrow as pa
+    from datasets import Dataset, DatasetDict
+
+    out = {}
+    for k in groups:
+        part = table.filter(pa.compute.equal(table["group"], k))
+        negs = part["negatives"].to_pylist()
+        cols = {"anchor": part["query"].to_pylist(), "positive": part["positive"].to_pylist()}
+        for j in range(k):
+            cols[f"negative_{j + 1}"] = [n[j] for n in negs]
+        out[f"negatives_{k}"] = Dataset.from_dict(cols)
+    return DatasetDict(out)
+
+
+def _callbacks(config: LoopConfig, rank: int, world: int):
+    from transformers import TrainerCallback
+
+    class History(TrainerCallback):
+        """Step wall time into the trainer's own log history (so it survives a resume),
+        the progress counter, and loss.jsonl at the end (rank 0)."""
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.start = time.perf_counter()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if rank != 0 or not logs or "loss" not in logs:
+                return
+            entry = state.log_history[-1]
+            entry["seconds"] = round(time.perf_counter() - getattr(self, "start", time.perf_counter()), 3)
+            entry["time"] = time.time()
+            from vectune.progress import tick_to
+
+            tick_to(config.progress, state.global_step, loss=float(logs["loss"]))
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if rank != 0 or not config.log_path:
+                return
+            lines = [json.dumps({"step": h["step"], "epoch": h.get("epoch"), "loss": h["loss"],
+                                 "lr": h.get("learning_rate"), "grad_norm": h.get("grad_norm"),
+                                 "seconds": h.get("seconds"), "time": h.get("time")})
+                     for h in state.log_history if "loss" in h and "step" in h]
+            Path(config.log_path).write_text("\n".join(lines) + "\n")
+
+    class FailOnce(TrainerCallback):
+        """Fault injection for the resume tests: one worker dies once at a chosen step."""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            marker = Path(config.fail_marker)
+            if state.global_step == config.fail_at_step and rank == min(1, world - 1) and not marker.exists():
+                marker.write_text(str(state.global_step))
+                raise RuntimeError(f"injected worker failure at step {state.global_step}")
+
+    callbacks = [History()]
+    if config.fail_at_step:
+        callbacks.append(FailOnce())
+    return callbacks
+
+
+def build_trainer(config: LoopConfig, datasets, *, rank: int, world: int, device, work: str):
+    """The `SentenceTransformerTrainer` every worker runs, with Ray Train's reporting."""
+    from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
+    from sentence_transformers import SentenceTransformerTrainingArguments as Args
+    from sentence_transformers.base.sampler import BatchSamplers, MultiDatasetBatchSamplers
+
+    from vectune.train.losses import build_loss
+    from vectune.train.validation import RetrievalEvaluator
+
+    model = SentenceTransformer(config.model_path, device=str(device))
+    if config.max_seq_length:
+        model.max_seq_length = config.max_seq_length
+    loss = build_loss(config.loss, model, world, guide=config.base_model_path)
+    evaluator = RetrievalEvaluator.from_set(config.validation, config.metrics, config.primary) \
+        if config.validation else None
+    args = Args(
+        output_dir=work,
+        max_steps=config.total_steps,
+        per_device_train_batch_size=config.micro_batch,
+        gradient_accumulation_steps=config.accumulation,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        warmup_steps=config.warmup_steps,
+        lr_scheduler_type="linear",
+        # one fused pass over all parameters (CPU and CUDA), ~9x faster than the loop of small ops
+        optim="adamw_torch_fused" if device.type in ("cpu", "cuda") else "adamw_torch",
+        max_grad_norm=1.0,
+        bf16=config.precision == "bf16",
+        use_cpu=device.type == "cpu",
+        seed=config.seed,
+        data_seed=config.seed,
+        # no batch holds one text twice, in any column: a query's other positives, or a
+        # document that is one row's positive and another's negative, never meet in a batch
+        batch_sampler=BatchSamplers.NO_DUPLICATES,
+        multi_dataset_batch_sampler=MultiDatasetBatchSamplers.PROPORTIONAL,
+        prompts=config.prompts or None,
+        dataloader_drop_last=True,
+        save_strategy="steps",
+        save_steps=config.checkpoint_every,
+        eval_strategy="steps" if evaluator else "no",
+        eval_steps=config.checkpoint_every if evaluator else None,
+        logging_steps=1,
+        report_to="none",
+        disable_tqdm=True,
+        ddp_find_unused_parameters=True,  # the transformer's pooler is never used by sentence-transformers
+    )
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=datasets, loss=loss, evaluator=evaluator,
+        callbacks=[RayTrainReportCallback(), *_callbacks(config, rank, world)],
+    )
+    return prepare_trainer(trainer)
+
+
+def train_loop(loop_config: dict) -> None:
+    """Ray Train entry point (runs on every worker): `loop_config["config"]` is a LoopConfig."""
+    import pyarrow as pa
     import ray.train
     import torch
-    from sentence_transformers import SentenceTransformer
-    from transformers import get_linear_schedule_with_warmup
 
-    from vectune.progress import tick_to
-    from vectune.train.losses import build_loss
-
+    config: LoopConfig = loop_config["config"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(config["threads"])
-    torch.manual_seed(config["seed"] + rank)
+    torch.set_num_threads(config.threads)
     device = ray.train.torch.get_device()
-
-    model = SentenceTransformer(config["model_path"], device=str(device))
-    if config.get("max_seq_length"):
-        model.max_seq_length = config["max_seq_length"]
-    loss_fn = build_loss(config["loss"], model, world)
-    params = [p for p in loss_fn.parameters() if p.requires_grad]
-    # the fused kernel (CPU and CUDA): one pass over all parameters instead of a loop of small
-    # ops, ~9x faster here (9 vs 78 ms a step for MiniLM); the transformers Trainer's default too
-    optimizer = torch.optim.AdamW(params, lr=config["learning_rate"], weight_decay=config["weight_decay"],
-                                  fused=device.type in ("cpu", "cuda"))
-    total = config["total_steps"]
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(config["warmup_ratio"] * total), total)
-
-    step = 0
-    history: list[dict] = []
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:  # resume: weights, optimizer and schedule state, step count
-        with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / STATE_FILE, map_location=device, weights_only=False)
-            model.load_state_dict(SentenceTransformer(d, device=str(device)).state_dict())
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            step, history = state["step"], state["history"]
-            torch.set_rng_state(state["rng"])
-    progress = config.get("progress") if rank == 0 else None
-    tick_to(progress, step)
-
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config["precision"] == "bf16")
     shard = ray.train.get_dataset_shard("train")
-    per_worker = config["per_worker_batch"]
-    steps_per_epoch = config["steps_per_epoch"]
-    model.train()
-    while step < total:
-        epoch, skip = divmod(step, steps_per_epoch)
-        batches = shard.iter_batches(batch_size=per_worker, drop_last=True, batch_format="numpy",
-                                     local_shuffle_buffer_size=config["shuffle_buffer"],
-                                     local_shuffle_seed=config["seed"] + epoch)
-        for i, batch in enumerate(batches):
-            if i >= steps_per_epoch or step >= total:
-                break
-            if i < skip:  # batches this epoch already trained on before the restart
-                continue
-            start = time.perf_counter()
-            with autocast:
-                loss = loss_fn(_batch_features(model, batch, config, device), None)
-            loss.backward()
-            if world > 1:
-                _allreduce_grads(params, world)
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            record = {"step": step, "epoch": step / steps_per_epoch, "loss": float(loss.detach()),
-                      "lr": scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - start, 3),
-                      "time": time.time()}
-            history.append(record)
-            tick_to(progress, step, loss=record["loss"])
-            if step % config["checkpoint_every"] == 0 or step == total:
-                metrics = dict(record)
-                if config.get("validation"):
-                    metrics["val_loss"] = _validation_loss(loss_fn, model, config["validation"], config, device)
-                _report_with_checkpoint(model, optimizer, scheduler, step, history, metrics, rank)
-            # no report on the other steps: a worker's result queue holds one report and the
-            # controller drains it every 2 s (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S), so reporting
-            # every step would cap steps shorter than that (GPU steps) at the poll rate.
-            # Progress goes through `vectune.progress`, the loss history into the checkpoint.
-            _maybe_fail(config, step, rank)
-    if config.get("log_path") and rank == 0:
-        Path(config["log_path"]).write_text("\n".join(json.dumps(h) for h in history) + "\n")
-
-
-def _maybe_fail(config: dict, step: int, rank: int) -> None:
-    """Fault injection for the resume tests: the worker of rank 1 (or 0) dies once at a step."""
-    fail_at, marker = config.get("fail_at_step"), config.get("fail_marker")
-    if fail_at and step == fail_at and rank == min(1, config.get("world", 1) - 1) and not Path(marker).exists():
-        Path(marker).write_text(str(step))
-        raise RuntimeError(f"injected worker failure at step {step}")
-
-
-def _report_with_checkpoint(model, optimizer, scheduler, step, history, metrics, rank) -> None:
-    import ray.train
-    import torch
-    from ray.train import Checkpoint
-
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = None
-        if rank == 0:  # every rank holds the same weights; one copy is written
-            model.save(tmp)
-            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                        "history": history, "rng": torch.get_rng_state()}, os.path.join(tmp, STATE_FILE))
-            checkpoint = Checkpoint.from_directory(tmp)
-        ray.train.report(metrics, checkpoint=checkpoint)
+    table = pa.concat_tables(list(shard.iter_batches(batch_format="pyarrow", batch_size=4096)))
+    work = tempfile.mkdtemp(prefix="vectune-train-")
+    trainer = build_trainer(config, datasets_from_table(table, config.groups), rank=rank, world=world,
+                            device=device, work=work)
+    resume = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:  # a re-run of the run id, or a restart after a worker failure
+        with checkpoint.as_directory() as d:
+            state = json.loads((Path(d) / HF_CHECKPOINT / "trainer_state.json").read_text())
+            resume = os.path.join(work, f"checkpoint-{state['global_step']}")
+            shutil.copytree(Path(d) / HF_CHECKPOINT, resume)
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

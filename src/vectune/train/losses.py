@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from typing import Callable
 
-from vectune.spec.train import CachedMNRLoss, MNRLoss, TripletLoss
+from vectune.spec.train import CachedMNRLoss, GISTLoss, MNRLoss, TripletLoss
 
 _LOSSES: dict[str, Callable] = {}
 
 
 def register_loss(name: str):
-    """Add a loss factory `(spec_section, model, world_size) -> torch.nn.Module` to the registry."""
+    """Add a loss factory `(spec_section, model, world_size, guide) -> torch.nn.Module` to the registry.
+
+    `guide` is the base model's path, for losses that consult it (GIST).
+    """
 
     def deco(fn):
         _LOSSES[name] = fn
@@ -19,12 +22,12 @@ def register_loss(name: str):
     return deco
 
 
-def build_loss(section, model, world_size: int):
+def build_loss(section, model, world_size: int, guide: str | None = None):
     try:
         factory = _LOSSES[section.type]
     except KeyError:  # the spec's Literal types make this unreachable from YAML
         raise ValueError(f"unknown loss {section.type!r}; registered: {sorted(_LOSSES)}") from None
-    return factory(section, model, world_size)
+    return factory(section, model, world_size, guide)
 
 
 def registered() -> list[str]:
@@ -32,7 +35,7 @@ def registered() -> list[str]:
 
 
 @register_loss("mnrl")
-def _mnrl(section: MNRLoss, model, world_size: int):
+def _mnrl(section: MNRLoss, model, world_size: int, guide=None):
     from sentence_transformers.losses import MultipleNegativesRankingLoss
 
     # gathering shares every worker's in-batch negatives: with N workers each query
@@ -43,7 +46,7 @@ def _mnrl(section: MNRLoss, model, world_size: int):
 
 
 @register_loss("cached_mnrl")
-def _cached_mnrl(section: CachedMNRLoss, model, world_size: int):
+def _cached_mnrl(section: CachedMNRLoss, model, world_size: int, guide=None):
     from sentence_transformers.losses import CachedMultipleNegativesRankingLoss
 
     return CachedMultipleNegativesRankingLoss(
@@ -53,10 +56,27 @@ def _cached_mnrl(section: CachedMNRLoss, model, world_size: int):
 
 
 @register_loss("triplet")
-def _triplet(section: TripletLoss, model, world_size: int):
+def _triplet(section: TripletLoss, model, world_size: int, guide=None):
     from sentence_transformers.losses import TripletDistanceMetric, TripletLoss as _Triplet
 
     return _Triplet(model, distance_metric=TripletDistanceMetric.COSINE, triplet_margin=section.margin)
+
+
+@register_loss("gist")
+def _gist(section: GISTLoss, model, world_size: int, guide=None):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.losses import GISTEmbedLoss
+
+    if guide is None:
+        raise ValueError("the gist loss needs the base model as its guide")
+    guide_model = SentenceTransformer(guide, device=str(model.device))
+    guide_model.max_seq_length = model.max_seq_length
+    for param in guide_model.parameters():  # the guide only scores; it never trains
+        param.requires_grad_(False)
+    return GISTEmbedLoss(
+        model, guide_model, temperature=section.temperature, margin_strategy=section.margin_strategy,
+        margin=section.margin, gather_across_devices=section.gather_across_workers and world_size > 1,
+    )
 
 
 def columns_for(section, negatives: int) -> int:

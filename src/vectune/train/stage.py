@@ -1,4 +1,10 @@
-"""The train stage: mined triples -> a fine-tuned sentence-transformers model, on Ray Train."""
+"""The train stage: mined triples -> a fine-tuned sentence-transformers model, on Ray Train.
+
+Top to bottom: the pre-flight check of the mine audit; the plan (validation queries held
+out, rows grouped by their number of hard negatives, steps from the budget); Ray Train
+runs `SentenceTransformerTrainer` on every worker (`loop.py`); the best checkpoint on the
+validation queries is mixed with the base model at the best weight (`validation.py`).
+"""
 
 from __future__ import annotations
 
@@ -6,64 +12,43 @@ import json
 import logging
 import math
 import os
-import random
 import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vectune.errors import ModelError, StageError
 from vectune.progress import track
 from vectune.runs import Run
 from vectune.spec import Spec
-from vectune.train.loop import STATE_FILE, train_loop
+from vectune.train.loop import HF_CHECKPOINT, LoopConfig, score_key, train_loop
 from vectune.train.losses import columns_for
+from vectune.train.plan import plan, validation_set
 
 log = logging.getLogger("vectune")
 
 
-class _Expand:
-    """Ray Data UDF: triples rows -> query, positive, negative_0..n-1 (rows short of negatives dropped)."""
-
-    def __init__(self, negatives: int, exclude: set[str]):
-        self.negatives, self.exclude = negatives, exclude
-
-    def __call__(self, batch: dict) -> dict:
-        keep = [i for i, (q, negs) in enumerate(zip(batch["query_id"], batch["negatives"]))
-                if q not in self.exclude and len(negs) >= self.negatives]
-        out = {"query": [str(batch["query"][i]) for i in keep], "positive": [str(batch["positive"][i]) for i in keep]}
-        for j in range(self.negatives):
-            out[f"negative_{j}"] = [str(batch["negatives"][i][j]) for i in keep]
-        return out
+_COLUMNS = ["query_id", "query", "positive_id", "positive", "grade", "negative_ids", "negatives"]
 
 
-def _plan_rows(triples: Path, negatives: int, validation_queries: int, seed: int) -> tuple[int, set[str], int]:
-    """Training row count, held-out validation query ids, rows dropped for lack of negatives."""
-    table = pq.read_table(triples, columns=["query_id", "negative_ids"])
-    qids = table.column("query_id").to_pylist()
-    lengths = [len(x) for x in table.column("negative_ids").to_pylist()]
-    held: set[str] = set()
-    if validation_queries:
-        unique = sorted(set(qids))
-        if validation_queries >= len(unique):
-            raise StageError(f"train.validation_queries ({validation_queries}) leaves no training queries "
-                             f"({len(unique)} mined)")
-        held = set(random.Random(seed).sample(unique, validation_queries))
-    usable = [q for q, n in zip(qids, lengths) if q not in held and n >= negatives]
-    short = sum(1 for q, n in zip(qids, lengths) if q not in held and n < negatives)
-    return len(usable), held, short
+def _choose_weight_task(**kwargs):
+    from vectune.train.validation import choose_weight
+
+    return choose_weight(**kwargs)
 
 
-def _validation_rows(triples: Path, held: set[str], negatives: int) -> dict | None:
-    if not held:
+def _preflight(run: Run) -> dict | None:
+    """The mine audit's verdict on the rows about to train, logged before training starts."""
+    from vectune.mine import AUDIT, preflight
+
+    audit = run.read_json("/".join(AUDIT))
+    if not audit:
         return None
-    rows = [r for r in pq.read_table(triples, columns=["query_id", "query", "positive", "negatives"]).to_pylist()
-            if r["query_id"] in held and len(r["negatives"]) >= negatives]
-    out = {"query": [r["query"] for r in rows], "positive": [r["positive"] for r in rows]}
-    for j in range(negatives):
-        out[f"negative_{j}"] = [r["negatives"][j] for r in rows]
-    return out
+    verdict = preflight(audit)
+    (log.warning if verdict["low"] else log.info)("train pre-flight: %s", verdict["message"])
+    return verdict
 
 
 def train(spec: Spec, run: Run, base_model: str) -> dict:
@@ -71,51 +56,67 @@ def train(spec: Spec, run: Run, base_model: str) -> dict:
 
     Ray must be running. A re-run of the same run id resumes from the latest checkpoint
     (Ray Train restores it from the run's storage folder); worker failures resume in-run.
+    With validation queries, the best checkpoint is kept and mixed with the base model at
+    the weight that scores best on them (`train.interpolation`).
     """
     import ray
     import ray.data
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     t = spec.train
     triples = run.path("mine", "triples.parquet")
     if not triples.exists():
         raise StageError(f"no mined triples at {triples}: run `vectune mine` (or `vectune run`) first")
+    verdict = _preflight(run)
+    table = pq.read_table(triples)
+    if "grade" not in table.column_names:  # triples mined before graded labels
+        table = table.append_column("grade", pa.array([1] * table.num_rows, pa.int32()))
     negatives = columns_for(t.loss, t.negatives if t.negatives is not None else spec.mine.num_negatives)
-    rows, held, short = _plan_rows(triples, negatives, t.validation_queries, t.seed)
-    per_worker = t.batch_size // t.workers
-    if per_worker < 2:
-        raise StageError(f"train.batch_size ({t.batch_size}) gives fewer than 2 rows per worker ({t.workers} workers)")
-    steps_per_epoch = (rows // t.workers) // per_worker
-    if steps_per_epoch < 1:
-        raise StageError(f"{rows} usable training rows cannot fill one batch of {t.batch_size}")
-    total_steps = max(1, math.ceil(steps_per_epoch * t.epochs))
-
-    # materialised into the object store (not the driver) before training starts: Ray Data
-    # excludes the training workers' CPUs from its budget, and a read still pending
-    # behind them starves the workers
-    ds = ray.data.read_parquet(str(triples), num_cpus=0.1).map_batches(
-        _Expand(negatives, held), batch_format="numpy", num_cpus=0.1).materialize()
+    counts = [len(x) for x in table.column("negative_ids").to_pylist()]
+    p = plan(table.column("query_id").to_pylist(), counts, spec, negatives, exact_negatives=t.loss.type == "triplet")
+    run.write_json("train/plan.json", {
+        "held": sorted(p.held), "rows_by_negatives": {str(k): n for k, n in p.groups.items()},
+        "rows_short_of_negatives": p.dropped_short, "micro_batch": p.micro_batch,
+        "steps_per_epoch": p.steps_per_epoch, "total_steps": p.total_steps, "warmup_steps": p.warmup_steps,
+        "checkpoint_every": p.checkpoint_every})
+    m = spec.model
+    rows = table.select(_COLUMNS).to_pylist()
+    vset = validation_set(rows, set(p.held), t.validation_docs, t.seed, (m.query_prefix, m.document_prefix))
+    keep = sorted(p.group_of)
+    train_table = table.select(["query", "positive", "negatives"]).take(pa.array(keep, pa.int64()))
+    train_table = train_table.append_column("group", pa.array([p.group_of[i] for i in keep], pa.int32()))
+    # in the object store, whole, on every worker: the trainer's own (no-duplicates, per
+    # dataset) batch sampler orders the rows and accelerate splits each step across workers
+    ds = ray.data.from_arrow(train_table)
+    primary = spec.evaluate.gate.metric
+    metrics = tuple(dict.fromkeys([primary, *spec.evaluate.metrics]))
     threads = spec.runtime.torch_threads or max(1, int(math.ceil(t.cpus_per_worker)))
-    config = {
-        "model_path": base_model, "loss": t.loss, "negatives": negatives, "seed": t.seed,
-        "learning_rate": t.learning_rate, "weight_decay": t.weight_decay, "warmup_ratio": t.warmup_ratio,
-        "precision": t.precision, "max_seq_length": t.max_seq_length or spec.model.max_seq_length,
-        "per_worker_batch": per_worker, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
-        "checkpoint_every": t.checkpoint_every, "threads": threads, "shuffle_buffer": max(per_worker * 4, 256),
-        "validation": _validation_rows(triples, held, negatives), "log_path": str(run.path("train", "loss.jsonl")),
-        "world": t.workers,
-    }
+    prompts = {}
+    if m.query_prefix:
+        prompts["anchor"] = m.query_prefix
+    if m.document_prefix:
+        prompts.update({"positive": m.document_prefix, **{f"negative_{j + 1}": m.document_prefix
+                                                          for j in range(negatives)}})
+    fail = {}
     if os.environ.get("VECTUNE_TEST_FAIL_AT_STEP"):  # fault injection for the resume tests only
-        config.update(fail_at_step=int(os.environ["VECTUNE_TEST_FAIL_AT_STEP"]),
-                      fail_marker=str(run.path("train", "injected-failure")))
+        fail = {"fail_at_step": int(os.environ["VECTUNE_TEST_FAIL_AT_STEP"]),
+                "fail_marker": str(run.path("train", "injected-failure"))}
     resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if t.gpus_per_worker else {})}
-    score = {"checkpoint_score_attribute": "val_loss", "checkpoint_score_order": "min"} if held else {}
-    with track("train", total_steps, unit="steps") as counter:
-        config["progress"] = counter  # rank 0 ticks it after each step
+    score = {"checkpoint_score_attribute": score_key(primary), "checkpoint_score_order": "max"} if vset else {}
+    run.path("train").mkdir(parents=True, exist_ok=True)
+    with track("train", p.total_steps, unit="steps") as counter:
+        config = LoopConfig(
+            model_path=base_model, base_model_path=base_model, loss=t.loss, groups=tuple(p.groups),
+            micro_batch=p.micro_batch, accumulation=t.gradient_accumulation, total_steps=p.total_steps,
+            warmup_steps=p.warmup_steps, checkpoint_every=p.checkpoint_every, learning_rate=t.learning_rate,
+            weight_decay=t.weight_decay, precision=t.precision, max_seq_length=t.max_seq_length or m.max_seq_length,
+            seed=t.seed, threads=threads, prompts=prompts, validation=vset, metrics=metrics, primary=primary,
+            log_path=str(run.path("train", "loss.jsonl")), progress=counter, **fail,
+        )
         trainer = TorchTrainer(
             train_loop,
-            train_loop_config=config,
+            train_loop_config={"config": config},
             scaling_config=ScalingConfig(num_workers=t.workers, use_gpu=t.gpus_per_worker > 0,
                                          resources_per_worker=resources),
             run_config=RunConfig(
@@ -124,9 +125,11 @@ def train(spec: Spec, run: Run, base_model: str) -> dict:
                 checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints, **score),
             ),
             datasets={"train": ds},
+            dataset_config=DataConfig(datasets_to_split=[]),
         )
-        log.info("training on %d rows (%d workers x %d per batch, %d steps, %d negatives)", rows, t.workers,
-                 per_worker, total_steps, negatives)
+        log.info("training on %d rows in %s (%d workers x %d per batch x %d accumulation, %d steps, "
+                 "%d negatives, %d validation queries)", p.rows, {f"{k} negatives": n for k, n in p.groups.items()},
+                 t.workers, p.micro_batch, t.gradient_accumulation, p.total_steps, negatives, len(p.held))
         try:
             result = trainer.fit()
         except Exception as exc:  # Ray Train raises TrainingFailedError once max_failures is spent
@@ -134,24 +137,55 @@ def train(spec: Spec, run: Run, base_model: str) -> dict:
                              f"{exc}") from None
     if result.error:
         raise StageError(f"training failed: {result.error}")
-    chosen = result.checkpoint
-    if held and result.best_checkpoints:
-        chosen = min(result.best_checkpoints, key=lambda cm: cm[1].get("val_loss", math.inf))[0]
+    chosen, chosen_metrics = result.checkpoint, result.metrics or {}
+    if vset and result.best_checkpoints:
+        chosen, chosen_metrics = max(result.best_checkpoints, key=lambda cm: cm[1].get(score_key(primary), -math.inf))
+    picked = run.path("train", "chosen")
+    if picked.exists():
+        shutil.rmtree(picked)
+    chosen.to_directory(str(picked))
+    tuned = str(picked / HF_CHECKPOINT)
     out = run.path("model")
     if out.exists():
         shutil.rmtree(out)
-    chosen.to_directory(str(out))
-    (out / STATE_FILE).unlink(missing_ok=True)
+    mix = None
+    if vset and t.interpolation != [1.0]:
+        known = {1.0: {k: chosen_metrics[f"eval_val_{k}"] for k in metrics if f"eval_val_{k}" in chosen_metrics}}
+        task = ray.remote(_choose_weight_task).options(
+            num_cpus=t.cpus_per_worker, num_gpus=t.gpus_per_worker or 0)
+        mix = ray.get(task.remote(base_path=base_model, tuned_path=tuned, out_path=str(out), vset=vset,
+                                  weights=t.interpolation, metrics=metrics, primary=primary, known=known,
+                                  threads=threads, max_seq_length=t.max_seq_length or m.max_seq_length))
+        log.info("interpolation: weight %.2f of the tuned model scores best on the validation queries (%s)",
+                 mix["weight"], ", ".join(f"{c['weight']:.2f}: {c[primary]:.4f}" for c in mix["curve"]))
+    else:
+        from sentence_transformers import SentenceTransformer
+
+        SentenceTransformer(tuned, device="cpu").save(str(out))  # the model alone, no optimizer state
     dim = _check_dimension(base_model, str(out))
     history = [json.loads(line) for line in run.path("train", "loss.jsonl").read_text().splitlines() if line]
+    seconds = [h["seconds"] for h in history if h.get("seconds") is not None]
     summary = {
-        "model": str(out), "rows": rows, "rows_short_of_negatives": short, "validation_queries": len(held),
-        "steps": total_steps, "steps_per_epoch": steps_per_epoch, "negatives": negatives, "dimension": dim,
-        "final_loss": history[-1]["loss"] if history else None,
-        "mean_step_seconds": float(np.mean([h["seconds"] for h in history])) if history else None,
+        "model": str(out), "rows": p.rows, "rows_by_negatives": {str(k): n for k, n in p.groups.items()},
+        "rows_without_negatives": p.rows_without_negatives, "rows_short_of_negatives": p.dropped_short,
+        "validation_queries": len(p.held), "validation_docs": len(vset["corpus"]) if vset else 0,
+        "steps": p.total_steps, "steps_per_epoch": p.steps_per_epoch, "budget_steps": t.max_steps,
+        "warmup_steps": p.warmup_steps, "checkpoint_every": p.checkpoint_every, "negatives": negatives,
+        "dimension": dim, "final_loss": history[-1]["loss"] if history else None,
+        "mean_step_seconds": float(np.mean(seconds)) if seconds else None,
+        "checkpoint": {"step": _step_of(picked), "validation": {k: chosen_metrics.get(f"eval_val_{k}")
+                                                                  for k in metrics} if vset else None},
+        "interpolation": mix, "preflight": verdict,
     }
+    if mix:
+        run.write_json("train/interpolation.json", mix)
     write_card(out, spec, base_model, summary, metrics=None)
     return summary
+
+
+def _step_of(checkpoint_dir: Path) -> int | None:
+    state = checkpoint_dir / HF_CHECKPOINT / "trainer_state.json"
+    return json.loads(state.read_text()).get("global_step") if state.exists() else None
 
 
 def _check_dimension(base: str, tuned: str) -> int:

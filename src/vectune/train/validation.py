@@ -1,0 +1,117 @@
+"""Validation on held-out *training* queries: checkpoint choice and base/tuned mixing.
+
+The test split is never read here: the gate reads it after this stage has chosen. The
+held-out queries are ranked among a small corpus cut from the mined rows (their own
+positives and hard negatives first, then other mined documents), scored with the same
+pytrec_eval metrics as the evaluate stage, graded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from vectune.evaluate.metrics import score_run
+
+
+def _cutoff(metrics) -> int:
+    return max(int(m.split("@")[1]) for m in metrics)
+
+
+def retrieval_scores(model, vset: dict, metrics, batch_size: int = 64) -> dict[str, float]:
+    """Mean metrics of `model` ranking the validation corpus for the validation queries."""
+    qids, dids = list(vset["queries"]), list(vset["corpus"])
+    q = model.encode([vset["queries"][i] for i in qids], batch_size=batch_size, normalize_embeddings=True,
+                     convert_to_numpy=True, show_progress_bar=False)
+    d = model.encode([vset["corpus"][i] for i in dids], batch_size=batch_size, normalize_embeddings=True,
+                     convert_to_numpy=True, show_progress_bar=False)
+    scores = np.asarray(q, dtype=np.float32) @ np.asarray(d, dtype=np.float32).T
+    k = min(_cutoff(metrics), len(dids))
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    run = {qid: {dids[j]: float(scores[i, j]) for j in top[i]} for i, qid in enumerate(qids)}
+    means, _ = score_run(vset["qrels"], run, list(metrics))
+    return means
+
+
+def _evaluator_base():
+    from sentence_transformers.evaluation import SentenceEvaluator
+
+    return SentenceEvaluator
+
+
+class RetrievalEvaluator(_evaluator_base()):
+    """A sentence-transformers evaluator over the validation set (runs inside the trainer)."""
+
+    def __init__(self, vset: dict, metrics, primary: str, name: str = "val"):
+        super().__init__()
+        self.vset, self.metrics, self.name = vset, tuple(metrics), name
+        self.primary_metric = primary
+        self.greater_is_better = True
+
+    @classmethod
+    def from_set(cls, vset: dict, metrics, primary: str) -> "RetrievalEvaluator":
+        return cls(vset, tuple(dict.fromkeys([primary, *metrics])), primary)
+
+    def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        try:
+            means = retrieval_scores(model, self.vset, self.metrics)
+        finally:
+            model.train(was_training)
+        return self.prefix_name_to_metrics(means, self.name)
+
+
+def interpolate(base_state: dict, tuned_state: dict, weight: float) -> dict:
+    """(1 - weight) * base + weight * tuned, tensor by tensor (WiSE-FT); integer buffers from tuned."""
+    out: dict[str, Any] = {}
+    for name, t in tuned_state.items():
+        b = base_state[name]
+        out[name] = t if not t.is_floating_point() else (1.0 - weight) * b.to(t.dtype) + weight * t
+    return out
+
+
+def choose_weight(base_path: str, tuned_path: str, out_path: str, vset: dict, weights: list[float],
+                  metrics, primary: str, known: dict[float, dict] | None = None, threads: int | None = None,
+                  max_seq_length: int | None = None) -> dict:
+    """Score each mixing weight on the validation set; save the best mix to `out_path`.
+
+    Ties go to the weight nearer 1 (the tuned model). `known` holds scores already
+    measured (the chosen checkpoint's own, at weight 1.0).
+
+    Returns:
+        {"weight", "curve": [{"weight", <metrics>}...], "primary"}.
+    """
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    if threads:
+        torch.set_num_threads(threads)
+    metrics = tuple(dict.fromkeys([primary, *metrics]))
+    base = SentenceTransformer(base_path, device="cpu" if not torch.cuda.is_available() else None)
+    tuned = SentenceTransformer(tuned_path, device=base.device)
+    for m in (base, tuned):
+        if max_seq_length:
+            m.max_seq_length = max_seq_length
+        m.eval()
+    base_state = {k: v.detach().clone() for k, v in base.state_dict().items()}
+    tuned_state = {k: v.detach().clone() for k, v in tuned.state_dict().items()}
+    known = dict(known or {})
+    curve = []
+    for w in weights:
+        if w in known and all(m in known[w] for m in metrics):
+            scores = {m: known[w][m] for m in metrics}
+        else:
+            model = base if w == 0.0 else tuned
+            if 0.0 < w < 1.0:
+                tuned.load_state_dict(interpolate(base_state, tuned_state, w))
+            elif w == 1.0:
+                tuned.load_state_dict(tuned_state)
+            scores = retrieval_scores(model, vset, metrics)
+        curve.append({"weight": w, **{m: round(float(v), 6) for m, v in scores.items()}})
+    best = max(curve, key=lambda c: (c[primary], c["weight"]))
+    w = best["weight"]
+    tuned.load_state_dict(tuned_state if w == 1.0 else interpolate(base_state, tuned_state, w))
+    tuned.save(out_path)
+    return {"weight": w, "curve": curve, "primary": primary}
