@@ -191,3 +191,86 @@ def test_caps_sample_queries_then_pairs_with_the_seed():
     assert four == pairs(max_queries=4, seed=1) and four != pairs(max_queries=4, seed=2)
     capped = pairs(max_queries=4, max_pairs=5, seed=1)
     assert len(capped) == 5 and set(capped) <= set(four)
+
+
+def test_max_pairs_is_fair_across_queries_and_prefers_higher_grades():
+    """One query with 200 positives and 20 with 2 each: a cap of 40 pairs gives every query
+    its share (uniform sampling over pairs would give the big query ~36 of them)."""
+    from vectune.data import Labels
+    from vectune.mine.stage import select_pairs
+    from vectune.spec import validate_dict
+
+    qrels = {"big": {f"b{i}": (2 if i < 3 else 1) for i in range(200)}}
+    qrels.update({f"q{i}": {f"d{i}a": 1, f"d{i}b": 1} for i in range(20)})
+    labels = Labels(qrels=qrels, queries={q: q for q in qrels})
+    spec = validate_dict({"version": 1, "name": "t", "data": {"corpus": {"path": "c.jsonl"}},
+                          "mine": {"max_pairs": 40, "seed": 4}}, "t")
+    got = select_pairs(spec, labels)
+    per_query = {q: sum(1 for x, _ in got if x == q) for q in qrels}
+    assert len(got) == 40 and max(per_query.values()) - min(per_query.values()) <= 1
+    big = [d for q, d in got if q == "big"]
+    assert big and all(qrels["big"][d] == 2 for d in big)  # grade 2 before grade 1
+    assert got == select_pairs(spec, labels)  # seeded
+
+
+def test_max_pairs_auto_follows_the_training_budget():
+    from vectune.mine.stage import pair_cap
+    from vectune.spec import validate_dict
+
+    def cap(mine=None, train=None):
+        return pair_cap(validate_dict({"version": 1, "name": "t", "data": {"corpus": {"path": "c.jsonl"}},
+                                       "mine": mine or {}, "train": train or {}}, "t"))
+
+    assert cap(train={"max_steps": 100, "batch_size": 32}) == 3680  # 100 x 32 x 1.15
+    assert cap(train={"max_steps": None}) is None
+    assert cap(mine={"max_pairs": 7}) == 7 and cap(mine={"max_pairs": None}) is None
+
+
+def _graded_query() -> QueryCandidates:
+    """A strong positive (0.8), a weak one scoring below most candidates (0.35)."""
+    return cands(SCORES, positives=(("p", 0.8), ("weak", 0.35)))
+
+
+def test_pair_reference_judges_each_row_against_its_own_positive():
+    from vectune.mine.select import choose_rows
+
+    s = spec(relative_margin=0.05, reference="pair")
+    rows = choose_rows(s, _graded_query(), ["p", "weak"])
+    # the strong row: everything below 0.8 * 0.95 = 0.76
+    assert rows["p"].ids == ["d2", "d3", "d4"]
+    # the weak row: below 0.35 * 0.95 = 0.3325
+    assert rows["weak"].ids == ["d7", "d8", "d9"]
+    assert rows["p"] is not rows["weak"]
+
+
+def test_weakest_reference_matches_the_library_rule_and_shares_one_choice():
+    from vectune.mine.select import choose_rows
+
+    s = spec(relative_margin=0.05, reference="weakest")
+    rows = choose_rows(s, _graded_query(), ["p", "weak"])
+    assert rows["p"] is rows["weak"] and rows["p"].ids == ["d7", "d8", "d9"]
+    assert rows["p"].dropped["relative_margin"] == 7
+    assert rows["p"].ids == choose(s, _graded_query()).ids  # the plain per-query choice
+
+
+def test_emptied_by_names_the_guard_that_took_every_candidate():
+    from vectune.mine.select import choose_rows
+
+    c = cands([0.9, 0.85, 0.8], positives=(("p", 0.8), ("weak", 0.1)))
+    rows = choose_rows(spec(relative_margin=0.05, reference="weakest"), c, ["p"])
+    assert rows["p"].ids == [] and rows["p"].emptied_by == "relative_margin"
+    assert choose(spec(range_min=3), cands([0.5, 0.4, 0.3])).emptied_by == "window"
+    assert choose(spec(), cands([])).emptied_by == "no_candidates"
+    assert choose(spec(), cands(SCORES)).emptied_by is None
+
+
+def test_pair_reference_samples_each_row_with_its_own_seed():
+    from vectune.mine.select import choose_rows
+
+    s = spec(sampling="random", range_max=10, reference="pair", seed=3)
+    c = cands(SCORES, positives=(("p", 0.95), ("p2", 0.95)))
+    a, b = choose_rows(s, c, ["p", "p2"]), choose_rows(s, c, ["p", "p2"])
+    assert a["p"].ids == b["p"].ids and a["p2"].ids == b["p2"].ids
+    draws = {tuple(choose_rows(spec(sampling="random", range_max=10, reference="pair", seed=k), c, ["p"])["p"].ids)
+             for k in range(10)}
+    assert len(draws) > 1

@@ -1,0 +1,90 @@
+"""The training plan (pure): held-out validation queries, row groups by hard-negative
+count, the step budget and the checkpoint schedule."""
+
+from __future__ import annotations
+
+import pytest
+
+from vectune.errors import StageError
+from vectune.spec import validate_dict
+from vectune.train.plan import plan, validation_set
+
+
+def _spec(**train):
+    return validate_dict({"version": 1, "name": "t", "data": {"corpus": {"path": "c.jsonl"}},
+                          "train": {"batch_size": 8, "validation_queries": 0, **train}}, "t")
+
+
+def _rows(n_queries: int, per_query: int, negatives):
+    """Query ids and negative counts: `negatives(i)` for the i-th row."""
+    qids = [f"q{q}" for q in range(n_queries) for _ in range(per_query)]
+    return qids, [negatives(i) for i in range(len(qids))]
+
+
+def test_rows_short_of_negatives_train_in_their_own_group():
+    qids, counts = _rows(40, 2, lambda i: 3 if i % 2 else 0)
+    p = plan(qids, counts, _spec(epochs=1), negatives=1)
+    assert p.groups == {1: 40, 0: 40} and p.rows_without_negatives == 40 and p.dropped_short == 0
+    assert p.steps_per_epoch == 10 and p.total_steps == 10
+
+
+def test_require_negatives_drops_short_rows_and_says_why_when_nothing_is_left():
+    qids, counts = _rows(40, 2, lambda i: 3 if i % 2 else 0)
+    p = plan(qids, counts, _spec(require_negatives=True), negatives=1)
+    assert p.groups == {1: 40} and p.dropped_short == 40
+    qids, counts = _rows(4, 1, lambda i: 0)
+    with pytest.raises(StageError, match="cannot fill one batch of 8.*fewer than 1 hard negatives"):
+        plan(qids, counts, _spec(require_negatives=True), negatives=1)
+    with pytest.raises(StageError, match="fewer than 1 hard negatives"):  # triplet needs its negative
+        plan(qids, counts, _spec(), negatives=1, exact_negatives=True)
+
+
+def test_small_groups_merge_down_and_a_tiny_last_group_is_left_out():
+    # 3 rows with 3 negatives (too few for a batch of 8): they train with 2; 5 rows with none: left out
+    counts = [3] * 3 + [2] * 30 + [0] * 5
+    qids = [f"q{i}" for i in range(len(counts))]
+    p = plan(qids, counts, _spec(), negatives=3)
+    assert p.groups == {2: 33} and p.dropped_short == 5
+    assert {p.group_of[i] for i in range(3)} == {2} and all(i not in p.group_of for i in range(33, 38))
+
+
+def test_budget_caps_steps_and_the_schedule_follows_the_run():
+    qids, counts = _rows(1000, 10, lambda i: 1)  # 10,000 rows: 1,250 steps an epoch
+    p = plan(qids, counts, _spec(epochs=2, max_steps=40, warmup_ratio=0.1), negatives=1)
+    assert p.steps_per_epoch == 1250 and p.total_steps == 40 and p.warmup_steps == 4
+    assert p.checkpoint_every == 10  # 4 checkpoints over the run by default
+    small = plan(*_rows(20, 1, lambda i: 1), _spec(epochs=1, max_steps=100), negatives=1)
+    assert small.total_steps == 2 and small.checkpoint_every == 1
+    assert plan(qids, counts, _spec(max_steps=40, checkpoint_every=25), negatives=1).checkpoint_every == 25
+
+
+def test_validation_queries_are_held_out_whole_and_seeded():
+    qids, counts = _rows(300, 3, lambda i: 1)
+    p = plan(qids, counts, _spec(validation_queries="auto"), negatives=1)
+    assert len(p.held) == 30  # 10% of 300
+    assert all(qids[i] not in p.held for i in p.group_of) and p.rows == 270 * 3
+    assert p.held == plan(qids, counts, _spec(validation_queries="auto"), negatives=1).held
+    assert len(plan(*_rows(99, 1, lambda i: 1), _spec(validation_queries="auto"), negatives=1).held) == 0
+    with pytest.raises(StageError, match="leaves no training queries"):
+        plan(*_rows(5, 1, lambda i: 1), _spec(validation_queries=5), negatives=1)
+
+
+def test_gradient_accumulation_and_workers_split_the_batch():
+    qids, counts = _rows(64, 1, lambda i: 1)
+    p = plan(qids, counts, _spec(batch_size=16, workers=2, gradient_accumulation=2), negatives=1)
+    assert p.micro_batch == 4 and p.steps_per_epoch == 4
+    with pytest.raises(StageError, match="fewer than 2 rows per worker"):
+        plan(qids, counts, _spec(batch_size=8, workers=2, gradient_accumulation=4), negatives=1)
+
+
+def test_validation_set_ranks_held_queries_among_mined_documents():
+    rows = [{"query_id": f"q{q}", "query": f"query {q}", "positive_id": f"p{q}{j}", "positive": f"pos {q}{j}",
+             "grade": 2 if j == 0 else 1, "negative_ids": [f"n{q}{j}"], "negatives": [f"neg {q}{j}"]}
+            for q in range(10) for j in range(2)]
+    vs = validation_set(rows, {"q0", "q1"}, docs=12, seed=1, prompts=("query: ", "passage: "))
+    assert set(vs["queries"]) == {"q0", "q1"} and vs["queries"]["q0"] == "query: query 0"
+    assert vs["qrels"]["q0"] == {"p00": 2, "p01": 1}
+    own = {"p00", "p01", "n00", "n01", "p10", "p11", "n10", "n11"}
+    assert own <= set(vs["corpus"]) and len(vs["corpus"]) == 12
+    assert all(t.startswith("passage: ") for t in vs["corpus"].values())
+    assert validation_set(rows, set(), docs=12, seed=1) is None
