@@ -40,8 +40,10 @@ os.environ.setdefault("RAY_worker_niceness", "0")
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "scifact"
+# `reference: weakest` and no pair cap: the library's rule (every candidate judged against the
+# query's weakest positive) on every pair, so both sides choose among the same candidates
 SETTINGS = {"num_negatives": 3, "range_min": 10, "range_max": 100, "relative_margin": 0.05, "sampling": "top",
-            "margin": None, "max_score": None}
+            "margin": None, "max_score": None, "reference": "weakest", "max_pairs": None}
 GOALS = {"cold": 1.0, "warm": 0.2}
 
 

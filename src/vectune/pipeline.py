@@ -94,13 +94,27 @@ def _train_stage(spec: Spec, run: Run, *, force: bool) -> dict:
         log.info("train: finished earlier with the same inputs, skipped")
         return run.stage_info("train").get("outputs", {})
     base = base_model_path(spec)
+    verdict = _preflight(run)
     with run.stage("train", inputs) as outputs:
-        summary = train_model(spec, run, base)
+        summary = train_model(spec, run, base, preflight=verdict)
         outputs.update(summary)
     models = run.manifest.setdefault("models", {})
     models["tuned"] = {"path": summary["model"], "fingerprint": model_fingerprint(summary["model"])}
     run.save()
     return summary
+
+
+def _preflight(run: Run) -> dict | None:
+    """The mine audit's verdict on the rows about to train, logged before training starts:
+    the share of queries with hard negatives, and the guard to blame when it is low."""
+    from vectune.mine import AUDIT, preflight
+
+    audit = run.read_json("/".join(AUDIT))
+    if not audit:
+        return None
+    verdict = preflight(audit)
+    (log.warning if verdict["low"] else log.info)("train pre-flight: %s", verdict["message"])
+    return verdict
 
 
 def _evaluate_stage(spec: Spec, run: Run, data: DomainData, *, force: bool) -> dict:

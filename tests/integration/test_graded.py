@@ -110,13 +110,13 @@ def test_rows_without_hard_negatives_still_train_and_batches_never_repeat_a_quer
     """Mined under the weakest-positive rule most rows have no hard negatives: training goes on
     with in-batch negatives (one dataset per negative count), validation picks the checkpoint
     and the mixing weight, and the no-duplicates sampler keeps each query once per batch."""
-    from vectune.pipeline import base_model_path
-    from vectune.train import train
+    from vectune import pipeline
 
     sl, qrels = graded
     spec, run, audit = _mine(sl, "starved", reference="weakest")
     assert audit["rows_without_negatives"] > audit["triples_out"] / 2
-    summary = train(spec, run, base_model_path(spec))
+    summary = pipeline.train(spec, run_id=run.id)["train"]  # pre-flight, then the train stage
+    run = Run.open(spec, run.id)
     assert summary["steps"] == 4 and summary["dimension"] == 384
     assert summary["rows_without_negatives"] > 0 and "0" in summary["rows_by_negatives"]
     assert summary["rows"] + summary["rows_short_of_negatives"] + sum(
@@ -128,6 +128,17 @@ def test_rows_without_hard_negatives_still_train_and_batches_never_repeat_a_quer
     assert summary["checkpoint"]["validation"]["ndcg@10"] is not None
     history = [json.loads(x) for x in run.path("train", "loss.jsonl").read_text().splitlines()]
     assert [h["step"] for h in history] == [1, 2, 3, 4]
+    checkpoints = [json.loads(x) for x in run.path("train", "validation.jsonl").read_text().splitlines()]
+    assert [c["step"] for c in checkpoints] == [1, 2, 3, 4] and all("ndcg@10" in c for c in checkpoints)
+    assert summary["checkpoint"]["validation"]["ndcg@10"] == max(c["ndcg@10"] for c in checkpoints)
+    # the run report shows both curves and the weight the gate will judge
+    from vectune.report import render_report
+
+    page = render_report(run.dir)
+    assert "validation on held-out training queries" in page
+    assert f"kept weight {mix['weight']}" in page
+    for c in mix["curve"]:
+        assert f"<tr><th>{c['weight']}</th>" in page
 
 
 def _held(run: Run) -> set[str]:

@@ -32,10 +32,14 @@ class Mined:
         self.spec, self.run, self.audit = spec, run, audit
         self.table = pq.read_table(run.path(*TRIPLES))
         self.rows = self.table.to_pylist()
-        self.negatives: dict[str, list[tuple[str, float]]] = {}
+        self.negatives: dict[str, list[tuple[str, float]]] = {}  # a query's last row
+        self.row_negatives: dict[tuple[str, str], list[tuple[str, float]]] = {}
+        self.positive_score: dict[tuple[str, str], np.float32] = {}
         self.positive_min: dict[str, np.float32] = {}
         for r in self.rows:
             self.negatives[r["query_id"]] = list(zip(r["negative_ids"], r["negative_scores"]))
+            self.row_negatives[(r["query_id"], r["positive_id"])] = self.negatives[r["query_id"]]
+            self.positive_score[(r["query_id"], r["positive_id"])] = np.float32(r["positive_score"])
             low = np.float32(r["positive_score"])
             self.positive_min[r["query_id"]] = min(self.positive_min.get(r["query_id"], low), low)
 
@@ -119,27 +123,32 @@ def test_duplicate_of_a_positive_never_comes_out_as_negative(baseline, slice_):
 GUARDS = {"margin": 0.02, "relative_margin": 0.1, "max_score": 0.35}
 
 
-def _keep(run: Mined, q: str, score: float) -> bool:
+def _keep(reference: np.float32, score: float) -> bool:
     """The guards as the spec documents them, in float32 as sentence-transformers compares."""
-    s, p = np.float32(score), run.positive_min[q]
+    s, p = np.float32(score), reference
     margin, relative, top = (np.float32(GUARDS[k]) for k in ("margin", "relative_margin", "max_score"))
     return not (s + margin > p or s > p - abs(p) * relative or s > top)
 
 
-def test_guards_and_rank_window_remove_exactly_what_they_say(baseline, slice_):
+@pytest.mark.parametrize("reference", ["pair", "weakest"])
+def test_guards_and_rank_window_remove_exactly_what_they_say(baseline, slice_, reference):
+    """`pair` judges each row against its own positive; `weakest` every row of a query against
+    the query's lowest-scoring positive (sentence-transformers' rule)."""
     # the baseline's depth (range_max 20), so both runs look at the same candidates
-    guarded = _mine(slice_.spec_path, **GUARDS, range_min=5, num_negatives=7)
+    guarded = _mine(slice_.spec_path, **GUARDS, range_min=5, num_negatives=7, reference=reference)
     dropped = guarded.audit["dropped"]
     assert all(dropped[g] > 0 for g in (*GUARDS, "range_min")), dropped
-    for q, negs in baseline.negatives.items():
+    assert guarded.audit["judged_per"] == ("pair" if reference == "pair" else "query")
+    for (q, p), negs in baseline.row_negatives.items():
         assert guarded.positive_min[q] == baseline.positive_min[q]
+        ref = guarded.positive_score[(q, p)] if reference == "pair" else guarded.positive_min[q]
         # baseline survivors that pass the guards, best first: the window starts at rank 5 of them
-        expected = [d for d, s in negs if _keep(guarded, q, s)]
-        got = guarded.ids(q)
+        expected = [d for d, s in negs if _keep(ref, s)]
+        got = [d for d, _ in guarded.row_negatives[(q, p)]]
         k = min(7, max(0, len(expected) - 5))
-        assert len(got) >= k and got[:k] == expected[5 : 5 + k], q
+        assert len(got) >= k and got[:k] == expected[5 : 5 + k], (q, p)
         assert not set(got) & set(expected[:5])
-        assert all(_keep(guarded, q, s) for _, s in guarded.negatives[q])
+        assert all(_keep(ref, s) for _, s in guarded.row_negatives[(q, p)])
 
 
 def test_seeded_random_sampling_and_the_embedding_cache(baseline, slice_):

@@ -88,3 +88,13 @@ def test_validation_set_ranks_held_queries_among_mined_documents():
     assert own <= set(vs["corpus"]) and len(vs["corpus"]) == 12
     assert all(t.startswith("passage: ") for t in vs["corpus"].values())
     assert validation_set(rows, set(), docs=12, seed=1) is None
+
+
+def test_validation_set_counts_every_labelled_positive_it_holds():
+    rows = [{"query_id": "q0", "query": "query 0", "positive_id": "a", "positive": "A", "grade": 1,
+             "negative_ids": [], "negatives": []},
+            {"query_id": "q1", "query": "query 1", "positive_id": "b", "positive": "B", "grade": 2,
+             "negative_ids": ["c"], "negatives": ["C"]}]
+    labels = {"q0": {"a": 1, "b": 2, "z": 1}, "q1": {"b": 2}}
+    vs = validation_set(rows, {"q0"}, docs=10, seed=0, labels=labels)
+    assert vs["qrels"] == {"q0": {"a": 1, "b": 2}}  # b is in the corpus (q1's row); z never was

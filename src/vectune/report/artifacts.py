@@ -38,6 +38,8 @@ class RunArtifacts:
         per_query: {"<role>-<split>": {qid: {metric: value}}} from `per_query/`.
         loss: `train/loss.jsonl` rows, one per optimizer step.
         audit: `mine/mine_audit.json`.
+        validation: `train/validation.jsonl`: each checkpoint's score on the validation queries.
+        interpolation: `train/interpolation.json`: the base/tuned mixing curve and the weight kept.
     """
 
     dir: Path
@@ -46,6 +48,8 @@ class RunArtifacts:
     per_query: dict[str, dict] = field(default_factory=dict)
     loss: list[dict] | None = None
     audit: dict | None = None
+    validation: list[dict] | None = None
+    interpolation: dict | None = None
 
     @classmethod
     def read(cls, run_dir: str | Path) -> "RunArtifacts":
@@ -58,7 +62,8 @@ class RunArtifacts:
                     per_query[p.stem] = loaded
         return cls(dir=d, manifest=_json(d / "manifest.json") or {}, metrics=_json(d / "metrics.json"),
                    per_query=per_query, loss=_jsonl(d / "train" / "loss.jsonl"),
-                   audit=_json(d / "mine" / "mine_audit.json"))
+                   audit=_json(d / "mine" / "mine_audit.json"), validation=_jsonl(d / "train" / "validation.jsonl"),
+                   interpolation=_json(d / "train" / "interpolation.json"))
 
     @property
     def run_id(self) -> str:

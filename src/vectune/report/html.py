@@ -114,6 +114,17 @@ def _train(a: RunArtifacts) -> str:
         outputs = {k: v for k, v in (info.get("outputs") or {}).items()}
         parts.append(_kv({"status": info.get("status"), "seconds": info.get("seconds"), **outputs}))
     parts.append(_img(plots.loss_curve(a.loss), "training loss") if a.loss else _missing("loss log"))
+    if a.validation or a.interpolation:
+        metric = (a.interpolation or {}).get("primary") or next(
+            (k for k in (a.validation or [{}])[0] if k != "step"), "ndcg@10")
+        parts.append("<h3>validation on held-out training queries</h3>")
+        parts.append(_img(plots.validation_curves(a.validation, a.interpolation, metric),
+                          "validation per checkpoint and per mixing weight"))
+        if a.interpolation:
+            curve = a.interpolation.get("curve") or []
+            names = [k for k in (curve[0] if curve else {}) if k != "weight"]
+            parts.append(_table(["tuned weight", *names], [[c["weight"], *(c.get(n) for n in names)] for c in curve]))
+            parts.append(f"<p>kept weight {a.interpolation.get('weight')}: the gate judges this model</p>")
     return "".join(parts)
 
 

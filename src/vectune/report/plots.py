@@ -60,6 +60,26 @@ def loss_curve(rows: list[dict]) -> str:
     return _png(fig)
 
 
+def validation_curves(checkpoints: list[dict] | None, mixing: dict | None, metric: str) -> str:
+    """Validation `metric` per checkpoint step (left) and per base/tuned mixing weight (right)."""
+    fig, axes = plt.subplots(1, 2, figsize=(8.0, 3.0))
+    left, right = axes
+    rows = [r for r in checkpoints or [] if r.get(metric) is not None]
+    if rows:
+        left.plot([r["step"] for r in rows], [r[metric] for r in rows], "o-", color=_COLORS["tuned"])
+    left.set_xlabel("checkpoint step")
+    left.set_ylabel(f"validation {metric}")
+    curve = (mixing or {}).get("curve") or []
+    if curve:
+        right.plot([c["weight"] for c in curve], [c[metric] for c in curve], "o-", color=_COLORS["model"])
+        right.axvline(mixing["weight"], ls="--", color="#444", lw=1, label=f"kept: {mixing['weight']:.2f}")
+        right.legend(fontsize=8)
+    right.set_xlabel("weight of the tuned model (0 = base)")
+    right.set_ylabel(f"validation {metric}")
+    fig.tight_layout()
+    return _png(fig)
+
+
 def score_histogram(hist: dict) -> str:
     """Positive vs mined-negative scores over the audit's shared bin edges."""
     edges = np.asarray(hist["edges"], dtype=float)

@@ -104,6 +104,11 @@ def _callbacks(config: LoopConfig, rank: int, world: int):
                                  "seconds": h.get("seconds"), "time": h.get("time")})
                      for h in state.log_history if "loss" in h and "step" in h]
             Path(config.log_path).write_text("\n".join(lines) + "\n")
+            evals = [{"step": h["step"], **{k[len("eval_val_"):]: v for k, v in h.items() if k.startswith("eval_val_")}}
+                     for h in state.log_history if any(k.startswith("eval_val_") for k in h)]
+            if evals:  # the validation score of each checkpoint, beside the loss log
+                Path(config.log_path).with_name("validation.jsonl").write_text(
+                    "\n".join(json.dumps(e) for e in evals) + "\n")
 
     class FailOnce(TrainerCallback):
         """Fault injection for the resume tests: one worker dies once at a chosen step."""
@@ -134,8 +139,8 @@ def build_trainer(config: LoopConfig, datasets, *, rank: int, world: int, device
     if config.max_seq_length:
         model.max_seq_length = config.max_seq_length
     loss = build_loss(config.loss, model, world, guide=config.base_model_path)
-    evaluator = RetrievalEvaluator.from_set(config.validation, config.metrics, config.primary) \
-        if config.validation else None
+    evaluator = RetrievalEvaluator.from_set(config.validation, config.metrics, config.primary,
+                                            precision=config.precision) if config.validation else None
     args = Args(
         output_dir=work,
         max_steps=config.total_steps,

@@ -127,8 +127,8 @@ def plan(query_ids: list[str], negative_counts: list[int], spec, negatives: int,
     )
 
 
-def validation_set(rows: list[dict], held: set[str], docs: int, seed: int, prompts: tuple[str, str] = ("", "")
-                   ) -> dict | None:
+def validation_set(rows: list[dict], held: set[str], docs: int, seed: int, prompts: tuple[str, str] = ("", ""),
+                   labels: dict[str, dict[str, int]] | None = None) -> dict | None:
     """Queries, corpus and graded qrels for the held-out queries, from mined rows.
 
     Args:
@@ -136,6 +136,9 @@ def validation_set(rows: list[dict], held: set[str], docs: int, seed: int, promp
         held: the held-out query ids.
         docs: corpus size to aim for (the held-out queries' own documents always go in).
         prompts: (query prefix, document prefix) prepended as the encoders do.
+        labels: every training label (query -> document -> grade): a held-out query's
+            positive that made it into the corpus as another row's document counts as
+            relevant, not as a miss (queries with many positives have most of theirs unmined).
     """
     if not held:
         return None
@@ -154,6 +157,10 @@ def validation_set(rows: list[dict], held: set[str], docs: int, seed: int, promp
     fill = sorted(set(others) - set(corpus))
     random.Random(seed).shuffle(fill)
     corpus.update((d, others[d]) for d in fill[: max(0, docs - len(corpus))])
+    for q in queries:
+        for d, grade in (labels or {}).get(q, {}).items():
+            if d in corpus:
+                qrels[q].setdefault(d, int(grade))
     return {"queries": queries, "corpus": corpus, "qrels": qrels}
 
 

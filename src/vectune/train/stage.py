@@ -1,6 +1,6 @@
 """The train stage: mined triples -> a fine-tuned sentence-transformers model, on Ray Train.
 
-Top to bottom: the pre-flight check of the mine audit; the plan (validation queries held
+Top to bottom: the plan (validation queries held
 out, rows grouped by their number of hard negatives, steps from the budget); Ray Train
 runs `SentenceTransformerTrainer` on every worker (`loop.py`); the best checkpoint on the
 validation queries is mixed with the base model at the best weight (`validation.py`).
@@ -39,25 +39,27 @@ def _choose_weight_task(**kwargs):
     return choose_weight(**kwargs)
 
 
-def _preflight(run: Run) -> dict | None:
-    """The mine audit's verdict on the rows about to train, logged before training starts."""
-    from vectune.mine import AUDIT, preflight
+def _training_qrels(spec: Spec) -> dict[str, dict[str, int]] | None:
+    """Every training label, for the validation qrels (None when the labels cannot be read
+    here, e.g. triples copied in from elsewhere: then only the mined pairs count)."""
+    from vectune.data import DomainData
+    from vectune.errors import VectuneError
 
-    audit = run.read_json("/".join(AUDIT))
-    if not audit:
+    try:
+        return DomainData(spec).labels("train").qrels
+    except (VectuneError, OSError) as exc:
+        log.info("validation: training labels unavailable (%s); scoring against mined pairs only", exc)
         return None
-    verdict = preflight(audit)
-    (log.warning if verdict["low"] else log.info)("train pre-flight: %s", verdict["message"])
-    return verdict
 
 
-def train(spec: Spec, run: Run, base_model: str) -> dict:
+def train(spec: Spec, run: Run, base_model: str, *, preflight: dict | None = None) -> dict:
     """Fine-tune `base_model` on the run's mined triples; save it in sentence-transformers format.
 
     Ray must be running. A re-run of the same run id resumes from the latest checkpoint
     (Ray Train restores it from the run's storage folder); worker failures resume in-run.
     With validation queries, the best checkpoint is kept and mixed with the base model at
-    the weight that scores best on them (`train.interpolation`).
+    the weight that scores best on them (`train.interpolation`). `preflight` is the mine
+    audit's verdict on these rows (`vectune.mine.preflight`), kept in the summary.
     """
     import ray
     import ray.data
@@ -68,7 +70,6 @@ def train(spec: Spec, run: Run, base_model: str) -> dict:
     triples = run.path("mine", "triples.parquet")
     if not triples.exists():
         raise StageError(f"no mined triples at {triples}: run `vectune mine` (or `vectune run`) first")
-    verdict = _preflight(run)
     table = pq.read_table(triples)
     if "grade" not in table.column_names:  # triples mined before graded labels
         table = table.append_column("grade", pa.array([1] * table.num_rows, pa.int32()))
@@ -82,7 +83,8 @@ def train(spec: Spec, run: Run, base_model: str) -> dict:
         "checkpoint_every": p.checkpoint_every})
     m = spec.model
     rows = table.select(_COLUMNS).to_pylist()
-    vset = validation_set(rows, set(p.held), t.validation_docs, t.seed, (m.query_prefix, m.document_prefix))
+    vset = validation_set(rows, set(p.held), t.validation_docs, t.seed, (m.query_prefix, m.document_prefix),
+                          labels=_training_qrels(spec) if p.held else None)
     keep = sorted(p.group_of)
     train_table = table.select(["query", "positive", "negatives"]).take(pa.array(keep, pa.int64()))
     train_table = train_table.append_column("group", pa.array([p.group_of[i] for i in keep], pa.int32()))
@@ -155,7 +157,8 @@ def train(spec: Spec, run: Run, base_model: str) -> dict:
             num_cpus=t.cpus_per_worker, num_gpus=t.gpus_per_worker or 0)
         mix = ray.get(task.remote(base_path=base_model, tuned_path=tuned, out_path=str(out), vset=vset,
                                   weights=t.interpolation, metrics=metrics, primary=primary, known=known,
-                                  threads=threads, max_seq_length=t.max_seq_length or m.max_seq_length))
+                                  threads=threads, max_seq_length=t.max_seq_length or m.max_seq_length,
+                                  precision=t.precision))
         log.info("interpolation: weight %.2f of the tuned model scores best on the validation queries (%s)",
                  mix["weight"], ", ".join(f"{c['weight']:.2f}: {c[primary]:.4f}" for c in mix["curve"]))
     else:
@@ -175,7 +178,7 @@ def train(spec: Spec, run: Run, base_model: str) -> dict:
         "mean_step_seconds": float(np.mean(seconds)) if seconds else None,
         "checkpoint": {"step": _step_of(picked), "validation": {k: chosen_metrics.get(f"eval_val_{k}")
                                                                   for k in metrics} if vset else None},
-        "interpolation": mix, "preflight": verdict,
+        "interpolation": mix, "preflight": preflight,
     }
     if mix:
         run.write_json("train/interpolation.json", mix)

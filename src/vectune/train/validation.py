@@ -19,14 +19,22 @@ def _cutoff(metrics) -> int:
     return max(int(m.split("@")[1]) for m in metrics)
 
 
-def retrieval_scores(model, vset: dict, metrics, batch_size: int = 64) -> dict[str, float]:
-    """Mean metrics of `model` ranking the validation corpus for the validation queries."""
+def _vectors(model, texts: list[str], batch_size: int, precision: str) -> np.ndarray:
+    from vectune.embed.encoder import autocast
+
+    with autocast(precision, model.device.type):
+        out = model.encode(texts, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=False)
+    v = out.float().cpu().numpy()
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)  # renormalised in fp32
+
+
+def retrieval_scores(model, vset: dict, metrics, batch_size: int = 64, precision: str = "fp32") -> dict[str, float]:
+    """Mean metrics of `model` ranking the validation corpus for the validation queries
+    (`precision: bf16` encodes under autocast, as training ran)."""
     qids, dids = list(vset["queries"]), list(vset["corpus"])
-    q = model.encode([vset["queries"][i] for i in qids], batch_size=batch_size, normalize_embeddings=True,
-                     convert_to_numpy=True, show_progress_bar=False)
-    d = model.encode([vset["corpus"][i] for i in dids], batch_size=batch_size, normalize_embeddings=True,
-                     convert_to_numpy=True, show_progress_bar=False)
-    scores = np.asarray(q, dtype=np.float32) @ np.asarray(d, dtype=np.float32).T
+    q = _vectors(model, [vset["queries"][i] for i in qids], batch_size, precision)
+    d = _vectors(model, [vset["corpus"][i] for i in dids], batch_size, precision)
+    scores = q @ d.T
     k = min(_cutoff(metrics), len(dids))
     top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     run = {qid: {dids[j]: float(scores[i, j]) for j in top[i]} for i, qid in enumerate(qids)}
@@ -43,21 +51,21 @@ def _evaluator_base():
 class RetrievalEvaluator(_evaluator_base()):
     """A sentence-transformers evaluator over the validation set (runs inside the trainer)."""
 
-    def __init__(self, vset: dict, metrics, primary: str, name: str = "val"):
+    def __init__(self, vset: dict, metrics, primary: str, name: str = "val", precision: str = "fp32"):
         super().__init__()
-        self.vset, self.metrics, self.name = vset, tuple(metrics), name
+        self.vset, self.metrics, self.name, self.precision = vset, tuple(metrics), name, precision
         self.primary_metric = primary
         self.greater_is_better = True
 
     @classmethod
-    def from_set(cls, vset: dict, metrics, primary: str) -> "RetrievalEvaluator":
-        return cls(vset, tuple(dict.fromkeys([primary, *metrics])), primary)
+    def from_set(cls, vset: dict, metrics, primary: str, precision: str = "fp32") -> "RetrievalEvaluator":
+        return cls(vset, tuple(dict.fromkeys([primary, *metrics])), primary, precision=precision)
 
     def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
         was_training = model.training
         model.eval()
         try:
-            means = retrieval_scores(model, self.vset, self.metrics)
+            means = retrieval_scores(model, self.vset, self.metrics, precision=self.precision)
         finally:
             model.train(was_training)
         return self.prefix_name_to_metrics(means, self.name)
@@ -74,7 +82,7 @@ def interpolate(base_state: dict, tuned_state: dict, weight: float) -> dict:
 
 def choose_weight(base_path: str, tuned_path: str, out_path: str, vset: dict, weights: list[float],
                   metrics, primary: str, known: dict[float, dict] | None = None, threads: int | None = None,
-                  max_seq_length: int | None = None) -> dict:
+                  max_seq_length: int | None = None, precision: str = "fp32") -> dict:
     """Score each mixing weight on the validation set; save the best mix to `out_path`.
 
     Ties go to the weight nearer 1 (the tuned model). `known` holds scores already
@@ -108,7 +116,7 @@ def choose_weight(base_path: str, tuned_path: str, out_path: str, vset: dict, we
                 tuned.load_state_dict(interpolate(base_state, tuned_state, w))
             elif w == 1.0:
                 tuned.load_state_dict(tuned_state)
-            scores = retrieval_scores(model, vset, metrics)
+            scores = retrieval_scores(model, vset, metrics, precision=precision)
         curve.append({"weight": w, **{m: round(float(v), 6) for m, v in scores.items()}})
     best = max(curve, key=lambda c: (c[primary], c["weight"]))
     w = best["weight"]

@@ -37,6 +37,10 @@ def run_trial(config: dict, *, spec: Spec, tune_id: str, triples: str | None, tr
 
     start = time.perf_counter()
     trial_spec = apply(spec, config)
+    # the search scores trials on its own held-out queries: no second hold-out and no
+    # mixing inside a trial (the final run chooses its checkpoint and weight itself)
+    trial_spec.train.validation_queries = 0
+    trial_spec.train.interpolation = [1.0]
     run = Run.create(trial_spec, f"{tune_id}/trials/{tune.get_context().get_trial_id()}")
     data = TrainingSubset(trial_spec, train_labels)
     if triples is None:
