@@ -6,7 +6,7 @@ On the same SciFact documents, in one process and one run:
   torch using every CPU: what a user would write without vectune; in fp32, and in bf16 under
   `torch.autocast` (what `model.precision: bf16` does);
 - ray: the corpus read and embedded as the evaluate stage does it
-  (`vectune.evaluate.stage.embedded_corpus`: `DomainData.corpus_dataset` into
+  (`vectune.embed.corpus.embedded_corpus`: `DomainData.corpus_dataset` into
   `vectune.embed.embed_dataset`) with the embedding cache disabled (batch 1024, the automatic
   actor plan), timed end to end: actor start and model load included; fp32 and bf16;
 - ceiling: two plain processes of one torch thread each, each with half the documents, started
@@ -160,32 +160,31 @@ def ray_run(spec, model_path: str, batch_size: int, concurrency: int | None, pre
     """The evaluate stage's corpus encoding (`embedded_corpus`, cache disabled), consumed to the end.
 
     With `log`, the actors run `_timed_encoder` and the result gets their phases."""
-    import vectune.embed.pipeline as embed_pipeline
-    from vectune.cluster import plan_actors
+    import vectune.embed.dataset as embed_dataset
     from vectune.data import DomainData
-    from vectune.evaluate.stage import corpus_batching, embedded_corpus
+    from vectune.embed import plan_actors
+    from vectune.embed.corpus import corpus_batching, embedded_corpus
 
     spec = spec.model_copy(update={"model": spec.model.model_copy(update={"precision": precision})})
     data = DomainData(spec)
     count = data.corpus.count  # the validation pass, outside the timing (the stage does it before Ray)
     plan = plan_actors(concurrency)
     batch, blocks = corpus_batching(count, batch_size, plan.actors)
-    encoder = embed_pipeline.Encoder
+    encoder = embed_dataset.Encoder
     if log is not None:
         log.unlink(missing_ok=True)
-        embed_pipeline.Encoder = _timed_encoder(log)
+        embed_dataset.Encoder = _timed_encoder(log)
     try:
         wall = time.time()
         start = time.perf_counter()
-        embedded, _ = embedded_corpus(spec, data, model_path, batch_size=batch_size, concurrency=concurrency,
-                                      cache=False)
+        embedded, _ = embedded_corpus(spec, data, model_path, plan, batch_size=batch_size, cache=False)
         n = 0
         for part in embedded.iter_batches(batch_size=None, batch_format="numpy"):
             n += len(part["doc_id"])
             assert part["embedding"].shape[1] == 384
         seconds = time.perf_counter() - start
     finally:
-        embed_pipeline.Encoder = encoder
+        embed_dataset.Encoder = encoder
     assert n == count, (n, count)
     row = {"batch_size": batch_size, "precision": precision, "effective_batch": batch, "read_blocks": blocks,
            "concurrency": concurrency, "actors": plan.actors, "threads": plan.threads,
@@ -208,7 +207,7 @@ def main() -> None:
 
     import ray
 
-    from vectune.cluster import init_ray
+    from vectune.runtime import init_ray
     from vectune.embed import resolve_model
     from vectune.spec import validate_dict
     from vectune.spec.runtime import RuntimeSpec

@@ -168,7 +168,7 @@ def main() -> None:
 
     import ray
 
-    from vectune.cluster import init_ray
+    from vectune.runtime import init_ray
     from vectune.embed import resolve_model
 
     model_path = resolve_model("all-MiniLM-L6-v2")

@@ -389,7 +389,7 @@ def memory_scaling(small_n: int, small: dict, big_n: int, big: dict) -> dict:
 def _one(args) -> None:
     """Child process: one corpus, with its own Ray, so peak memory and model residue of one
     corpus never leak into the next."""
-    from vectune.cluster import init_ray
+    from vectune.runtime import init_ray
     from vectune.spec.runtime import RuntimeSpec
 
     logging.basicConfig(level=logging.WARNING)

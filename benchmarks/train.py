@@ -90,9 +90,8 @@ def plain(rows, steps, batch, seq, lr=5e-5) -> list[float]:
 
 
 def ray_path(rows, steps, batch, seq, workers, cpus, tmp) -> list[float]:
-    from vectune.cluster import ray_session
-    from vectune.pipeline import base_model_path
-    from vectune.runs import Run
+    from vectune.runs import Run, base_model_path
+    from vectune.runtime import ray_session
     from vectune.spec import validate_dict
     from vectune.train import train
 

@@ -3,7 +3,7 @@
 Not a pipeline itself. A pipeline script parses `--spec PATH` (or reads the spec from the
 VECTUNE_SPEC_YAML variable, as `vectune submit --image` sends it), calls one library
 function, prints its JSON result on stdout and exits 0; a VectuneError becomes a message
-on stderr and its exit code (2 bad input, 3 gate failed, 1 otherwise).
+on stderr and its exit code (2 bad input, 3 gate failed, 1 otherwise), as in the CLI.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from typing import Callable
 
 #: set by Ray's job supervisor in the environment of a submitted job's driver
 _JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
-SPEC_ENV = "VECTUNE_SPEC_YAML"
 
 log = logging.getLogger("vectune")
 
@@ -33,20 +32,10 @@ def parser(description: str, *, model: bool = False) -> argparse.ArgumentParser:
 
 
 def load(path: str | None):
-    """The spec from `path`, or from $VECTUNE_SPEC_YAML when no path is given."""
-    from vectune.errors import SpecError
-    from vectune.spec import load_spec
-    from vectune.spec.load import Problem, parse_yaml, validate_dict
+    """The spec from `path`, or from $VECTUNE_SPEC_YAML; a submitted job joins its cluster."""
+    from vectune.spec import load_spec_from
 
-    if path:
-        spec = load_spec(path)
-    elif os.environ.get(SPEC_ENV):
-        data, lines = parse_yaml(os.environ[SPEC_ENV], f"${SPEC_ENV}")
-        if not isinstance(data, dict):
-            raise SpecError(f"${SPEC_ENV}", [Problem("", "the spec must be a YAML mapping of sections", 1)])
-        spec = validate_dict(data, f"${SPEC_ENV}", lines)
-    else:
-        raise SpecError("<none>", [Problem("", f"no spec: pass --spec PATH or set {SPEC_ENV}")])
+    spec = load_spec_from(path)
     if os.environ.get(_JOB_CONFIG_ENV) and spec.runtime.address == "local":
         # a submitted job runs inside a cluster: join it instead of starting a private Ray
         log.info("running as a Ray job: runtime.address local -> auto")
@@ -64,8 +53,8 @@ def main(description: str, call: Callable, *, model: bool = False, extra: Callab
 
 
 def execute(call: Callable, args: argparse.Namespace) -> int:
-    from vectune._console import emit_json, setup_logging
-    from vectune.errors import SpecError, VectuneError
+    from vectune._console import emit_json, print_error, setup_logging
+    from vectune.errors import VectuneError
 
     setup_logging(args.verbose)
     # the job's runtime_env and vectune's own worker env may name the same variables
@@ -73,12 +62,7 @@ def execute(call: Callable, args: argparse.Namespace) -> int:
     try:
         result = call(load(args.spec), args)
     except VectuneError as exc:
-        if isinstance(exc, SpecError):
-            print(f"invalid spec {exc.source}", file=sys.stderr)
-            for problem in exc.problems:
-                print(f"  - {problem}", file=sys.stderr)
-        else:
-            print(f"error: {exc}", file=sys.stderr)
+        print_error(exc)
         return exc.exit_code
     emit_json(result)
     return 0

@@ -30,18 +30,32 @@ import yaml  # noqa: E402
 SCIFACT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scifact"
 
 
-# -- GPU tests skip without a GPU ------------------------------------------------------
-def pytest_collection_modifyitems(config, items):
-    gpu_items = [item for item in items if "gpu" in item.keywords]
-    if not gpu_items:
-        return
-    import torch
+# -- test tiers ---------------------------------------------------------------------------
+# `pytest` with no options runs what CI runs (`.ci/run`): unit, integration (a local Ray),
+# k8s manifests and the two-node cluster; `slow` tests only with --run-slow; `gpu` tests
+# only where a CUDA GPU is present. --no-cluster leaves the two-node cluster out.
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", default=False,
+                     help="also run tests marked slow (minutes each; not in CI)")
+    parser.addoption("--no-cluster", action="store_true", default=False,
+                     help="leave out tests marked cluster (they start a two-node Ray cluster with `ray start`)")
 
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU")
-    for item in gpu_items:
-        item.add_marker(skip)
+
+def pytest_collection_modifyitems(config, items):
+    skips = {}
+    if not config.getoption("--run-slow"):
+        skips["slow"] = pytest.mark.skip(reason="slow: opt in with --run-slow")
+    if config.getoption("--no-cluster"):
+        skips["cluster"] = pytest.mark.skip(reason="cluster: left out with --no-cluster")
+    if any("gpu" in item.keywords for item in items):
+        import torch
+
+        if not torch.cuda.is_available():
+            skips["gpu"] = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        for marker, skip in skips.items():
+            if marker in item.keywords:
+                item.add_marker(skip)
 
 
 # -- SciFact and slices of it -----------------------------------------------------------
@@ -204,7 +218,7 @@ def ray_local():
     """A local 2-CPU Ray for one test module (joined, not restarted, if one is already up)."""
     import ray
 
-    from vectune.cluster import init_ray
+    from vectune.runtime import init_ray
     from vectune.spec.runtime import RuntimeSpec
 
     started = init_ray(RuntimeSpec(num_cpus=2))

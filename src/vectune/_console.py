@@ -21,7 +21,7 @@ def setup_logging(verbose: bool = False) -> None:
 
     Without it, Ray Data's per-dataset lines stay quiet (`RAY_DATA_LOG_LEVEL`, read when
     Ray Data is imported) and worker output is not forwarded to the driver (see
-    `vectune.cluster.init_ray`): errors still arrive as exceptions, and progress comes from
+    `vectune.runtime.init_ray`): errors still arrive as exceptions, and progress comes from
     `vectune.progress`.
     """
     level = logging.DEBUG if verbose else logging.INFO
@@ -33,6 +33,21 @@ def setup_logging(verbose: bool = False) -> None:
     logging.getLogger("vectune").setLevel(level)
     for noisy in ("ray", "ray.data", "ray.train", "ray.tune", "httpx", "sentence_transformers", "transformers"):
         logging.getLogger(noisy).setLevel(logging.ERROR if not verbose else logging.INFO)
+
+
+def print_error(exc: BaseException) -> None:
+    """An error as a user reads it on stderr: a spec's problems one per line, else the message."""
+    from rich.markup import escape
+
+    from vectune.errors import SpecError
+
+    # messages quote user data (ids, paths, YAML): escape it, or `[/x]` is read as markup
+    if isinstance(exc, SpecError):
+        err.print(f"[bold red]invalid spec[/] {escape(exc.source)}", highlight=False)
+        for problem in exc.problems:
+            err.print(f"  - {problem}", markup=False, highlight=False)
+    else:
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False)
 
 
 def emit_json(payload: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 EXIT_OK = 0
@@ -16,12 +17,32 @@ class VectuneError(Exception):
     exit_code = EXIT_FAILURE
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a spec."""
+
+    path: str
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f"line {self.line}: " if self.line else ""
+        return f"{where}{self.path or '<spec>'}: {self.message}"
+
+
 class SpecError(VectuneError):
-    """The spec is invalid: every problem, with its field path and YAML line."""
+    """The spec is invalid: every problem, with its field path and YAML line.
+
+    Args:
+        source: the spec file (or the option, or `$VARIABLE`, the spec came from).
+        problems: one `Problem` per thing wrong.
+    """
 
     exit_code = EXIT_BAD_INPUT
 
-    def __init__(self, source: str, problems: Sequence[object]):
+    def __init__(self, source: str, problems: Sequence[Problem]):
+        if not all(isinstance(p, Problem) for p in problems):
+            raise TypeError("SpecError takes Problem objects (field path, message, line)")
         self.source = source
         self.problems = list(problems)
         lines = "\n".join(f"  - {p}" for p in self.problems)

@@ -1,33 +1,41 @@
-"""The stages as library calls: what the CLI and the Ray job entrypoints delegate to."""
+"""Every entry point of vectune: what the CLI and the Ray job entrypoints delegate to.
+
+Each opens (or resumes) a run, checks its inputs before Ray starts, starts or joins Ray,
+and calls the stages in order. Stages never call back up here.
+
+    mine, train, evaluate, run (the whole loop), reindex, rollback, tune
+"""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from vectune.cluster import ray_session
 from vectune.data import DomainData
 from vectune.embed import model_fingerprint, resolve_model
 from vectune.evaluate import Evaluation, evaluate_model
-from vectune.runs import Run
+from vectune.runs import Run, base_model_path, record_lineage
+from vectune.runtime import ray_session
 from vectune.spec import Spec
 
 log = logging.getLogger("vectune")
 
 
-def base_model_path(spec: Spec) -> str:
-    return resolve_model(spec.model.base, spec.base_dir)
+def mine(spec: Spec, *, run_id: str | None = None, force: bool = False) -> dict:
+    """`vectune mine`: check the labels (before Ray starts), open the run, mine.
 
+    Returns:
+        The audit, with `run_id` and `run_dir`.
+    """
+    from vectune.mine import mine as mine_stage, training_labels
 
-def record_lineage(run: Run, data: DomainData) -> None:
-    """Data file hashes and the base model's fingerprint, once per run."""
-    if not run.manifest.get("data"):
-        run.record("data", data.file_hashes())
-    models = run.manifest.setdefault("models", {})
-    if "base" not in models:
-        path = base_model_path(run.spec)
-        models["base"] = {"name": run.spec.model.base, "path": path, "fingerprint": model_fingerprint(path)}
-        run.save()
+    data = DomainData(spec)
+    training_labels(spec, data)  # bad labels fail fast, without starting Ray
+    run = Run.create(spec, run_id)
+    record_lineage(run, data)
+    with ray_session(spec.runtime):
+        audit = mine_stage(spec, data, run, force=force)
+    return {**audit, "run_id": run.id, "run_dir": str(run.dir)}
 
 
 def evaluate(spec: Spec, *, model: str | None = None, split: str | None = None, run_id: str | None = None) -> dict:
@@ -177,9 +185,9 @@ def run(spec: Spec, *, run_id: str | None = None, from_stage: str | None = None,
     result: dict = {"run_id": run.id, "run_dir": str(run.dir)}
     with ray_session(spec.runtime):
         if "mine" in stages:
-            from vectune.mine import mine
+            from vectune.mine import mine as mine_stage
 
-            result["mine"] = mine(spec, data, run, force="mine" in forced)
+            result["mine"] = mine_stage(spec, data, run, force="mine" in forced)
         if "train" in stages:
             result["train"] = _train_stage(spec, run, force="train" in forced)
         evaluations = None
@@ -199,7 +207,7 @@ def run(spec: Spec, *, run_id: str | None = None, from_stage: str | None = None,
             gate = run.manifest.get("gate")
             if not gate or not gate.get("passed"):
                 raise GateFailed(f"run {run.id} has no passed gate: refusing to re-index with its model")
-            from vectune.index.stage import reindex as reindex_stage
+            from vectune.index import reindex as reindex_stage
 
             result["reindex"] = reindex_stage(spec, run, run.manifest["models"]["tuned"]["path"])
     run.write_json("result.json", result)
@@ -218,8 +226,53 @@ def _write_report(run: Run) -> None:
 
 
 def reindex(spec: Spec, *, model: str | None = None, run_id: str | None = None) -> dict:
-    """Re-embed the corpus with `model` (default: the newest gated model of this spec, else
-    the base model) into a new collection, verify it, and swap the alias."""
-    from vectune.index.stage import reindex_spec
+    """`vectune reindex`: re-embed the corpus into a new collection, verify it, swap the alias.
 
-    return reindex_spec(spec, model=model, run_id=run_id)
+    The model is `model`, else the one a resumed run was using, else the newest tuned model
+    of this spec whose run passed the gate, else the base model.
+    """
+    from vectune.index import promoted_model, reindex as reindex_stage
+
+    run = Run.create(spec, run_id)
+    previous = (run.manifest.get("collection") or {}).get("model") or {}
+    if model:
+        path, source = resolve_model(model, Path.cwd()), "--model"
+    elif previous.get("path") and run.stage_info("reindex").get("status") in ("running", "failed"):
+        path, source = previous["path"], f"resuming run {run.id}"
+    else:
+        path, source = promoted_model(spec)
+    log.info("re-indexing %s with %s", spec.name, source)
+    result = reindex_stage(spec, run, path)
+    return {**result, "model_source": source, "run_dir": str(run.dir)}
+
+
+def rollback(spec: Spec, *, to: str | None = None) -> dict:
+    """`vectune rollback`: move the alias back to the previous verified collection (or `to`)."""
+    from vectune.index import collections, connect
+
+    client = connect(spec)
+    try:
+        return collections.rollback(client, spec, to)
+    finally:
+        client.close()
+
+
+def tune(spec: Spec, *, run_id: str | None = None) -> dict:
+    """`vectune tune`: carve validation queries out of the training labels, mine once, run
+    the trials with Ray Tune, write the best values as `<spec>.tuned.yaml`."""
+    from vectune.runs import new_run_id
+    from vectune.tune import tuner
+    from vectune.tune.space import renamed
+    from vectune.tune.validate import carve
+
+    tuner.check(spec)
+    t = spec.tune
+    data = DomainData(spec)
+    validation, rest = carve(data.labels("train"), t.validation_queries, t.seed)
+    if t.train_queries is not None and t.train_queries < len(rest.qrels):
+        rest, _ = carve(rest, t.train_queries, t.seed + 1)  # the per-trial budget
+    tspec = tuner.pinned_runs(renamed(spec, (spec.name + "-tune")[:63]))
+    run = Run.create(tspec, run_id or new_run_id())
+    record_lineage(run, data)
+    with ray_session(spec.runtime):
+        return tuner.search(spec, tspec, run, validation, rest, base_model_path(spec))

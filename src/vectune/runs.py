@@ -67,7 +67,7 @@ class Run:
             "name": spec.name,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "spec_hash": spec.digest(),
-            "spec_file": str(spec._source) if spec._source else None,
+            "spec_file": str(spec.source) if spec.source else None,
             "spec": spec.canonical(),
             "data": {},
             "models": {},
@@ -164,3 +164,24 @@ class Run:
         stages[name].update(status="done", seconds=round(time.perf_counter() - start, 2), outputs=outputs,
                             finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         self.save()
+
+
+# -- lineage ------------------------------------------------------------------------------
+def base_model_path(spec: Spec) -> str:
+    """The spec's base model as a local folder (a registry name or hub id resolved)."""
+    from vectune.embed import resolve_model
+
+    return resolve_model(spec.model.base, spec.base_dir)
+
+
+def record_lineage(run: Run, data) -> None:
+    """Data file hashes and the base model's fingerprint, once per run (`data` a DomainData)."""
+    from vectune.embed import model_fingerprint
+
+    if not run.manifest.get("data"):
+        run.record("data", data.file_hashes())
+    models = run.manifest.setdefault("models", {})
+    if "base" not in models:
+        path = base_model_path(run.spec)
+        models["base"] = {"name": run.spec.model.base, "path": path, "fingerprint": model_fingerprint(path)}
+        run.save()

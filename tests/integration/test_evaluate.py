@@ -183,7 +183,7 @@ def test_actors_load_the_model_at_start_only_when_they_will_encode(sl, first):
     import dataclasses
 
     from vectune.embed import Encoder, encoder_config
-    from vectune.embed.pipeline import expects_encoding
+    from vectune.embed.dataset import expects_encoding
 
     spec, result = first
     model_path = json.loads((Path(result["run_dir"]) / "manifest.json").read_text())["models"]["base"]["path"]
@@ -198,9 +198,10 @@ def test_actors_load_the_model_at_start_only_when_they_will_encode(sl, first):
     # and the evaluate stage's pool gets that decision: read from the (lazy, unexecuted) plan's
     # map op, a Ray Data internal, as nothing outside an actor shows when it loaded its model
     from vectune.data import DomainData
-    from vectune.evaluate.stage import embedded_corpus
+    from vectune.embed import plan_actors
+    from vectune.embed.corpus import embedded_corpus
 
     data = DomainData(spec)
     for cache, preload in ((True, False), (False, True)):
-        ds, _ = embedded_corpus(spec, data, model_path, batch_size=1024, concurrency=None, cache=cache)
+        ds, _ = embedded_corpus(spec, data, model_path, plan_actors(None), batch_size=1024, cache=cache)
         assert ds._logical_plan.dag.fn_constructor_kwargs["preload"] is preload

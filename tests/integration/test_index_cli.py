@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from vectune import _faults
+
 N_DOCS = 200
 KEY = "sk-vectune-SECRET-7f3a9c51d2"
 KEY_ENV = "VECTUNE_TEST_QDRANT_KEY"
@@ -79,8 +81,8 @@ def test_killed_reindex_reruns_to_exact_count_and_alias_never_moved_early(sliced
     log = open(shm / "killed.log", "w")
     proc = subprocess.Popen([VECTUNE, "reindex", str(sliced.spec_path), "--run-id", "k2"], stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True,
-                            env=_env(VECTUNE_INDEX_FAIL_AFTER_BATCHES="4", VECTUNE_INDEX_FAIL_MODE="hang",
-                                     VECTUNE_INDEX_FAIL_MARKER=str(marker)))
+                            env=_env(**_faults.env(**{"index.upsert": {"after": 4, "mode": "hang",
+                                                                        "marker": str(marker)}})))
     deadline = time.monotonic() + 400
     while not marker.exists():
         assert proc.poll() is None, (shm / "killed.log").read_text()[-3000:]

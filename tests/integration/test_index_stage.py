@@ -33,9 +33,9 @@ def spec(sliced):
 @pytest.fixture(scope="module")
 def first(spec, ray_local):
     """Run a1, indexed with the base model, live."""
-    from vectune.index import reindex_spec
+    from vectune.pipeline import reindex
 
-    return reindex_spec(spec, run_id="a1")
+    return reindex(spec, run_id="a1")
 
 
 def _client(spec):
@@ -99,12 +99,13 @@ def test_search_finds_the_labelled_documents(spec, sliced, first):
 # test_index_cli.py still covers kill-and-rerun.
 @pytest.mark.slow
 def test_failure_midway_keeps_the_alias_and_a_rerun_completes_without_duplicates(spec, first, monkeypatch):
-    from vectune.index import reindex_spec
+    from vectune import _faults
+    from vectune.pipeline import reindex
     from vectune.runs import Run
 
-    monkeypatch.setenv("VECTUNE_INDEX_FAIL_AFTER_BATCHES", "3")
+    monkeypatch.setenv(_faults.ENV, _faults.env(**{"index.upsert": {"after": 3}})[_faults.ENV])
     with pytest.raises(IndexingError, match="injected failure after 3 upsert batches"):
-        reindex_spec(spec, run_id="a2")
+        reindex(spec, run_id="a2")
     client = _client(spec)
     try:
         assert cols.live_collection(client, "slice") == "slice__a1"  # never the unfinished one
@@ -117,8 +118,8 @@ def test_failure_midway_keeps_the_alias_and_a_rerun_completes_without_duplicates
     assert run.manifest["stages"]["reindex"]["status"] == "failed"
     assert run.manifest["collection"]["state"] == "failed"
 
-    monkeypatch.delenv("VECTUNE_INDEX_FAIL_AFTER_BATCHES")
-    again = reindex_spec(spec, run_id="a2")
+    monkeypatch.delenv(_faults.ENV)
+    again = reindex(spec, run_id="a2")
     assert again["resumed"] is True and again["points"] == N_DOCS and again["previous"] == "slice__a1"
     assert again["model_source"].startswith("resuming run a2")
     client = _client(spec)
@@ -131,10 +132,11 @@ def test_failure_midway_keeps_the_alias_and_a_rerun_completes_without_duplicates
 
 
 def test_retention_then_rollback_restores_the_previous_collection(spec, first):
-    from vectune.index import list_collections, reindex_spec, rollback, search
+    from vectune.index import list_collections, search
+    from vectune.pipeline import reindex, rollback
 
-    reindex_spec(spec, run_id="a2")  # no-op when the test above ran; builds it otherwise
-    third = reindex_spec(spec, run_id="a3")
+    reindex(spec, run_id="a2")  # no-op when the test above ran; builds it otherwise
+    third = reindex(spec, run_id="a3")
     assert third["previous"] == "slice__a2"
     listed = list_collections(spec)
     assert listed["live"] == "slice__a3"
@@ -151,7 +153,7 @@ def test_retention_then_rollback_restores_the_previous_collection(spec, first):
 
 
 def test_unreachable_server_fails_fast_and_leaves_the_alias(spec, sliced, first, shm):
-    from vectune.index import reindex_spec
+    from vectune.pipeline import reindex
     from vectune.spec import load_spec
 
     mapping = yaml.safe_load(sliced.spec_path.read_text())
@@ -164,7 +166,7 @@ def test_unreachable_server_fails_fast_and_leaves_the_alias(spec, sliced, first,
     before = {c.name for c in client.get_collections().collections}
     client.close()
     with pytest.raises(IndexingError, match="cannot reach Qdrant at http://127.0.0.1:1 after 2 attempt"):
-        reindex_spec(server, run_id="u1")
+        reindex(server, run_id="u1")
     client = _client(spec)
     try:
         assert cols.live_collection(client, "slice") == live

@@ -26,7 +26,7 @@ def test_encoder_actors_tick_every_document_once(sliced):
 
     from vectune.data import DomainData
     from vectune.embed import embed_dataset, encoder_config
-    from vectune.pipeline import base_model_path
+    from vectune.runs import base_model_path
     from vectune.progress import track
 
     spec = sliced.load()
@@ -43,7 +43,7 @@ def test_chunked_encode_matches_one_call(sliced):
     """Encoding in length-sorted chunks (for the ticks) gives the vectors one `encode` call does."""
     from vectune.embed import encoder_config
     from vectune.embed.encoder import Encoder
-    from vectune.pipeline import base_model_path
+    from vectune.runs import base_model_path
     from vectune.progress import track
 
     spec = sliced.load()

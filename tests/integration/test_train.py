@@ -1,7 +1,8 @@
 """The train stage on real Ray Train (2 CPU workers), real mined triples, the real model.
 
-Worker failures are real exceptions raised inside the training loop at a chosen step
-(VECTUNE_TEST_FAIL_AT_STEP): the only way to lose a worker on cue on one machine.
+Worker failures are real exceptions raised inside a training worker at a chosen step,
+switched on through vectune's one fault registry (`vectune._faults`, `VECTUNE_FAULTS`):
+the only way to lose a worker on cue on one machine.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from vectune import _faults
 from vectune.data import DomainData
 from vectune.errors import GateFailed, StageError
 from vectune.runs import Run
@@ -64,6 +66,14 @@ def _final_state(run: Run) -> dict:
     raise AssertionError("no complete checkpoint")
 
 
+def _fail_at_step(monkeypatch, run: Run, step: int) -> None:
+    """Switch on the `train.step` fault: a worker dies once at `step` (the marker records it)."""
+    run.path("train").mkdir(parents=True, exist_ok=True)
+    for key, value in _faults.env(**{"train.step": {"at": step, "marker": str(run.path("train", "injected-failure"))}
+                                     }).items():
+        monkeypatch.setenv(key, value)
+
+
 def _adam_steps(state: dict) -> int:
     return int(next(iter(state["optimizer"]["state"].values()))["step"])
 
@@ -75,7 +85,7 @@ def test_train_two_workers_keeps_dimension(mined, monkeypatch):
     from sentence_transformers import SentenceTransformer
 
     from vectune import progress
-    from vectune.pipeline import base_model_path
+    from vectune.runs import base_model_path
     from vectune.train import stage, train
 
     # keep the stage's progress counter past the stage, to read what the workers ticked
@@ -105,18 +115,18 @@ def test_train_two_workers_keeps_dimension(mined, monkeypatch):
 def test_interrupted_training_resumes_from_checkpoint(mined, monkeypatch):
     """A run that dies at step 3 (checkpoint at 2) and is re-run continues at step 3 with the
     checkpoint's optimizer state: Adam's step counter ends at the total, not total - 2."""
-    from vectune.pipeline import base_model_path
+    from vectune.runs import base_model_path
     from vectune.train import train
 
     _, spec, src = mined
     spec.train.epochs = 2  # one epoch of the slice is 3 steps: step 3 would be the last (and checkpointed)
     try:
         run = _fresh_run(spec, src, "interrupted")
-        monkeypatch.setenv("VECTUNE_TEST_FAIL_AT_STEP", "3")
+        _fail_at_step(monkeypatch, run, 3)
         with pytest.raises(StageError, match="injected worker failure"):
             train(spec, run, base_model_path(spec))
         assert _final_state(run)["step"] == 2
-        monkeypatch.delenv("VECTUNE_TEST_FAIL_AT_STEP")
+        monkeypatch.delenv(_faults.ENV)
         summary = train(spec, Run.open(spec, run.id), base_model_path(spec))
     finally:
         spec.train.epochs = 1
@@ -129,14 +139,14 @@ def test_interrupted_training_resumes_from_checkpoint(mined, monkeypatch):
 
 def test_lost_worker_resumes_within_the_run(mined, monkeypatch):
     """With max_failures: 1, Ray Train restarts the workers from the last checkpoint."""
-    from vectune.pipeline import base_model_path
+    from vectune.runs import base_model_path
     from vectune.train import train
 
     _, spec, src = mined
     spec.train.max_failures = 1
     try:
         run = _fresh_run(spec, src, "lost-worker")
-        monkeypatch.setenv("VECTUNE_TEST_FAIL_AT_STEP", "3")
+        _fail_at_step(monkeypatch, run, 3)
         summary = train(spec, run, base_model_path(spec))
     finally:
         spec.train.max_failures = 0
@@ -179,16 +189,3 @@ def test_gate_blocks_a_worse_model(mined):
     assert page.count("data:image/png;base64,") >= 3 and "http://" not in page and "https://" not in page
     metrics = run.read_json("metrics.json")
     assert set(metrics) == {"base", "tuned"}
-
-
-def test_gate_decision_rules():
-    from vectune.evaluate.gate import decide
-    from vectune.spec.evaluate import GateSpec
-
-    gate = GateSpec(metric="ndcg@10", min_gain=0.01, no_regress=["recall@100"], tolerance=0.0)
-    ok = decide(gate, {"ndcg@10": 0.60, "recall@100": 0.90}, {"ndcg@10": 0.62, "recall@100": 0.90})
-    assert ok.passed and ok.gain == pytest.approx(0.02)
-    small = decide(gate, {"ndcg@10": 0.60, "recall@100": 0.90}, {"ndcg@10": 0.605, "recall@100": 0.95})
-    assert not small.passed and "below the required" in small.reasons[0]
-    regress = decide(gate, {"ndcg@10": 0.60, "recall@100": 0.90}, {"ndcg@10": 0.70, "recall@100": 0.89})
-    assert not regress.passed and "recall@100 regressed" in regress.reasons[0]

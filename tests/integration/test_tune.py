@@ -65,7 +65,7 @@ def test_two_trial_search_picks_best_and_writes_a_valid_spec(tmp_path, make_slic
     from rich.console import Console
 
     from vectune.commands.tune import _trials_table
-    from vectune.tune import tune_spec
+    from vectune.pipeline import tune as tune_spec
 
     # a relative runs folder, as in specs/scifact.yaml: trials run in Tune's own working
     # directories, and their runs must still land here

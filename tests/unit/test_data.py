@@ -278,8 +278,8 @@ def test_ray_corpus_blocks_feed_every_actor(make_slice, tmp_path, ray_local):
 
     from ray.data import DataContext
 
-    from vectune.embed.pipeline import actor_pool
-    from vectune.evaluate.stage import corpus_batching
+    from vectune.embed.actors import actor_pool
+    from vectune.embed.corpus import corpus_batching
 
     class Who:  # defined here so Ray pickles it by value (workers cannot import test modules)
         def __call__(self, batch: dict) -> dict:

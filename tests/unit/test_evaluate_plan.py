@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vectune.evaluate.stage import corpus_batching
+from vectune.embed.corpus import corpus_batching
 
 
 def shares(count: int, blocks: int, actors: int) -> list[int]:

@@ -16,8 +16,8 @@ from vectune.errors import IndexingError, ModelError, SpecError
 from vectune.index import collections as cols
 from vectune.index.client import Secret, Target, embedded_path, open_target, target
 from vectune.index.points import id_checksum, point_id
-from vectune.index.query import query_model
-from vectune.index.writer import FailureHook, fast_commits, upsert_columns
+from vectune.index.live import query_model
+from vectune.index.writer import fast_commits, upsert_columns
 from vectune.spec import Spec
 
 KEY = "sk-vectune-unit-3b9f1e77"
@@ -137,12 +137,17 @@ def test_fast_commits_leaves_memory_and_unknown_collections_alone():
     assert fast_commits(client, "nope") is False
 
 
-def test_failure_hook_fires_after_n_batches():
+def test_upsert_fault_point_fires_after_n_batches(monkeypatch):
+    from vectune import _faults
+
     client = QdrantClient(location=":memory:")
     _make(client, "c")
     columns = {"doc_id": np.array([str(i) for i in range(10)]), "embedding": np.ones((10, 4), dtype=np.float32)}
+    _faults.reset()
+    monkeypatch.setenv(_faults.ENV, _faults.env(**{"index.upsert": {"after": 3}})[_faults.ENV])
     with pytest.raises(RuntimeError, match="injected failure after 3"):
-        upsert_columns(client, "c", columns, batch_size=2, payload=["doc_id"], hook=FailureHook(after=3))
+        upsert_columns(client, "c", columns, batch_size=2, payload=["doc_id"])
+    _faults.reset()
     assert client.count("c", exact=True).count == 6  # three batches landed before it
 
 

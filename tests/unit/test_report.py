@@ -20,7 +20,8 @@ from vectune.embed import Encoder, encoder_config
 from vectune.evaluate import Evaluation, score_run
 from vectune.evaluate.gate import decide
 from vectune.mine.audit import score_report
-from vectune.pipeline import base_model_path, record_lineage, save_evaluation
+from vectune.pipeline import save_evaluation
+from vectune.runs import base_model_path, record_lineage
 from vectune.report import render_report, write_report
 from vectune.runs import Run
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vectune.search import TopK, merge_topk, search_dataset
+from vectune.topk import TopK, merge_topk, search_dataset
 
 
 def brute_force(queries: np.ndarray, docs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -6,6 +6,7 @@ import textwrap
 from pathlib import Path
 
 import jsonschema
+import pydantic
 import pytest
 import yaml
 
@@ -254,5 +255,5 @@ def test_json_schema_rejects_what_the_loader_rejects():
 def test_spec_object_is_typed_not_a_dict(tmp_path):
     spec = load_spec(write(tmp_path, MINIMAL))
     assert isinstance(spec, Spec)
-    with pytest.raises(Exception):
+    with pytest.raises(pydantic.ValidationError, match="epochs"):
         spec.train.epochs = "lots"  # validate_assignment keeps the typed object honest

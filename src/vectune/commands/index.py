@@ -1,20 +1,56 @@
-"""`vectune` commands of the index stage: reindex, search, collections, rollback.
-
-No `from __future__ import annotations` here: typer reads the option annotations,
-which name types imported inside `register` (importing `vectune.cli` at the top would
-be circular).
-"""
+"""`vectune` commands of the index stage: reindex, search, collections, rollback."""
 
 from typing import Annotated, Optional
 
 import typer
 
 from vectune import _console as console
+from vectune.commands._options import JsonOpt, RunOpt, SpecArg, VerboseOpt, run
+
+
+def _show_reindex(spec, result: dict) -> None:
+    console.out.print(console.kv_table(f"{spec.name}: alias {result['alias']} -> {result['name']}", {
+        "points": result["points"], "model": result["model"]["path"], "from": result["model_source"],
+        "fingerprint": result["model"]["fingerprint"], "previous": result.get("previous") or "-",
+        "deleted": ", ".join(result.get("deleted") or []) or "-", "seconds": result.get("seconds", "-"),
+    }))
+    console.out.print(f"run {result['run_dir']}")
+
+
+def _show_hits(spec, result: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{result['alias']} -> {result['collection']}")
+    for col, justify in (("#", "right"), ("doc id", "left"), ("score", "right"), ("title", "left")):
+        table.add_column(col, justify=justify, overflow="fold")
+    for h in result["hits"]:
+        table.add_row(str(h["rank"]), str(h["doc_id"]), f"{h['score']:.4f}", h["title"] or "")
+    console.out.print(table)
+    if result["model"]["forced"]:
+        console.err.print("[yellow]warning:[/] queries embedded with a model other than the stamped one (--force)")
+
+
+def _show_versions(spec, result: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"alias {result['alias']} -> {result['live'] or '(none)'}")
+    for col in ("collection", "live", "state", "points", "model", "created", "promoted"):
+        table.add_column(col, overflow="fold")
+    for v in result["collections"]:
+        table.add_row(v["name"], "*" if v["live"] else "", v["state"], str(v["points"]),
+                      v["model_fingerprint"] or "", (v["created"] or "")[:19], (v["promoted"] or "")[:19])
+    console.out.print(table)
+
+
+def _show_rollback(spec, result: dict) -> None:
+    if result["changed"]:
+        console.out.print(f"alias {result['alias']}: {result['previous']} -> [bold]{result['live']}[/]")
+    else:
+        console.out.print(f"alias {result['alias']} already serves {result['live']}")
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the CLI."""
-    from vectune.cli import JsonOpt, RunOpt, SpecArg, VerboseOpt, _call, _load
 
     @app.command()
     def reindex(
@@ -29,17 +65,7 @@ def register(app: typer.Typer) -> None:
         """Embed the corpus into a new Qdrant collection, verify it, then swap the alias to it."""
         from vectune import pipeline
 
-        s = _call(_load, spec)
-        result = _call(pipeline.reindex, s, model=model, run_id=run_id, verbose=verbose)
-        if json_:
-            console.emit_json(result)
-            return
-        console.out.print(console.kv_table(f"{s.name}: alias {result['alias']} -> {result['name']}", {
-            "points": result["points"], "model": result["model"]["path"], "from": result["model_source"],
-            "fingerprint": result["model"]["fingerprint"], "previous": result.get("previous") or "-",
-            "deleted": ", ".join(result.get("deleted") or []) or "-", "seconds": result.get("seconds", "-"),
-        }))
-        console.out.print(f"run {result['run_dir']}")
+        run(pipeline.reindex, spec, json_=json_, verbose=verbose, show=_show_reindex, model=model, run_id=run_id)
 
     @app.command()
     def search(
@@ -54,43 +80,17 @@ def register(app: typer.Typer) -> None:
         verbose: VerboseOpt = False,
     ) -> None:
         """Search the live collection with the model that built it."""
-        from vectune.index import search as run_search
+        from vectune.index import search as search_live
 
-        s = _call(_load, spec)
-        result = _call(run_search, s, text, k=k, model=model, force=force, verbose=verbose)
-        if json_:
-            console.emit_json(result)
-            return
-        from rich.table import Table
-
-        table = Table(title=f"{result['alias']} -> {result['collection']}")
-        for col, justify in (("#", "right"), ("doc id", "left"), ("score", "right"), ("title", "left")):
-            table.add_column(col, justify=justify, overflow="fold")
-        for h in result["hits"]:
-            table.add_row(str(h["rank"]), str(h["doc_id"]), f"{h['score']:.4f}", h["title"] or "")
-        console.out.print(table)
-        if result["model"]["forced"]:
-            console.err.print("[yellow]warning:[/] queries embedded with a model other than the stamped one (--force)")
+        run(lambda s, **kw: search_live(s, text, **kw), spec, json_=json_, verbose=verbose, show=_show_hits,
+            k=k, model=model, force=force)
 
     @app.command()
     def collections(spec: SpecArg, json_: JsonOpt = False, verbose: VerboseOpt = False) -> None:
         """List the versions of the spec's collection and which one the alias serves."""
         from vectune.index import list_collections
 
-        s = _call(_load, spec)
-        result = _call(list_collections, s, verbose=verbose)
-        if json_:
-            console.emit_json(result)
-            return
-        from rich.table import Table
-
-        table = Table(title=f"alias {result['alias']} -> {result['live'] or '(none)'}")
-        for col in ("collection", "live", "state", "points", "model", "created", "promoted"):
-            table.add_column(col, overflow="fold")
-        for v in result["collections"]:
-            table.add_row(v["name"], "*" if v["live"] else "", v["state"], str(v["points"]),
-                          v["model_fingerprint"] or "", (v["created"] or "")[:19], (v["promoted"] or "")[:19])
-        console.out.print(table)
+        run(list_collections, spec, json_=json_, verbose=verbose, show=_show_versions)
 
     @app.command()
     def rollback(
@@ -101,14 +101,6 @@ def register(app: typer.Typer) -> None:
         verbose: VerboseOpt = False,
     ) -> None:
         """Point the alias back at the previous verified collection, atomically."""
-        from vectune.index import rollback as run_rollback
+        from vectune import pipeline
 
-        s = _call(_load, spec)
-        result = _call(run_rollback, s, to=to, verbose=verbose)
-        if json_:
-            console.emit_json(result)
-            return
-        if result["changed"]:
-            console.out.print(f"alias {result['alias']}: {result['previous']} -> [bold]{result['live']}[/]")
-        else:
-            console.out.print(f"alias {result['alias']} already serves {result['live']}")
+        run(pipeline.rollback, spec, json_=json_, verbose=verbose, show=_show_rollback, to=to)

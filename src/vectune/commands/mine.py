@@ -1,13 +1,10 @@
-"""`vectune` commands of the mine stage.
-
-No `from __future__ import annotations` here: typer reads the option annotations,
-which name types imported inside `register` (importing `vectune.cli` at the top would
-be circular).
-"""
+"""`vectune mine`: mine hard negatives and print the audit."""
 
 from typing import Annotated
 
 import typer
+
+from vectune.commands._options import JsonOpt, RunOpt, SpecArg, VerboseOpt, run
 
 
 def summary_tables(result: dict) -> list:
@@ -55,9 +52,15 @@ def summary_tables(result: dict) -> list:
     return [console.kv_table(f"mine: run {result['run_id']}", counts), dropped, scores]
 
 
+def _show(spec, result: dict) -> None:
+    from vectune import _console as console
+
+    for table in summary_tables(result):
+        console.out.print(table)
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the CLI."""
-    from vectune.cli import JsonOpt, RunOpt, SpecArg, VerboseOpt, _call, _load
 
     @app.command()
     def mine(
@@ -68,14 +71,7 @@ def register(app: typer.Typer) -> None:
         verbose: VerboseOpt = False,
     ) -> None:
         """Mine hard negatives for the training pairs; writes mine/triples.parquet and mine_audit.json."""
-        from vectune import _console as console
-        from vectune.mine import mine_spec
+        from vectune import pipeline
 
-        s = _call(_load, spec)
-        result = _call(mine_spec, s, run_id=run_id, force=force, verbose=verbose)
-        if json_:
-            console.emit_json(result)
-            return
-        for table in summary_tables(result):
-            console.out.print(table)
+        run(pipeline.mine, spec, json_=json_, verbose=verbose, show=_show, run_id=run_id, force=force)
         console.out.print(f"run {result['run_id']}: {result['triples']}")

@@ -6,23 +6,22 @@ from typing import Annotated, Optional
 import typer
 
 from vectune import _console as console
+from vectune.commands._options import JsonOpt, RunOpt, SpecArg, VerboseOpt, run
+
+
+def _show_train(spec, result: dict) -> None:
+    console.out.print(console.kv_table(f"{spec.name}: train (run {result['run_id']})", result["train"]))
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the CLI."""
-    from vectune.cli import JsonOpt, RunOpt, SpecArg, VerboseOpt, _call, _load
 
     @app.command()
     def train(spec: SpecArg, run_id: RunOpt = None, json_: JsonOpt = False, verbose: VerboseOpt = False) -> None:
         """Fine-tune the base model on a run's mined triples with Ray Train."""
         from vectune import pipeline
 
-        s = _call(_load, spec)
-        result = _call(pipeline.train, s, run_id=run_id, verbose=verbose)
-        if json_:
-            console.emit_json(result)
-            return
-        console.out.print(console.kv_table(f"{s.name}: train (run {result['run_id']})", result["train"]))
+        run(pipeline.train, spec, json_=json_, verbose=verbose, show=_show_train, run_id=run_id)
 
     @app.command(name="run")
     def run_(
@@ -35,12 +34,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """The whole loop: validate, mine, train, evaluate, gate, re-index."""
         from vectune import pipeline
-        s = _call(_load, spec)
-        result = _call(pipeline.run, s, run_id=run_id, from_stage=from_, only=only, verbose=verbose)
-        if json_:
-            console.emit_json(result)
-            return
-        _print_run(s, result)
+
+        run(pipeline.run, spec, json_=json_, verbose=verbose, show=_print_run, run_id=run_id, from_stage=from_,
+            only=only)
 
 
 def _print_run(spec, result: dict) -> None:

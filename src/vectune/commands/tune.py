@@ -1,15 +1,13 @@
-"""`vectune` commands of the tune stage (`tune`) and of run reports (`report`).
-
-No `from __future__ import annotations` here: typer reads the option annotations,
-which name types imported inside `register` (importing `vectune.cli` at the top would
-be circular).
-"""
+"""`vectune tune` (hyperparameter search) and `vectune report` (a run's HTML report)."""
 
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
+
+from vectune import _console as console
+from vectune.commands._options import JsonOpt, RunOpt, SpecArg, VerboseOpt, call, run
 
 
 def _trials_table(result: dict):
@@ -35,28 +33,25 @@ def _trials_table(result: dict):
     return table
 
 
+def _show(spec, result: dict) -> None:
+    console.out.print(_trials_table(result))
+    console.out.print(f"best: {result['best']['config']} -> {result['tuned_spec']}", markup=False)
+    if result.get("gain_vs_baseline") is not None:
+        console.out.print(f"{result['metric']} gain over the spec's own values: "
+                          f"{result['gain_vs_baseline']:+.4f}", markup=False)
+    console.out.print(f"run {result['run_id']}: {result['run_dir']}", markup=False)
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the CLI."""
-    from vectune import _console as console
-    from vectune.cli import JsonOpt, RunOpt, SpecArg, VerboseOpt, _call, _load
 
     @app.command()
     def tune(spec: SpecArg, run_id: RunOpt = None, json_: JsonOpt = False, verbose: VerboseOpt = False) -> None:
         """Search train/mine settings (the spec's `tune` section) with Ray Tune on held-out
         training queries; writes the best as `<spec>.tuned.yaml`."""
-        from vectune.tune import tune_spec
+        from vectune import pipeline
 
-        s = _call(_load, spec)
-        result = _call(tune_spec, s, run_id=run_id, verbose=verbose)
-        if json_:
-            console.emit_json(result)
-            return
-        console.out.print(_trials_table(result))
-        console.out.print(f"best: {result['best']['config']} -> {result['tuned_spec']}", markup=False)
-        if result.get("gain_vs_baseline") is not None:
-            console.out.print(f"{result['metric']} gain over the spec's own values: "
-                              f"{result['gain_vs_baseline']:+.4f}", markup=False)
-        console.out.print(f"run {result['run_id']}: {result['run_dir']}", markup=False)
+        run(pipeline.tune, spec, json_=json_, verbose=verbose, show=_show, run_id=run_id)
 
     @app.command()
     def report(
@@ -67,7 +62,7 @@ def register(app: typer.Typer) -> None:
         """Write a run's self-contained HTML report: metrics, plots, timings, lineage."""
         from vectune.report import write_report
 
-        path = _call(write_report, run_dir, out)
+        path = call(write_report, run_dir, out)
         if json_:
             console.emit_json({"report": str(path), "bytes": path.stat().st_size})
         else:

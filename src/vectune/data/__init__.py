@@ -21,11 +21,16 @@ class DomainData:
 
     The corpus is checked in one streaming pass (only its ids are kept) and read by
     the stages as a Ray Dataset; queries and labels are small and live on the driver.
+
+    Args:
+        spec: the spec whose `data` section is read.
+        train: training labels to use instead of `data.train`'s (a tune search trains
+            on a subset, its validation queries carved out).
     """
 
-    def __init__(self, spec: Spec):
+    def __init__(self, spec: Spec, *, train: Labels | None = None):
         self.spec = spec
-        self._labels: dict[str, Labels] = {}
+        self._labels: dict[str, Labels] = {"train": train} if train is not None else {}
 
     @property
     def corpus_path(self) -> str:

@@ -1,9 +1,11 @@
-"""Open local paths and pyarrow-filesystem URIs alike; stream lines with numbers."""
+"""Open local paths and pyarrow-filesystem URIs alike; stream lines, or JSONL/parquet
+records, with their numbers (for errors that name the line)."""
 
 from __future__ import annotations
 
 import hashlib
-from typing import BinaryIO, Iterator
+import json
+from typing import BinaryIO, Iterator, Sequence
 
 import pyarrow.fs as pafs
 
@@ -73,9 +75,55 @@ def _decode(path: str, number: int, raw: bytes) -> str:
         raise DataError(path, f"bytes that are not UTF-8 at column {exc.start + 1}", number) from None
 
 
-def file_digest(path: str) -> str:
-    h = hashlib.sha256()
+def file_digest(path: str, hasher: "hashlib._Hash | None" = None) -> str:
+    """sha256 of a file's bytes (fed into `hasher` when one is given)."""
+    h = hasher if hasher is not None else hashlib.sha256()
     with open_input(path) as stream:
         while chunk := stream.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
+
+
+def is_parquet(path: str) -> bool:
+    return path.split("?")[0].lower().endswith((".parquet", ".pq"))
+
+
+def read_records(path: str, *, parquet: bool | None = None, columns: Sequence[str] | None = None,
+                 hasher: "hashlib._Hash | None" = None) -> Iterator[tuple[int, dict]]:
+    """(line or row number, record) from JSONL or parquet, with errors located.
+
+    Args:
+        parquet: the format (default: from the suffix).
+        columns: parquet only: read these, and fail naming any that is missing.
+        hasher: fed the file's bytes as it is read (the corpus' content hash).
+    """
+    import pyarrow.parquet as pq
+
+    if parquet is None:
+        parquet = is_parquet(path)
+    if parquet:
+        if hasher is not None:
+            file_digest(path, hasher)
+        fs, inner = filesystem(path)
+        try:
+            pf = pq.ParquetFile(fs.open_input_file(inner))
+        except Exception as exc:
+            raise DataError(path, f"not a readable parquet file: {exc}") from None
+        if columns is not None:
+            missing = [c for c in columns if c not in pf.schema_arrow.names]
+            if missing:
+                raise DataError(path, f"missing column(s) {missing}; has {pf.schema_arrow.names}")
+        row = 0
+        for batch in pf.iter_batches(columns=list(columns) if columns is not None else None, batch_size=8192):
+            for record in batch.to_pylist():
+                row += 1
+                yield row, record
+        return
+    for number, line in iter_lines(path, hasher):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(path, f"malformed JSON: {exc.msg} (column {exc.colno})", number) from None
+        if not isinstance(record, dict):
+            raise DataError(path, "each line must be a JSON object", number)
+        yield number, record

@@ -8,9 +8,8 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from vectune.data._files import filesystem, iter_lines, open_input
+from vectune.data._files import filesystem, read_records
 from vectune.errors import DataError
 from vectune.spec.data import CorpusSource
 
@@ -32,33 +31,9 @@ class CorpusInfo:
 
 def _records(source: CorpusSource, path: str, hasher) -> Iterator[tuple[int, dict]]:
     """(line or row number, record) for each document, with JSON errors located."""
-    if source.format == "parquet":
-        fields = [source.id_field, source.text_field] + ([source.title_field] if source.title_field else [])
-        with open_input(path) as stream:
-            while chunk := stream.read(1 << 20):
-                hasher.update(chunk)
-        fs, inner = filesystem(path)
-        try:
-            pf = pq.ParquetFile(fs.open_input_file(inner))
-        except Exception as exc:
-            raise DataError(path, f"not a readable parquet file: {exc}") from None
-        missing = [f for f in fields if f not in pf.schema_arrow.names]
-        if missing:
-            raise DataError(path, f"missing column(s) {missing}; has {pf.schema_arrow.names}")
-        row = 0
-        for batch in pf.iter_batches(columns=fields, batch_size=8192):
-            for record in batch.to_pylist():
-                row += 1
-                yield row, record
-        return
-    for number, line in iter_lines(path, hasher):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(path, f"malformed JSON: {exc.msg} (column {exc.colno})", number) from None
-        if not isinstance(record, dict):
-            raise DataError(path, "each line must be a JSON object", number)
-        yield number, record
+    fields = [source.id_field, source.text_field] + ([source.title_field] if source.title_field else [])
+    parquet = source.format == "parquet"
+    return read_records(path, parquet=parquet, columns=fields if parquet else None, hasher=hasher)
 
 
 def check_corpus(source: CorpusSource, path: str) -> CorpusInfo:

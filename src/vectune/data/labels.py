@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
-from typing import Iterator
 
-import pyarrow.parquet as pq
-
-from vectune.data._files import filesystem, iter_lines
+from vectune.data._files import iter_lines, read_records
 from vectune.errors import DataError
 from vectune.spec.data import LabelSource, QuerySource
 
@@ -53,30 +49,6 @@ def query_id_for(text: str) -> str:
     return "q" + hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
 
 
-def _rows(path: str) -> Iterator[tuple[int, dict]]:
-    """(line or row number, record) from JSONL or parquet."""
-    if path.split("?")[0].endswith((".parquet", ".pq")):
-        fs, inner = filesystem(path)
-        try:
-            pf = pq.ParquetFile(fs.open_input_file(inner))
-        except Exception as exc:
-            raise DataError(path, f"not a readable parquet file: {exc}") from None
-        row = 0
-        for batch in pf.iter_batches(batch_size=8192):
-            for record in batch.to_pylist():
-                row += 1
-                yield row, record
-        return
-    for number, line in iter_lines(path):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(path, f"malformed JSON: {exc.msg} (column {exc.colno})", number) from None
-        if not isinstance(record, dict):
-            raise DataError(path, "each line must be a JSON object", number)
-        yield number, record
-
-
 def _field(path: str, number: int, record: dict, name: str) -> str:
     value = record.get(name)
     if value is None or str(value).strip() == "":
@@ -87,7 +59,7 @@ def _field(path: str, number: int, record: dict, name: str) -> str:
 def load_queries(source: QuerySource, path: str) -> dict[str, str]:
     """Query texts by id. Empty texts and duplicate ids are errors."""
     out: dict[str, str] = {}
-    for number, record in _rows(path):
+    for number, record in read_records(path):
         qid = _field(path, number, record, source.id_field)
         text = record.get(source.text_field)
         if text is None or not str(text).strip():
@@ -137,7 +109,7 @@ def read_pairs(path: str) -> tuple[Qrels, dict[str, str], dict[tuple[str, str], 
     qrels: Qrels = {}
     queries: dict[str, str] = {}
     where: dict[tuple[str, str], int] = {}
-    for number, record in _rows(path):
+    for number, record in read_records(path):
         text = _field(path, number, record, "query")
         doc = _field(path, number, record, "positive")
         qid = str(record.get("query_id") or query_id_for(text))
@@ -158,7 +130,7 @@ def read_clicks(path: str) -> tuple[Qrels, dict[str, str], dict[str, list[str]],
     queries: dict[str, str] = {}
     shown: dict[str, list[tuple[int, str]]] = {}
     where: dict[tuple[str, str], int] = {}
-    for number, record in _rows(path):
+    for number, record in read_records(path):
         text = _field(path, number, record, "query")
         doc = _field(path, number, record, "doc_id")
         clicked = record.get("clicked")

@@ -2,11 +2,12 @@
 alias atomically, keep old versions for rollback.
 
 Qdrant is reached through one factory (`connect`) for the embedded engine (development,
-small corpora) and a server (production). See `stage.reindex` for the pipeline.
+small corpora) and a server (production). `stage.reindex` is the stage; `live` answers
+queries against the collection the alias serves; `collections` owns versions and aliases.
 """
 
 from vectune.index.client import connect
-from vectune.index.query import list_collections, rollback, search
-from vectune.index.stage import promoted_model, reindex, reindex_spec
+from vectune.index.live import list_collections, search
+from vectune.index.stage import promoted_model, reindex
 
-__all__ = ["connect", "list_collections", "promoted_model", "reindex", "reindex_spec", "rollback", "search"]
+__all__ = ["connect", "list_collections", "promoted_model", "reindex", "search"]

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vectune.errors import IndexingError, SpecError
+from vectune.errors import IndexingError, Problem, SpecError
 from vectune.spec import Spec
 
 log = logging.getLogger(__name__)
@@ -80,9 +80,9 @@ def target(spec: Spec) -> Target:
         if q.api_key_env:
             value = os.environ.get(q.api_key_env)
             if not value:
-                raise SpecError("index.qdrant.api_key_env",
-                                [f"environment variable {q.api_key_env} is not set "
-                                 "(it should hold the Qdrant API key)"])
+                raise SpecError(str(spec.source or "<spec>"), [Problem(
+                    "index.qdrant.api_key_env",
+                    f"environment variable {q.api_key_env} is not set (it should hold the Qdrant API key)")])
             key = Secret(value)
         return Target(url=q.url, prefer_grpc=q.prefer_grpc, timeout=q.timeout, retries=q.retries,
                       api_key_env=q.api_key_env, api_key=key)
@@ -98,8 +98,9 @@ def embedded_path(spec: Spec) -> str:
         return spec.resolve(path, data=False)
     runs = spec.runs_root()
     if "://" in runs:
-        raise SpecError("index.qdrant", [f"runs are stored at {runs}, which the embedded Qdrant engine cannot use; "
-                                         "set index.qdrant.path to a local folder or index.qdrant.url to a server"])
+        raise SpecError(str(spec.source or "<spec>"), [Problem(
+            "index.qdrant", f"runs are stored at {runs}, which the embedded Qdrant engine cannot use; "
+                            "set index.qdrant.path to a local folder or index.qdrant.url to a server")])
     return str(Path(runs) / "qdrant")
 
 

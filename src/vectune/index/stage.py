@@ -17,12 +17,12 @@ import re
 import time
 from pathlib import Path
 
-from vectune.cluster import plan_actors, ray_session
 from vectune.data import DomainData
-from vectune.embed import embed_dataset, encoder_config, model_fingerprint, resolve_model
+from vectune.embed import compact_cache, embed_dataset, encoder_config, model_fingerprint, plan_actors, resolve_model
+from vectune.embed.dataset import expects_encoding
 from vectune.embed.encoder import Encoder
-from vectune.embed.pipeline import expects_encoding, finish
-from vectune.errors import IndexingError, SpecError
+from vectune.runtime import ray_session
+from vectune.errors import IndexingError, Problem, SpecError
 from vectune.progress import track
 from vectune.index import collections as cols
 from vectune.index.client import MEMORY, Target, open_target, target
@@ -49,22 +49,6 @@ def promoted_model(spec: Spec) -> tuple[str, str]:
     return resolve_model(spec.model.base, spec.base_dir), f"base model {spec.model.base} (no run passed the gate)"
 
 
-def reindex_spec(spec: Spec, *, model: str | None = None, run_id: str | None = None) -> dict:
-    """`vectune reindex`: pick the model (`model`, else what a resumed run used, else
-    `promoted_model`), open or create the run, and run the stage."""
-    run = Run.create(spec, run_id)
-    previous = (run.manifest.get("collection") or {}).get("model") or {}
-    if model:
-        path, source = resolve_model(model, Path.cwd()), "--model"
-    elif previous.get("path") and run.stage_info("reindex").get("status") in ("running", "failed"):
-        path, source = previous["path"], f"resuming run {run.id}"
-    else:
-        path, source = promoted_model(spec)
-    log.info("re-indexing %s with %s", spec.name, source)
-    result = reindex(spec, run, path)
-    return {**result, "model_source": source, "run_dir": str(run.dir)}
-
-
 # -- the stage --------------------------------------------------------------------------
 def reindex(spec: Spec, run: Run, model_path: str) -> dict:
     """Build, verify and promote a new collection for `run` with `model_path`.
@@ -81,11 +65,13 @@ def reindex(spec: Spec, run: Run, model_path: str) -> dict:
             alias is untouched either way.
     """
     if not _RUN_ID.match(run.id):
-        raise SpecError("--run-id", [f"run id {run.id!r} cannot name a collection: use letters, digits, `_`, `-`"])
+        raise SpecError("--run-id", [Problem("--run-id", f"run id {run.id!r} cannot name a collection: use letters, "
+                                                         "digits, `_`, `-`")])
     where = target(spec)
     if where.embedded and where.path == MEMORY:
-        raise SpecError("index.qdrant.path", ["`:memory:` lives inside one process and would vanish with the "
-                                              "re-index workers; use a folder (a tmpfs one for tests) or a server url"])
+        raise SpecError(str(spec.source or "<spec>"), [Problem(
+            "index.qdrant.path", "`:memory:` lives inside one process and would vanish with the re-index workers; "
+                                 "use a folder (a tmpfs one for tests) or a server url")])
     data = DomainData(spec)
     fingerprint = model_fingerprint(model_path)
     name = cols.collection_name(spec, run.id)
@@ -119,10 +105,10 @@ def _client(where: Target):
     """The driver's client: direct for a server; through the owner actor for the embedded engine."""
     if not where.embedded:
         return open_target(where)
-    from vectune.index.writer import FailureHook, start_owner
+    from vectune.index.writer import start_owner
 
     try:
-        return start_owner(where, FailureHook.from_env())
+        return start_owner(where)
     except IndexingError:
         raise
     except Exception as exc:  # noqa: BLE001 - an actor that died opening the folder
@@ -151,7 +137,7 @@ def _build(client, where: Target, spec: Spec, run: Run, data: DomainData, name: 
 
     mark = time.perf_counter()
     written = _load(client, where, spec, data, name, cfg)
-    finish(cfg)  # merge the vectors the workers cached, for the next run and for search
+    compact_cache(cfg)  # merge the vectors the workers cached, for the next run and for search
     timings["load"] = round(time.perf_counter() - mark, 2)
     mark = time.perf_counter()
     _restore_index(client, spec, name)
@@ -229,21 +215,19 @@ def corpus_vectors(spec: Spec, data: DomainData, cfg, progress=None) -> tuple:
     # enough blocks that every encoder actor gets work, each a Ray batch `encode` can sort
     blocks = max(plan.actors * 2, math.ceil(data.corpus.count / idx.embed_batch_size))
     ds = data.corpus_dataset(blocks=blocks)
-    embedded = embed_dataset(ds, cfg, batch_size=idx.embed_batch_size, concurrency=idx.concurrency,
-                             gpus=idx.num_gpus, keep=tuple(payload_fields(spec)), progress=progress,
-                             preload=expects_encoding(cfg, data.corpus.count))
+    embedded = embed_dataset(ds, cfg, plan, batch_size=idx.embed_batch_size, keep=tuple(payload_fields(spec)),
+                             progress=progress, preload=expects_encoding(cfg, data.corpus.count))
     return embedded, blocks
 
 
 def _load(client, where: Target, spec: Spec, data: DomainData, name: str, cfg) -> int:
     """Stream the corpus through the encoder actors into Qdrant; returns points written."""
-    from vectune.index.writer import WRITE_TASK_CPUS, FailureHook, QdrantDatasink
+    from vectune.index.writer import WRITE_TASK_CPUS, QdrantDatasink
 
     idx = spec.index
     payload = payload_fields(spec)
     owner = getattr(client, "actor", None)
-    sink = QdrantDatasink(name, where=where, owner=owner, batch_size=idx.batch_size, payload=payload,
-                          hook=None if owner is not None else FailureHook.from_env())
+    sink = QdrantDatasink(name, where=where, owner=owner, batch_size=idx.batch_size, payload=payload)
     try:
         with track("re-embed corpus", data.corpus.count) as counter:
             embedded, blocks = corpus_vectors(spec, data, cfg, progress=counter)

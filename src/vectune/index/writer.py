@@ -13,14 +13,13 @@ it: a re-run of a half-written collection ends with exactly one point per docume
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import deque
-from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
+from vectune import _faults
 from vectune.index.client import Target, open_target
 from vectune.index.points import point_id
 
@@ -29,37 +28,6 @@ from vectune.index.points import point_id
 WRITE_TASK_CPUS = 0.05
 
 log = logging.getLogger(__name__)
-
-
-class FailureHook:
-    """Test-only fault injection: after `after` upsert requests, fail or hang.
-
-    Read on the driver from `VECTUNE_INDEX_FAIL_AFTER_BATCHES` (and, for `hang`,
-    `VECTUNE_INDEX_FAIL_MODE=hang` plus `VECTUNE_INDEX_FAIL_MARKER`, a file touched before
-    hanging so a test can kill the process mid-load). Inert when unset.
-    """
-
-    def __init__(self, after: int = 0, mode: str = "raise", marker: str | None = None):
-        self.after, self.mode, self.marker = after, mode, marker
-        self.count = 0
-
-    @classmethod
-    def from_env(cls) -> "FailureHook":
-        return cls(int(os.environ.get("VECTUNE_INDEX_FAIL_AFTER_BATCHES", "0") or 0),
-                   os.environ.get("VECTUNE_INDEX_FAIL_MODE", "raise"), os.environ.get("VECTUNE_INDEX_FAIL_MARKER"))
-
-    def tick(self) -> None:
-        if not self.after:
-            return
-        self.count += 1
-        if self.count < self.after:
-            return
-        if self.mode == "hang":
-            if self.marker:
-                Path(self.marker).write_text(str(self.count))
-            while True:  # until killed
-                time.sleep(1)
-        raise RuntimeError(f"injected failure after {self.count} upsert batches (VECTUNE_INDEX_FAIL_AFTER_BATCHES)")
 
 
 def prepare(columns: dict[str, Any], *, batch_size: int, payload: list[str]) -> list[dict]:
@@ -108,7 +76,7 @@ def fast_commits(client, collection: str) -> bool:
     return str(mode).lower() == "wal"
 
 
-def apply(client, collection: str, chunks: list[dict], hook: FailureHook | None = None) -> int:
+def apply(client, collection: str, chunks: list[dict]) -> int:
     """Upsert prepared requests, one `Batch` each, waiting for each to be applied."""
     from qdrant_client import models
 
@@ -120,18 +88,16 @@ def apply(client, collection: str, chunks: list[dict], hook: FailureHook | None 
                                              payloads=chunk["payloads"])
         client.upsert(collection, points=batch, wait=True)
         written += len(chunk["ids"])
-        if hook is not None:
-            hook.tick()
+        _faults.hit("index.upsert")
     return written
 
 
-def upsert_columns(client, collection: str, columns: dict[str, Any], *, batch_size: int, payload: list[str],
-                   hook: FailureHook | None = None) -> int:
+def upsert_columns(client, collection: str, columns: dict[str, Any], *, batch_size: int, payload: list[str]) -> int:
     """Upsert a block of (doc_id, embedding, payload fields) in requests of `batch_size` points.
 
     Returns the number of points written.
     """
-    return apply(client, collection, prepare(columns, batch_size=batch_size, payload=payload), hook)
+    return apply(client, collection, prepare(columns, batch_size=batch_size, payload=payload))
 
 
 def _plain(value):
@@ -146,9 +112,8 @@ class EmbeddedOwner:
     which is what the embedded engine needs.
     """
 
-    def __init__(self, where: Target, hook: FailureHook | None = None):
+    def __init__(self, where: Target):
         self.client = open_target(where)
-        self.hook = hook
         self.busy = 0.0  # seconds spent applying upserts: near the load's wall time = the engine is the bottleneck
         self.points = 0
 
@@ -158,7 +123,7 @@ class EmbeddedOwner:
     def upsert(self, collection: str, chunks: list[dict]) -> int:
         start = time.perf_counter()
         try:
-            written = apply(self.client, collection, chunks, self.hook)
+            written = apply(self.client, collection, chunks)
         finally:
             self.busy += time.perf_counter() - start
         self.points += written
@@ -194,7 +159,7 @@ class ActorClient:
             ray.kill(self.actor)
 
 
-def start_owner(where: Target, hook: FailureHook | None = None) -> ActorClient:
+def start_owner(where: Target) -> ActorClient:
     """Start the embedded engine's owner actor on this node (the folder is local to it)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -204,7 +169,7 @@ def start_owner(where: Target, hook: FailureHook | None = None) -> ActorClient:
     actor = ray.remote(EmbeddedOwner).options(
         num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False),
         max_restarts=0,
-    ).remote(where, hook)
+    ).remote(where)
     client = ActorClient(actor)
     client.get_collections()  # surfaces an open failure (a held lock) here, as IndexingError
     return client
@@ -220,14 +185,12 @@ class QdrantDatasink(_datasink_base()):
     """Ray Data sink: each write task upserts its blocks, to a server directly or
     through the embedded engine's owner actor."""
 
-    def __init__(self, collection: str, *, where: Target, owner=None, batch_size: int, payload: list[str],
-                 hook: FailureHook | None = None):
+    def __init__(self, collection: str, *, where: Target, owner=None, batch_size: int, payload: list[str]):
         self.collection = collection
         self.where = where
         self.owner = owner  # an EmbeddedOwner actor handle, or None for a server
         self.batch_size = batch_size
         self.payload = list(payload)
-        self.hook = hook
 
     def write(self, blocks: Iterable, ctx) -> int:
         from ray.data.block import BlockAccessor
@@ -242,7 +205,7 @@ class QdrantDatasink(_datasink_base()):
                     continue
                 chunks = prepare(columns, batch_size=self.batch_size, payload=self.payload)
                 if client is not None:
-                    written += apply(client, self.collection, chunks, self.hook)
+                    written += apply(client, self.collection, chunks)
                     continue
                 pending.append(self.owner.upsert.remote(self.collection, chunks))
                 if len(pending) > 1:

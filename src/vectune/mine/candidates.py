@@ -18,12 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from vectune.embed import EmbeddingCache, EncoderConfig, encoder_config
+from vectune.embed import EmbeddingCache, EncoderConfig, compact_cache, encoder_config, plan_actors
 from vectune.embed.cache import text_hashes
-from vectune.embed.pipeline import finish
-from vectune.evaluate.stage import embedded_corpus
+from vectune.embed.corpus import embedded_corpus
 from vectune.progress import track
-from vectune.search import TopK, search_dataset
+from vectune.topk import TopK, search_dataset
 
 _CACHES: dict = {}  # per worker process: the cache store last read, by folder and stamp
 
@@ -77,10 +76,10 @@ def search_corpus(spec, data, model_path: str, queries: np.ndarray, k: int) -> t
                 _from_cache, fn_kwargs=args, batch_size=m.batch_size, batch_format="numpy", num_cpus=0.1)
             return search_dataset(ds, queries, k, block=m.batch_size), cfg, "cache"
     with track("encode corpus", data.corpus.count) as counter:
-        embedded, cfg = embedded_corpus(spec, data, model_path, batch_size=m.batch_size, concurrency=m.concurrency,
+        embedded, cfg = embedded_corpus(spec, data, model_path, plan_actors(m.concurrency), batch_size=m.batch_size,
                                         progress=counter)
         top = search_dataset(embedded, queries, k, block=m.batch_size)
-    finish(cfg)
+    compact_cache(cfg)
     return top, cfg, "encoder"
 
 

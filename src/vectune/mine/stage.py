@@ -21,10 +21,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vectune.cluster import plan_actors
 from vectune.data import DomainData, Labels
-from vectune.embed import EmbeddingCache, Encoder, encode_texts, encoder_config, model_fingerprint, resolve_model
-from vectune.errors import SpecError
+from vectune.embed import (EmbeddingCache, Encoder, encode_texts, encoder_config, model_fingerprint, plan_actors,
+                           resolve_model)
+from vectune.errors import Problem, SpecError
 from vectune.mine.audit import build_audit
 from vectune.mine.candidates import ExactScorer, pair_scores, search_corpus
 from vectune.mine.lookup import DocFacts, gather
@@ -61,9 +61,9 @@ def _natural(value: str):
 def training_labels(spec: Spec, data: DomainData) -> Labels:
     """The `data.train` labels, checked against the corpus (raises before Ray starts)."""
     if spec.data.train is None:
-        raise SpecError(str(spec._source or "<spec>"), [
-            "data.train: the mine stage needs training labels (qrels, pairs or clicks); add `data.train: {path: ...}`"
-        ])
+        raise SpecError(str(spec.source or "<spec>"), [Problem(
+            "data.train", "the mine stage needs training labels (qrels, pairs or clicks); add `data.train: {path: ...}`"
+        )])
     return data.labels("train")
 
 
@@ -146,24 +146,6 @@ def mine(spec: Spec, data: DomainData, run: Run, *, force: bool = False) -> dict
         outputs.update(triples=str(triples), audit=str(audit_path), rows=audit["triples_out"],
                        negatives=audit["negatives_out"], queries_short=audit["queries_short"])
     return audit
-
-
-def mine_spec(spec: Spec, *, run_id: str | None = None, force: bool = False) -> dict:
-    """`vectune mine`: check the labels (before Ray starts), open the run, mine.
-
-    Returns:
-        The audit, with `run_id` and `run_dir`.
-    """
-    from vectune.cluster import ray_session
-    from vectune.pipeline import record_lineage
-
-    data = DomainData(spec)
-    training_labels(spec, data)  # bad labels fail fast, without starting Ray
-    run = Run.create(spec, run_id)
-    record_lineage(run, data)
-    with ray_session(spec.runtime):
-        audit = mine(spec, data, run, force=force)
-    return {**audit, "run_id": run.id, "run_dir": str(run.dir)}
 
 
 def _cache_sizes(*configs) -> dict[str, int]:

@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
-from vectune.errors import SpecError
+from vectune.errors import Problem, SpecError
 from vectune.spec.root import Spec
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a spec."""
-
-    path: str
-    message: str
-    line: int | None = None
-
-    def __str__(self) -> str:
-        where = f"line {self.line}: " if self.line else ""
-        return f"{where}{self.path or '<spec>'}: {self.message}"
 
 
 class _Lines:
@@ -180,6 +166,29 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Spec
     for key, value in (overrides or {}).items():
         _set_dotted(data, key, value)
     return validate_dict(data, str(path), lines, source=path)
+
+
+#: the spec's YAML text, for a job started without a spec file (`vectune submit --image`)
+SPEC_ENV = "VECTUNE_SPEC_YAML"
+
+
+def load_spec_text(text: str, name: str) -> Spec:
+    """A spec from YAML text (no file: relative paths resolve against the working folder)."""
+    data, lines = parse_yaml(text, name)
+    if not isinstance(data, dict):
+        raise SpecError(name, [Problem("", "the spec must be a YAML mapping of sections", 1)])
+    return validate_dict(data, name, lines)
+
+
+def load_spec_from(path: str | Path | None) -> Spec:
+    """The spec at `path`, or, when no path is given, the YAML text in $VECTUNE_SPEC_YAML."""
+    import os
+
+    if path:
+        return load_spec(path)
+    if os.environ.get(SPEC_ENV):
+        return load_spec_text(os.environ[SPEC_ENV], f"${SPEC_ENV}")
+    raise SpecError("<none>", [Problem("", f"no spec: pass --spec PATH or set {SPEC_ENV}")])
 
 
 def validate_dict(data: dict, name: str, lines: _Lines | None = None, source: Path | None = None) -> Spec:

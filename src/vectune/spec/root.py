@@ -47,6 +47,24 @@ class Spec(Section):
             raise ValueError("use 1-63 lower-case letters, digits, `-` or `_`, starting with a letter or digit")
         return value
 
+    # -- where it came from --------------------------------------------------------
+    @property
+    def source(self) -> Path | None:
+        """The YAML file this spec was loaded from (None for a spec built in code)."""
+        return self._source
+
+    def derived(self, **update) -> "Spec":
+        """A copy with some sections (or the name) replaced, from the same source file."""
+        out = self.model_copy(update=update)
+        out._source = self._source
+        return out
+
+    def revalidated(self, mapping: dict) -> "Spec":
+        """`mapping` (this spec's canonical form, edited) validated again, same source file."""
+        out = type(self).model_validate(mapping)
+        out._source = self._source
+        return out
+
     # -- paths -----------------------------------------------------------------
     @property
     def base_dir(self) -> Path:

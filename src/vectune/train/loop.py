@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vectune import _faults
+
 #: the Hugging Face checkpoint folder inside each Ray Train checkpoint (RayTrainReportCallback's)
 HF_CHECKPOINT = "checkpoint"
 
@@ -50,8 +52,6 @@ class LoopConfig:
     primary: str = "ndcg@10"
     log_path: str | None = None
     progress: Any = None  # a vectune.progress counter actor, ticked by rank 0
-    fail_at_step: int | None = None  # fault injection for the resume tests (VECTUNE_TEST_FAIL_AT_STEP)
-    fail_marker: str | None = None
 
 
 def score_key(primary: str) -> str:
@@ -110,19 +110,13 @@ def _callbacks(config: LoopConfig, rank: int, world: int):
                 Path(config.log_path).with_name("validation.jsonl").write_text(
                     "\n".join(json.dumps(e) for e in evals) + "\n")
 
-    class FailOnce(TrainerCallback):
-        """Fault injection for the resume tests: one worker dies once at a chosen step."""
+    class FaultPoint(TrainerCallback):
+        """Where the resume tests make a worker die (`vectune._faults`; inert otherwise)."""
 
         def on_step_end(self, args, state, control, **kwargs):
-            marker = Path(config.fail_marker)
-            if state.global_step == config.fail_at_step and rank == min(1, world - 1) and not marker.exists():
-                marker.write_text(str(state.global_step))
-                raise RuntimeError(f"injected worker failure at step {state.global_step}")
+            _faults.hit("train.step", step=state.global_step, rank=rank, world=world)
 
-    callbacks = [History()]
-    if config.fail_at_step:
-        callbacks.append(FailOnce())
-    return callbacks
+    return [History(), FaultPoint()]
 
 
 def build_trainer(config: LoopConfig, datasets, *, rank: int, world: int, device, work: str):

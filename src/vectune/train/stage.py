@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 from pathlib import Path
 
@@ -100,10 +99,6 @@ def train(spec: Spec, run: Run, base_model: str, *, preflight: dict | None = Non
     if m.document_prefix:
         prompts.update({"positive": m.document_prefix, **{f"negative_{j + 1}": m.document_prefix
                                                           for j in range(negatives)}})
-    fail = {}
-    if os.environ.get("VECTUNE_TEST_FAIL_AT_STEP"):  # fault injection for the resume tests only
-        fail = {"fail_at_step": int(os.environ["VECTUNE_TEST_FAIL_AT_STEP"]),
-                "fail_marker": str(run.path("train", "injected-failure"))}
     resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if t.gpus_per_worker else {})}
     score = {"checkpoint_score_attribute": score_key(primary), "checkpoint_score_order": "max"} if vset else {}
     run.path("train").mkdir(parents=True, exist_ok=True)
@@ -114,7 +109,7 @@ def train(spec: Spec, run: Run, base_model: str, *, preflight: dict | None = Non
             warmup_steps=p.warmup_steps, checkpoint_every=p.checkpoint_every, learning_rate=t.learning_rate,
             weight_decay=t.weight_decay, precision=t.precision, max_seq_length=t.max_seq_length or m.max_seq_length,
             seed=t.seed, threads=threads, prompts=prompts, validation=vset, metrics=metrics, primary=primary,
-            log_path=str(run.path("train", "loss.jsonl")), progress=counter, **fail,
+            log_path=str(run.path("train", "loss.jsonl")), progress=counter,
         )
         trainer = TorchTrainer(
             train_loop,

@@ -58,16 +58,12 @@ def apply(spec: Spec, config: dict[str, Any]) -> Spec:
     dump = spec.canonical()
     for name, value in config.items():
         _set(dump, name, _plain(value), dump)
-    out = Spec.model_validate(dump)
-    out._source = spec._source
-    return out
+    return spec.revalidated(dump)
 
 
 def renamed(spec: Spec, name: str) -> Spec:
     """The same spec under another name (tune runs live apart from the spec's own runs)."""
-    out = spec.model_copy(update={"name": name})
-    out._source = spec._source
-    return out
+    return spec.derived(name=name)
 
 
 def write_tuned_spec(spec: Spec, config: dict[str, Any], header: str) -> Path:
@@ -79,9 +75,9 @@ def write_tuned_spec(spec: Spec, config: dict[str, Any], header: str) -> Path:
     """
     from vectune.spec import load_spec
 
-    if spec._source is None:
+    if spec.source is None:
         raise ValueError("the spec was not loaded from a file: nowhere to write the tuned copy")
-    source = Path(spec._source)
+    source = Path(spec.source)
     mapping = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
     filled = spec.canonical()
     for name, value in config.items():

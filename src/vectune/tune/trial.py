@@ -6,11 +6,11 @@ import math
 import os
 import time
 
-from vectune.data import Labels
+from vectune.data import DomainData, Labels
 from vectune.runs import Run
 from vectune.spec import Spec
 from vectune.tune.space import apply
-from vectune.tune.validate import TrainingSubset, validation_metrics
+from vectune.tune.validate import validation_metrics
 
 
 def run_trial(config: dict, *, spec: Spec, tune_id: str, triples: str | None, train_labels: Labels,
@@ -42,7 +42,7 @@ def run_trial(config: dict, *, spec: Spec, tune_id: str, triples: str | None, tr
     trial_spec.train.validation_queries = 0
     trial_spec.train.interpolation = [1.0]
     run = Run.create(trial_spec, f"{tune_id}/trials/{tune.get_context().get_trial_id()}")
-    data = TrainingSubset(trial_spec, train_labels)
+    data = DomainData(trial_spec, train=train_labels)
     if triples is None:
         from vectune.mine import mine
 

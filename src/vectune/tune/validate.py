@@ -5,13 +5,12 @@ from __future__ import annotations
 import dataclasses
 import random
 
-import numpy as np
-
 from vectune.data import DomainData, Labels
 from vectune.embed import Encoder, encoder_config
 from vectune.errors import StageError
 from vectune.evaluate.metrics import score_run
 from vectune.spec import Spec
+from vectune.topk import block_topk, merge_topk
 
 
 def carve(labels: Labels, n: int, seed: int) -> tuple[Labels, Labels]:
@@ -31,25 +30,6 @@ def carve(labels: Labels, n: int, seed: int) -> tuple[Labels, Labels]:
     return part(lambda q: q in held), part(lambda q: q not in held)
 
 
-class TrainingSubset(DomainData):
-    """The spec's data with `labels("train")` cut to some queries: mining never sees the
-    validation queries the trials are scored on."""
-
-    def __init__(self, spec: Spec, train: Labels):
-        super().__init__(spec)
-        self._subset = train
-
-    def labels(self, split: str) -> Labels:
-        return self._subset if split == "train" else super().labels(split)
-
-
-def _top_k(best_s, best_i, scores, ids, k):
-    s = np.concatenate([best_s, scores], axis=1)
-    i = np.concatenate([best_i, np.broadcast_to(ids, scores.shape)], axis=1)
-    keep = np.argsort(-s, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(s, keep, 1), np.take_along_axis(i, keep, 1)
-
-
 def validation_metrics(spec: Spec, data: DomainData, model_path: str, labels: Labels, threads: int) -> dict:
     """Mean metrics (`spec.evaluate.metrics`) of `model_path` over `labels`, against the whole corpus.
 
@@ -64,12 +44,12 @@ def validation_metrics(spec: Spec, data: DomainData, model_path: str, labels: La
     queries = Encoder(q_cfg).encode([labels.queries[q] for q in qids])
     docs = Encoder(d_cfg)
     k = spec.evaluate.depth
-    best_s = np.full((len(qids), 0), -np.inf, dtype=np.float32)
-    best_i = np.empty((len(qids), 0), dtype=object)
-    for batch in data.corpus_dataset().iter_batches(batch_size=spec.evaluate.batch_size, batch_format="numpy"):
-        vectors = docs.encode([str(t) for t in batch["text"]])
-        ids = np.asarray([str(d) for d in batch["doc_id"]], dtype=object)
-        best_s, best_i = _top_k(best_s, best_i, queries @ vectors.T, ids, k)
-    run = {q: {str(d): float(s) for d, s in zip(best_i[n], best_s[n])} for n, q in enumerate(qids)}
-    means, _ = score_run(labels.qrels, run, spec.evaluate.metrics)
+
+    def partials():
+        for batch in data.corpus_dataset().iter_batches(batch_size=spec.evaluate.batch_size, batch_format="numpy"):
+            vectors = docs.encode([str(t) for t in batch["text"]])
+            yield block_topk(queries, vectors, [str(d) for d in batch["doc_id"]], k)
+
+    top = merge_topk(partials(), len(qids), k)
+    means, _ = score_run(labels.qrels, top.run(qids), spec.evaluate.metrics)
     return means

@@ -43,8 +43,14 @@ def _block_topk(batch: dict, queries_ref: list, k: int) -> dict:
     import ray
 
     queries = ray.get(queries_ref[0])  # zero-copy from the object store
-    emb = np.asarray(batch["embedding"], dtype=np.float32)
-    ids = np.asarray(batch["doc_id"]).astype(object)
+    return block_topk(queries, batch["embedding"], batch["doc_id"], k)
+
+
+def block_topk(queries: np.ndarray, vectors, doc_ids, k: int) -> dict:
+    """One block of documents scored against every query: each query's local top-k, as a
+    partial that `merge_topk` takes."""
+    emb = np.asarray(vectors, dtype=np.float32)
+    ids = np.asarray(doc_ids).astype(object)
     idx, top = _partial_topk(queries @ emb.T, k)
     doc = ids[idx]
     if idx.shape[1] < k:  # a block smaller than k: pad

@@ -1,11 +1,11 @@
-"""Connecting to Ray (local or a cluster) and sizing actor pools to it."""
+"""The Ray runtime a command runs on: start a local Ray or join a cluster, as the spec's
+`runtime` section says, with the environment every worker needs."""
 
 from __future__ import annotations
 
 import logging
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 from vectune.spec.runtime import RuntimeSpec
 
@@ -71,33 +71,3 @@ def ray_session(runtime: RuntimeSpec):
     finally:
         if started:
             ray.shutdown()
-
-
-@dataclass(frozen=True)
-class ActorPlan:
-    """How many encoder actors, with how many CPUs and torch threads each."""
-
-    actors: int
-    cpus: float
-    threads: int
-    gpus: float = 0.0
-
-
-def plan_actors(concurrency: int | None, gpus_per_actor: float = 0.0) -> ActorPlan:
-    """Fit `concurrency` encoder actors on the cluster, leaving read tasks a CPU sliver.
-
-    Actors that reserve every CPU starve Ray Data's read tasks and the job hangs, so
-    each actor takes (CPUs - 0.25) / actors and runs that many torch threads.
-    """
-    import ray
-
-    total = float(ray.cluster_resources().get("CPU", 1))
-    if gpus_per_actor > 0:
-        gpus = float(ray.cluster_resources().get("GPU", 0))
-        actors = concurrency or max(1, int(gpus // gpus_per_actor))
-        return ActorPlan(actors, cpus=1.0, threads=max(1, int(total // max(actors, 1)) - 1) or 1, gpus=gpus_per_actor)
-    actors = concurrency or (int(total) if total < 4 else max(1, int(total) // 2))
-    actors = max(1, min(actors, int(total) or 1))
-    cpus = max(0.1, (total - 0.25) / actors)
-    threads = max(1, int(round(total / actors)))
-    return ActorPlan(actors, cpus=round(cpus, 3), threads=threads)

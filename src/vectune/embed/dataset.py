@@ -6,13 +6,13 @@ import dataclasses
 
 import numpy as np
 
-from vectune.cluster import plan_actors
+from vectune.embed.actors import ActorPlan, actor_pool
 from vectune.embed.cache import EmbeddingCache
 from vectune.embed.encoder import Encoder, EncoderConfig
 
 
-def embed_dataset(ds, config: EncoderConfig, *, batch_size: int = 1024, concurrency: int | None = None,
-                  gpus: float = 0.0, keep: tuple[str, ...] | None = None, progress=None, preload: bool = False):
+def embed_dataset(ds, config: EncoderConfig, plan: ActorPlan, *, batch_size: int = 1024,
+                  keep: tuple[str, ...] | None = None, progress=None, preload: bool = False):
     """Add an `embedding` column to a Dataset with a `text` column (lazy, streaming).
 
     `keep` names the input columns passed through (all when None). Every Ray op
@@ -23,9 +23,8 @@ def embed_dataset(ds, config: EncoderConfig, *, batch_size: int = 1024, concurre
     loses the rest to the actors' start, importing torch and sentence-transformers
     (benchmarks/encode.py). `progress` is a `vectune.progress.track` counter the actors tick
     per text. `preload` loads the model as each actor starts (see `Encoder`); pass
-    `expects_encoding(config, rows)`.
+    `expects_encoding(config, rows)`. `plan` is the stage's actor plan (`plan_actors`).
     """
-    plan = plan_actors(concurrency, gpus)
     config = dataclasses.replace(config, threads=config.threads or plan.threads,
                                  device=config.device or ("cuda" if plan.gpus else None))
     return ds.map_batches(
@@ -49,19 +48,7 @@ def expects_encoding(config: EncoderConfig, rows: int) -> bool:
     return len(EmbeddingCache(config.cache_dir)) < rows
 
 
-def actor_pool(size: int):
-    """A fixed pool of `size` encoder actors, each handed one batch at a time.
-
-    With more tasks in flight per actor (Ray's default), the first actor to start takes
-    the queued batches while the others are still starting: a small corpus
-    would then be encoded by one actor alone.
-    """
-    from ray.data import ActorPoolStrategy
-
-    return ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=1)
-
-
-def finish(config: EncoderConfig) -> None:
+def compact_cache(config: EncoderConfig) -> None:
     """Merge the vectors workers added to the cache (call after the dataset is consumed)."""
     if config.cache_dir:
         EmbeddingCache(config.cache_dir).compact()
@@ -71,5 +58,5 @@ def encode_texts(texts: list[str], config: EncoderConfig, *, encoder: Encoder | 
     """Encode a small list of texts (queries) in this process, through the cache."""
     encoder = encoder or Encoder(config)
     vectors = encoder.encode(texts)
-    finish(config)
+    compact_cache(config)
     return vectors

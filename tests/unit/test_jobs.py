@@ -1,4 +1,5 @@
-"""What `vectune submit` ships, and `runtime.storage`: no cluster needed (a few seconds)."""
+"""The job submission client (`vectune.jobs`): what `vectune submit` ships, and
+`runtime.storage`. No cluster needed (a few seconds): a refused address stands in for one."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vectune import submit as jobs
+from vectune import jobs
 from vectune.errors import SpecError
 from vectune.runs import Run
 from vectune.spec import load_spec, validate_dict

@@ -36,14 +36,13 @@ from typing import Iterator, TextIO
 import yaml
 
 from vectune.errors import EXIT_BAD_INPUT, EXIT_FAILURE, VectuneError
-from vectune.spec import Spec, render, validate_dict
+from vectune.spec import SPEC_ENV, Spec, render, validate_dict
 
 log = logging.getLogger(__name__)
 
 PIPELINES = ("finetune", "reindex", "evaluate")
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 SPEC_FILE = "vectune-spec.yaml"
-SPEC_ENV = "VECTUNE_SPEC_YAML"
 #: never uploaded, wherever they appear in a shipped folder
 EXCLUDES = [".venv", ".git", "runs", "benchmarks/results", "__pycache__", "*.pyc", "*.egg-info", ".pytest_cache"]
 _ADDRESS_ENV = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
@@ -167,7 +166,7 @@ def cluster_spec(spec: Spec) -> dict:
     qdrant = out.get("index", {}).get("qdrant", {})
     if qdrant.get("path") and qdrant["path"] != ":memory:":
         qdrant["path"] = spec.resolve(qdrant["path"], data=False)
-    validate_dict(out, f"{spec._source or 'spec'} (rendered for the cluster)")
+    validate_dict(out, f"{spec.source or 'spec'} (rendered for the cluster)")
     return out
 
 

@@ -13,20 +13,19 @@ import logging
 import os
 import time
 
-from vectune.cluster import ray_session
 from vectune.data import DomainData
 from vectune.errors import SpecError, StageError
-from vectune.runs import Run, new_run_id
+from vectune.runs import Run
 from vectune.spec import Problem, Spec
-from vectune.tune.space import renamed, search_space, write_tuned_spec
+from vectune.tune.space import search_space, write_tuned_spec
 from vectune.tune.trial import run_trial
-from vectune.tune.validate import TrainingSubset, carve
 
 log = logging.getLogger("vectune")
 
 
-def _check(spec: Spec) -> None:
-    source = str(spec._source or "<spec>")
+def check(spec: Spec) -> None:
+    """What a search needs from the spec, checked before any work."""
+    source = str(spec.source or "<spec>")
     if not spec.tune.space:
         raise SpecError(source, [Problem("tune.space", "nothing to search: add e.g. "
                                          "`train.learning_rate: {type: loguniform, low: 1e-5, high: 1e-4}`")])
@@ -47,56 +46,52 @@ def _scheduler(spec: Spec):
     return ASHAScheduler(time_attr="training_iteration", grace_period=1, max_t=1)
 
 
-def tune_spec(spec: Spec, *, run_id: str | None = None) -> dict:
-    """Run the search; returns the trials, the best values and the tuned spec's path."""
+def search(spec: Spec, tspec: Spec, run: Run, validation, rest, base: str) -> dict:
+    """Run the search inside `run` (Ray running); returns the trials, the best values and
+    the tuned spec's path.
+
+    Args:
+        spec: the user's spec; tspec: the same, renamed for the search's runs.
+        validation, rest: the carved-out training labels (scored on) and the rest (trained on).
+        base: the resolved base model.
+    """
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    _check(spec)
     t = spec.tune
-    data = DomainData(spec)
-    validation, rest = carve(data.labels("train"), t.validation_queries, t.seed)
-    if t.train_queries is not None and t.train_queries < len(rest.qrels):
-        rest, _ = carve(rest, t.train_queries, t.seed + 1)  # the per-trial budget
-    tspec = pinned_runs(renamed(spec, (spec.name + "-tune")[:63]))
-    tune_id = run_id or new_run_id()
-    run = Run.create(tspec, tune_id)
-    from vectune.pipeline import base_model_path, record_lineage
-
-    record_lineage(run, data)
+    tune_id = run.id
     baseline = spec_values(spec) if t.baseline else None
     run.record("tune", {"validation_queries": sorted(validation.qrels), "train_queries": len(rest.qrels),
                         "space": {k: v.model_dump() for k, v in t.space.items()}, "baseline": baseline})
-    base = base_model_path(spec)
     mine_searched = any(name.startswith("mine.") for name in t.space)
     start = time.perf_counter()
-    with ray_session(spec.runtime):
-        triples = None
-        if not mine_searched:
-            from vectune.mine import mine
+    # the trials share one mine unless mine settings are searched
+    triples = None
+    if not mine_searched:
+        from vectune.mine import mine
 
-            mine(tspec, TrainingSubset(tspec, rest), run)
-            triples = str(run.path("mine", "triples.parquet"))
-        trainable = tune.with_resources(
-            tune.with_parameters(run_trial, spec=tspec, tune_id=tune_id, triples=triples, train_labels=rest,
-                                 validation=validation, base_model=base),
-            {"cpu": t.cpus_per_trial, "gpu": t.gpus_per_trial},
-        )
-        tuner = tune.Tuner(
-            trainable,
-            param_space=search_space(spec),
-            tune_config=tune.TuneConfig(
-                metric=t.metric, mode="max", num_samples=t.trials, scheduler=_scheduler(spec),
-                # the limit goes to the generator itself: Tune ignores max_concurrent_trials
-                # for a BasicVariantGenerator passed in (it is not a Searcher)
-                # the spec's own values go first (`tune.baseline`): the search reports its gain over them
-                search_alg=BasicVariantGenerator(points_to_evaluate=[baseline] if baseline else None,
-                                                 random_state=t.seed, max_concurrent=t.max_concurrent),
-            ),
-            run_config=tune.RunConfig(name="ray", storage_path=str(run.path("tune")), verbose=0,
-                                      callbacks=[_trial_log(t.trials, t.metric)]),
-        )
-        grid = tuner.fit()
+        mine(tspec, DomainData(tspec, train=rest), run)
+        triples = str(run.path("mine", "triples.parquet"))
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, spec=tspec, tune_id=tune_id, triples=triples, train_labels=rest,
+                             validation=validation, base_model=base),
+        {"cpu": t.cpus_per_trial, "gpu": t.gpus_per_trial},
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space=search_space(spec),
+        tune_config=tune.TuneConfig(
+            metric=t.metric, mode="max", num_samples=t.trials, scheduler=_scheduler(spec),
+            # the limit goes to the generator itself: Tune ignores max_concurrent_trials
+            # for a BasicVariantGenerator passed in (it is not a Searcher)
+            # the spec's own values go first (`tune.baseline`): the search reports its gain over them
+            search_alg=BasicVariantGenerator(points_to_evaluate=[baseline] if baseline else None,
+                                             random_state=t.seed, max_concurrent=t.max_concurrent),
+        ),
+        run_config=tune.RunConfig(name="ray", storage_path=str(run.path("tune")), verbose=0,
+                                  callbacks=[_trial_log(t.trials, t.metric)]),
+    )
+    grid = tuner.fit()
     trials = _trials(grid, t.metric, baseline)
     done = [tr for tr in trials if tr["status"] == "done"]
     if not done:
@@ -130,9 +125,7 @@ def pinned_runs(spec: Spec) -> Spec:
         return spec
     if os.environ.get("VECTUNE_RUNS"):
         os.environ["VECTUNE_RUNS"] = root  # read again in the trials, which inherit VECTUNE_* variables
-    out = spec.model_copy(update={"runtime": spec.runtime.model_copy(update={"runs": root})})
-    out._source = spec._source
-    return out
+    return spec.derived(runtime=spec.runtime.model_copy(update={"runs": root}))
 
 
 def _trial_log(total: int, metric: str):

@@ -1,5 +1,5 @@
-"""Searching the live collection with the model that built it, and the read-only views
-behind `vectune collections` and `vectune rollback`.
+"""The live collection, read-only: searching it with the model that built it, and the list
+of versions behind `vectune collections`.
 
 Model choice for a query (the vectors must come from the model the collection was built
 with, or the scores mean nothing):
@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from vectune.cluster import WORKER_ENV
+from vectune.runtime import WORKER_ENV
 from vectune.embed import encode_texts, encoder_config, model_fingerprint, resolve_model
 from vectune.errors import IndexingError, ModelError
 from vectune.index import collections as cols
@@ -89,12 +89,3 @@ def list_collections(spec: Spec) -> dict:
     finally:
         client.close()
     return {"alias": cols.alias_name(spec), "live": live, "collections": [v.to_dict() for v in versions]}
-
-
-def rollback(spec: Spec, *, to: str | None = None) -> dict:
-    """Move the alias back to the previous verified collection (or `to`)."""
-    client = connect(spec)
-    try:
-        return cols.rollback(client, spec, to)
-    finally:
-        client.close()

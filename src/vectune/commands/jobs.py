@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
+from vectune.commands._options import call, load
+
 AddressOpt = Annotated[Optional[str], typer.Option(
     "--address", envvar=["VECTUNE_RAY_ADDRESS", "RAY_ADDRESS"], show_envvar=True,
     help="The cluster's dashboard URL (http://HEAD:8265), or a Ray address.")]
@@ -16,12 +18,6 @@ JobArg = Annotated[str, typer.Argument(help="The submission id `vectune submit` 
 
 jobs_app = typer.Typer(name="jobs", help="Follow, inspect and stop jobs submitted to a Ray cluster.",
                        no_args_is_help=True)
-
-
-def _cli():
-    from vectune import cli
-
-    return cli
 
 
 def _print_status(info: dict) -> None:
@@ -74,11 +70,10 @@ def register(app: typer.Typer) -> None:
         from pathlib import Path
 
         from vectune import _console as console
-        from vectune import submit as jobs
+        from vectune import jobs
 
-        cli = _cli()
-        s = cli._call(cli._load, Path(spec))
-        result = cli._call(jobs.submit, s, address=address, pipeline=pipeline, wait=wait, image=image,
+        s = load(Path(spec))
+        result = call(jobs.submit, s, address=address, pipeline=pipeline, wait=wait, image=image,
                            image_workdir=image_workdir, run_id=run_id, model=model, pip=pip, ship_package=ship_code,
                            logs=sys.stderr if json_ else sys.stdout, verbose=verbose)
         if json_:
@@ -103,10 +98,9 @@ def status(job_id: JobArg, address: AddressOpt = None,
            json_: Annotated[bool, typer.Option("--json")] = False) -> None:
     """A job's status, exit code and the nodes that did its work."""
     from vectune import _console as console
-    from vectune import submit as jobs
+    from vectune import jobs
 
-    cli = _cli()
-    info = cli._call(jobs.status, job_id, address=address, nodes=nodes)
+    info = call(jobs.status, job_id, address=address, nodes=nodes)
     if json_:
         console.emit_json(info)
     else:
@@ -118,10 +112,9 @@ def logs(job_id: JobArg, address: AddressOpt = None,
          follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep streaming until the job ends; "
                                               "exit with its result.")] = False) -> None:
     """Print a job's logs."""
-    from vectune import submit as jobs
+    from vectune import jobs
 
-    cli = _cli()
-    info = cli._call(jobs.logs, job_id, address=address, follow_logs=follow)
+    info = call(jobs.logs, job_id, address=address, follow_logs=follow)
     if follow:
         raise typer.Exit(info["exit_code"])
 
@@ -131,10 +124,9 @@ def stop(job_id: JobArg, address: AddressOpt = None,
          json_: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Stop a running job (its driver, actors and tasks)."""
     from vectune import _console as console
-    from vectune import submit as jobs
+    from vectune import jobs
 
-    cli = _cli()
-    info = cli._call(jobs.stop, job_id, address=address)
+    info = call(jobs.stop, job_id, address=address)
     if json_:
         console.emit_json(info)
     else:
@@ -147,10 +139,9 @@ def list_(address: AddressOpt = None, json_: Annotated[bool, typer.Option("--jso
     from rich.table import Table
 
     from vectune import _console as console
-    from vectune import submit as jobs
+    from vectune import jobs
 
-    cli = _cli()
-    rows = sorted(cli._call(jobs.list_jobs, address=address), key=lambda j: j["start_time"] or 0, reverse=True)
+    rows = sorted(call(jobs.list_jobs, address=address), key=lambda j: j["start_time"] or 0, reverse=True)
     if json_:
         console.emit_json(rows)
         return

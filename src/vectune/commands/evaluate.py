@@ -1,0 +1,36 @@
+"""`vectune evaluate`: score a model on held-out queries."""
+
+from typing import Annotated, Optional
+
+import typer
+
+from vectune import _console as console
+from vectune.commands._options import JsonOpt, RunOpt, SpecArg, VerboseOpt, run
+
+
+def _show(spec, result: dict) -> None:
+    role = "model" if "model" in result else "base"
+    summary = result[role]
+    console.out.print(console.metrics_table(
+        f"{spec.name}: {summary['split']} split, {summary['num_queries']} queries", {role: summary["metrics"]},
+        spec.evaluate.metrics))
+    console.out.print(f"run {result['run_id']}: {result['run_dir']}/metrics.json", markup=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the CLI."""
+
+    @app.command()
+    def evaluate(
+        spec: SpecArg,
+        model: Annotated[Optional[str], typer.Option(help="A model folder or name instead of the spec's base model.")] = None,
+        split: Annotated[Optional[str], typer.Option(help="A split of data.splits (default: evaluate.split).")] = None,
+        run_id: RunOpt = None,
+        json_: JsonOpt = False,
+        verbose: VerboseOpt = False,
+    ) -> None:
+        """Score a model on held-out queries: nDCG@10, Recall@100, MRR@10 and more."""
+        from vectune import pipeline
+
+        run(pipeline.evaluate, spec, json_=json_, verbose=verbose, show=_show, model=model, split=split,
+            run_id=run_id)
