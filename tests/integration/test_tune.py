@@ -65,7 +65,7 @@ def test_two_trial_search_picks_best_and_writes_a_valid_spec(tmp_path, make_slic
     from rich.console import Console
 
     from vectune.commands.tune import _trials_table
-    from vectune.pipeline import tune as tune_spec
+    from vectune.pipeline import tune
 
     # a relative runs folder, as in specs/scifact.yaml: trials run in Tune's own working
     # directories, and their runs must still land here
@@ -74,7 +74,7 @@ def test_two_trial_search_picks_best_and_writes_a_valid_spec(tmp_path, make_slic
     monkeypatch.chdir(sl.root)
     spec = sl.load()
     with caplog.at_level(logging.INFO, logger="vectune"):
-        result = tune_spec(spec, run_id="t1")
+        result = tune(spec, run_id="t1")
     # Tune runs quiet; vectune logs each trial's start and outcome
     messages = [r.getMessage() for r in caplog.records]
     assert sum("started: train.learning_rate=" in m for m in messages) == 2, messages

@@ -71,13 +71,17 @@ class EncoderConfig:
 
 
 
-def encoder_config(spec, model_path: str, *, role: str, cache: bool = True) -> EncoderConfig:
-    """Build the config for `role` ("query" or "document") from the spec's model section."""
+def encoder_config(spec, model_path: str, *, role: str, cache: bool = True, fingerprint: str | None = None
+                   ) -> EncoderConfig:
+    """Build the config for `role` ("query" or "document") from the spec's model section.
+
+    `fingerprint` is the model's, when the caller has it already (one re-index computes it once).
+    """
     m = spec.model
     prefix = m.query_prefix if role == "query" else m.document_prefix
     return EncoderConfig(
         model_path=model_path,
-        fingerprint=model_fingerprint(model_path),
+        fingerprint=fingerprint or model_fingerprint(model_path),
         max_seq_length=m.max_seq_length,
         prefix=prefix,
         normalize=m.normalize,

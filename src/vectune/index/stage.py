@@ -118,9 +118,9 @@ def _client(where: Target):
 def _build(client, where: Target, spec: Spec, run: Run, data: DomainData, name: str, model: dict) -> dict:
     start = time.perf_counter()
     idx = spec.index
-    cfg = encoder_config(spec, model["path"], role="document")
+    cfg = encoder_config(spec, model["path"], role="document", fingerprint=model["fingerprint"])
     # one uncached encoder on the driver: the dimension now, a fresh sample for verification later
-    fresh = Encoder(encoder_config(spec, model["path"], role="document", cache=False))
+    fresh = Encoder(encoder_config(spec, model["path"], role="document", cache=False, fingerprint=model["fingerprint"]))
     dimension = fresh.dimension
     stamp = {
         "format": 1, "spec": spec.name, "base": cols.base_name(spec), "run_id": run.id, "spec_hash": spec.digest(),
