@@ -132,7 +132,7 @@ def build_trainer(config: LoopConfig, datasets, *, rank: int, world: int, device
     model = SentenceTransformer(config.model_path, device=str(device))
     if config.max_seq_length:
         model.max_seq_length = config.max_seq_length
-    loss = build_loss(config.loss, model, world, guide=config.base_model_path)
+    loss = build_loss(config.loss, model, world, guide=config.base_model_path, precision=config.precision)
     evaluator = RetrievalEvaluator.from_set(config.validation, config.metrics, config.primary,
                                             precision=config.precision) if config.validation else None
     args = Args(
