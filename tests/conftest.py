@@ -15,6 +15,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # a developer's own settings must not leak into tests (runs folder, resumed run)
 for _var in ("VECTUNE_RUNS", "VECTUNE_RUN_ID"):
     os.environ.pop(_var, None)
+# the fault registry's file (vectune._faults), named before any Ray starts so every worker
+# reads it; tests switch points on by writing it. Absent, every fault point is off.
+import tempfile as _tempfile  # noqa: E402
+
+os.environ["VECTUNE_FAULTS"] = os.path.join(_tempfile.mkdtemp(prefix="vectune-faults-"), "faults.json")
 
 import json  # noqa: E402
 import random  # noqa: E402

@@ -1,19 +1,20 @@
-"""Fault injection for vectune's own tests: one registry, switched from the environment.
+"""Fault injection for vectune's own tests: one registry, a file the tests switch.
 
 A test that must break a run at a chosen point (a worker dying mid-training, the index
-load failing or hanging mid-way) sets `VECTUNE_FAULTS` to a JSON object naming the point
-and how; vectune hands every `VECTUNE_*` variable to its Ray workers, so the switch
-reaches the process where the point runs. Product code marks each point with one
-`hit(...)` call and carries no test plumbing through its signatures. Unset, `hit` is one
-environment lookup.
+load failing or hanging mid-way) writes the point and how into the JSON file that
+`VECTUNE_FAULTS` names. The variable is set before Ray starts (tests/conftest.py does it
+for the whole session) and vectune hands every `VECTUNE_*` variable to its Ray workers, so
+every process, the driver and workers started long before the switch alike, reads the same
+file. Product code marks each point with one `hit(...)` call and carries no test plumbing
+through its signatures. Unset, or with no file, `hit` does nothing.
 
 Points:
     `index.upsert`: after each upsert request. `{"after": N}` raises on the N-th request of
         a process; `"mode": "hang"` hangs there instead (after touching `"marker"`, a file
         a test waits for before killing the process).
-    `train.step`: after each optimizer step. `{"at": N}` raises once at step N in the
-        worker of rank `"rank"` (default 1, or 0 with one worker); `"marker"` (required)
-        is the file that records it already happened, so a restarted worker goes on.
+    `train.step`: after each optimizer step. `{"at": N, "marker": PATH}` raises once at
+        step N in the worker of rank `"rank"` (default 1, or 0 with one worker); the marker
+        records that it happened, so a restarted worker goes on.
 """
 
 from __future__ import annotations
@@ -30,21 +31,35 @@ _counts: Counter = Counter()
 
 
 def settings() -> dict:
-    raw = os.environ.get(ENV)
-    return json.loads(raw) if raw else {}
+    """The points switched on now: {point: settings} (empty when none)."""
+    path = os.environ.get(ENV)
+    if not path:
+        return {}
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return {}
 
 
-def env(**points: dict) -> dict[str, str]:
-    """The environment a test sets: `env(**{"index.upsert": {"after": 3}})`."""
-    return {ENV: json.dumps(points)}
+def switch(**points: dict) -> None:
+    """Tests: switch these points on (and every other off), for every process at once."""
+    Path(os.environ[ENV]).write_text(json.dumps(points))
+    _counts.clear()
+
+
+def clear() -> None:
+    """Tests: switch every point off."""
+    path = os.environ.get(ENV)
+    if path:
+        Path(path).unlink(missing_ok=True)
+    _counts.clear()
 
 
 def hit(point: str, **where) -> None:
     """Mark a fault point; raises (or hangs) when a test switched it on."""
-    raw = os.environ.get(ENV)
-    if not raw:
+    if not os.environ.get(ENV):
         return
-    cfg = json.loads(raw).get(point)
+    cfg = settings().get(point)
     if not cfg:
         return
     if point == "index.upsert":
@@ -66,8 +81,3 @@ def hit(point: str, **where) -> None:
             raise RuntimeError(f"injected worker failure at step {where['step']}")
         return
     raise ValueError(f"unknown fault point {point!r} in {ENV}")
-
-
-def reset() -> None:
-    """Forget the counts of this process (tests that reuse one process)."""
-    _counts.clear()

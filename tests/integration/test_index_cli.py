@@ -16,12 +16,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vectune import _faults
-
 N_DOCS = 200
 KEY = "sk-vectune-SECRET-7f3a9c51d2"
 KEY_ENV = "VECTUNE_TEST_QDRANT_KEY"
 VECTUNE = str(Path(sys.executable).with_name("vectune"))
+
+
+def _hang_after(path: Path, batches: int, marker: Path) -> Path:
+    """A fault file for a child process: the re-index hangs after `batches` upserts."""
+    path.write_text(json.dumps({"index.upsert": {"after": batches, "mode": "hang", "marker": str(marker)}}))
+    return path
 
 
 def _env(**extra) -> dict:
@@ -81,8 +85,7 @@ def test_killed_reindex_reruns_to_exact_count_and_alias_never_moved_early(sliced
     log = open(shm / "killed.log", "w")
     proc = subprocess.Popen([VECTUNE, "reindex", str(sliced.spec_path), "--run-id", "k2"], stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True,
-                            env=_env(**_faults.env(**{"index.upsert": {"after": 4, "mode": "hang",
-                                                                        "marker": str(marker)}})))
+                            env=_env(VECTUNE_FAULTS=str(_hang_after(shm / "faults.json", 4, marker))))
     deadline = time.monotonic() + 400
     while not marker.exists():
         assert proc.poll() is None, (shm / "killed.log").read_text()[-3000:]

@@ -103,7 +103,7 @@ def test_failure_midway_keeps_the_alias_and_a_rerun_completes_without_duplicates
     from vectune.pipeline import reindex
     from vectune.runs import Run
 
-    monkeypatch.setenv(_faults.ENV, _faults.env(**{"index.upsert": {"after": 3}})[_faults.ENV])
+    _faults.switch(**{"index.upsert": {"after": 3}})
     with pytest.raises(IndexingError, match="injected failure after 3 upsert batches"):
         reindex(spec, run_id="a2")
     client = _client(spec)
@@ -118,7 +118,7 @@ def test_failure_midway_keeps_the_alias_and_a_rerun_completes_without_duplicates
     assert run.manifest["stages"]["reindex"]["status"] == "failed"
     assert run.manifest["collection"]["state"] == "failed"
 
-    monkeypatch.delenv(_faults.ENV)
+    _faults.clear()
     again = reindex(spec, run_id="a2")
     assert again["resumed"] is True and again["points"] == N_DOCS and again["previous"] == "slice__a1"
     assert again["model_source"].startswith("resuming run a2")

@@ -25,7 +25,7 @@ def test_encoder_actors_tick_every_document_once(sliced):
     import ray
 
     from vectune.data import DomainData
-    from vectune.embed import embed_dataset, encoder_config
+    from vectune.embed import embed_dataset, encoder_config, plan_actors
     from vectune.runs import base_model_path
     from vectune.progress import track
 
@@ -33,7 +33,8 @@ def test_encoder_actors_tick_every_document_once(sliced):
     data = DomainData(spec)
     cfg = encoder_config(spec, base_model_path(spec), role="document", cache=False)
     with track("encode", data.corpus.count) as counter:
-        rows = embed_dataset(data.corpus_dataset(blocks=2), cfg, batch_size=100, progress=counter).take_all()
+        rows = embed_dataset(data.corpus_dataset(blocks=2), cfg, plan_actors(None), batch_size=100,
+                             progress=counter).take_all()
         done, _ = ray.get(counter.read.remote())
     assert len(rows) == data.corpus.count == 150
     assert done == 150  # 100 + 50: the first batch in chunks of whole model batches

@@ -66,12 +66,16 @@ def _final_state(run: Run) -> dict:
     raise AssertionError("no complete checkpoint")
 
 
-def _fail_at_step(monkeypatch, run: Run, step: int) -> None:
+@pytest.fixture
+def faults():
+    """The fault registry, switched off again after the test."""
+    yield _faults
+    _faults.clear()
+
+
+def _fail_at_step(faults, run: Run, step: int) -> None:
     """Switch on the `train.step` fault: a worker dies once at `step` (the marker records it)."""
-    run.path("train").mkdir(parents=True, exist_ok=True)
-    for key, value in _faults.env(**{"train.step": {"at": step, "marker": str(run.path("train", "injected-failure"))}
-                                     }).items():
-        monkeypatch.setenv(key, value)
+    faults.switch(**{"train.step": {"at": step, "marker": str(run.path("train", "injected-failure"))}})
 
 
 def _adam_steps(state: dict) -> int:
@@ -112,7 +116,7 @@ def test_train_two_workers_keeps_dimension(mined, monkeypatch):
     assert state["step"] == summary["steps"] == _adam_steps(state)
 
 
-def test_interrupted_training_resumes_from_checkpoint(mined, monkeypatch):
+def test_interrupted_training_resumes_from_checkpoint(mined, faults):
     """A run that dies at step 3 (checkpoint at 2) and is re-run continues at step 3 with the
     checkpoint's optimizer state: Adam's step counter ends at the total, not total - 2."""
     from vectune.runs import base_model_path
@@ -122,11 +126,11 @@ def test_interrupted_training_resumes_from_checkpoint(mined, monkeypatch):
     spec.train.epochs = 2  # one epoch of the slice is 3 steps: step 3 would be the last (and checkpointed)
     try:
         run = _fresh_run(spec, src, "interrupted")
-        _fail_at_step(monkeypatch, run, 3)
+        _fail_at_step(faults, run, 3)
         with pytest.raises(StageError, match="injected worker failure"):
             train(spec, run, base_model_path(spec))
         assert _final_state(run)["step"] == 2
-        monkeypatch.delenv(_faults.ENV)
+        faults.clear()
         summary = train(spec, Run.open(spec, run.id), base_model_path(spec))
     finally:
         spec.train.epochs = 1
@@ -137,7 +141,7 @@ def test_interrupted_training_resumes_from_checkpoint(mined, monkeypatch):
     assert [h["step"] for h in state["history"]] == list(range(1, summary["steps"] + 1))
 
 
-def test_lost_worker_resumes_within_the_run(mined, monkeypatch):
+def test_lost_worker_resumes_within_the_run(mined, faults):
     """With max_failures: 1, Ray Train restarts the workers from the last checkpoint."""
     from vectune.runs import base_model_path
     from vectune.train import train
@@ -146,7 +150,7 @@ def test_lost_worker_resumes_within_the_run(mined, monkeypatch):
     spec.train.max_failures = 1
     try:
         run = _fresh_run(spec, src, "lost-worker")
-        _fail_at_step(monkeypatch, run, 3)
+        _fail_at_step(faults, run, 3)
         summary = train(spec, run, base_model_path(spec))
     finally:
         spec.train.max_failures = 0

@@ -24,7 +24,7 @@ TUNE = {
 SMALL = {
     "model": {"max_seq_length": 32},
     "mine": {"num_negatives": 1, "range_min": 0, "range_max": 10},
-    "train": {"workers": 1, "cpus_per_worker": 0.8, "batch_size": 4, "epochs": 1, "negatives": 1,
+    "train": {"workers": 1, "cpus_per_worker": 0.8, "batch_size": 2, "epochs": 1, "negatives": 1,
               "checkpoint_every": 50, "max_failures": 0},
     "evaluate": {"metrics": ["ndcg@10", "recall@100"]},
     "tune": TUNE,
@@ -38,7 +38,7 @@ def test_apply_sets_nested_values_and_keeps_defaults(tmp_path, make_slice):
     spec = sl.load()
     tuned = apply(spec, {"train.learning_rate": 3e-4, "train.loss.scale": 30.0, "mine.num_negatives": 2})
     assert tuned.train.learning_rate == 3e-4 and tuned.train.loss.type == "mnrl" and tuned.train.loss.scale == 30
-    assert tuned.mine.num_negatives == 2 and tuned.train.batch_size == 4
+    assert tuned.mine.num_negatives == 2 and tuned.train.batch_size == 2
     path = write_tuned_spec(spec, {"train.learning_rate": 3e-4, "train.loss.scale": 30.0}, "header")
     assert path == sl.root / "spec.tuned.yaml"
     again = load_spec(path)
@@ -112,7 +112,7 @@ def test_two_trial_search_picks_best_and_writes_a_valid_spec(tmp_path, make_slic
     tuned = load_spec(result["tuned_spec"])
     assert Path(result["tuned_spec"]) == sl.root / "spec.tuned.yaml"
     assert tuned.train.learning_rate == pytest.approx(best["config"]["train.learning_rate"])
-    assert tuned.train.batch_size == 4 and tuned.data == spec.data
+    assert tuned.train.batch_size == 2 and tuned.data == spec.data
 
     console = Console(record=True, width=200)
     console.print(_trials_table(result))

@@ -143,11 +143,12 @@ def test_upsert_fault_point_fires_after_n_batches(monkeypatch):
     client = QdrantClient(location=":memory:")
     _make(client, "c")
     columns = {"doc_id": np.array([str(i) for i in range(10)]), "embedding": np.ones((10, 4), dtype=np.float32)}
-    _faults.reset()
-    monkeypatch.setenv(_faults.ENV, _faults.env(**{"index.upsert": {"after": 3}})[_faults.ENV])
-    with pytest.raises(RuntimeError, match="injected failure after 3"):
-        upsert_columns(client, "c", columns, batch_size=2, payload=["doc_id"])
-    _faults.reset()
+    _faults.switch(**{"index.upsert": {"after": 3}})
+    try:
+        with pytest.raises(RuntimeError, match="injected failure after 3"):
+            upsert_columns(client, "c", columns, batch_size=2, payload=["doc_id"])
+    finally:
+        _faults.clear()
     assert client.count("c", exact=True).count == 6  # three batches landed before it
 
 

@@ -98,3 +98,12 @@ def test_validation_set_counts_every_labelled_positive_it_holds():
     labels = {"q0": {"a": 1, "b": 2, "z": 1}, "q1": {"b": 2}}
     vs = validation_set(rows, {"q0"}, docs=10, seed=0, labels=labels)
     assert vs["qrels"] == {"q0": {"a": 1, "b": 2}}  # b is in the corpus (q1's row); z never was
+
+
+def test_a_group_needs_as_many_distinct_queries_as_a_batch():
+    """60 rows of 3 queries: a batch of 8 never holds one query twice, so not one step fits."""
+    qids, counts = _rows(3, 20, lambda i: 1)
+    with pytest.raises(StageError, match="cannot fill one batch of 8"):
+        plan(qids, counts, _spec(), negatives=1)
+    qids, counts = _rows(8, 20, lambda i: 1)  # 160 rows of 8 queries: 20 batches, each query once in each
+    assert plan(qids, counts, _spec(epochs=1), negatives=1).steps_per_epoch == 20

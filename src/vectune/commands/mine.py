@@ -57,6 +57,7 @@ def _show(spec, result: dict) -> None:
 
     for table in summary_tables(result):
         console.out.print(table)
+    console.out.print(f"run {result['run_id']}: {result['triples']}", markup=False)
 
 
 def register(app: typer.Typer) -> None:
@@ -74,4 +75,3 @@ def register(app: typer.Typer) -> None:
         from vectune import pipeline
 
         run(pipeline.mine, spec, json_=json_, verbose=verbose, show=_show, run_id=run_id, force=force)
-        console.out.print(f"run {result['run_id']}: {result['triples']}")

@@ -110,7 +110,10 @@ def plan(query_ids: list[str], negative_counts: list[int], spec, negatives: int,
     left_out = {i for i, k in index_count.items() if k not in target}
     dropped += len(left_out)
     index_count = {i: k for i, k in index_count.items() if i not in left_out}
-    steps_per_epoch = sum(rows // micro for rows in groups.values()) // world_rows
+    # a batch never holds one query twice (the no-duplicates sampler): a group with fewer
+    # distinct queries than a micro-batch yields no batch at all
+    distinct = {g: len({query_ids[i] for i, k in index_count.items() if target[k] == g}) for g in groups}
+    steps_per_epoch = sum(rows // micro for g, rows in groups.items() if distinct[g] >= micro) // world_rows
     if steps_per_epoch < 1:
         why = (f"; {dropped} rows were left out for having fewer than {negatives} hard negatives "
                "(train.require_negatives, or the loss needs them): see the mine audit") if dropped else ""

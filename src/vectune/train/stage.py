@@ -134,6 +134,10 @@ def train(spec: Spec, run: Run, base_model: str, *, preflight: dict | None = Non
                              f"{exc}") from None
     if result.error:
         raise StageError(f"training failed: {result.error}")
+    if result.checkpoint is None:  # the trainer ran no step
+        raise StageError(
+            f"training ran no step: among {p.rows} rows the no-duplicates batch sampler found no batch of "
+            f"{p.micro_batch} without a repeated query or document; lower train.batch_size or add labelled queries")
     chosen, chosen_metrics = result.checkpoint, result.metrics or {}
     if vset and result.best_checkpoints:
         chosen, chosen_metrics = max(result.best_checkpoints, key=lambda cm: cm[1].get(score_key(primary), -math.inf))
