@@ -119,6 +119,7 @@ def previous_path(prev: Path, rows, steps, batch, seq, tmp) -> list[float]:
     import subprocess
     import sys
 
+    Path(tmp).mkdir(parents=True, exist_ok=True)
     rows_file = Path(tmp) / "rows.json"
     rows_file.write_text(json.dumps(rows))
     code = (
@@ -177,7 +178,7 @@ def main() -> None:
     p = [x for r in rounds for x in r["plain"]]
     r1 = [x for r in rounds for x in r["ray_1"]]
     result = {
-        "setup": vars(args) | {"loss": "mnrl", "negatives": 1, "model": "all-MiniLM-L6-v2",
+        "setup": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()} | {"loss": "mnrl", "negatives": 1, "model": "all-MiniLM-L6-v2",
                                "plain_mode": "model.train() (dropout on), as SentenceTransformerTrainer"},
         "trainer": "SentenceTransformerTrainer inside Ray Train's TorchTrainer (prepare_trainer, "
                    "RayTrainReportCallback)",
