@@ -81,9 +81,10 @@ def train(spec: Spec, run: Run, base_model: str, *, preflight: dict | None = Non
         "steps_per_epoch": p.steps_per_epoch, "total_steps": p.total_steps, "warmup_steps": p.warmup_steps,
         "checkpoint_every": p.checkpoint_every})
     m = spec.model
-    rows = table.select(_COLUMNS).to_pylist()
-    vset = validation_set(rows, set(p.held), t.validation_docs, t.seed, (m.query_prefix, m.document_prefix),
-                          labels=_training_qrels(spec) if p.held else None)
+    vset = None
+    if p.held:  # the rows as Python objects only when validation needs their texts
+        vset = validation_set(table.select(_COLUMNS).to_pylist(), set(p.held), t.validation_docs, t.seed,
+                              (m.query_prefix, m.document_prefix), labels=_training_qrels(spec))
     keep = sorted(p.group_of)
     train_table = table.select(["query", "positive", "negatives"]).take(pa.array(keep, pa.int64()))
     train_table = train_table.append_column("group", pa.array([p.group_of[i] for i in keep], pa.int32()))
