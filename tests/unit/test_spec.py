@@ -257,3 +257,66 @@ def test_spec_object_is_typed_not_a_dict(tmp_path):
     assert isinstance(spec, Spec)
     with pytest.raises(pydantic.ValidationError, match="epochs"):
         spec.train.epochs = "lots"  # validate_assignment keeps the typed object honest
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        ("index: {qdrant: {timeout: .inf}}\n", "index.qdrant.timeout: Input should be a finite number"),
+        ("mine: {margin: .nan}\n", "mine.margin: Input should be a finite number"),
+        ("train: {learning_rate: .nan}\n", "train.learning_rate: Input should be a finite number"),
+        ("train: {interpolation: [0.5, .nan]}\n", "train.interpolation[1]: Input should be a finite number"),
+        ("index: {qdrant: {retries: 1000000000}}\n", "index.qdrant.retries: Input should be less than or equal to 20"),
+        ("train: {epochs: 1e300}\n", "train.epochs: Input should be less than or equal to 1000"),
+        ("train: {batch_size: 100000000000000000000000000}\n", "train.batch_size: Input should be less than or equal"),
+        ("train: {batch_size: true}\n", "train.batch_size: expected a number, not a boolean (true)"),
+        ("mine: {num_negatives: false}\n", "mine.num_negatives: expected a number, not a boolean (false)"),
+        ("train: {interpolation: [true, 0.5]}\n", "train.interpolation: expected a number, not a boolean"),
+    ],
+)
+def test_numbers_are_finite_bounded_and_never_booleans(tmp_path, extra, needle):
+    """Non-finite, absurd and boolean numbers are refused where they enter, naming the field."""
+    found = problems(tmp_path, MINIMAL + extra)
+    assert any(needle in p for p in found), found
+
+
+def _numeric_fields(model, prefix=""):
+    """(dotted name, FieldInfo) of every int/float field of a section and its sub-sections."""
+    import typing
+
+    from pydantic import BaseModel
+
+    from vectune.spec._base import _numeric_without_bool
+
+    for name, info in model.model_fields.items():
+        members = [info.annotation]
+        while members:
+            ann = members.pop()
+            args = typing.get_args(ann)
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                yield from _numeric_fields(ann, f"{prefix}{name}.")
+            elif args:
+                members += list(args)
+        if _numeric_without_bool(info.annotation):
+            yield prefix + name, info
+
+
+def test_every_numeric_field_declares_an_upper_bound():
+    """The class of fault behind `retries: 1000000000` and `epochs: 1e300`: a number
+    field without a ceiling. Every field (and every new one) must declare `le`/`lt`."""
+    import annotated_types
+    import typing
+
+    def bounds(ann) -> list:
+        """Constraints anywhere inside an annotation (Annotated members, list items)."""
+        found = [m for meta in getattr(ann, "__metadata__", ()) for m in [meta, *getattr(meta, "metadata", ())]]
+        return found + [m for arg in typing.get_args(ann) for m in bounds(arg)]
+
+    def bounded(info) -> bool:
+        metadata = list(info.metadata) + bounds(info.annotation)
+        return any(isinstance(m, (annotated_types.Le, annotated_types.Lt)) for m in metadata)
+
+    fields = dict(_numeric_fields(Spec))
+    assert "train.epochs" in fields and "index.qdrant.retries" in fields and "tune.space" not in fields
+    unbounded = sorted(name for name, info in fields.items() if not bounded(info))
+    assert not unbounded, f"numeric spec fields without an upper bound: {unbounded}"

@@ -75,7 +75,7 @@ class LabelSource(Section):
     path: str
     format: LabelFormat | None = None
     min_relevance: int = Field(
-        1, validation_alias=AliasChoices("min_relevance", "min_score"),
+        1, ge=-1000, le=1000, validation_alias=AliasChoices("min_relevance", "min_score"),
         description="Graded qrels: rows graded below this are not relevant. For `data.train` these are the "
                     "grades trained on as positives; for a split, the grades its graded nDCG counts.",
     )

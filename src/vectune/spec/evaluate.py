@@ -17,9 +17,9 @@ class GateSpec(Section):
     and none of `no_regress` drops by more than `tolerance`."""
 
     metric: str = "ndcg@10"
-    min_gain: float = Field(0.005, ge=0.0, description="Absolute gain over the base model required.")
+    min_gain: float = Field(0.005, ge=0.0, le=1.0, description="Absolute gain over the base model required.")
     no_regress: list[str] = Field(default_factory=lambda: ["recall@100"])
-    tolerance: float = Field(0.0, ge=0.0)
+    tolerance: float = Field(0.0, ge=0.0, le=1.0)
 
     @field_validator("metric")
     @classmethod
@@ -46,13 +46,13 @@ class EvaluateSpec(Section):
 
     split: str = Field("test", description="A key of `data.splits`.")
     metrics: list[str] = Field(default_factory=lambda: ["ndcg@10", "recall@100", "mrr@10"], min_length=1)
-    k: int | None = Field(None, ge=1, description="Retrieval depth; defaults to the largest metric cutoff.")
-    batch_size: int = Field(1024, ge=1, description="Documents per Ray Data batch handed to `encode`.")
+    k: int | None = Field(None, ge=1, le=100_000, description="Retrieval depth; defaults to the largest metric cutoff.")
+    batch_size: int = Field(1024, ge=1, le=1 << 20, description="Documents per Ray Data batch handed to `encode`.")
     concurrency: int | None = Field(
-        None, ge=1, description="Encoder actors (one model copy each); sized to the cluster's CPUs when unset "
+        None, ge=1, le=4096, description="Encoder actors (one model copy each); sized to the cluster's CPUs when unset "
         "(on 2 CPUs: 2 actors x 1 torch thread, the fastest shape in benchmarks/encode.py)."
     )
-    search_block: int = Field(8192, ge=1, description="Corpus rows scored per block in exact search.")
+    search_block: int = Field(8192, ge=1, le=1 << 22, description="Corpus rows scored per block in exact search.")
     gate: GateSpec = Field(default_factory=GateSpec)
 
     @field_validator("metrics")

@@ -19,8 +19,8 @@ class QdrantSpec(Section):
     url: str | None = None
     api_key_env: str | None = Field(None, description="Name of the environment variable holding the API key.")
     prefer_grpc: bool = False
-    timeout: float = Field(30.0, gt=0)
-    retries: int = Field(3, ge=0, description="Connection attempts beyond the first, with backoff.")
+    timeout: float = Field(30.0, gt=0, le=3600, description="Seconds per request (connect and read).")
+    retries: int = Field(3, ge=0, le=20, description="Connection attempts beyond the first, with backoff.")
 
     @model_validator(mode="after")
     def _one_place(self) -> "QdrantSpec":
@@ -32,8 +32,8 @@ class QdrantSpec(Section):
 
 
 class HnswSpec(Section):
-    m: int = Field(16, ge=0)
-    ef_construct: int = Field(100, ge=4)
+    m: int = Field(16, ge=0, le=1024)
+    ef_construct: int = Field(100, ge=4, le=100_000)
     on_disk: bool = False
 
 
@@ -44,21 +44,21 @@ class IndexSpec(Section):
     distance: Literal["cosine", "dot", "euclid"] = "cosine"
     hnsw: HnswSpec = Field(default_factory=HnswSpec)
     on_disk_vectors: bool = False
-    shards: int = Field(1, ge=1)
-    replication: int = Field(1, ge=1)
-    batch_size: int = Field(256, ge=1, description="Points per upsert request.")
-    parallel: int = Field(1, ge=1, description="Concurrent writers (a server only; the embedded engine has one).")
-    embed_batch_size: int = Field(1024, ge=1, description="Documents per Ray Data batch handed to `encode`.")
+    shards: int = Field(1, ge=1, le=1024)
+    replication: int = Field(1, ge=1, le=64)
+    batch_size: int = Field(256, ge=1, le=65_536, description="Points per upsert request.")
+    parallel: int = Field(1, ge=1, le=256, description="Concurrent writers (a server only; the embedded engine has one).")
+    embed_batch_size: int = Field(1024, ge=1, le=1 << 20, description="Documents per Ray Data batch handed to `encode`.")
     concurrency: int | None = Field(
-        None, ge=1, description="Encoder actors (one model copy each); sized to the cluster's CPUs when unset, "
+        None, ge=1, le=4096, description="Encoder actors (one model copy each); sized to the cluster's CPUs when unset, "
         "as in `evaluate`."
     )
-    num_gpus: float = Field(0, ge=0, description="GPUs per encoder actor.")
+    num_gpus: float = Field(0, ge=0, le=64, description="GPUs per encoder actor.")
     payload: list[str] = Field(default_factory=lambda: ["doc_id", "title", "text"],
                                description="Document fields stored with each point; `doc_id` is always stored.")
-    keep: int = Field(2, ge=0, description="Previous collections kept for rollback.")
-    verify_sample: int = Field(32, ge=1, description="Points whose stored vectors are checked against a fresh embedding.")
-    green_timeout: float = Field(3600.0, gt=0, description="Seconds to wait for the server to rebuild HNSW (status green).")
+    keep: int = Field(2, ge=0, le=1000, description="Previous collections kept for rollback.")
+    verify_sample: int = Field(32, ge=1, le=100_000, description="Points whose stored vectors are checked against a fresh embedding.")
+    green_timeout: float = Field(3600.0, gt=0, le=7 * 86400, description="Seconds to wait for the server to rebuild HNSW (status green).")
 
     @field_validator("collection", "alias")
     @classmethod

@@ -32,7 +32,7 @@ too; they pass the same guards but not the rank window, and are taken first.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -43,34 +43,34 @@ class MineSpec(Section):
     """How hard negatives are mined for the training pairs (see the module docstring)."""
 
     num_negatives: int = Field(3, ge=1, le=64, description="Negatives per query (fewer when too few survive).")
-    range_min: int = Field(0, ge=0, description="Skip this many best-ranked surviving candidates.")
-    range_max: int = Field(100, ge=1, description="Look no deeper than this rank (plus the query's positives).")
+    range_min: int = Field(0, ge=0, le=100_000, description="Skip this many best-ranked surviving candidates.")
+    range_max: int = Field(100, ge=1, le=100_000, description="Look no deeper than this rank (plus the query's positives).")
     margin: float | None = Field(
-        None, description="Absolute: drop a candidate scoring above (lowest positive score - margin)."
+        None, ge=0.0, le=2.0, description="Absolute: drop a candidate scoring above (lowest positive score - margin)."
     )
     relative_margin: float | None = Field(
         0.05, ge=0.0, lt=1.0,
         description="Relative: drop a candidate scoring above positive - |positive| * relative_margin.",
     )
-    max_score: float | None = Field(None, description="Drop a candidate scoring above this.")
+    max_score: float | None = Field(None, ge=-1e6, le=1e6, description="Drop a candidate scoring above this.")
     sampling: Literal["top", "random"] = Field("top", description="Take the window's best, or sample it.")
-    seed: int = Field(12, description="Seeds `random` sampling and the max_queries / max_pairs caps.")
+    seed: int = Field(12, ge=0, le=2**32 - 1, description="Seeds `random` sampling and the max_queries / max_pairs caps.")
     cross_encoder: str | None = Field(
         None, description="Local folder of a cross-encoder: its scores replace the bi-encoder's for every guard."
     )
     shown_first: bool = Field(
         True, description="Click logs: take shown-but-unclicked documents (that pass the guards) before mined ones."
     )
-    max_queries: int | None = Field(None, ge=1, description="Cap on training queries, sampled with `seed`.")
-    max_pairs: int | Literal["auto"] | None = Field(
+    max_queries: int | None = Field(None, ge=1, le=10**9, description="Cap on training queries, sampled with `seed`.")
+    max_pairs: Annotated[int, Field(ge=1, le=10**9)] | Literal["auto"] | None = Field(
         "auto", description="Cap on (query, positive) pairs, round-robin across queries; `auto`: what training uses."
     )
     reference: Literal["pair", "weakest"] = Field(
         "pair", description="Margin guards compare with the row's own positive (`pair`) or the query's weakest (`weakest`)."
     )
-    batch_size: int = Field(1024, ge=1, description="Documents per Ray Data batch (encode and search).")
+    batch_size: int = Field(1024, ge=1, le=1 << 20, description="Documents per Ray Data batch (encode and search).")
     concurrency: int | None = Field(
-        None, ge=1, description="Encoder actors (one model copy each); sized to the cluster's CPUs when unset."
+        None, ge=1, le=4096, description="Encoder actors (one model copy each); sized to the cluster's CPUs when unset."
     )
 
     @model_validator(mode="after")

@@ -22,7 +22,7 @@ class ModelSpec(Section):
     query_prefix: str = Field("", description='Prepended to queries, e.g. "query: " for E5.')
     document_prefix: str = Field("", description='Prepended to documents, e.g. "passage: " for E5.')
     normalize: bool = Field(True, description="L2-normalise embeddings (cosine similarity as dot product).")
-    batch_size: int = Field(64, ge=1, description="Texts per forward pass inside `encode`.")
+    batch_size: int = Field(64, ge=1, le=65_536, description="Texts per forward pass inside `encode`.")
     precision: Literal["fp32", "bf16"] = Field(
         "fp32",
         description="Forward pass when encoding (mine, evaluate, re-index, search). bf16 runs it under "

@@ -17,9 +17,9 @@ class RuntimeSpec(Section):
     """
 
     address: str = "local"
-    num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray; all when unset.")
-    num_gpus: int | None = Field(None, ge=0)
-    object_store_memory: int | None = Field(None, ge=78643200, description="Bytes, local Ray only.")
+    num_cpus: int | None = Field(None, ge=1, le=100_000, description="CPUs for a local Ray; all when unset.")
+    num_gpus: int | None = Field(None, ge=0, le=10_000)
+    object_store_memory: int | None = Field(None, ge=78643200, le=1 << 50, description="Bytes, local Ray only.")
     runs: str = Field("runs", description="Run artifacts folder; the VECTUNE_RUNS variable overrides it.")
     storage: str | None = Field(
         None,
@@ -27,7 +27,7 @@ class RuntimeSpec(Section):
         "sees at the same place (NFS, CephFS, EFS, a Kubernetes ReadWriteMany volume). Takes "
         "precedence over `runs`; VECTUNE_RUNS overrides both.",
     )
-    torch_threads: int | None = Field(None, ge=1, description="Threads per torch process; Ray's share when unset.")
+    torch_threads: int | None = Field(None, ge=1, le=1024, description="Threads per torch process; Ray's share when unset.")
 
     @field_validator("address")
     @classmethod

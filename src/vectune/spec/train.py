@@ -21,7 +21,7 @@ class MNRLoss(Section):
     """MultipleNegativesRankingLoss: in-batch negatives plus the mined hard negatives."""
 
     type: Literal["mnrl"] = "mnrl"
-    scale: float = Field(20.0, gt=0)
+    scale: float = Field(20.0, gt=0, le=1000)
     gather_across_workers: bool = Field(
         True, description="Share in-batch negatives across data-parallel workers (all-gather)."
     )
@@ -31,8 +31,8 @@ class CachedMNRLoss(Section):
     """CachedMultipleNegativesRankingLoss (GradCache): large batches in small memory."""
 
     type: Literal["cached_mnrl"] = "cached_mnrl"
-    scale: float = Field(20.0, gt=0)
-    mini_batch_size: int = Field(32, ge=1)
+    scale: float = Field(20.0, gt=0, le=1000)
+    mini_batch_size: int = Field(32, ge=1, le=65_536)
     gather_across_workers: bool = True
 
 
@@ -40,7 +40,7 @@ class TripletLoss(Section):
     """TripletLoss on (query, positive, first hard negative)."""
 
     type: Literal["triplet"] = "triplet"
-    margin: float = Field(0.5, gt=0)
+    margin: float = Field(0.5, gt=0, le=10)
 
 
 class GISTLoss(Section):
@@ -51,9 +51,9 @@ class GISTLoss(Section):
     """
 
     type: Literal["gist"] = "gist"
-    temperature: float = Field(0.05, gt=0, description="Softmax temperature (1 / scale).")
+    temperature: float = Field(0.05, gt=0, le=10, description="Softmax temperature (1 / scale).")
     margin_strategy: Literal["absolute", "relative"] = "absolute"
-    margin: float = Field(0.0, ge=0)
+    margin: float = Field(0.0, ge=0, le=2)
     gather_across_workers: bool = True
 
 
@@ -62,40 +62,40 @@ LossSpec = Annotated[Union[MNRLoss, CachedMNRLoss, TripletLoss, GISTLoss], Field
 
 class TrainSpec(Section):
     loss: LossSpec = Field(default_factory=MNRLoss)
-    epochs: float = Field(1.0, gt=0)
-    batch_size: int = Field(32, ge=2, description="Rows per optimizer step, across all workers.")
+    epochs: float = Field(1.0, gt=0, le=1000)
+    batch_size: int = Field(32, ge=2, le=65_536, description="Rows per optimizer step, across all workers.")
     learning_rate: float = Field(2e-5, gt=0, lt=1.0)
     warmup_ratio: float = Field(0.1, ge=0, le=1)
-    weight_decay: float = Field(0.01, ge=0)
-    max_seq_length: int | None = Field(None, ge=8, description="Overrides model.max_seq_length while training.")
-    negatives: int | None = Field(None, ge=0, description="Hard negatives per row used (<= mine.num_negatives).")
-    seed: int = 12
+    weight_decay: float = Field(0.01, ge=0, le=10)
+    max_seq_length: int | None = Field(None, ge=8, le=8192, description="Overrides model.max_seq_length while training.")
+    negatives: int | None = Field(None, ge=0, le=64, description="Hard negatives per row used (<= mine.num_negatives).")
+    seed: int = Field(12, ge=0, le=2**32 - 1)
     precision: Literal["fp32", "bf16"] = "fp32"
-    workers: int = Field(1, ge=1)
-    gpus_per_worker: float = Field(0, ge=0)
-    cpus_per_worker: float = Field(1, gt=0)
+    workers: int = Field(1, ge=1, le=4096)
+    gpus_per_worker: float = Field(0, ge=0, le=64)
+    cpus_per_worker: float = Field(1, gt=0, le=1024)
     max_steps: int | None = Field(
-        150, ge=1, description="Training budget in optimizer steps (null: `epochs` alone decide)."
+        150, ge=1, le=10**7, description="Training budget in optimizer steps (null: `epochs` alone decide)."
     )
-    gradient_accumulation: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    gradient_accumulation: int = Field(1, ge=1, le=4096, description="Micro-batches per optimizer step.")
     require_negatives: bool = Field(
         False, description="Drop rows short of `negatives` hard negatives (default: train them with fewer)."
     )
     checkpoint_every: int | None = Field(
-        None, ge=1, description="Steps between checkpoints (null: `checkpoints` evenly spaced)."
+        None, ge=1, le=10**7, description="Steps between checkpoints (null: `checkpoints` evenly spaced)."
     )
-    checkpoints: int = Field(4, ge=1, description="Checkpoints over the run when checkpoint_every is unset.")
-    keep_checkpoints: int = Field(2, ge=1)
-    max_failures: int = Field(1, ge=0, description="Worker failures tolerated; each resumes from the last checkpoint.")
-    validation_queries: int | Literal["auto"] = Field(
+    checkpoints: int = Field(4, ge=1, le=1000, description="Checkpoints over the run when checkpoint_every is unset.")
+    keep_checkpoints: int = Field(2, ge=1, le=1000)
+    max_failures: int = Field(1, ge=0, le=100, description="Worker failures tolerated; each resumes from the last checkpoint.")
+    validation_queries: Annotated[int, Field(ge=0, le=100_000)] | Literal["auto"] = Field(
         "auto", description="Training queries held out to score checkpoints and the interpolation "
                             "(0: none, keep the last; auto: 10% of the queries, 20 to 100, none below 100 queries)."
     )
     validation_docs: int = Field(
-        1000, ge=10, description="Documents the validation queries are ranked among: their positives and "
+        1000, ge=10, le=10**7, description="Documents the validation queries are ranked among: their positives and "
                                  "mined negatives, then other mined documents."
     )
-    interpolation: list[float] = Field(
+    interpolation: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
         default_factory=lambda: [0.0, 0.5, 0.75, 1.0],
         description="Weights of the tuned model mixed with the base (0: base, 1: tuned) tried on the "
                     "validation queries; the best is kept ([1.0]: no mixing).",
