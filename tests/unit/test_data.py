@@ -232,8 +232,82 @@ def test_click_logs(tmp_path):
     assert qrels == {qid: {"d1": 1}}
     assert shown == {qid: ["d2", "d3"]}  # by position; queries without a click have no negatives
     path.write_text('{"query": "q", "doc_id": "d1", "clicked": "maybe"}\n')
-    with pytest.raises(DataError, match=r"clicks\.jsonl:1: 'clicked' must be true/false"):
+    with pytest.raises(DataError, match=r"clicks\.jsonl:1: 'clicked' must be true or false"):
         read_clicks(str(path))
+
+
+@pytest.mark.parametrize(
+    ("row", "pattern"),
+    [
+        ({"clicked": 2, "position": 0}, r":1: 'clicked' must be true or false \(or 1/0\), not 2"),
+        ({"clicked": True, "position": -5}, r":1: 'position' must be an integer from 0 \(the top\), not -5"),
+        ({"clicked": True, "position": 1.5}, r":1: 'position' must be an integer from 0"),
+        ({"clicked": True, "position": True}, r":1: 'position' must be an integer from 0"),
+        ({"clicked": True, "position": 0, "query": ["a", "list"]}, r":1: field 'query' must be a string, not a list"),
+        ({"clicked": True, "position": 0, "doc_id": {"an": "object"}},
+         r":1: id field 'doc_id' must be a string or an integer, not an object"),
+    ],
+)
+def test_click_rows_of_the_wrong_type_or_range_are_refused(tmp_path, row, pattern):
+    path = tmp_path / "clicks.jsonl"
+    path.write_text(json.dumps({"query": "q", "doc_id": "d1", **row}) + "\n")
+    with pytest.raises(DataError, match=pattern):
+        read_clicks(str(path))
+
+
+def test_click_position_infinity_is_refused_not_an_overflow(tmp_path):
+    path = tmp_path / "clicks.jsonl"
+    path.write_text('{"query": "q", "doc_id": "d1", "clicked": true, "position": Infinity}\n')
+    with pytest.raises(DataError, match=r"clicks\.jsonl:1: Infinity is not JSON"):
+        read_clicks(str(path))
+
+
+@pytest.mark.parametrize("score", ["inf", "nan", "-inf", "1.5", "1e300"])
+def test_qrels_scores_must_be_integer_grades(tmp_path, score):
+    path = tmp_path / "q.tsv"
+    path.write_text(f"query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td2\t{score}\n")
+    with pytest.raises(DataError, match=rf"q\.tsv:3: score '{score}' is (not an integer grade|out of range)"):
+        read_qrels(str(path))
+
+
+@pytest.mark.parametrize(
+    ("record", "pattern"),
+    [
+        ({"_id": "d2", "text": ["a", "list"]}, r"c\.jsonl:2: field 'text' must be a string, not a list"),
+        ({"_id": "d2", "title": {"an": "object"}, "text": "b"}, r"c\.jsonl:2: field 'title' must be a string, not an object"),
+        ({"_id": {"an": "object"}, "text": "b"}, r"c\.jsonl:2: document id field '_id' must be a string or an integer"),
+        ({"_id": True, "text": "b"}, r"c\.jsonl:2: document id field '_id' must be a string or an integer, not a boolean"),
+        ({"_id": 2.5, "text": "b"}, r"c\.jsonl:2: document id field '_id' must be a string or an integer, not a number"),
+    ],
+)
+def test_corpus_fields_of_the_wrong_json_type_are_refused(tmp_path, record, pattern):
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"_id": "d1", "text": "a"}\n' + json.dumps(record) + "\n")
+    with pytest.raises(DataError, match=pattern):
+        check_corpus(CorpusSource(path="c.jsonl"), str(path))
+
+
+def test_corpus_ids_may_be_integers(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"_id": 7, "text": "a"}\n{"_id": "8", "text": "b"}\n')
+    assert check_corpus(CorpusSource(path="c.jsonl"), str(path)).ids == {"7", "8"}
+
+
+def test_nan_in_a_jsonl_record_is_refused(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"query": "q", "positive": "d1", "score": NaN}\n')
+    with pytest.raises(DataError, match=r"pairs\.jsonl:1: NaN is not JSON"):
+        read_pairs(str(path))
+
+
+def test_query_text_of_the_wrong_type_is_refused(tmp_path):
+    from vectune.data.labels import load_queries
+    from vectune.spec.data import QuerySource
+
+    path = tmp_path / "queries.jsonl"
+    path.write_text('{"_id": "q1", "text": {"not": "text"}}\n')
+    with pytest.raises(DataError, match=r"queries\.jsonl:1: field 'text' must be a string, not an object"):
+        load_queries(QuerySource(path="queries.jsonl"), str(path))
 
 
 # -- the Ray Dataset read ------------------------------------------------------------------
@@ -255,6 +329,19 @@ def test_ray_corpus_read_returns_every_row(make_slice, tmp_path, ray_local):
     ds = data.corpus_dataset(blocks=4)
     assert ds.count() == data.corpus.count == 200
     assert _collect(ds) == expected
+
+
+@pytest.mark.ray
+def test_line_separators_inside_a_document_stay_inside_it(tmp_path, ray_local):
+    """U+2028, U+2029 and U+0085 are valid inside a JSON string: the check and the Ray read
+    split lines the same way (at \\n only), so the document arrives whole."""
+    texts = {"dU": "a\u2028b", "dP": "c\u2029d", "dN": "e\u0085f", "dplain": "g h"}
+    lines = [json.dumps({"_id": i, "title": "t", "text": x}, ensure_ascii=False) for i, x in texts.items()]
+    (tmp_path / "corpus.jsonl").write_text("\r\n".join(lines) + "\n", encoding="utf-8")
+    spec = spec_for(tmp_path, {"corpus": {"path": "corpus.jsonl"}})
+    data = DomainData(spec)
+    assert data.corpus.count == 4
+    assert _collect(data.corpus_dataset(blocks=2)) == {i: ("t", doc_text("t", x)) for i, x in texts.items()}
 
 
 @pytest.mark.ray

@@ -121,9 +121,44 @@ def read_records(path: str, *, parquet: bool | None = None, columns: Sequence[st
         return
     for number, line in iter_lines(path, hasher):
         try:
-            record = json.loads(line)
+            record = json.loads(line, parse_constant=_no_constant)
         except json.JSONDecodeError as exc:
             raise DataError(path, f"malformed JSON: {exc.msg} (column {exc.colno})", number) from None
+        except _NonStandard as exc:
+            raise DataError(path, f"{exc} is not JSON (JSON has no NaN or Infinity)", number) from None
         if not isinstance(record, dict):
             raise DataError(path, "each line must be a JSON object", number)
         yield number, record
+
+
+class _NonStandard(ValueError):
+    pass
+
+
+def _no_constant(name: str):
+    # Python's json reads NaN, Infinity and -Infinity; no other JSON reader does
+    raise _NonStandard(name)
+
+
+def _kind(value) -> str:
+    return {bool: "a boolean", dict: "an object", list: "a list", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def id_value(path: str, number: int, record: dict, name: str, *, what: str = "id") -> str | None:
+    """An id field: a string or an integer (never a boolean, number with a fraction, list or
+    object); None when absent or empty."""
+    value = record.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise DataError(path, f"{what} field {name!r} must be a string or an integer, not {_kind(value)}", number)
+    text = str(value)
+    return text if text.strip() else None
+
+
+def text_value(path: str, number: int, record: dict, name: str) -> str | None:
+    """A text field: a string, or absent/null (None); anything else is an error naming the field."""
+    value = record.get(name)
+    if value is None or isinstance(value, str):
+        return value
+    raise DataError(path, f"field {name!r} must be a string, not {_kind(value)}", number)

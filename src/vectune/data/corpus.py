@@ -9,7 +9,7 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from vectune.data._files import filesystem, read_records
+from vectune.data._files import filesystem, id_value, read_records, text_value
 from vectune.errors import DataError
 from vectune.spec.data import CorpusSource
 
@@ -45,14 +45,13 @@ def check_corpus(source: CorpusSource, path: str) -> CorpusInfo:
     ids: set[str] = set()
     unit = "row" if source.format == "parquet" else "line"
     for number, record in _records(source, path, hasher):
-        raw_id = record.get(source.id_field)
-        if raw_id is None or str(raw_id).strip() == "":
+        doc_id = id_value(path, number, record, source.id_field, what="document id")
+        if doc_id is None:
             raise DataError(path, f"{unit} has no document id (field {source.id_field!r})", number)
-        doc_id = str(raw_id)
         if doc_id in ids:
             raise DataError(path, f"duplicate document id {doc_id!r}", number)
-        title = record.get(source.title_field) if source.title_field else None
-        if not doc_text(title, record.get(source.text_field)):
+        title = text_value(path, number, record, source.title_field) if source.title_field else None
+        if not doc_text(title, text_value(path, number, record, source.text_field)):
             raise DataError(path, f"document {doc_id!r} has empty text", number)
         ids.add(doc_id)
     if not ids:
@@ -101,10 +100,29 @@ def read_corpus(source: CorpusSource, path: str, *, blocks: int | None = None):
                                    **_READ_ARGS)
         parse = _ParseParquet(source.id_field, source.title_field, source.text_field)
         return ds.map_batches(parse, batch_format="pyarrow", num_cpus=0.1)
-    ds = ray.data.read_text(inner, filesystem=fs, override_num_blocks=blocks, encoding="utf-8",
-                           **_READ_ARGS)
+    ds = ray.data.read_datasource(_json_lines()(inner, filesystem=fs), override_num_blocks=blocks, **_READ_ARGS)
     parse = _ParseJsonl(source.id_field, source.title_field, source.text_field)
     return ds.map_batches(parse, num_cpus=0.1)
+
+
+def _json_lines():
+    """A Ray Data file source of JSONL lines split at `\\n` only, as `check_corpus` splits
+    them: Ray's `read_text` splits at every `str.splitlines()` boundary, so a document
+    whose text holds U+2028, U+2029 or U+0085 (valid inside a JSON string) broke in two."""
+    from ray.data.datasource import FileBasedDatasource
+
+    class JsonLines(FileBasedDatasource):
+        def _read_stream(self, f, path: str):
+            pending = b""
+            while chunk := f.read(1 << 22):
+                *lines, pending = (pending + chunk).split(b"\n")
+                rows = [line.rstrip(b"\r").decode("utf-8") for line in lines if line.strip()]
+                if rows:
+                    yield pa.table({"text": rows})
+            if pending.strip():
+                yield pa.table({"text": [pending.rstrip(b"\r").decode("utf-8")]})
+
+    return JsonLines
 
 
 class _ParseParquet:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 
-from vectune.data._files import iter_lines, read_records
+from vectune.data._files import id_value, iter_lines, read_records, text_value
 from vectune.errors import DataError
 from vectune.spec.data import LabelSource, QuerySource
 
@@ -49,11 +50,32 @@ def query_id_for(text: str) -> str:
     return "q" + hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
 
 
-def _field(path: str, number: int, record: dict, name: str) -> str:
-    value = record.get(name)
-    if value is None or str(value).strip() == "":
+def _field(path: str, number: int, record: dict, name: str, *, text: bool = False) -> str:
+    """A required field: an id (string or integer) or, with `text`, a string."""
+    value = text_value(path, number, record, name) if text else id_value(path, number, record, name)
+    if value is None or not value.strip():
         raise DataError(path, f"missing or empty {name!r}", number)
-    return str(value)
+    return value
+
+
+def _grade(path: str, number: int, raw: str) -> int | None:
+    """A qrels score: an integer grade (`1`, `2.0`); None when it is not a number at all."""
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    if not math.isfinite(value) or value != int(value):
+        raise DataError(path, f"score {raw!r} is not an integer grade", number)
+    if abs(value) > 1_000_000:
+        raise DataError(path, f"score {raw!r} is out of range (grades are small integers)", number)
+    return int(value)
+
+
+def _position(path: str, number: int, record: dict) -> int:
+    value = record.get("position", 0)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1_000_000:
+        raise DataError(path, f"'position' must be an integer from 0 (the top), not {value!r}", number)
+    return value
 
 
 def load_queries(source: QuerySource, path: str) -> dict[str, str]:
@@ -61,8 +83,8 @@ def load_queries(source: QuerySource, path: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for number, record in read_records(path):
         qid = _field(path, number, record, source.id_field)
-        text = record.get(source.text_field)
-        if text is None or not str(text).strip():
+        text = text_value(path, number, record, source.text_field)
+        if text is None or not text.strip():
             raise DataError(path, f"query {qid!r} has empty text", number)
         if qid in out:
             raise DataError(path, f"duplicate query id {qid!r}", number)
@@ -88,12 +110,11 @@ def read_qrels(path: str, min_score: int = 1, related: dict[str, set[str]] | Non
             parts = [parts[0], parts[2], parts[3]]
         if len(parts) != 3:
             raise DataError(path, f"expected 3 columns (query-id, corpus-id, score), found {len(parts)}", number)
-        try:
-            score = int(float(parts[2]))
-        except ValueError:
+        score = _grade(path, number, parts[2])
+        if score is None:
             if number == 1:  # an optional header line
                 continue
-            raise DataError(path, f"score {parts[2]!r} is not a number", number) from None
+            raise DataError(path, f"score {parts[2]!r} is not a number", number)
         if score >= min_score:
             qrels.setdefault(parts[0], {})[parts[1]] = score
             where[(parts[0], parts[1])] = number
@@ -110,9 +131,9 @@ def read_pairs(path: str) -> tuple[Qrels, dict[str, str], dict[tuple[str, str], 
     queries: dict[str, str] = {}
     where: dict[tuple[str, str], int] = {}
     for number, record in read_records(path):
-        text = _field(path, number, record, "query")
+        text = _field(path, number, record, "query", text=True)
         doc = _field(path, number, record, "positive")
-        qid = str(record.get("query_id") or query_id_for(text))
+        qid = id_value(path, number, record, "query_id") or query_id_for(text)
         queries[qid] = text
         qrels.setdefault(qid, {})[doc] = 1
         where[(qid, doc)] = number
@@ -131,16 +152,13 @@ def read_clicks(path: str) -> tuple[Qrels, dict[str, str], dict[str, list[str]],
     shown: dict[str, list[tuple[int, str]]] = {}
     where: dict[tuple[str, str], int] = {}
     for number, record in read_records(path):
-        text = _field(path, number, record, "query")
+        text = _field(path, number, record, "query", text=True)
         doc = _field(path, number, record, "doc_id")
         clicked = record.get("clicked")
-        if not isinstance(clicked, (bool, int)):
-            raise DataError(path, "'clicked' must be true/false", number)
-        try:
-            position = int(record.get("position", 0))
-        except (TypeError, ValueError):
-            raise DataError(path, "'position' must be an integer", number) from None
-        qid = str(record.get("query_id") or query_id_for(text))
+        if clicked not in (True, False) or not isinstance(clicked, (bool, int)):  # true/false, or 1/0
+            raise DataError(path, f"'clicked' must be true or false (or 1/0), not {clicked!r}", number)
+        position = _position(path, number, record)
+        qid = id_value(path, number, record, "query_id") or query_id_for(text)
         queries[qid] = text
         where[(qid, doc)] = number
         if clicked:
