@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 from typing import Any
@@ -51,8 +52,35 @@ def print_error(exc: BaseException) -> None:
 
 
 def emit_json(payload: Any) -> None:
-    sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+    """`payload` as JSON on stdout; NaN and infinities become null (JSON has neither)."""
+    sys.stdout.write(json.dumps(_finite(payload), indent=2, default=str, allow_nan=False) + "\n")
     sys.stdout.flush()
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def error_payload(exc: BaseException, exit_code: int) -> dict:
+    """The one JSON object `--json` prints on stdout for an error: what, which kind, the
+    exit code, and where (the spec's problems with field and line, the file and line)."""
+    from vectune.errors import DataError, InputError, SpecError
+
+    payload: dict[str, Any] = {"error": str(exc), "kind": type(exc).__name__, "exit_code": exit_code}
+    if isinstance(exc, SpecError):
+        payload["source"] = exc.source
+        payload["problems"] = [{"field": p.path, "message": p.message, "line": p.line} for p in exc.problems]
+    elif isinstance(exc, DataError):
+        payload.update(file=exc.path, line=exc.line)
+    elif isinstance(exc, InputError):
+        payload["field"] = exc.where
+    return payload
 
 
 def metrics_table(title: str, rows: dict[str, dict[str, float]], metrics: list[str]) -> Table:

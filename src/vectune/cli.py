@@ -6,11 +6,43 @@ option types and the error contract live in `vectune.commands._options`.
 
 from __future__ import annotations
 
-import typer
+import sys
 
-from vectune.commands import evaluate, index, jobs, mine, spec, train, tune
+import typer
+from typer.core import TyperGroup
+
+from vectune.commands import _options, evaluate, index, jobs, mine, spec, train, tune
+
+
+class _Group(TyperGroup):
+    """vectune's error contract for what click itself refuses too (an unknown option, a
+    value of the wrong type, a missing argument): the message, exit code 2, and with
+    --json one JSON object on stdout, as for vectune's own errors."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        argv = list(sys.argv[1:] if args is None else args)
+        _options.JSON_ERRORS = "--json" in argv
+        try:
+            code = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.Abort:
+            print("interrupted", file=sys.stderr)
+            code = 130
+        except typer.TyperException as exc:  # click's usage errors (typer vendors click)
+            exc.show()
+            if _options.JSON_ERRORS:
+                from vectune import _console as console
+
+                console.emit_json({"error": exc.format_message(), "kind": "UsageError", "exit_code": exc.exit_code,
+                                   "usage": exc.ctx.get_usage() if getattr(exc, "ctx", None) else None})
+            code = exc.exit_code
+        code = code if isinstance(code, int) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
 
 app = typer.Typer(
+    cls=_Group,
     name="vectune",
     help="Adapt an embedding model to your domain on Ray, and re-index Qdrant without downtime.",
     no_args_is_help=True,

@@ -61,6 +61,16 @@ class DataError(VectuneError):
         super().__init__(f"{where}: {message}")
 
 
+class InputError(VectuneError):
+    """A bad command-line value or environment setting (a run id, a runs folder): names it."""
+
+    exit_code = EXIT_BAD_INPUT
+
+    def __init__(self, where: str, message: str):
+        self.where = where
+        super().__init__(f"{where}: {message}")
+
+
 class ModelError(VectuneError):
     """A model cannot be found or loaded, or does not match what is expected."""
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
+import re
 import secrets
 import time
 from contextlib import contextmanager
@@ -14,15 +16,70 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
-from vectune.errors import StageError
+from vectune.errors import DataError, InputError, StageError
 from vectune.spec import Spec
+
+log = logging.getLogger(__name__)
 
 _PACKAGES = ["vectune", "ray", "torch", "sentence-transformers", "transformers", "qdrant-client", "pyarrow",
              "numpy", "pydantic", "pytrec-eval-terrier"]
 
 
+#: a run id names a folder under <runs>/<spec name>/ and a Qdrant collection suffix:
+#: never a path (no `/`, no `..`), never hidden, at most 64 characters
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
 def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+def check_run_id(run_id: str, where: str = "--run-id") -> str:
+    """`run_id` if it can name a run folder and a collection; InputError (exit 2) otherwise."""
+    if not isinstance(run_id, str) or not RUN_ID.match(run_id):
+        raise InputError(where, f"{run_id!r} is not a run id: use letters, digits, `_` and `-` "
+                                "(starting with a letter or digit, at most 64), never a path")
+    return run_id
+
+
+def runs_folder(spec: Spec) -> Path:
+    """The spec's runs folder, checked: a folder (or nothing yet), never a file."""
+    root = spec.runs_root()
+    if "://" in root:
+        return Path(root)
+    path = Path(root)
+    setting = "$VECTUNE_RUNS" if os.environ.get("VECTUNE_RUNS") else (
+        "runtime.storage" if spec.runtime.storage else "runtime.runs")
+    if path.exists() and not path.is_dir():
+        raise InputError(setting, f"{root} is a file, not a folder for runs")
+    return path
+
+
+def read_manifest(path: Path) -> dict:
+    """A run's manifest; a truncated or hand-broken one is an error naming the file and line."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(str(path), f"not a valid run manifest ({exc.msg}, column {exc.colno}); "
+                                   "move the run folder away or pass another --run-id", exc.lineno) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(str(path), f"cannot read the run manifest: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise DataError(str(path), "not a valid run manifest (not a JSON object)")
+    return manifest
+
+
+def _manifests(root: Path) -> Iterator[tuple[Path, dict]]:
+    """(run folder, manifest) under `root`, oldest first; broken manifests are skipped with a warning."""
+    if not root.is_dir():
+        return
+    for d in sorted(root.iterdir()):
+        if not RUN_ID.match(d.name) or not (d / "manifest.json").is_file():
+            continue
+        try:
+            yield d, read_manifest(d / "manifest.json")
+        except DataError as exc:
+            log.warning("skipping run %s: %s", d.name, exc)
 
 
 def package_versions() -> dict[str, str]:
@@ -50,18 +107,21 @@ class Run:
 
     def __init__(self, spec: Spec, run_id: str, manifest: dict):
         self.spec = spec
-        self.id = run_id
-        self.dir = Path(spec.runs_root()) / spec.name / run_id
+        self.id = check_run_id(run_id)
+        self.dir = runs_folder(spec) / spec.name / run_id
         self.manifest = manifest
 
     # -- opening -----------------------------------------------------------------
     @classmethod
     def create(cls, spec: Spec, run_id: str | None = None) -> "Run":
-        run_id = run_id or new_run_id()
+        run_id = new_run_id() if run_id is None else run_id
         run = cls(spec, run_id, {})
         if (run.dir / "manifest.json").exists():
             return cls.open(spec, run_id)
-        run.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(str(run.dir), f"cannot make the run folder: {exc.strerror or exc}") from None
         run.manifest = {
             "run_id": run_id,
             "name": spec.name,
@@ -80,11 +140,11 @@ class Run:
 
     @classmethod
     def open(cls, spec: Spec, run_id: str) -> "Run":
-        path = Path(spec.runs_root()) / spec.name / run_id / "manifest.json"
+        run = cls(spec, run_id, {})
+        path = run.dir / "manifest.json"
         if not path.exists():
             raise StageError(f"no run {run_id!r} of spec {spec.name!r} under {spec.runs_root()}")
-        manifest = json.loads(path.read_text())
-        run = cls(spec, run_id, manifest)
+        run.manifest = manifest = read_manifest(path)
         if manifest.get("spec_hash") != spec.digest():
             manifest.setdefault("spec_history", []).append(manifest.get("spec_hash"))
             manifest["spec_hash"] = spec.digest()
@@ -95,22 +155,14 @@ class Run:
     @classmethod
     def latest(cls, spec: Spec, *, with_stage: str | None = None) -> "Run | None":
         """The newest run of this spec (optionally: whose `with_stage` finished)."""
-        root = Path(spec.runs_root()) / spec.name
-        if not root.is_dir():
-            return None
-        for d in sorted((p for p in root.iterdir() if (p / "manifest.json").exists()), reverse=True):
-            manifest = json.loads((d / "manifest.json").read_text())
+        for d, manifest in reversed(list(_manifests(runs_folder(spec) / spec.name))):
             if with_stage is None or manifest.get("stages", {}).get(with_stage, {}).get("status") == "done":
                 return cls(spec, d.name, manifest)
         return None
 
     @classmethod
     def all(cls, spec: Spec) -> list["Run"]:
-        root = Path(spec.runs_root()) / spec.name
-        if not root.is_dir():
-            return []
-        return [cls(spec, d.name, json.loads((d / "manifest.json").read_text()))
-                for d in sorted(root.iterdir()) if (d / "manifest.json").exists()]
+        return [cls(spec, d.name, manifest) for d, manifest in _manifests(runs_folder(spec) / spec.name)]
 
     # -- files -------------------------------------------------------------------
     def path(self, *parts: str) -> Path:

@@ -232,3 +232,34 @@ def test_help_lists_the_core_commands():
     assert result.exit_code == 0
     for command in ("validate", "render", "schema", "evaluate"):
         assert command in result.output
+
+
+def _json_error(result) -> dict:
+    payload = json.loads(result.stdout)
+    assert payload["exit_code"] == result.exit_code == 2
+    return payload
+
+
+def test_json_errors_print_one_object_on_stdout(tiny_beir, tmp_path):
+    """With --json a script always gets one JSON object on stdout, for every kind of error."""
+    missing = _json_error(invoke("validate", str(tmp_path / "none.yaml"), "--json"))
+    assert missing["kind"] == "SpecError" and missing["problems"][0]["message"] == "spec file not found"
+    spec = tmp_path / "s.yaml"
+    spec.write_text(spec_text(tiny_beir, extra="train: {epochs: .inf}\n"))
+    bad = _json_error(invoke("validate", str(spec), "--json"))
+    assert {"field": "train.epochs", "message": "Input should be a finite number"}.items() <= bad["problems"][0].items()
+    usage = _json_error(invoke("validate", str(spec), "--json", "--no-such-option"))
+    assert usage["kind"] == "UsageError" and "--no-such-option" in usage["error"]
+    run_id = _json_error(invoke("train", str(spec), "--json", "--run-id", "../../x"))
+    assert run_id["kind"] == "InputError" and run_id["field"] == "--run-id"
+
+
+@pytest.mark.parametrize("command", ["mine", "train", "evaluate", "run", "reindex", "tune"])
+@pytest.mark.parametrize("run_id", ["../../x", "/abs/path"])
+def test_every_command_refuses_a_path_as_run_id_before_writing(tiny_beir, tmp_path, command, run_id):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(spec_text(tiny_beir))
+    before = set(tmp_path.rglob("*"))
+    result = invoke(command, str(spec), "--run-id", run_id)
+    assert_bad_input(result, "is not a run id")
+    assert set(tmp_path.rglob("*")) == before and not Path("/abs/path").exists()

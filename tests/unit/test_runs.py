@@ -112,3 +112,40 @@ def test_runs_of_different_specs_do_not_mix(tmp_path):
                        "runtime": {"runs": str(tmp_path / "runs")}}, "test")
     Run.create(a, "r1")
     assert Run.latest(b) is None
+
+
+@pytest.mark.parametrize("bad", ["../../x", "/abs/path", "a/b", "..", ".hidden", "-flag", "", "x" * 65, "a b", "é"])
+def test_run_ids_that_are_paths_are_refused_before_anything_is_written(tmp_path, bad):
+    from vectune.errors import InputError
+
+    spec = make_spec(tmp_path)
+    with pytest.raises(InputError, match="is not a run id") as info:
+        Run.create(spec, bad)
+    assert info.value.exit_code == 2
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "x").exists()
+
+
+def test_a_corrupt_manifest_names_the_file_and_line(tmp_path):
+    from vectune.errors import DataError
+
+    spec = make_spec(tmp_path)
+    Run.create(spec, "r1")
+    manifest = tmp_path / "runs" / "demo" / "r1" / "manifest.json"
+    manifest.write_text('{"run_id": "r1",\n "stages": {')
+    with pytest.raises(DataError, match=r"manifest\.json:2: not a valid run manifest") as info:
+        Run.open(spec, "r1")
+    assert info.value.exit_code == 2
+    with pytest.raises(DataError, match="not a valid run manifest"):
+        Run.create(spec, "r1")  # resuming it is refused the same way
+    Run.create(spec, "r2")
+    assert [r.id for r in Run.all(spec)] == ["r2"]  # listing skips the broken run (with a warning)
+    assert Run.latest(spec).id == "r2"
+
+
+def test_a_runs_folder_that_is_a_file_is_named(tmp_path, monkeypatch):
+    from vectune.errors import InputError
+
+    (tmp_path / "afile").write_text("not a folder")
+    monkeypatch.setenv("VECTUNE_RUNS", str(tmp_path / "afile"))
+    with pytest.raises(InputError, match=r"\$VECTUNE_RUNS: .*afile is a file, not a folder for runs"):
+        Run.create(make_spec(tmp_path), "r1")

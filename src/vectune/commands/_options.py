@@ -18,14 +18,31 @@ from vectune.errors import EXIT_FAILURE, VectuneError
 SpecArg = Annotated[Path, typer.Argument(help="The YAML spec.", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout; logs go to stderr.")]
 RunOpt = Annotated[Optional[str], typer.Option("--run-id", help="Reuse (resume) this run instead of a new one.",
-                                               envvar="VECTUNE_RUN_ID")]
+                                               envvar="VECTUNE_RUN_ID", callback=lambda v: run_id_checked(v))]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs.")]
+
+
+#: set by the app (vectune.cli) when the command line asks for --json: errors then also
+#: print one JSON object on stdout, so a script always has something to parse
+JSON_ERRORS = False
 
 
 def fail(exc: BaseException) -> None:
     """Print `exc` for the user and exit with its code."""
+    code = exc.exit_code if isinstance(exc, VectuneError) else EXIT_FAILURE
     console.print_error(exc)
-    raise typer.Exit(exc.exit_code if isinstance(exc, VectuneError) else EXIT_FAILURE)
+    if JSON_ERRORS:
+        console.emit_json(console.error_payload(exc, code))
+    raise typer.Exit(code)
+
+
+def run_id_checked(value: Optional[str]) -> Optional[str]:
+    """--run-id / $VECTUNE_RUN_ID, checked before anything is read or written."""
+    if value is not None:
+        from vectune.runs import check_run_id
+
+        call(check_run_id, value)
+    return value
 
 
 def call(fn: Callable, *args, verbose: bool = False, **kwargs):

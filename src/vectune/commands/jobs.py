@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from vectune.commands._options import call, load
+from vectune.commands._options import call, load, run_id_checked
 
 AddressOpt = Annotated[Optional[str], typer.Option(
     "--address", envvar=["VECTUNE_RAY_ADDRESS", "RAY_ADDRESS"], show_envvar=True,
@@ -56,7 +56,8 @@ def register(app: typer.Typer) -> None:
                                                      "podman on every node; the image holds vectune and "
                                                      "pipelines/).")] = None,
         image_workdir: Annotated[str, typer.Option(help="The folder holding pipelines/ inside --image.")] = "/app",
-        run_id: Annotated[Optional[str], typer.Option("--run-id", help="Reuse (resume) this run.")] = None,
+        run_id: Annotated[Optional[str], typer.Option("--run-id", help="Reuse (resume) this run.",
+                                                      callback=lambda v: run_id_checked(v))] = None,
         model: Annotated[Optional[str], typer.Option(help="reindex/evaluate: this model instead of the "
                                                      "default one (a path every node sees).")] = None,
         pip: Annotated[Optional[list[str]], typer.Option("--pip", help="Extra pip package for the job's "
