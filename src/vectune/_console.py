@@ -29,8 +29,11 @@ def setup_logging(verbose: bool = False) -> None:
     if verbose:
         os.environ["VECTUNE_VERBOSE"] = "1"
     os.environ.setdefault("RAY_DATA_LOG_LEVEL", "INFO" if verbose else "ERROR")
-    logging.basicConfig(level=logging.WARNING, handlers=[RichHandler(console=err, show_path=False)], format="%(message)s",
-                        force=True)
+    from vectune._redact import RedactingFilter
+
+    handler = RichHandler(console=err, show_path=False)
+    handler.addFilter(RedactingFilter())
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s", force=True)
     logging.getLogger("vectune").setLevel(level)
     for noisy in ("ray", "ray.data", "ray.train", "ray.tune", "httpx", "sentence_transformers", "transformers"):
         logging.getLogger(noisy).setLevel(logging.ERROR if not verbose else logging.INFO)
@@ -40,6 +43,7 @@ def print_error(exc: BaseException) -> None:
     """An error as a user reads it on stderr: a spec's problems one per line, else the message."""
     from rich.markup import escape
 
+    from vectune._redact import redact
     from vectune.errors import SpecError
 
     # messages quote user data (ids, paths, YAML): escape it, or `[/x]` is read as markup
@@ -48,7 +52,7 @@ def print_error(exc: BaseException) -> None:
         for problem in exc.problems:
             err.print(f"  - {problem}", markup=False, highlight=False)
     else:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False)
+        err.print(f"[bold red]error:[/] {escape(redact(str(exc)))}", markup=True, highlight=False)
 
 
 def emit_json(payload: Any) -> None:
@@ -70,9 +74,10 @@ def _finite(value: Any) -> Any:
 def error_payload(exc: BaseException, exit_code: int) -> dict:
     """The one JSON object `--json` prints on stdout for an error: what, which kind, the
     exit code, and where (the spec's problems with field and line, the file and line)."""
+    from vectune._redact import redact
     from vectune.errors import DataError, InputError, SpecError
 
-    payload: dict[str, Any] = {"error": str(exc), "kind": type(exc).__name__, "exit_code": exit_code}
+    payload: dict[str, Any] = {"error": redact(str(exc)), "kind": type(exc).__name__, "exit_code": exit_code}
     if isinstance(exc, SpecError):
         payload["source"] = exc.source
         payload["problems"] = [{"field": p.path, "message": p.message, "line": p.line} for p in exc.problems]

@@ -89,6 +89,12 @@ class IndexingError(VectuneError):
     exit_code = EXIT_FAILURE
 
 
+class ClusterError(VectuneError):
+    """The Ray cluster at `runtime.address` (or a job server) cannot be reached in time."""
+
+    exit_code = EXIT_FAILURE
+
+
 class StageError(VectuneError):
     """A stage cannot run (a missing upstream artifact, a bad state)."""
 

@@ -134,15 +134,27 @@ def job_client(address: str | None):
     from ray.job_submission import JobSubmissionClient
 
     with _explicit_address():
-        try:
-            return JobSubmissionClient(address)
-        except Exception as exc:
-            raise _cluster_error(address, exc) from None
+        return _request(address, JobSubmissionClient, address)
 
 
-def _request(where: str, fn, *args, **kwargs):
+#: seconds one request to a job server may take: Ray's job SDK sets no timeout, so a
+#: server that accepts the connection and never answers would hold the command for ever
+REQUEST_TIMEOUT = 60.0
+#: a submission uploads the working folder and the wheel first: more time, still a bound
+SUBMIT_TIMEOUT = 900.0
+
+
+def _request(where: str, fn, *args, _seconds: float | None = None, **kwargs):
+    from vectune._bounded import within
+
+    seconds = _seconds or REQUEST_TIMEOUT
+    expired = lambda: ClusterError(  # noqa: E731
+        f"Ray cluster {where}: no answer within {seconds:g} s; is it the Ray dashboard's address "
+        "(port 8265), and reachable from here?")
     try:
-        return fn(*args, **kwargs)
+        return within(seconds, fn, *args, expired=expired, **kwargs)
+    except ClusterError:
+        raise
     except Exception as exc:
         raise _cluster_error(where, exc) from None
 
@@ -270,7 +282,7 @@ def submit(spec: Spec, *, address: str | None = None, pipeline: str = "finetune"
         if run_id:
             metadata["vectune_run_id"] = run_id
         with _explicit_address():
-            job_id = _request(address, client.submit_job, entrypoint=command, runtime_env=env, metadata=metadata)
+            job_id = _request(address, client.submit_job, _seconds=SUBMIT_TIMEOUT, entrypoint=command, runtime_env=env, metadata=metadata)
     finally:
         if folder is not None:  # uploaded by submit_job; the local copy is no longer needed
             shutil.rmtree(folder, ignore_errors=True)

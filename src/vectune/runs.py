@@ -16,6 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
+from vectune._redact import redact, redact_tree
 from vectune.errors import DataError, InputError, StageError
 from vectune.spec import Spec
 
@@ -128,7 +129,7 @@ class Run:
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "spec_hash": spec.digest(),
             "spec_file": str(spec.source) if spec.source else None,
-            "spec": spec.canonical(),
+            "spec": redact_tree(spec.canonical()),
             "data": {},
             "models": {},
             "packages": package_versions(),
@@ -148,7 +149,7 @@ class Run:
         if manifest.get("spec_hash") != spec.digest():
             manifest.setdefault("spec_history", []).append(manifest.get("spec_hash"))
             manifest["spec_hash"] = spec.digest()
-            manifest["spec"] = spec.canonical()
+            manifest["spec"] = redact_tree(spec.canonical())
             run.save()
         return run
 
@@ -209,7 +210,7 @@ class Run:
         try:
             yield outputs
         except BaseException as exc:
-            stages[name].update(status="failed", error=f"{type(exc).__name__}: {exc}"[:2000],
+            stages[name].update(status="failed", error=redact(f"{type(exc).__name__}: {exc}")[:2000],
                                 seconds=round(time.perf_counter() - start, 2))
             self.save()
             raise

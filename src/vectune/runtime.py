@@ -51,13 +51,57 @@ def init_ray(runtime: RuntimeSpec, *, extra_env: dict[str, str] | None = None) -
         os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(address="local", **kwargs)
     else:
-        ray.init(address=runtime.address, **kwargs)
+        _join(runtime.address, runtime.connect_timeout, kwargs)
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     return True
+
+
+def _endpoint(address: str) -> tuple[str, int] | None:
+    """(host, port) of a `host:port` or `ray://host:port` address; None for `auto`."""
+    if address == "auto":
+        return None
+    rest = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def _join(address: str, timeout: float, kwargs: dict) -> None:
+    """`ray.init(address)` within `timeout` seconds, or ClusterError naming the address.
+
+    Ray's own connect retries a GCS that does not answer for minutes (measured: over two
+    for an address where nothing listens), so first a TCP connect says whether anything
+    listens, then `ray.init` runs in a helper thread the caller stops waiting for.
+    """
+    import socket
+
+    import ray
+
+    from vectune._bounded import within
+    from vectune._redact import redact
+    from vectune.errors import ClusterError
+
+    shown = redact(address)
+    endpoint = _endpoint(address)
+    if endpoint is not None:
+        try:
+            socket.create_connection(endpoint, timeout=min(timeout, 10.0)).close()
+        except OSError as exc:
+            raise ClusterError(f"runtime.address {shown}: nothing answers at {endpoint[0]}:{endpoint[1]} "
+                               f"({exc.strerror or type(exc).__name__}); is the Ray head running, and the "
+                               "port its GCS port (6379 by default) or Ray Client port (10001)?") from None
+    expired = lambda: ClusterError(  # noqa: E731
+        f"runtime.address {shown}: the Ray cluster did not answer within {timeout:g} s "
+        "(runtime.connect_timeout); is it a Ray head, and reachable from here?")
+    try:
+        within(timeout, ray.init, address=address, expired=expired, **kwargs)
+    except ConnectionError as exc:
+        raise ClusterError(f"runtime.address {shown}: cannot join the Ray cluster: {redact(str(exc))}") from None
 
 
 @contextmanager

@@ -27,9 +27,10 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def render(spec: SpecArg, json_: JsonOpt = False) -> None:
         """Print the spec with every default filled in and every path resolved."""
+        from vectune._redact import redact_tree
         from vectune.spec import render as render_spec
 
-        rendered = render_spec(load(spec))
+        rendered = redact_tree(render_spec(load(spec)))  # a URL's credentials stay off the terminal
         if json_:
             console.emit_json(rendered)
         else:

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vectune._redact import redact
 from vectune.errors import IndexingError, Problem, SpecError
 from vectune.spec import Spec
 
@@ -69,7 +70,7 @@ class Target:
 
     def describe(self) -> str:
         """Where this is, for messages and the manifest (never the key)."""
-        return self.url if self.url else f"embedded engine at {self.path}"
+        return redact(self.url) if self.url else f"embedded engine at {self.path}"
 
 
 def target(spec: Spec) -> Target:
@@ -150,18 +151,19 @@ def open_target(where: Target):
         except Exception as exc:  # noqa: BLE001 - classified below, never re-raised raw
             client.close()
             kind, last = _classify(exc)
+            last = redact(last)
             if kind == "auth":
                 hint = (f" (check the key in ${where.api_key_env})" if where.api_key_env
                         else " (set index.qdrant.api_key_env)")
-                raise IndexingError(f"Qdrant at {where.url} rejected the API key{hint}") from None
+                raise IndexingError(f"Qdrant at {where.describe()} rejected the API key{hint}") from None
             if kind == "fatal":
-                raise IndexingError(f"Qdrant at {where.url} answered with an error: {last}") from None
+                raise IndexingError(f"Qdrant at {where.describe()} answered with an error: {last}") from None
         if attempt + 1 < attempts:
             delay = min(8.0, 0.5 * 2**attempt)
-            log.warning("Qdrant at %s unreachable (%s); retry %d/%d in %.1f s", where.url, last, attempt + 1,
+            log.warning("Qdrant at %s unreachable (%s); retry %d/%d in %.1f s", where.describe(), last, attempt + 1,
                         attempts - 1, delay)
             time.sleep(delay)
-    raise IndexingError(f"cannot reach Qdrant at {where.url} after {attempts} attempt(s): {last}. "
+    raise IndexingError(f"cannot reach Qdrant at {where.describe()} after {attempts} attempt(s): {last}. "
                         "Is the server running and the URL (and port) right?")
 
 

@@ -27,6 +27,8 @@ class RuntimeSpec(Section):
         "sees at the same place (NFS, CephFS, EFS, a Kubernetes ReadWriteMany volume). Takes "
         "precedence over `runs`; VECTUNE_RUNS overrides both.",
     )
+    connect_timeout: float = Field(
+        30.0, gt=0, le=3600, description="Seconds to wait for the Ray cluster at `address` to answer.")
     torch_threads: int | None = Field(None, ge=1, le=1024, description="Threads per torch process; Ray's share when unset.")
 
     @field_validator("address")
