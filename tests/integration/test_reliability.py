@@ -1,0 +1,159 @@
+"""Reliability drills as a user meets them: servers that never answer or drop the
+connection, credentials that must never show, addresses where nothing listens.
+
+The "servers" here are plain sockets on 127.0.0.1, not Qdrant or Ray: a real server that
+hangs or drops on cue cannot be had on this machine, and what is under test is vectune's
+side of the wire (bounded waits, the error, nothing leaked, the alias untouched)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+VECTUNE = str(Path(sys.executable).with_name("vectune"))
+SECRET = "pw-vectune-9d1c44e0"
+KEY = "sk-vectune-KEY-51b2e7"
+KEY_ENV = "VECTUNE_TEST_QDRANT_KEY"
+
+
+def _env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VECTUNE_")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **extra)
+    return env
+
+
+def vectune(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([VECTUNE, *map(str, args)], capture_output=True, text=True, env=env or _env(),
+                          timeout=timeout)
+
+
+class Socket:
+    """A listening socket on 127.0.0.1 that `hang`s (accepts, never reads or answers) or
+    `drop`s (reads the request, then closes without a reply)."""
+
+    def __init__(self, mode: str):
+        self.mode = mode
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            if self.mode == "hang":
+                self.held.append(conn)
+            else:
+                conn.settimeout(2)
+                try:
+                    conn.recv(65536)
+                except OSError:
+                    pass
+                conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+@pytest.fixture
+def server(request):
+    s = Socket(request.param)
+    yield s
+    s.close()
+
+
+def _spec(tiny_beir, tmp_path, **sections) -> Path:
+    mapping = yaml.safe_load(tiny_beir.spec_path.read_text())
+    for key, value in sections.items():
+        mapping[key] = {**mapping.get(key, {}), **value}
+    mapping.setdefault("runtime", {})["runs"] = str(tmp_path / "runs")
+    path = tiny_beir.root / "spec-drill.yaml"
+    path.write_text(yaml.safe_dump(mapping))
+    return path
+
+
+def _everything_written(root: Path) -> str:
+    return "".join(p.read_text(errors="replace") for p in root.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("server", ["hang", "drop"], indirect=True)
+def test_qdrant_that_hangs_or_drops_fails_in_bounded_time_and_leaks_nothing(tiny_beir, tmp_path, server):
+    """Drill (c): a Qdrant URL with credentials and an API key; the server accepts and then
+    never answers, or drops each request. reindex, search, collections and rollback each
+    end within their timeouts with a clear error; neither secret appears anywhere."""
+    url = f"http://admin:{SECRET}@127.0.0.1:{server.port}/?api_key={SECRET}"
+    spec = _spec(tiny_beir, tmp_path, index={"qdrant": {"url": url, "api_key_env": KEY_ENV, "timeout": 2,
+                                                         "retries": 1}})
+    env = _env(**{KEY_ENV: KEY})
+    seen = ""
+    for command in (("reindex", spec, "--run-id", "drill"), ("search", spec, "a query"), ("collections", spec),
+                    ("rollback", spec)):
+        start = time.monotonic()
+        out = vectune(*command, "-v", env=env, timeout=120)
+        took = time.monotonic() - start
+        assert out.returncode == 1, (command, out.stderr[-2000:])
+        assert took < 60, f"{command[0]} took {took:.0f} s against a server that never answers"
+        assert "Traceback" not in out.stderr
+        assert f"Qdrant at http://***@127.0.0.1:{server.port}" in out.stderr, out.stderr[-2000:]
+        seen += out.stdout + out.stderr
+    assert server.accepted >= 2  # the client did get through to the socket, and retried
+    assert SECRET not in seen and KEY not in seen
+    written = _everything_written(tmp_path / "runs")
+    assert "drill" in written and SECRET not in written and KEY not in written
+    manifest = json.loads((tmp_path / "runs" / "tiny" / "drill" / "manifest.json").read_text())
+    assert manifest["stages"]["reindex"]["status"] == "failed"
+    assert manifest["spec"]["index"]["qdrant"]["url"] == f"http://***@127.0.0.1:{server.port}/?api_key=***"
+
+
+def test_ray_address_where_nothing_listens_fails_fast(tiny_beir, tmp_path):
+    spec = _spec(tiny_beir, tmp_path, runtime={"address": "127.0.0.1:9"})
+    start = time.monotonic()
+    out = vectune("evaluate", spec, "--json", timeout=120)
+    assert time.monotonic() - start < 60
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    error = json.loads(out.stdout)
+    assert error["kind"] == "ClusterError" and "runtime.address 127.0.0.1:9: nothing answers" in error["error"]
+
+
+@pytest.mark.parametrize("server", ["hang"], indirect=True)
+def test_ray_address_that_never_answers_gives_up_after_the_connect_timeout(tiny_beir, tmp_path, server):
+    spec = _spec(tiny_beir, tmp_path, runtime={"address": f"127.0.0.1:{server.port}", "connect_timeout": 3})
+    start = time.monotonic()
+    out = vectune("evaluate", spec, timeout=120)
+    assert time.monotonic() - start < 45
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "did not answer within 3 s (runtime.connect_timeout)" in out.stderr
+
+
+@pytest.mark.parametrize("server", ["hang"], indirect=True)
+def test_job_server_that_never_answers_is_bounded(server, monkeypatch):
+    from typer.testing import CliRunner
+
+    from vectune import jobs
+    from vectune.cli import app
+
+    monkeypatch.setattr(jobs, "REQUEST_TIMEOUT", 3.0)
+    start = time.monotonic()
+    result = CliRunner().invoke(app, ["jobs", "list", "--address", f"http://127.0.0.1:{server.port}", "--json"])
+    assert time.monotonic() - start < 30
+    assert result.exit_code == 1
+    payload = json.loads(result.stdout)
+    assert payload["kind"] == "ClusterError" and "no answer within 3 s" in payload["error"]
