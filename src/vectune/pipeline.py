@@ -13,6 +13,7 @@ from pathlib import Path
 
 from vectune.data import DomainData
 from vectune.embed import model_fingerprint, resolve_model
+from vectune.embed.models import check_sequence_lengths
 from vectune.evaluate import Evaluation, evaluate_model
 from vectune.runs import Run, base_model_path, record_lineage
 from vectune.runtime import ray_session
@@ -46,7 +47,7 @@ def evaluate(spec: Spec, *, model: str | None = None, split: str | None = None, 
     split = split or spec.evaluate.split
     data = DomainData(spec)
     data.labels(split)  # bad labels fail before Ray starts
-    path = resolve_model(model, Path.cwd()) if model else base_model_path(spec)
+    path = _named_model(spec, model) if model else base_model_path(spec)
     role = "model" if model else "base"
     run = Run.create(spec, run_id)
     record_lineage(run, data)
@@ -55,6 +56,27 @@ def evaluate(spec: Spec, *, model: str | None = None, split: str | None = None, 
         outputs.update(result.metrics)
     save_evaluation(run, role, result)
     return {"run_id": run.id, "run_dir": str(run.dir), role: result.summary()}
+
+
+def validate(spec: Spec, *, data: bool = True) -> dict:
+    """`vectune validate`: the spec (valid once loaded) and, unless `data` is False, what it
+    names: each data file present, readable and in its format (first records), and the base
+    model found offline, its limits read from its config. Fast: no Ray, no model loaded."""
+    out: dict = {"valid": True, "name": spec.name, "hash": spec.digest()}
+    if data:
+        from vectune.embed.models import model_limits
+
+        out["files"] = DomainData(spec).check_files()
+        path = base_model_path(spec)
+        out["model"] = {"name": spec.model.base, "path": path, **model_limits(path)}
+    return out
+
+
+def _named_model(spec: Spec, name: str) -> str:
+    """A `--model` folder or name, resolved and checked against the spec's sequence length."""
+    path = resolve_model(name, Path.cwd())
+    check_sequence_lengths(path, {"model.max_seq_length": spec.model.max_seq_length})
+    return path
 
 
 def save_evaluation(run: Run, role: str, result: Evaluation) -> None:
@@ -236,11 +258,12 @@ def reindex(spec: Spec, *, model: str | None = None, run_id: str | None = None) 
     run = Run.create(spec, run_id)
     previous = (run.manifest.get("collection") or {}).get("model") or {}
     if model:
-        path, source = resolve_model(model, Path.cwd()), "--model"
+        path, source = _named_model(spec, model), "--model"
     elif previous.get("path") and run.stage_info("reindex").get("status") in ("running", "failed"):
         path, source = previous["path"], f"resuming run {run.id}"
     else:
         path, source = promoted_model(spec)
+    check_sequence_lengths(path, {"model.max_seq_length": spec.model.max_seq_length})
     log.info("re-indexing %s with %s", spec.name, source)
     result = reindex_stage(spec, run, path)
     return {**result, "model_source": source, "run_dir": str(run.dir)}

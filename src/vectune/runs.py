@@ -221,10 +221,14 @@ class Run:
 
 # -- lineage ------------------------------------------------------------------------------
 def base_model_path(spec: Spec) -> str:
-    """The spec's base model as a local folder (a registry name or hub id resolved)."""
-    from vectune.embed import resolve_model
+    """The spec's base model as a local folder (a registry name or hub id resolved), checked
+    against the sequence lengths the spec asks of it."""
+    from vectune.embed.models import check_sequence_lengths, resolve_model
 
-    return resolve_model(spec.model.base, spec.base_dir)
+    path = resolve_model(spec.model.base, spec.base_dir)
+    check_sequence_lengths(path, {"model.max_seq_length": spec.model.max_seq_length,
+                                  "train.max_seq_length": spec.train.max_seq_length})
+    return path
 
 
 def record_lineage(run: Run, data) -> None:

@@ -263,3 +263,45 @@ def test_every_command_refuses_a_path_as_run_id_before_writing(tiny_beir, tmp_pa
     result = invoke(command, str(spec), "--run-id", run_id)
     assert_bad_input(result, "is not a run id")
     assert set(tmp_path.rglob("*")) == before and not Path("/abs/path").exists()
+
+
+def test_validate_checks_the_data_files_and_the_model(tiny_beir, tmp_path):
+    spec = tiny_beir.root / "s.yaml"
+    spec.write_text(spec_text(tiny_beir))
+    ok = invoke("validate", str(spec), "--json")
+    assert ok.exit_code == 0, ok.output
+    checked = json.loads(ok.stdout)
+    assert len(checked["files"]) == 3 and checked["model"]["positions"] == 512 and checked["model"]["dimension"] == 384
+
+    (tiny_beir.root / "corpus.jsonl").rename(tiny_beir.root / "moved.jsonl")
+    assert_bad_input(invoke("validate", str(spec)), "corpus.jsonl: file not found")
+    assert invoke("validate", str(spec), "--no-data").exit_code == 0  # a spec written ahead of its data
+    (tiny_beir.root / "moved.jsonl").rename(tiny_beir.root / "corpus.jsonl")
+
+    spec.write_text(spec_text(tiny_beir, extra=f"model: {{base: {tmp_path / 'no-such-model'}}}\n"))
+    assert_bad_input(invoke("validate", str(spec)), "model folder not found", "no-such-model")
+
+
+def test_a_sequence_length_beyond_the_model_is_refused_before_ray(tiny_beir, tmp_path):
+    """model.max_seq_length 1024 on a 512-position model: exit 2 naming the field, read from
+    the model's config (not a tensor-size traceback from inside the encoder)."""
+    import time
+
+    spec = tiny_beir.root / "s.yaml"
+    spec.write_text(spec_text(tiny_beir, extra="model: {max_seq_length: 1024}\n"))
+    start = time.monotonic()
+    for command in ("validate", "evaluate", "reindex"):
+        assert_bad_input(invoke(command, str(spec)), "model.max_seq_length: 1024 tokens", "at most 512")
+    assert time.monotonic() - start < 30  # no Ray was started, no model loaded
+    spec.write_text(spec_text(tiny_beir, extra="train: {max_seq_length: 600}\n"))
+    assert_bad_input(invoke("validate", str(spec)), "train.max_seq_length: 600 tokens")
+
+
+def test_an_uncached_hub_id_offline_is_named_before_ray(tiny_beir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    spec = tiny_beir.root / "s.yaml"
+    spec.write_text(spec_text(tiny_beir, extra="model: {base: some-org/some-model}\n"))
+    for command in ("validate", "evaluate"):
+        assert_bad_input(invoke(command, str(spec)), "'some-org/some-model' is not a local folder and not in the "
+                                                     "Hugging Face cache", "HF_HUB_OFFLINE=1")

@@ -3,26 +3,37 @@
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 import yaml
 from rich.markup import escape
 
 from vectune import _console as console
-from vectune.commands._options import JsonOpt, SpecArg, load
+from vectune.commands._options import JsonOpt, SpecArg, call, load
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the CLI."""
 
     @app.command()
-    def validate(spec: SpecArg, json_: JsonOpt = False) -> None:
-        """Check a spec: every problem at once, with field paths and YAML lines."""
+    def validate(
+        spec: SpecArg,
+        no_data: Annotated[bool, typer.Option("--no-data", help="Check the spec alone, not its data files and model "
+                                                                "(a spec written ahead of its data).")] = False,
+        json_: JsonOpt = False,
+    ) -> None:
+        """Check a spec (every problem at once, with field paths and YAML lines), then that its
+        data files and model exist and are readable (fast, without Ray)."""
+        from vectune import pipeline
+
         s = load(spec)
+        result = {"spec": str(spec), **call(pipeline.validate, s, data=not no_data)}
         if json_:
-            console.emit_json({"valid": True, "spec": str(spec), "name": s.name, "hash": s.digest()})
-        else:
-            console.out.print(f"[green]valid[/] {escape(str(spec))} (name {s.name}, hash {s.digest()})")
+            console.emit_json(result)
+            return
+        checked = "" if no_data else f"; {len(result['files'])} data file(s) and the model found"
+        console.out.print(f"[green]valid[/] {escape(str(spec))} (name {s.name}, hash {s.digest()}{escape(checked)})")
 
     @app.command()
     def render(spec: SpecArg, json_: JsonOpt = False) -> None:

@@ -66,6 +66,36 @@ class DomainData:
                             path, self._labels[split].dropped)
         return self._labels[split]
 
+    def check_files(self) -> dict[str, int]:
+        """Every data file the spec names exists, is readable and starts as its format says
+        (the first records parsed), without reading it whole: `vectune validate`'s data check.
+
+        Returns each file's size in bytes (-1 where the filesystem does not say).
+        """
+        from itertools import islice
+
+        from vectune.data._files import filesystem, iter_lines, read_records
+        from vectune.data.corpus import _records
+
+        data = self.spec.data
+        out: dict[str, int] = {}
+        checks = [(self.corpus_path, lambda path: _records(data.corpus, path, None))]
+        for source in [data.queries, data.train, *data.splits.values()]:
+            if source is None:
+                continue
+            qrels = getattr(source, "format", None) == "qrels"
+            reader = (lambda path: iter_lines(path)) if qrels else (lambda path: read_records(path))
+            checks.append((self.spec.resolve(source.path), reader))
+        for path, reader in checks:
+            if path in out:
+                continue
+            first = list(islice(reader(path), 2))
+            if not first:
+                raise DataError(path, "the file is empty")
+            fs, inner = filesystem(path)
+            out[path] = fs.get_file_info(inner).size or -1
+        return out
+
     def corpus_dataset(self, blocks: int | None = None):
         """The corpus as a Ray Dataset (doc_id, title, text), streamed, never collected."""
         self.corpus  # validate first: Ray workers assume clean input

@@ -39,7 +39,103 @@ def resolve_model(name: str, base_dir: Path | None = None) -> str:
     looks_local = name.startswith((".", "/", "~")) or os.sep in name and name.count("/") > 1
     if looks_local:
         raise ModelError(f"model folder not found: {name}")
-    return name  # a hub id such as BAAI/bge-small-en-v1.5
+    return _hub_snapshot(name)  # a hub id such as BAAI/bge-small-en-v1.5
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+#: seconds a hub download may take (the driver fetches it once; workers get the folder)
+HUB_TIMEOUT = 1800.0
+
+
+def _hub_snapshot(name: str) -> str:
+    """A hub id as a local folder, before any Ray worker needs it: the cached snapshot, or,
+    when the hub may be reached (HF_HUB_OFFLINE unset), downloaded once here. Workers run
+    offline and load the folder, so an uncached id fails now, naming it, not in Ray later."""
+    from huggingface_hub import snapshot_download
+
+    from vectune._bounded import within
+
+    try:
+        return snapshot_download(name, local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - LocalEntryNotFoundError, HFValidationError, ...
+        if type(exc).__name__ == "HFValidationError":
+            raise ModelError(f"model {name!r} is neither a local folder, a registry name "
+                             f"({', '.join(sorted(REGISTRY))}) nor a valid hub id") from None
+    if _offline():
+        raise ModelError(f"model {name!r} is not a local folder and not in the Hugging Face cache, and the hub is "
+                         "off (HF_HUB_OFFLINE=1): download it where there is a network (`hf download "
+                         f"{name}`), or give model.base a local folder") from None
+    expired = lambda: ModelError(f"model {name!r}: no download within {HUB_TIMEOUT:g} s")  # noqa: E731
+    try:
+        return within(HUB_TIMEOUT, snapshot_download, name, expired=expired)
+    except ModelError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - network and hub errors, one message
+        raise ModelError(f"model {name!r}: cannot download it from the Hugging Face hub: {exc}") from None
+
+
+def _json(path: Path) -> dict:
+    import json
+
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: not a readable model config ({exc})") from None
+    return value if isinstance(value, dict) else {}
+
+
+@lru_cache(maxsize=64)
+def model_limits(path: str) -> dict:
+    """What a model folder allows, read from its configs without loading weights.
+
+    Returns:
+        `positions`: the most tokens it can take (config.json `max_position_embeddings`,
+        bounded by the tokenizer's `model_max_length`; RoBERTa-style models reserve two),
+        `max_seq_length`: its sentence-transformers default, `dimension`: the output size
+        (the last Dense layer's, else the pooling's, else `hidden_size`). None where unknown.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        return {"positions": None, "max_seq_length": None, "dimension": None}
+    modules = _json(root / "modules.json") if (root / "modules.json").exists() else []
+    transformer = root
+    dimension = None
+    for module in modules if isinstance(modules, list) else []:
+        kind, folder = str(module.get("type", "")), root / str(module.get("path", ""))
+        if kind.endswith("Transformer"):
+            transformer = folder
+        elif kind.endswith("Pooling"):
+            dimension = _json(folder / "config.json").get("word_embedding_dimension", dimension)
+        elif kind.endswith("Dense"):
+            dimension = _json(folder / "config.json").get("out_features", dimension)
+    config = _json(transformer / "config.json")
+    positions = config.get("max_position_embeddings")
+    if isinstance(positions, int) and config.get("model_type") in ("roberta", "xlm-roberta", "camembert", "mpnet"):
+        positions -= 2  # padding_idx + 1 positions are never used
+    tokenizer = _json(transformer / "tokenizer_config.json").get("model_max_length")
+    if isinstance(tokenizer, int) and tokenizer < 1_000_000:
+        positions = min(positions, tokenizer) if isinstance(positions, int) else tokenizer
+    st = _json(transformer / "sentence_bert_config.json")
+    return {"positions": positions if isinstance(positions, int) else None,
+            "max_seq_length": st.get("max_seq_length"),
+            "dimension": dimension if isinstance(dimension, int) else config.get("hidden_size")}
+
+
+def check_sequence_lengths(path: str, lengths: dict[str, int | None]) -> None:
+    """ModelError naming the setting when one asks for more tokens than the model has positions."""
+    limit = model_limits(path)["positions"]
+    if limit is None:
+        return
+    for field, value in lengths.items():
+        if value is not None and value > limit:
+            raise ModelError(f"{field}: {value} tokens, but the model at {path} takes at most {limit} "
+                             "(its config's max_position_embeddings); set it to "
+                             f"{limit} or less, or leave it unset for the model's own")
 
 
 @lru_cache(maxsize=32)
