@@ -157,3 +157,66 @@ def test_job_server_that_never_answers_is_bounded(server, monkeypatch):
     assert result.exit_code == 1
     payload = json.loads(result.stdout)
     assert payload["kind"] == "ClusterError" and "no answer within 3 s" in payload["error"]
+
+
+# -- drill (e): collections that cannot serve the alias's readers ----------------------------
+def _stamped(client, name: str, size: int, model: str, *, distance: str = "Cosine", stamped_size: int | None = None):
+    """A vectune-stamped collection built by hand (no Ray: the stamp and the vector shape are
+    what is under test), with a few random points."""
+    import numpy as np
+    from qdrant_client import models
+
+    from vectune.embed import model_fingerprint
+    from vectune.index import collections as cols
+
+    client.create_collection(name, vectors_config=models.VectorParams(size=size, distance=models.Distance(distance)))
+    rng = np.random.default_rng(0)
+    client.upsert(name, [models.PointStruct(id=i, vector=rng.normal(size=size).tolist(), payload={"doc_id": f"d{i}"})
+                         for i in range(1, 5)])
+    cols.write_stamp(client, name, {
+        "format": 1, "spec": "tiny", "base": "tiny", "run_id": name.split("__")[1], "model_path": model,
+        "model_fingerprint": model_fingerprint(model), "dimension": stamped_size or size,
+        "distance": distance.lower(), "state": "ready", "created": cols.now()})
+
+
+def test_rollback_onto_an_incompatible_collection_and_search_of_a_mismatched_one_are_refused(tiny_beir, tmp_path):
+    from typer.testing import CliRunner
+
+    from vectune.cli import app
+    from vectune.embed import resolve_model
+    from vectune.index import collections as cols
+    from vectune.index import connect
+    from vectune.spec import load_spec
+
+    store = tmp_path / "qdrant"
+    spec_path = _spec(tiny_beir, tmp_path, index={"qdrant": {"path": str(store)}})
+    spec = load_spec(spec_path)
+    minilm = resolve_model("all-MiniLM-L6-v2")
+    client = connect(spec)
+    try:
+        _stamped(client, "tiny__wide", 768, minilm)  # 768-d vectors, stamped model gives 384-d
+        _stamped(client, "tiny__dot", 384, minilm, distance="Dot")
+        _stamped(client, "tiny__live", 384, minilm)
+        cols.swap_alias(client, "tiny", "tiny__live")
+    finally:
+        client.close()
+
+    def cli(*args):
+        return CliRunner().invoke(app, [*map(str, args)])
+
+    for target, needle in (("wide", "readers of the alias send 384-d cosine queries"),
+                           ("dot", "tiny__dot holds 384-d dot vectors")):
+        refused = cli("rollback", spec_path, "--to", target, "--json")
+        assert refused.exit_code == 2 and "Traceback" not in refused.output, refused.output
+        assert needle in json.loads(refused.stdout)["error"]
+    refused = cli("rollback", spec_path)  # the automatic choice skips both, then says why
+    assert refused.exit_code == 2 and "no previous collection of alias 'tiny' can serve its readers" in refused.output
+    client = connect(spec)
+    try:
+        assert cols.live_collection(client, "tiny") == "tiny__live"  # the alias never moved
+        cols.swap_alias(client, "tiny", "tiny__wide")  # as an older vectune's rollback left it
+    finally:
+        client.close()
+    mismatched = cli("search", spec_path, "a query", "--json")
+    assert mismatched.exit_code == 2 and "Traceback" not in mismatched.output, mismatched.output
+    assert "holds vectors of size 768" in json.loads(mismatched.stdout)["error"]

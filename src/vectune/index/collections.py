@@ -13,7 +13,7 @@ import logging
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
-from vectune.errors import IndexingError
+from vectune.errors import IndexingError, ModelError
 from vectune.spec import Spec
 
 log = logging.getLogger(__name__)
@@ -157,8 +157,53 @@ def retain(client, spec: Spec, live: str) -> list[str]:
     return deleted
 
 
+def vector_params(client, name: str) -> tuple[int | None, str | None]:
+    """(vector size, distance name lower-cased) of a collection's single unnamed vector."""
+    vectors = client.get_collection(name).config.params.vectors
+    if isinstance(vectors, dict):  # named vectors: not a layout vectune builds
+        return None, None
+    distance = getattr(vectors.distance, "value", vectors.distance)
+    return vectors.size, str(distance).lower()
+
+
+def incompatibilities(client, name: str, *, serving: str | None = None) -> list[str]:
+    """Why `name` cannot serve the readers of the alias (empty: it can).
+
+    Its vectors must have the size and distance its stamp says, its stamped model must be
+    on this machine and give vectors of that size (search embeds queries with it), and,
+    when `serving` (the live collection) is given, the same size and distance as that one,
+    whose readers send vectors of its shape.
+    """
+    from pathlib import Path
+
+    from vectune.embed.models import model_limits
+
+    stamp = read_stamp(client, name) or {}
+    size, distance = vector_params(client, name)
+    out = []
+    if size is None or stamp.get("dimension") != size:
+        out.append(f"{name} holds vectors of size {size}, its stamp says {stamp.get('dimension')}")
+    if distance and stamp.get("distance") and distance != str(stamp["distance"]).lower():
+        out.append(f"{name} uses distance {distance}, its stamp says {stamp['distance']}")
+    model = str(stamp.get("model_path") or "")
+    if not str(stamp.get("model_fingerprint", "")).startswith("hub:"):
+        if not Path(model).is_dir():
+            out.append(f"its model {model or '(none stamped)'} is not on this machine (queries could not be embedded)")
+        else:
+            dim = model_limits(model)["dimension"]
+            if dim is not None and size is not None and dim != size:
+                out.append(f"its stamped model {model} gives {dim}-d vectors, the collection holds {size}-d")
+    if serving is not None and serving != name:
+        live_size, live_distance = vector_params(client, serving)
+        if (size, distance) != (live_size, live_distance):
+            out.append(f"readers of the alias send {live_size}-d {live_distance} queries (as {serving} serves), "
+                       f"{name} holds {size}-d {distance} vectors")
+    return out
+
+
 def rollback_target(client, spec: Spec, to: str | None = None) -> tuple[str, str]:
-    """(live collection, the collection to roll back to)."""
+    """(live collection, the collection to roll back to): verified, and compatible with
+    what queries the alias (see `incompatibilities`); ModelError (exit 2) otherwise."""
     alias = alias_name(spec)
     live = live_collection(client, alias)
     if live is None:
@@ -170,13 +215,24 @@ def rollback_target(client, spec: Spec, to: str | None = None) -> tuple[str, str
             raise IndexingError(f"no collection {to!r} of {base_name(spec)!r}; see `vectune collections`")
         if match.state not in ("ready", "rolled_back"):
             raise IndexingError(f"{match.name} is {match.state}, not a verified collection: refusing to serve it")
+        problems = incompatibilities(client, match.name, serving=live)
+        if problems:
+            raise ModelError(f"refusing to point alias {alias!r} at {match.name}: " + "; ".join(problems))
         return live, match.name
     candidates = sorted((v for v in vs if v.name != live and v.state == "ready"),
                         key=lambda v: (v.promoted or "", v.created or ""), reverse=True)
     if not candidates:
         raise IndexingError(f"no previous verified collection to roll back to (live: {live}; index.keep is "
                             f"{spec.index.keep})")
-    return live, candidates[0].name
+    refused = []
+    for candidate in candidates:
+        problems = incompatibilities(client, candidate.name, serving=live)
+        if not problems:
+            if refused:
+                log.warning("rollback skips %s", "; ".join(refused))
+            return live, candidate.name
+        refused.append(f"{candidate.name} ({'; '.join(problems)})")
+    raise ModelError(f"no previous collection of alias {alias!r} can serve its readers: " + "; ".join(refused))
 
 
 def rollback(client, spec: Spec, to: str | None = None) -> dict:

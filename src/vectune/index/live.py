@@ -67,6 +67,11 @@ def search(spec: Spec, text: str, *, k: int = 10, model: str | None = None, forc
         live, stamp = _live(client, spec)
         path, fp = query_model(stamp, model, force=force)
         vector = encode_texts([text], encoder_config(spec, path, role="query", cache=False))[0]
+        size, _ = cols.vector_params(client, live)
+        if size != len(vector) or stamp.get("dimension") != size:
+            raise ModelError(f"{live} (behind alias {cols.alias_name(spec)!r}) holds vectors of size {size} "
+                             f"(stamped {stamp.get('dimension')}), but {path} embeds queries as {len(vector)}-d "
+                             "vectors: this collection cannot be searched with this model")
         hits = client.query_points(cols.alias_name(spec), query=vector.tolist(), limit=k,
                                    with_payload=["doc_id", "title"]).points
     finally:
