@@ -14,13 +14,15 @@ Points:
         a test waits for before killing the process).
     `train.step`: after each optimizer step. `{"at": N, "marker": PATH}` raises once at
         step N in the worker of rank `"rank"` (default 1, or 0 with one worker); the marker
-        records that it happened, so a restarted worker goes on.
+        records that it happened, so a restarted worker goes on. `"mode": "kill"` SIGKILLs
+        the worker's process there instead (no exception, no cleanup: a lost machine).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -78,6 +80,8 @@ def hit(point: str, **where) -> None:
         marker = Path(cfg["marker"])
         if where.get("step") == int(cfg["at"]) and where.get("rank") == rank and not marker.exists():
             marker.write_text(str(where["step"]))
+            if cfg.get("mode") == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
             raise RuntimeError(f"injected worker failure at step {where['step']}")
         return
     raise ValueError(f"unknown fault point {point!r} in {ENV}")

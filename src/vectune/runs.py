@@ -224,8 +224,12 @@ def base_model_path(spec: Spec) -> str:
     """The spec's base model as a local folder (a registry name or hub id resolved), checked
     against the sequence lengths the spec asks of it."""
     from vectune.embed.models import check_sequence_lengths, resolve_model
+    from vectune.errors import ModelError
 
-    path = resolve_model(spec.model.base, spec.base_dir)
+    try:
+        path = resolve_model(spec.model.base, spec.base_dir)
+    except ModelError as exc:
+        raise ModelError(f"model.base: {exc}") from None
     check_sequence_lengths(path, {"model.max_seq_length": spec.model.max_seq_length,
                                   "train.max_seq_length": spec.train.max_seq_length})
     return path

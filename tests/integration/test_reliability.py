@@ -220,3 +220,25 @@ def test_rollback_onto_an_incompatible_collection_and_search_of_a_mismatched_one
     mismatched = cli("search", spec_path, "a query", "--json")
     assert mismatched.exit_code == 2 and "Traceback" not in mismatched.output, mismatched.output
     assert "holds vectors of size 768" in json.loads(mismatched.stdout)["error"]
+
+
+@pytest.mark.ray
+def test_nothing_is_written_outside_the_runs_folder(tiny_beir, tmp_path):
+    """`vectune evaluate` from another working folder, with a fresh HOME: every file it
+    writes lands under runtime.runs (Ray's own files aside: its session under /tmp/ray and
+    the cluster auth token it makes in ~/.ray)."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    spec = _spec(tiny_beir, tmp_path)
+    before = {p for p in tiny_beir.root.rglob("*")}
+    env = _env(HOME=str(home))
+    env.pop("XDG_CACHE_HOME", None)
+    env.pop("MPLCONFIGDIR", None)
+    out = subprocess.run([VECTUNE, "evaluate", str(spec), "--run-id", "outside"], cwd=work, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "runs" / "tiny" / "outside" / "metrics.json").is_file()
+    assert sorted(p.relative_to(home) for p in home.rglob("*") if ".ray" not in p.parts) == []
+    assert sorted(p.relative_to(tmp_path) for p in work.rglob("*")) == []
+    assert {p for p in tiny_beir.root.rglob("*")} == before  # nothing beside the data either

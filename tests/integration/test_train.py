@@ -73,9 +73,10 @@ def faults():
     _faults.clear()
 
 
-def _fail_at_step(faults, run: Run, step: int) -> None:
-    """Switch on the `train.step` fault: a worker dies once at `step` (the marker records it)."""
-    faults.switch(**{"train.step": {"at": step, "marker": str(run.path("train", "injected-failure"))}})
+def _fail_at_step(faults, run: Run, step: int, mode: str = "raise") -> None:
+    """Switch on the `train.step` fault: a worker dies once at `step` (the marker records it),
+    by an exception (`raise`) or by SIGKILL of its process (`kill`)."""
+    faults.switch(**{"train.step": {"at": step, "mode": mode, "marker": str(run.path("train", "injected-failure"))}})
 
 
 def _adam_steps(state: dict) -> int:
@@ -141,22 +142,67 @@ def test_interrupted_training_resumes_from_checkpoint(mined, faults):
     assert [h["step"] for h in state["history"]] == list(range(1, summary["steps"] + 1))
 
 
-def test_lost_worker_resumes_within_the_run(mined, faults):
-    """With max_failures: 1, Ray Train restarts the workers from the last checkpoint."""
+@pytest.mark.parametrize("mode", ["raise", "kill"])
+def test_lost_worker_resumes_within_the_run(mined, faults, mode):
+    """With max_failures: 1, Ray Train restarts the workers from the last checkpoint, for an
+    exception in a worker and for a worker process SIGKILLed mid-epoch (drill a): the steps
+    up to the checkpoint (2) are not run again, only the one after it (3)."""
     from vectune.runs import base_model_path
     from vectune.train import train
 
     _, spec, src = mined
     spec.train.max_failures = 1
+    spec.train.epochs = 2  # 6 steps: the kill at step 3 lands mid-run, after the checkpoint at 2
     try:
-        run = _fresh_run(spec, src, "lost-worker")
-        _fail_at_step(faults, run, 3)
+        run = _fresh_run(spec, src, f"lost-worker-{mode}")
+        _fail_at_step(faults, run, 3, mode)
         summary = train(spec, run, base_model_path(spec))
     finally:
         spec.train.max_failures = 0
-    assert run.path("train", "injected-failure").exists()
+        spec.train.epochs = 1
+    assert run.path("train", "injected-failure").read_text() == "3"
     state = _final_state(run)
-    assert state["step"] == summary["steps"] == _adam_steps(state)
+    assert state["step"] == summary["steps"] == _adam_steps(state) > 3
+    # the log history the run resumed with: every step once, none before the checkpoint twice
+    assert [h["step"] for h in state["history"]] == list(range(1, summary["steps"] + 1))
+    # resumed, not restarted: steps 1-2 were logged before the worker died at step 3 (the
+    # marker's time) and kept from the checkpoint; steps 3.. were run (again) after it
+    died = run.path("train", "injected-failure").stat().st_mtime
+    logged = {h["step"]: h["time"] for h in map(json.loads, run.path("train", "loss.jsonl").read_text().splitlines())}
+    assert all(logged[s] < died for s in (1, 2)) and all(logged[s] > died for s in logged if s >= 3), (died, logged)
+
+
+def test_resume_never_unpickles_code_from_the_runs_storage(mined, faults, tmp_path):
+    """Checkpoint state is loaded with torch.load(weights_only=True): a checkpoint file in a
+    shared runs volume that holds a pickled callable is refused, never run (defect 10)."""
+    import pickle
+
+    from vectune.runs import base_model_path
+    from vectune.train import train
+
+    _, spec, src = mined
+    marker = tmp_path / "code-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    run = _fresh_run(spec, src, "tampered")
+    _fail_at_step(faults, run, 3)
+    spec.train.epochs = 2
+    try:
+        with pytest.raises(StageError, match="injected worker failure"):
+            train(spec, run, base_model_path(spec))
+        faults.clear()
+        tampered = list(run.path("train", "ray").glob("checkpoint_*/checkpoint/rng_state*.pth"))
+        assert tampered
+        for path in tampered:
+            path.write_bytes(pickle.dumps(Payload()))
+        with pytest.raises(StageError, match="(?i)weights_only|unpickl"):
+            train(spec, Run.open(spec, run.id), base_model_path(spec))
+    finally:
+        spec.train.epochs = 1
+    assert not marker.exists()
 
 
 def test_gate_blocks_a_worse_model(mined):
