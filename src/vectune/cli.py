@@ -27,6 +27,8 @@ class _Group(TyperGroup):
         except typer.Abort:
             print("interrupted", file=sys.stderr)
             code = 130
+        except typer.Exit as exc:  # raised outside a command's own handling
+            code = exc.exit_code
         except typer.TyperException as exc:  # click's usage errors (typer vendors click)
             exc.show()
             if _options.JSON_ERRORS:
@@ -35,6 +37,11 @@ class _Group(TyperGroup):
                 console.emit_json({"error": exc.format_message(), "kind": "UsageError", "exit_code": exc.exit_code,
                                    "usage": exc.ctx.get_usage() if getattr(exc, "ctx", None) else None})
             code = exc.exit_code
+        except Exception as exc:  # noqa: BLE001 - the last net: never a traceback
+            try:
+                _options.unexpected(exc)
+            except typer.Exit as done:
+                code = done.exit_code
         code = code if isinstance(code, int) else 0
         if standalone_mode:
             sys.exit(code)

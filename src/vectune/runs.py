@@ -223,11 +223,12 @@ class Run:
 def base_model_path(spec: Spec) -> str:
     """The spec's base model as a local folder (a registry name or hub id resolved), checked
     against the sequence lengths the spec asks of it."""
-    from vectune.embed.models import check_sequence_lengths, resolve_model
+    from vectune.embed.models import check_sequence_lengths, model_limits, resolve_model
     from vectune.errors import ModelError
 
     try:
         path = resolve_model(spec.model.base, spec.base_dir)
+        model_limits(path)  # its configs readable, its weights there
     except ModelError as exc:
         raise ModelError(f"model.base: {exc}") from None
     check_sequence_lengths(path, {"model.max_seq_length": spec.model.max_seq_length,

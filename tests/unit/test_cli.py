@@ -305,3 +305,46 @@ def test_an_uncached_hub_id_offline_is_named_before_ray(tiny_beir, tmp_path, mon
     for command in ("validate", "evaluate"):
         assert_bad_input(invoke(command, str(spec)), "'some-org/some-model' is not a local folder and not in the "
                                                      "Hugging Face cache", "HF_HUB_OFFLINE=1")
+
+
+def test_an_unforeseen_error_is_one_line_and_exit_1_never_a_traceback(tiny_beir, monkeypatch):
+    """The CLI's last net (a stand-in failure: any library error vectune did not foresee)."""
+    from vectune import pipeline
+
+    def broken(*args, **kwargs):
+        raise ValueError("something deep went wrong\nsecond line")
+
+    monkeypatch.setattr(pipeline, "validate", broken)
+    result = invoke("validate", str(tiny_beir.spec_path), "--json")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    payload = json.loads(result.stdout)
+    assert payload["error"] == "unexpected ValueError: something deep went wrong (run again with -v for the traceback)"
+
+
+def test_an_error_raised_in_a_ray_worker_keeps_its_exit_code(tiny_beir, monkeypatch):
+    """Ray hands a worker's exception back wrapped (RayTaskError keeps it as `.cause`)."""
+    from vectune import pipeline
+    from vectune.errors import DataError
+
+    class Wrapped(Exception):  # the shape of ray.exceptions.RayTaskError, without a worker
+        def __init__(self, cause):
+            super().__init__("ray task failed")
+            self.cause = cause
+
+    def in_a_worker(*args, **kwargs):
+        raise Wrapped(DataError("corpus.jsonl", "bad line", 7))
+
+    monkeypatch.setattr(pipeline, "validate", in_a_worker)
+    assert_bad_input(invoke("validate", str(tiny_beir.spec_path)), "corpus.jsonl:7: bad line")
+
+
+def test_a_model_folder_without_weights_is_named(tiny_beir, tmp_path):
+    import shutil
+
+    from vectune.embed import resolve_model
+
+    broken = tmp_path / "half-copied"
+    shutil.copytree(resolve_model("all-MiniLM-L6-v2"), broken, ignore=shutil.ignore_patterns("*.safetensors"))
+    spec = tiny_beir.root / "s.yaml"
+    spec.write_text(spec_text(tiny_beir, extra=f"model: {{base: {broken}}}\n"))
+    assert_bad_input(invoke("validate", str(spec)), "model.base", "holds a model config but no weights")

@@ -55,6 +55,40 @@ def call(fn: Callable, *args, verbose: bool = False, **kwargs):
     except KeyboardInterrupt:
         console.err.print("interrupted")
         raise typer.Exit(130) from None
+    except Exception as exc:  # noqa: BLE001 - one line for the user; the traceback with -v
+        inner = cause(exc)
+        if isinstance(inner, VectuneError):  # raised in a Ray worker, wrapped on the way back
+            fail(inner)
+        unexpected(exc)
+
+
+def cause(exc: BaseException) -> BaseException:
+    """The error under Ray's wrappers (RayTaskError and its kin keep it as `.cause`)."""
+    seen = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        inner = getattr(exc, "cause", None)
+        if not isinstance(inner, BaseException):
+            break
+        exc = inner
+    return exc
+
+
+def unexpected(exc: BaseException) -> None:
+    """An error vectune did not foresee: one line and exit 1; the traceback on stderr with -v
+    (or VECTUNE_VERBOSE=1), so a bug report can carry it."""
+    import logging
+    import os
+
+    if os.environ.get("VECTUNE_VERBOSE") == "1":
+        logging.getLogger("vectune").exception("unexpected error")
+    inner = cause(exc)
+
+    class Unexpected(VectuneError):
+        pass
+
+    fail(Unexpected(f"unexpected {type(inner).__name__}: {str(inner).strip().splitlines()[0] if str(inner).strip() else ''}"
+                    " (run again with -v for the traceback)"))
 
 
 def load(spec: Path):

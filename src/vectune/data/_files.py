@@ -32,12 +32,15 @@ def exists(path: str) -> bool:
 
 def open_input(path: str) -> BinaryIO:
     fs, inner = filesystem(path)
-    info = fs.get_file_info(inner)
-    if info.type == pafs.FileType.NotFound:
-        raise DataError(path, "file not found")
-    if info.type == pafs.FileType.Directory:
-        raise DataError(path, "is a folder, expected a file")
-    return fs.open_input_stream(inner)
+    try:
+        info = fs.get_file_info(inner)
+        if info.type == pafs.FileType.NotFound:
+            raise DataError(path, "file not found")
+        if info.type == pafs.FileType.Directory:
+            raise DataError(path, "is a folder, expected a file")
+        return fs.open_input_stream(inner)
+    except OSError as exc:  # permission denied, a broken mount, a bucket that refuses
+        raise DataError(path, f"cannot read it: {getattr(exc, 'strerror', None) or exc}") from None
 
 
 def iter_lines(path: str, hasher: "hashlib._Hash | None" = None) -> Iterator[tuple[int, str]]:
@@ -69,6 +72,8 @@ def iter_lines(path: str, hasher: "hashlib._Hash | None" = None) -> Iterator[tup
 
 
 def _decode(path: str, number: int, raw: bytes) -> str:
+    if number == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a byte-order mark some editors write
+        raw = raw[3:]
     try:
         return raw.rstrip(b"\r").decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -121,6 +121,11 @@ def model_limits(path: str) -> dict:
     if isinstance(tokenizer, int) and tokenizer < 1_000_000:
         positions = min(positions, tokenizer) if isinstance(positions, int) else tokenizer
     st = _json(transformer / "sentence_bert_config.json")
+    weights = [f for pattern in ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json")
+               for f in transformer.glob(pattern)]
+    if config and not weights:
+        raise ModelError(f"{transformer} holds a model config but no weights (model.safetensors or "
+                         "pytorch_model.bin): an incomplete copy?")
     return {"positions": positions if isinstance(positions, int) else None,
             "max_seq_length": st.get("max_seq_length"),
             "dimension": dimension if isinstance(dimension, int) else config.get("hidden_size")}

@@ -133,6 +133,9 @@ def open_target(where: Target):
                     "(index.qdrant.url)"
                 ) from None
             raise IndexingError(f"cannot open the embedded Qdrant at {where.path}: {exc}") from None
+        except (OSError, ValueError) as exc:  # a file where the folder should be, no permission
+            raise IndexingError(f"cannot open the embedded Qdrant at {where.path} (index.qdrant.path): "
+                                f"{getattr(exc, 'strerror', None) or exc}") from None
         return client
 
     attempts = 1 + max(0, where.retries)
