@@ -65,7 +65,9 @@ def validate(spec: Spec, *, data: bool = True) -> dict:
     out: dict = {"valid": True, "name": spec.name, "hash": spec.digest()}
     if data:
         from vectune.embed.models import model_limits
+        from vectune.runs import runs_folder
 
+        out["runs"] = str(runs_folder(spec))
         out["files"] = DomainData(spec).check_files()
         path = base_model_path(spec)
         out["model"] = {"name": spec.model.base, "path": path, **model_limits(path)}

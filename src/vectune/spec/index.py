@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from vectune.spec._base import Section
 
-_NAME = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,180}$")  # + "__<run id>" (<= 66) within Qdrant's 255
 
 
 class QdrantSpec(Section):

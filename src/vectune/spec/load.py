@@ -89,9 +89,32 @@ def _tags() -> set[str]:
 _TAGS = _tags()
 
 
+#: values a spec may hold once YAML aliases are expanded: a real spec has a few hundred;
+#: a "billion laughs" document of nested aliases would otherwise hang validation
+MAX_VALUES = 100_000
+
+
+def _expanded_size(node: yaml.Node | None, memo: dict[int, int]) -> int:
+    """How many values `node` stands for with every alias expanded (linear: shared nodes are memoised)."""
+    if node is None:
+        return 0
+    key = id(node)
+    if key not in memo:
+        memo[key] = 1  # a cycle counts once (and is refused by the loader anyway)
+        if isinstance(node, yaml.MappingNode):
+            memo[key] = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            memo[key] = 1 + sum(_expanded_size(v, memo) for v in node.value)
+    return memo[key]
+
+
 def parse_yaml(text: str, source: str) -> tuple[Any, _Lines]:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        size = _expanded_size(node, {})
+        if size > MAX_VALUES:
+            raise SpecError(source, [Problem("", f"the spec expands to {size:,} values (YAML aliases nested in "
+                                                 f"aliases?); a spec holds at most {MAX_VALUES:,}", 1)])
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
