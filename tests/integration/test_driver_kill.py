@@ -48,8 +48,8 @@ def spec_path(tmp_path, make_slice, shm):
     return sl.spec_path
 
 
-def _manifest(spec_path: Path) -> dict:
-    path = spec_path.parent.parent / "runs" / "slice" / "drill" / "manifest.json"
+def _manifest(runs: Path) -> dict:
+    path = runs / "manifest.json"
     try:
         return json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
@@ -93,14 +93,14 @@ def test_killed_driver_resumes_training_and_reindex_under_the_same_run_id(spec_p
     runs = tmp_path / "runs" / "slice" / "drill"
 
     def checkpointed() -> bool:
-        return _manifest(spec_path).get("stages", {}).get("train", {}).get("status") == "running" and \
+        return _manifest(runs).get("stages", {}).get("train", {}).get("status") == "running" and \
             any(runs.glob("train/ray/checkpoint_*/checkpoint/trainer_state.json"))
 
     first = _start(spec_path)
     _kill_when(first, checkpointed, "a training checkpoint")
     killed_at = max(json.loads(p.read_text())["global_step"]
                     for p in runs.glob("train/ray/checkpoint_*/checkpoint/trainer_state.json"))
-    assert _manifest(spec_path)["stages"]["train"]["status"] == "running"  # died without a word
+    assert _manifest(runs)["stages"]["train"]["status"] == "running"  # died without a word
 
     marker = shm / "reindex-halfway"
     faults = tmp_path / "faults.json"
@@ -108,7 +108,7 @@ def test_killed_driver_resumes_training_and_reindex_under_the_same_run_id(spec_p
     second_started = time.time()
     second = _start(spec_path, VECTUNE_FAULTS=str(faults))
     _kill_when(second, marker.exists, "the middle of the re-index")
-    manifest = _manifest(spec_path)
+    manifest = _manifest(runs)
     assert manifest["stages"]["train"]["status"] == "done" and manifest["stages"]["reindex"]["status"] == "running"
     history = [json.loads(line) for line in (runs / "train" / "loss.jsonl").read_text().splitlines()]
     steps = [h["step"] for h in history]
@@ -125,7 +125,7 @@ def test_killed_driver_resumes_training_and_reindex_under_the_same_run_id(spec_p
     third = subprocess.run([VECTUNE, "run", str(spec_path), "--run-id", "drill", "--json"], env=_env(),
                            capture_output=True, text=True, timeout=900)
     assert third.returncode == 0, third.stderr[-3000:]
-    manifest = _manifest(spec_path)
+    manifest = _manifest(runs)
     assert manifest["stages"]["reindex"]["status"] == "done"
     assert manifest["collection"]["name"] == building and manifest["collection"]["points"] == 120
     live, names = _alias(shm / "qdrant-kill")
