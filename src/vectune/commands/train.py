@@ -5,6 +5,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from rich.markup import escape
+
 from vectune import _console as console
 from vectune.commands._options import JsonOpt, RunOpt, SpecArg, VerboseOpt, run
 
@@ -42,14 +44,15 @@ def register(app: typer.Typer) -> None:
 def _print_run(spec, result: dict) -> None:
     evals = result.get("evaluate")
     if evals:
-        rows = {role: evals[role]["metrics"] for role in ("base", "tuned") if role in evals}
+        rows = {role: evals[role]["metrics"] for role in ("base", "champion", "tuned") if role in evals}
         console.out.print(console.metrics_table(f"{spec.name}: {spec.evaluate.split} split", rows,
                                                 spec.evaluate.metrics))
     gate = result.get("gate")
     if gate:
         verdict = "[green]passed[/]" if gate["passed"] else "[red]failed[/]"
-        console.out.print(f"gate {verdict}: {gate['metric']} {gate['base']:.4f} -> {gate['tuned']:.4f} "
-                          f"({gate['gain']:+.4f}, required {gate['min_gain']:+.4f})")
+        console.out.print(f"gate {verdict}: ", escape(gate.get("summary") or ""), sep="")
+        for reason in gate.get("reasons", []):
+            console.out.print(f"  - {escape(reason)}")
     if result.get("reindex"):
         console.out.print(f"live collection: {result['reindex'].get('collection') or result['reindex'].get('name')}")
     console.out.print(f"run {result['run_id']}: {result['run_dir']}")
