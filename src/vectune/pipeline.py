@@ -260,6 +260,7 @@ def _evaluate_stage(spec: Spec, run: Run, data: DomainData, *, force: bool) -> d
 
         raise StageError("no tuned model in this run: the train stage must finish first")
     champion = _champion(spec, run)
+    run.write_json(f"per_query/queries-{split}.json", data.labels(split).queries)  # the report shows texts
     models = [("base", base_model_path(spec)), ("tuned", tuned["path"])]
     if champion["against"] == "live" and champion["fingerprint"] != model_fingerprint(models[0][1]):
         models.insert(1, ("champion", champion["path"]))
