@@ -305,15 +305,20 @@ def _gate_stage(spec: Spec, run: Run, evaluations: dict) -> dict:
     return record
 
 
-def run(spec: Spec, *, run_id: str | None = None, from_stage: str | None = None, only: str | None = None
-        ) -> dict:
+def run(spec: Spec, *, run_id: str | None = None, from_stage: str | None = None, only: str | None = None,
+        wait: float = 0.0) -> dict:
     """validate -> mine -> train -> evaluate -> gate -> re-index.
 
     Re-running a run id skips stages that finished with the same inputs; `from_stage`
     re-runs from that stage on, `only` runs one stage. A failed gate raises GateFailed
-    (exit code 3) before anything touches the index.
+    (exit code 3) before anything touches the index. From the evaluation on (the champion is
+    chosen there) the run holds the alias's lease (`vectune.lease`; `wait`: seconds to wait
+    for another writer to finish).
     """
+    from contextlib import ExitStack
+
     from vectune.errors import GateFailed
+    from vectune.lease import alias_lease
 
     stages = _selected(from_stage, only)
     forced = set(stages) if (from_stage or only) else set()
@@ -322,13 +327,15 @@ def run(spec: Spec, *, run_id: str | None = None, from_stage: str | None = None,
     run = Run.create(spec, run_id)
     record_lineage(run, data)
     result: dict = {"run_id": run.id, "run_dir": str(run.dir)}
-    with ray_session(spec.runtime):
+    with ray_session(spec.runtime), ExitStack() as held:
         if "mine" in stages:
             from vectune.mine import mine as mine_stage
 
             result["mine"] = mine_stage(spec, data, run, force="mine" in forced)
         if "train" in stages:
             result["train"] = _train_stage(spec, run, force="train" in forced)
+        if {"evaluate", "gate", "reindex"} & set(stages):
+            result["lease"] = held.enter_context(alias_lease(spec, run.id, wait=wait))
         evaluations = None
         if "evaluate" in stages:
             evaluations = _evaluate_stage(spec, run, data, force="evaluate" in forced)
@@ -364,7 +371,7 @@ def _write_report(run: Run) -> None:
         log.warning("could not write the run report: %s: %s", type(exc).__name__, exc)
 
 
-def reindex(spec: Spec, *, model: str | None = None, run_id: str | None = None) -> dict:
+def reindex(spec: Spec, *, model: str | None = None, run_id: str | None = None, wait: float = 0.0) -> dict:
     """`vectune reindex`: re-embed the corpus into a new collection, verify it, swap the alias.
 
     The model is `model`, else the one a resumed run was using, else the newest tuned model
@@ -381,20 +388,25 @@ def reindex(spec: Spec, *, model: str | None = None, run_id: str | None = None) 
     else:
         path, source = promoted_model(spec)
     check_sequence_lengths(path, {"model.max_seq_length": spec.model.max_seq_length})
-    log.info("re-indexing %s with %s", spec.name, source)
-    result = reindex_stage(spec, run, path)
-    return {**result, "model_source": source, "run_dir": str(run.dir)}
+    from vectune.lease import alias_lease
+
+    with alias_lease(spec, run.id, wait=wait) as lease:
+        log.info("re-indexing %s with %s", spec.name, source)
+        result = reindex_stage(spec, run, path)
+    return {**result, "model_source": source, "run_dir": str(run.dir), "lease": lease}
 
 
-def rollback(spec: Spec, *, to: str | None = None) -> dict:
+def rollback(spec: Spec, *, to: str | None = None, wait: float = 0.0) -> dict:
     """`vectune rollback`: move the alias back to the previous verified collection (or `to`)."""
     from vectune.index import collections, connect
+    from vectune.lease import alias_lease
 
-    client = connect(spec)
-    try:
-        return collections.rollback(client, spec, to)
-    finally:
-        client.close()
+    with alias_lease(spec, "rollback", wait=wait):
+        client = connect(spec)
+        try:
+            return collections.rollback(client, spec, to)
+        finally:
+            client.close()
 
 
 def tune(spec: Spec, *, run_id: str | None = None) -> dict:

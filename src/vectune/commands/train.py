@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 
 from vectune import _console as console
-from vectune.commands._options import JsonOpt, RunOpt, SpecArg, VerboseOpt, run
+from vectune.commands._options import JsonOpt, RunOpt, SpecArg, VerboseOpt, WaitOpt, run
 
 
 def _show_train(spec, result: dict) -> None:
@@ -31,6 +31,7 @@ def register(app: typer.Typer) -> None:
         run_id: RunOpt = None,
         from_: Annotated[Optional[str], typer.Option("--from", help="Re-run from this stage on.")] = None,
         only: Annotated[Optional[str], typer.Option(help="Run only this stage.")] = None,
+        wait: WaitOpt = 0.0,
         json_: JsonOpt = False,
         verbose: VerboseOpt = False,
     ) -> None:
@@ -38,7 +39,7 @@ def register(app: typer.Typer) -> None:
         from vectune import pipeline
 
         run(pipeline.run, spec, json_=json_, verbose=verbose, show=_print_run, run_id=run_id, from_stage=from_,
-            only=only)
+            only=only, wait=wait)
 
 
 def _print_run(spec, result: dict) -> None:
