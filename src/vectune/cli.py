@@ -11,7 +11,7 @@ import sys
 import typer
 from typer.core import TyperGroup
 
-from vectune.commands import _options, evaluate, index, jobs, mine, spec, train, tune
+from vectune.commands import _options, evaluate, index, jobs, mine, runs, spec, train, tune
 
 
 class _Group(TyperGroup):
@@ -57,7 +57,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for _module in (spec, evaluate, mine, train, index, jobs, tune):
+for _module in (spec, evaluate, mine, train, index, runs, jobs, tune):
     _module.register(app)
 
 

@@ -125,15 +125,114 @@ def _train_stage(spec: Spec, run: Run, *, force: bool) -> dict:
     if not force and run.is_done("train", inputs) and run.path("model", "modules.json").exists():
         log.info("train: finished earlier with the same inputs, skipped")
         return run.stage_info("train").get("outputs", {})
-    base = base_model_path(spec)
+    start = base_model_path(spec)
+    models = run.manifest.setdefault("models", {})
+    if spec.train.init == "live":  # warm start: continue from the model serving now
+        champion = _champion(spec, run, against="live")
+        start = champion["path"]
+        models["init"] = {"from": champion["against"], "path": start, "fingerprint": champion["fingerprint"],
+                          "label": champion["label"], **({"fallback": champion["fallback"]} if "fallback" in champion
+                                                         else {})}
+        run.save()
+        log.info("train: warm start from %s", champion["label"])
+        inputs["init"] = model_fingerprint(start)
+    if not force and run.is_done("train", inputs) and run.path("model", "modules.json").exists():
+        log.info("train: finished earlier with the same inputs, skipped")
+        return run.stage_info("train").get("outputs", {})
     verdict = _preflight(run)
     with run.stage("train", inputs) as outputs:
-        summary = train_model(spec, run, base, preflight=verdict)
+        summary = train_model(spec, run, start, preflight=verdict)
         outputs.update(summary)
-    models = run.manifest.setdefault("models", {})
     models["tuned"] = {"path": summary["model"], "fingerprint": model_fingerprint(summary["model"])}
     run.save()
     return summary
+
+
+def runs(spec: Spec) -> dict:
+    """`vectune runs`: every run of the spec, oldest first: stages done, the tuned model's
+    metrics, the gate's decision and against what, its collection, and which is live."""
+    live = None
+    try:
+        from vectune.index import serving_model
+
+        serving = serving_model(spec)
+        live = serving["collection"] if serving else None
+    except Exception as exc:  # noqa: BLE001 - the listing still helps without Qdrant
+        log.warning("runs: cannot tell the live collection (%s)", exc)
+    rows = []
+    for r in Run.all(spec):
+        m = r.manifest
+        stages = m.get("stages", {})
+        gate = m.get("gate") or {}
+        collection = (m.get("collection") or {}).get("name")
+        metrics = ((r.read_json("metrics.json") or {}).get("tuned") or {}).get(spec.evaluate.split, {}).get("metrics")
+        rows.append({
+            "run_id": r.id, "started": m.get("created"),
+            "stages": [s for s, info in stages.items() if info.get("status") == "done"],
+            "failed": [s for s, info in stages.items() if info.get("status") == "failed"],
+            "metrics": metrics or {},
+            "gate": ({"passed": gate.get("passed"), "against": (gate.get("champion_model") or {}).get("label")
+                      or gate.get("against"), "gain": gate.get("gain"), "p_value": gate.get("p_value"),
+                      "ci95": gate.get("ci95")} if gate else None),
+            "collection": collection, "live": bool(collection) and collection == live,
+        })
+    return {"spec": spec.name, "live": live, "runs": rows}
+
+
+def _held_out(spec: Spec, data: DomainData) -> None:
+    """The gate's split must be held out: no query of it among the training queries, by id
+    or by text (lower-cased, whitespace collapsed), unless `evaluate.allow_overlap`."""
+    from vectune.errors import Problem, SpecError
+
+    train, split = data.labels("train"), data.labels(spec.evaluate.split)
+    if spec.evaluate.allow_overlap:
+        return
+
+    def norm(text: str) -> str:
+        return " ".join(text.lower().split())
+
+    texts = {norm(text): qid for qid, text in train.queries.items()}
+    by_id = sorted(set(split.qrels) & set(train.qrels))
+    by_text = sorted(q for q in split.qrels if q not in train.qrels and norm(split.queries[q]) in texts)
+    if not by_id and not by_text:
+        return
+    shown = [f"{q!r}" for q in by_id[:3]] + [f"{q!r} (text of training query {texts[norm(split.queries[q])]!r})"
+                                             for q in by_text[:3 - min(3, len(by_id))]]
+    raise SpecError(str(spec.source or "<spec>"), [Problem(
+        "evaluate.split",
+        f"{len(by_id) + len(by_text)} of the {len(split.qrels)} queries of split {spec.evaluate.split!r} are training "
+        f"queries too ({len(by_id)} by id, {len(by_text)} by identical text; e.g. {', '.join(shown)}): the gate would "
+        "score memory, not generalisation. Hold them out of data.train, or set evaluate.allow_overlap: true if "
+        "this is intended")])
+
+
+def _champion(spec: Spec, run: Run, *, against: str | None = None) -> dict:
+    """The model a challenger of this run must beat, chosen once and kept in the manifest
+    (`champion`): the one stamped on the collection behind the alias (`live`), else the base
+    model, with the reason when the live one could not be used (nothing live, its folder gone)."""
+    against = against or spec.evaluate.gate.against
+    key = f"champion_{against}"
+    if key in run.manifest:
+        return run.manifest[key]
+    base = base_model_path(spec)
+    out = {"against": "base", "path": base, "fingerprint": model_fingerprint(base),
+           "label": f"base model {spec.model.base}"}
+    if against == "live":
+        from vectune.index import serving_model
+
+        live = serving_model(spec)
+        if live is None:
+            out["fallback"] = "nothing is live behind the alias yet: the base model is the champion"
+        elif not live["path"] or not Path(live["path"]).is_dir():
+            out["fallback"] = (f"the live model {live['path']} (collection {live['collection']}) is gone from this "
+                               "machine: the base model is the champion instead")
+            log.warning("gate: %s", out["fallback"])
+        else:
+            out = {"against": "live", "path": live["path"], "fingerprint": model_fingerprint(live["path"]),
+                   "label": f"live model of {live['collection']}" + (f" (run {live['run_id']})" if live["run_id"] else ""),
+                   "collection": live["collection"], "run_id": live["run_id"]}
+    run.record(key, out)
+    return out
 
 
 def _preflight(run: Run) -> dict | None:
@@ -150,24 +249,32 @@ def _preflight(run: Run) -> dict | None:
 
 
 def _evaluate_stage(spec: Spec, run: Run, data: DomainData, *, force: bool) -> dict:
-    """Base and tuned models on the eval split (the base one is cached across runs)."""
+    """The base, the champion (when it is not the base) and the tuned model on the eval split.
+    Models other than this run's tuned one are scored once across runs (evaluate/scores.py)."""
+    from vectune.evaluate.scores import scored, scores_digest
+
     split = spec.evaluate.split
     tuned = run.manifest.get("models", {}).get("tuned")
     if not tuned:
         from vectune.errors import StageError
 
         raise StageError("no tuned model in this run: the train stage must finish first")
+    champion = _champion(spec, run)
+    run.write_json(f"per_query/queries-{split}.json", data.labels(split).queries)  # the report shows texts
+    models = [("base", base_model_path(spec)), ("tuned", tuned["path"])]
+    if champion["against"] == "live" and champion["fingerprint"] != model_fingerprint(models[0][1]):
+        models.insert(1, ("champion", champion["path"]))
     out = {}
-    for role, path in (("base", base_model_path(spec)), ("tuned", tuned["path"])):
-        inputs = {"spec": spec.section_digest("data", "model", "evaluate"), "model": model_fingerprint(path)}
+    for role, path in models:
+        inputs = {"spec": scores_digest(spec), "model": model_fingerprint(path)}
         key = f"evaluate:{role}:{split}"
         saved = (run.read_json("metrics.json") or {}).get(role, {}).get(split)
-        if not force and run.is_done(key, inputs) and saved:
+        if not force and run.is_done(key, inputs) and saved and run.path("per_query", f"{role}-{split}.json").exists():
             out[role] = saved
             continue
         with run.stage(key, inputs) as outputs:
-            result = evaluate_model(spec, data, path, split)
-            outputs.update(result.metrics)
+            result, cached = scored(spec, data, path, split)
+            outputs.update(result.metrics, cached=cached)
         save_evaluation(run, role, result)
         out[role] = result.summary()
     return out
@@ -177,10 +284,19 @@ def _gate_stage(spec: Spec, run: Run, evaluations: dict) -> dict:
     from vectune.evaluate.gate import decide
     from vectune.train import write_card
 
-    decision = decide(spec.evaluate.gate, evaluations["base"]["metrics"], evaluations["tuned"]["metrics"])
+    split = spec.evaluate.split
+    champion = _champion(spec, run)
+    role = "champion" if "champion" in evaluations else "base"
+    per_query = {r: run.read_json(f"per_query/{r}-{split}.json") for r in (role, "tuned")}
+    decision = decide(spec.evaluate.gate, evaluations["base"]["metrics"], evaluations["tuned"]["metrics"],
+                      champion=evaluations[role]["metrics"], champion_per_query=per_query[role],
+                      tuned_per_query=per_query["tuned"], against=champion["against"],
+                      champion_model={k: champion[k] for k in ("label", "path", "fingerprint", "fallback",
+                                                               "collection", "run_id") if k in champion})
+    log.info("gate: %s", decision.summary())
     with run.stage("gate", {"metrics": evaluations}) as outputs:
         outputs.update(decision.to_dict())
-    record = {**decision.to_dict(), "split": spec.evaluate.split}
+    record = {**decision.to_dict(), "split": spec.evaluate.split, "summary": decision.summary()}
     run.record("gate", record)
     tuned = run.manifest["models"]["tuned"]["path"]
     summary = run.stage_info("train").get("outputs", {})
@@ -189,31 +305,37 @@ def _gate_stage(spec: Spec, run: Run, evaluations: dict) -> dict:
     return record
 
 
-def run(spec: Spec, *, run_id: str | None = None, from_stage: str | None = None, only: str | None = None
-        ) -> dict:
+def run(spec: Spec, *, run_id: str | None = None, from_stage: str | None = None, only: str | None = None,
+        wait: float = 0.0) -> dict:
     """validate -> mine -> train -> evaluate -> gate -> re-index.
 
     Re-running a run id skips stages that finished with the same inputs; `from_stage`
     re-runs from that stage on, `only` runs one stage. A failed gate raises GateFailed
-    (exit code 3) before anything touches the index.
+    (exit code 3) before anything touches the index. From the evaluation on (the champion is
+    chosen there) the run holds the alias's lease (`vectune.lease`; `wait`: seconds to wait
+    for another writer to finish).
     """
+    from contextlib import ExitStack
+
     from vectune.errors import GateFailed
+    from vectune.lease import alias_lease
 
     stages = _selected(from_stage, only)
     forced = set(stages) if (from_stage or only) else set()
     data = DomainData(spec)
-    data.labels("train")
-    data.labels(spec.evaluate.split)  # bad labels fail before any work
+    _held_out(spec, data)  # bad labels, and a gate split that overlaps training, fail before any work
     run = Run.create(spec, run_id)
     record_lineage(run, data)
     result: dict = {"run_id": run.id, "run_dir": str(run.dir)}
-    with ray_session(spec.runtime):
+    with ray_session(spec.runtime), ExitStack() as held:
         if "mine" in stages:
             from vectune.mine import mine as mine_stage
 
             result["mine"] = mine_stage(spec, data, run, force="mine" in forced)
         if "train" in stages:
             result["train"] = _train_stage(spec, run, force="train" in forced)
+        if {"evaluate", "gate", "reindex"} & set(stages):
+            result["lease"] = held.enter_context(alias_lease(spec, run.id, wait=wait))
         evaluations = None
         if "evaluate" in stages:
             evaluations = _evaluate_stage(spec, run, data, force="evaluate" in forced)
@@ -249,7 +371,7 @@ def _write_report(run: Run) -> None:
         log.warning("could not write the run report: %s: %s", type(exc).__name__, exc)
 
 
-def reindex(spec: Spec, *, model: str | None = None, run_id: str | None = None) -> dict:
+def reindex(spec: Spec, *, model: str | None = None, run_id: str | None = None, wait: float = 0.0) -> dict:
     """`vectune reindex`: re-embed the corpus into a new collection, verify it, swap the alias.
 
     The model is `model`, else the one a resumed run was using, else the newest tuned model
@@ -266,20 +388,25 @@ def reindex(spec: Spec, *, model: str | None = None, run_id: str | None = None) 
     else:
         path, source = promoted_model(spec)
     check_sequence_lengths(path, {"model.max_seq_length": spec.model.max_seq_length})
-    log.info("re-indexing %s with %s", spec.name, source)
-    result = reindex_stage(spec, run, path)
-    return {**result, "model_source": source, "run_dir": str(run.dir)}
+    from vectune.lease import alias_lease
+
+    with alias_lease(spec, run.id, wait=wait) as lease:
+        log.info("re-indexing %s with %s", spec.name, source)
+        result = reindex_stage(spec, run, path)
+    return {**result, "model_source": source, "run_dir": str(run.dir), "lease": lease}
 
 
-def rollback(spec: Spec, *, to: str | None = None) -> dict:
+def rollback(spec: Spec, *, to: str | None = None, wait: float = 0.0) -> dict:
     """`vectune rollback`: move the alias back to the previous verified collection (or `to`)."""
     from vectune.index import collections, connect
+    from vectune.lease import alias_lease
 
-    client = connect(spec)
-    try:
-        return collections.rollback(client, spec, to)
-    finally:
-        client.close()
+    with alias_lease(spec, "rollback", wait=wait):
+        client = connect(spec)
+        try:
+            return collections.rollback(client, spec, to)
+        finally:
+            client.close()
 
 
 def tune(spec: Spec, *, run_id: str | None = None) -> dict:

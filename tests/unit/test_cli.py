@@ -348,3 +348,27 @@ def test_a_model_folder_without_weights_is_named(tiny_beir, tmp_path):
     spec = tiny_beir.root / "s.yaml"
     spec.write_text(spec_text(tiny_beir, extra=f"model: {{base: {broken}}}\n"))
     assert_bad_input(invoke("validate", str(spec)), "model.base", "holds a model config but no weights")
+
+
+def test_a_gate_split_that_shares_queries_with_training_is_refused(tiny_beir, tmp_path):
+    """Held-out hygiene: by id, and by identical text under another id; allowed when the spec says so."""
+    import textwrap
+
+    queries = (tiny_beir.root / "queries.jsonl").read_text().splitlines()
+    first = json.loads(queries[0])
+    (tiny_beir.root / "queries.jsonl").write_text("\n".join(queries + [json.dumps(
+        {"_id": "copy", "text": "  " + first["text"].upper() + " "})]) + "\n")
+    test_qrels = (tiny_beir.root / "qrels" / "test.tsv").read_text()
+    (tiny_beir.root / "qrels" / "train.tsv").write_text(test_qrels)
+    spec = tiny_beir.root / "s.yaml"
+    spec.write_text(spec_text(tiny_beir, extra=textwrap.dedent("""\
+        mine: {num_negatives: 1, range_max: 2}
+        """)).replace("  splits:", "  train: {path: qrels/train.tsv}\n  splits:"))
+    result = invoke("run", str(spec))
+    assert_bad_input(result, "evaluate.split", "are training queries too", "evaluate.allow_overlap: true")
+    # the same labels under other ids but identical texts count too
+    lines = test_qrels.splitlines()
+    renamed = [lines[0]] + [line.replace(first["_id"], "copy", 1) if line.startswith(first["_id"] + "\t") else None
+                            for line in lines[1:]]
+    (tiny_beir.root / "qrels" / "train.tsv").write_text("\n".join(x for x in renamed if x) + "\n")
+    assert_bad_input(invoke("run", str(spec)), "1 by identical text", "'copy'")

@@ -103,8 +103,15 @@ def test_report_numbers_match_metrics_json(run_dir):
     tuned = json.loads((run_dir / "per_query" / "tuned-test.json").read_text())
     q = max(base, key=lambda q: abs(tuned[q]["ndcg@10"] - base[q]["ndcg@10"]))
     if tuned[q]["ndcg@10"] != base[q]["ndcg@10"]:
-        assert (f'<tr><th>{q}</th><td class="num">{base[q]["ndcg@10"]:.4f}</td>'
-                f'<td class="num">{tuned[q]["ndcg@10"]:.4f}</td>') in page
+        assert (f'<td class="num">{base[q]["ndcg@10"]:.4f}</td>'
+                f'<td class="num">{tuned[q]["ndcg@10"]:.4f}</td>') in page and f"<tr><th>{q}</th><td>" in page
+
+
+def test_report_numbers_read_plainly():
+    from vectune.report.html import _num
+
+    assert _num(659.5, "seconds") == "659.5" and _num(1029.72, "seconds") == "1,029.7"
+    assert _num(0.72031, "ndcg@10") == "0.7203" and _num(1234.5678) == "1,234.6" and _num(50.0, "steps") == "50"
 
 
 def test_report_embeds_png_plots_and_nothing_external(run_dir):

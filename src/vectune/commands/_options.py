@@ -20,6 +20,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output o
 RunOpt = Annotated[Optional[str], typer.Option("--run-id", help="Reuse (resume) this run instead of a new one.",
                                                envvar="VECTUNE_RUN_ID", callback=lambda v: run_id_checked(v))]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs.")]
+WaitOpt = Annotated[float, typer.Option("--wait", min=0, max=86400, help="Seconds to wait for another writer "
+                                        "of the alias (a re-index, a rollback) to finish, instead of failing at once.")]
 
 
 #: set by the app (vectune.cli) when the command line asks for --json: errors then also

@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 import typer
 
 from vectune import _console as console
-from vectune.commands._options import JsonOpt, RunOpt, SpecArg, VerboseOpt, run
+from vectune.commands._options import JsonOpt, RunOpt, SpecArg, VerboseOpt, WaitOpt, run
 
 
 def _show_reindex(spec, result: dict) -> None:
@@ -59,13 +59,15 @@ def register(app: typer.Typer) -> None:
             help="Model folder or name to index with (default: the newest tuned model that passed the gate, "
                  "else the spec's base model).")] = None,
         run_id: RunOpt = None,
+        wait: WaitOpt = 0.0,
         json_: JsonOpt = False,
         verbose: VerboseOpt = False,
     ) -> None:
         """Embed the corpus into a new Qdrant collection, verify it, then swap the alias to it."""
         from vectune import pipeline
 
-        run(pipeline.reindex, spec, json_=json_, verbose=verbose, show=_show_reindex, model=model, run_id=run_id)
+        run(pipeline.reindex, spec, json_=json_, verbose=verbose, show=_show_reindex, model=model, run_id=run_id,
+            wait=wait)
 
     @app.command()
     def search(
@@ -97,10 +99,11 @@ def register(app: typer.Typer) -> None:
         spec: SpecArg,
         to: Annotated[Optional[str], typer.Option(
             help="Collection name or run id to serve (default: the previous one).")] = None,
+        wait: WaitOpt = 0.0,
         json_: JsonOpt = False,
         verbose: VerboseOpt = False,
     ) -> None:
         """Point the alias back at the previous verified collection, atomically."""
         from vectune import pipeline
 
-        run(pipeline.rollback, spec, json_=json_, verbose=verbose, show=_show_rollback, to=to)
+        run(pipeline.rollback, spec, json_=json_, verbose=verbose, show=_show_rollback, to=to, wait=wait)

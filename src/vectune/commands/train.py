@@ -5,8 +5,10 @@ from typing import Annotated, Optional
 
 import typer
 
+from rich.markup import escape
+
 from vectune import _console as console
-from vectune.commands._options import JsonOpt, RunOpt, SpecArg, VerboseOpt, run
+from vectune.commands._options import JsonOpt, RunOpt, SpecArg, VerboseOpt, WaitOpt, run
 
 
 def _show_train(spec, result: dict) -> None:
@@ -29,6 +31,7 @@ def register(app: typer.Typer) -> None:
         run_id: RunOpt = None,
         from_: Annotated[Optional[str], typer.Option("--from", help="Re-run from this stage on.")] = None,
         only: Annotated[Optional[str], typer.Option(help="Run only this stage.")] = None,
+        wait: WaitOpt = 0.0,
         json_: JsonOpt = False,
         verbose: VerboseOpt = False,
     ) -> None:
@@ -36,20 +39,21 @@ def register(app: typer.Typer) -> None:
         from vectune import pipeline
 
         run(pipeline.run, spec, json_=json_, verbose=verbose, show=_print_run, run_id=run_id, from_stage=from_,
-            only=only)
+            only=only, wait=wait)
 
 
 def _print_run(spec, result: dict) -> None:
     evals = result.get("evaluate")
     if evals:
-        rows = {role: evals[role]["metrics"] for role in ("base", "tuned") if role in evals}
+        rows = {role: evals[role]["metrics"] for role in ("base", "champion", "tuned") if role in evals}
         console.out.print(console.metrics_table(f"{spec.name}: {spec.evaluate.split} split", rows,
                                                 spec.evaluate.metrics))
     gate = result.get("gate")
     if gate:
         verdict = "[green]passed[/]" if gate["passed"] else "[red]failed[/]"
-        console.out.print(f"gate {verdict}: {gate['metric']} {gate['base']:.4f} -> {gate['tuned']:.4f} "
-                          f"({gate['gain']:+.4f}, required {gate['min_gain']:+.4f})")
+        console.out.print(f"gate {verdict}: ", escape(gate.get("summary") or ""), sep="")
+        for reason in gate.get("reasons", []):
+            console.out.print(f"  - {escape(reason)}")
     if result.get("reindex"):
         console.out.print(f"live collection: {result['reindex'].get('collection') or result['reindex'].get('name')}")
     console.out.print(f"run {result['run_id']}: {result['run_dir']}")

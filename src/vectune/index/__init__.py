@@ -7,7 +7,7 @@ queries against the collection the alias serves; `collections` owns versions and
 """
 
 from vectune.index.client import connect
-from vectune.index.live import list_collections, search
+from vectune.index.live import list_collections, search, serving_model
 from vectune.index.stage import promoted_model, reindex
 
-__all__ = ["connect", "list_collections", "promoted_model", "reindex", "search"]
+__all__ = ["connect", "list_collections", "promoted_model", "reindex", "search", "serving_model"]

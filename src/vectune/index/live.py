@@ -85,6 +85,21 @@ def search(spec: Spec, text: str, *, k: int = 10, model: str | None = None, forc
     }
 
 
+def serving_model(spec: Spec) -> dict | None:
+    """The model stamped on the collection behind the spec's alias: {collection, run_id,
+    path, fingerprint}; None when the alias serves nothing (yet)."""
+    client = connect(spec)
+    try:
+        live = cols.live_collection(client, cols.alias_name(spec))
+        stamp = cols.read_stamp(client, live) if live else None
+    finally:
+        client.close()
+    if not stamp:
+        return None
+    return {"collection": live, "run_id": stamp.get("run_id"), "path": stamp.get("model_path"),
+            "fingerprint": stamp.get("model_fingerprint")}
+
+
 def list_collections(spec: Spec) -> dict:
     """Every version of the spec's collection, newest first, and which one is live."""
     client = connect(spec)

@@ -50,6 +50,7 @@ class RunArtifacts:
     audit: dict | None = None
     validation: list[dict] | None = None
     interpolation: dict | None = None
+    triples: list[dict] | None = None
 
     @classmethod
     def read(cls, run_dir: str | Path) -> "RunArtifacts":
@@ -63,7 +64,11 @@ class RunArtifacts:
         return cls(dir=d, manifest=_json(d / "manifest.json") or {}, metrics=_json(d / "metrics.json"),
                    per_query=per_query, loss=_jsonl(d / "train" / "loss.jsonl"),
                    audit=_json(d / "mine" / "mine_audit.json"), validation=_jsonl(d / "train" / "validation.jsonl"),
-                   interpolation=_json(d / "train" / "interpolation.json"))
+                   interpolation=_json(d / "train" / "interpolation.json"), triples=_triples(d / "mine" / "triples.parquet"))
+
+    def query_text(self, split: str, qid: str) -> str:
+        """The text of a query of `split` (from `per_query/queries-<split>.json`), or ''."""
+        return str((self.per_query.get(f"queries-{split}") or {}).get(qid, ""))
 
     @property
     def run_id(self) -> str:
@@ -77,3 +82,21 @@ class RunArtifacts:
                 if split not in out:
                     out.append(split)
         return out
+
+
+def _triples(path: Path, sample: int = 8, seed: int = 12) -> list[dict] | None:
+    """A seeded sample of mined rows with their texts (for eyeballing false negatives)."""
+    if not path.is_file():
+        return None
+    try:
+        import numpy as np
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path, columns=["query_id", "query", "positive_id", "positive", "positive_score",
+                                             "negative_ids", "negatives", "negative_scores"])
+    except Exception:  # noqa: BLE001 - a torn or older file costs the sample, not the report
+        return None
+    if table.num_rows == 0:
+        return []
+    rows = np.random.default_rng(seed).choice(table.num_rows, size=min(sample, table.num_rows), replace=False)
+    return table.take(sorted(rows.tolist())).to_pylist()

@@ -28,9 +28,14 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _num(value: Any) -> str:
-    """Metrics are shown to 4 decimals everywhere (the test compares on this format)."""
+def _num(value: Any, name: str = "") -> str:
+    """Metrics to 4 decimals (the test compares on this format); seconds, and other numbers
+    of 100 or more, to one; whole numbers as integers (no `659.5000`, no `12.0000`)."""
     if isinstance(value, float):
+        if "second" in name or abs(value) >= 100:
+            return f"{value:,.1f}"
+        if value.is_integer() and ("step" in name or "count" in name or "rows" in name):
+            return f"{int(value):,}"
         return f"{value:.4f}"
     return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else _e(value)
 
@@ -48,9 +53,10 @@ def _table(header: list[str], rows: list[list[Any]], numeric: bool = True) -> st
     body = []
     for row in rows:
         cells = [f"<th>{_e(row[0])}</th>"]
-        for v in row[1:]:
+        for column, v in zip(header[1:], row[1:]):
             is_num = numeric and isinstance(v, (int, float)) and not isinstance(v, bool)
-            cells.append(f'<td class="num">{_num(v)}</td>' if is_num else f"<td>{_e(v)}</td>")
+            name = str(row[0]) if header[:2] == ["key", "value"] else str(column)
+            cells.append(f'<td class="num">{_num(v, name)}</td>' if is_num else f"<td>{_e(v)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
@@ -100,8 +106,9 @@ def _per_query(a: RunArtifacts, metric: str = GAIN_METRIC) -> str:
             f'<p><span class="gain">{gained} gained</span>, <span class="loss">{lost} lost</span>, '
             f"{len(common) - gained - lost} unchanged of {len(common)} queries</p>"
             + _img(plots.per_query_scatter(b, t, metric), f"{split} per-query {metric}")
-            + _table(["query", f"base {metric}", f"tuned {metric}", "change"],
-                     [[q, b[q], t[q], d] for q, d in best + [kv for kv in worst if kv not in best]]))
+            + _table(["query", "text", f"base {metric}", f"tuned {metric}", "change"],
+                     [[q, a.query_text(split, q)[:120], b[q], t[q], d]
+                      for q, d in best + [kv for kv in worst if kv not in best]]))
     return "".join(parts)
 
 
@@ -147,6 +154,16 @@ def _mine(a: RunArtifacts) -> str:
     hist = scores.get("histogram") or {}
     parts.append(_img(plots.score_histogram(hist), "positive vs negative scores") if hist.get("edges")
                  else _missing("score histogram"))
+    if a.triples:
+        parts.append("<h3>a sample of mined rows (look for false negatives: a negative that answers the query)</h3>")
+        rows = []
+        for r in a.triples:
+            negatives = "<br>".join(f"{_e(i)} ({s:.3f}): {_e(x[:160])}" for i, x, s in
+                                    zip(r["negative_ids"], r["negatives"], r["negative_scores"])) or "(none)"
+            rows.append(f"<tr><td>{_e(r['query'][:200])}</td><td>{_e(r['positive_id'])} ({r['positive_score']:.3f}): "
+                        f"{_e(r['positive'][:160])}</td><td>{negatives}</td></tr>")
+        parts.append("<table><thead><tr><th>query</th><th>positive</th><th>hard negatives</th></tr></thead>"
+                     f"<tbody>{''.join(rows)}</tbody></table>")
     return "".join(parts)
 
 
@@ -211,6 +228,8 @@ def render(a: RunArtifacts) -> str:
             content = f'<p class="missing">could not render: {_e(type(exc).__name__)}: {_e(exc)}</p>'
         body.append(f"<h2>{_e(title)}</h2>{content}")
     name = a.manifest.get("name", "")
+    gate = a.manifest.get("gate") or {}
+    headline = f'<p class="summary">{_e(gate["summary"])}</p>' if gate.get("summary") else ""
     return (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>vectune report: {_e(name)} {_e(a.run_id)}</title><style>{_CSS}</style></head><body>"
-            f"<h1>vectune run {_e(a.run_id)} <small>({_e(name)})</small></h1>{''.join(body)}</body></html>\n")
+            f"<h1>vectune run {_e(a.run_id)} <small>({_e(name)})</small></h1>{headline}{''.join(body)}</body></html>\n")

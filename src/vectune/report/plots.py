@@ -86,10 +86,12 @@ def score_histogram(hist: dict) -> str:
     centers, widths = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
     fig, ax = plt.subplots(figsize=(6.5, 3.0))
     for name, color in (("positive", "#2ca02c"), ("negative", "#d62728")):
-        if hist.get(name):
-            ax.bar(centers, hist[name], widths, alpha=0.55, color=color, label=f"{name} ({sum(hist[name])})")
+        if hist.get(name):  # densities: the two groups differ in size (3 negatives a positive, or none)
+            counts = np.asarray(hist[name], dtype=float)
+            density = counts / (counts.sum() * widths) if counts.sum() else counts
+            ax.bar(centers, density, widths, alpha=0.55, color=color, label=f"{name} (n={int(counts.sum())})")
     ax.set_xlabel("score under the mining model")
-    ax.set_ylabel("count")
+    ax.set_ylabel("density")
     ax.legend(fontsize=8)
     return _png(fig)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from typing import Literal
+
 from pydantic import Field, field_validator, model_validator
 
 from vectune.spec._base import Section
@@ -13,11 +15,21 @@ METRIC_PATTERN = re.compile(r"^(ndcg|recall|mrr|map|precision)@([1-9][0-9]*)$")
 
 
 class GateSpec(Section):
-    """Promote the tuned model only if `metric` improves by at least `min_gain`,
-    and none of `no_regress` drops by more than `tolerance`."""
+    """Promote the tuned model (the challenger) only if it beats the champion, the model
+    serving behind the alias now (`against: live`; the base model when nothing is live) or
+    the base model (`against: base`): `metric` up by at least `min_gain`, the gain
+    significant (a paired permutation test over the split's queries, p <= `max_p_value`),
+    and none of `no_regress` down by more than `tolerance`."""
 
     metric: str = "ndcg@10"
-    min_gain: float = Field(0.005, ge=0.0, le=1.0, description="Absolute gain over the base model required.")
+    against: Literal["live", "base"] = Field(
+        "live", description="The champion: the model serving behind the alias (base if none), or the base model.")
+    min_gain: float = Field(0.005, ge=0.0, le=1.0, description="Absolute gain over the champion required.")
+    max_p_value: float = Field(
+        0.05, gt=0.0, le=1.0, description="Largest one-sided p-value of the gain (paired permutation test over "
+                                           "queries) that still promotes; 1: no significance required.")
+    resamples: int = Field(10_000, ge=100, le=1_000_000, description="Permutations and bootstrap resamples.")
+    seed: int = Field(12, ge=0, le=2**32 - 1, description="Seeds the permutation test and the bootstrap.")
     no_regress: list[str] = Field(default_factory=lambda: ["recall@100"])
     tolerance: float = Field(0.0, ge=0.0, le=1.0)
 
@@ -52,6 +64,9 @@ class EvaluateSpec(Section):
         None, ge=1, le=4096, description="Encoder actors (one model copy each); sized to the cluster's CPUs when unset "
         "(on 2 CPUs: 2 actors x 1 torch thread, the fastest shape in benchmarks/encode.py)."
     )
+    allow_overlap: bool = Field(
+        False, description="Accept a split that shares queries (by id or text) with data.train: its scores then "
+                           "measure recall of training queries, not generalisation (tests and demos only).")
     search_block: int = Field(8192, ge=1, le=1 << 22, description="Corpus rows scored per block in exact search.")
     gate: GateSpec = Field(default_factory=GateSpec)
 

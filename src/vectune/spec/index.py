@@ -58,6 +58,9 @@ class IndexSpec(Section):
                                description="Document fields stored with each point; `doc_id` is always stored.")
     keep: int = Field(2, ge=0, le=1000, description="Previous collections kept for rollback.")
     verify_sample: int = Field(32, ge=1, le=100_000, description="Points whose stored vectors are checked against a fresh embedding.")
+    lease_ttl: float = Field(
+        60.0, ge=2, le=3600, description="Seconds after its last heartbeat that a writer's lease on the alias "
+                                         "expires (a crashed writer blocks no longer than this).")
     green_timeout: float = Field(3600.0, gt=0, le=7 * 86400, description="Seconds to wait for the server to rebuild HNSW (status green).")
 
     @field_validator("collection", "alias")

@@ -62,6 +62,9 @@ LossSpec = Annotated[Union[MNRLoss, CachedMNRLoss, TripletLoss, GISTLoss], Field
 
 class TrainSpec(Section):
     loss: LossSpec = Field(default_factory=MNRLoss)
+    init: Literal["base", "live"] = Field(
+        "base", description="Start from the base model, or continue from the model serving behind the alias "
+                            "(warm start; the base when nothing is live).")
     epochs: float = Field(1.0, gt=0, le=1000)
     batch_size: int = Field(32, ge=2, le=65_536, description="Rows per optimizer step, across all workers.")
     learning_rate: float = Field(2e-5, gt=0, lt=1.0)

@@ -1,0 +1,71 @@
+"""One writer per alias: two `vectune reindex` processes at once, one holds the lease and
+the other exits within seconds naming it; the holder SIGKILLed, a new writer takes over once
+its heartbeat is older than `index.lease_ttl`. Real processes, real Ray, the embedded Qdrant."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.ray
+
+VECTUNE = str(Path(sys.executable).with_name("vectune"))
+
+
+def _env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VECTUNE_")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **extra)
+    return env
+
+
+def test_a_second_writer_fails_fast_naming_the_holder_and_takes_over_after_expiry(make_slice, tmp_path, shm):
+    sl = make_slice(tmp_path, n_docs=40, n_queries=5, seed=3,
+                    spec={"model": {"max_seq_length": 48},
+                          "index": {"batch_size": 4, "embed_batch_size": 10, "lease_ttl": 4,
+                                    "qdrant": {"path": str(shm / "qdrant-lease")}}})
+    mapping = yaml.safe_load(sl.spec_path.read_text())
+    mapping["runtime"] = {"runs": str(tmp_path / "runs")}
+    sl.spec_path.write_text(yaml.safe_dump(mapping))
+    marker = shm / "holder-halfway"
+    faults = tmp_path / "faults.json"
+    faults.write_text(json.dumps({"index.upsert": {"after": 2, "mode": "hang", "marker": str(marker)}}))
+
+    holder = subprocess.Popen([VECTUNE, "reindex", str(sl.spec_path), "--run-id", "holder"], start_new_session=True,
+                              env=_env(VECTUNE_FAULTS=str(faults)), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while not marker.exists():
+            assert holder.poll() is None, holder.communicate()[1].decode()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        start = time.monotonic()
+        second = subprocess.run([VECTUNE, "reindex", str(sl.spec_path), "--run-id", "second", "--json"],
+                                env=_env(), capture_output=True, text=True, timeout=120)
+        took = time.monotonic() - start
+        assert second.returncode == 1, second.stderr[-3000:]
+        assert took < 30, f"the second writer took {took:.0f} s to give up"
+        error = json.loads(second.stdout)
+        assert error["kind"] == "LeaseHeld" and "run holder on" in error["error"] and "since" in error["error"]
+        assert "--wait SECONDS" in error["error"]
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)  # a crashed holder: no release, the lease file stays
+        holder.wait(timeout=60)
+    lease = next((tmp_path / "runs" / "_leases").glob("*.json"))
+    assert json.loads(lease.read_text())["run_id"] == "holder"
+
+    start = time.monotonic()
+    third = subprocess.run([VECTUNE, "reindex", str(sl.spec_path), "--run-id", "third", "--wait", "60", "--json"],
+                           env=_env(), capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "taking over the lease" in third.stderr and "heartbeat stopped" in third.stderr
+    out = json.loads(third.stdout)
+    assert out["lease"]["run_id"] == "third" and out["points"] == 40
+    assert not lease.exists()  # released when the swap was done
