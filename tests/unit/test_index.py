@@ -157,8 +157,9 @@ def _versions(client, spec, n):
     names = []
     for i in range(n):
         name = cols.collection_name(spec, f"r{i}")
+        # a hub model (no folder to check) and 4-d cosine vectors, as the collections hold
         _make(client, name, stamp={"base": "docs", "run_id": f"r{i}", "state": "ready", "created": f"2026-01-0{i + 1}",
-                                    "model_fingerprint": f"fp{i}"})
+                                    "model_fingerprint": f"hub:model-{i}", "dimension": 4, "distance": "cosine"})
         names.append(name)
     return names
 
