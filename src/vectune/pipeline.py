@@ -17,6 +17,7 @@ from vectune.evaluate import Evaluation, evaluate_model
 from vectune.runs import Run, base_model_path, record_lineage
 from vectune.runtime import ray_session
 from vectune.spec import Spec
+from vectune.stages import STAGES
 
 log = logging.getLogger("vectune")
 
@@ -65,9 +66,6 @@ def save_evaluation(run: Run, role: str, result: Evaluation) -> None:
 
 
 # -- the whole loop -------------------------------------------------------------------
-
-STAGES = ("mine", "train", "evaluate", "gate", "reindex")
-
 
 def _selected(from_stage: str | None, only: str | None) -> list[str]:
     from vectune.errors import SpecError

@@ -69,6 +69,7 @@ class Run:
             "spec_hash": spec.digest(),
             "spec_file": str(spec.source) if spec.source else None,
             "spec": spec.canonical(),
+            "overrides": spec.overrides,  # `--set` keys and values, already inside spec and spec_hash
             "data": {},
             "models": {},
             "packages": package_versions(),
@@ -89,6 +90,7 @@ class Run:
             manifest.setdefault("spec_history", []).append(manifest.get("spec_hash"))
             manifest["spec_hash"] = spec.digest()
             manifest["spec"] = spec.canonical()
+            manifest["overrides"] = spec.overrides
             run.save()
         return run
 

@@ -9,27 +9,27 @@ import yaml
 from rich.markup import escape
 
 from vectune import _console as console
-from vectune.commands._options import JsonOpt, SpecArg, load
+from vectune.commands._options import JsonOpt, SetOpt, SpecArg, load
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the CLI."""
 
     @app.command()
-    def validate(spec: SpecArg, json_: JsonOpt = False) -> None:
+    def validate(spec: SpecArg, sets: SetOpt = None, json_: JsonOpt = False) -> None:
         """Check a spec: every problem at once, with field paths and YAML lines."""
-        s = load(spec)
+        s = load(spec, sets)
         if json_:
             console.emit_json({"valid": True, "spec": str(spec), "name": s.name, "hash": s.digest()})
         else:
             console.out.print(f"[green]valid[/] {escape(str(spec))} (name {s.name}, hash {s.digest()})")
 
     @app.command()
-    def render(spec: SpecArg, json_: JsonOpt = False) -> None:
+    def render(spec: SpecArg, sets: SetOpt = None, json_: JsonOpt = False) -> None:
         """Print the spec with every default filled in and every path resolved."""
         from vectune.spec import render as render_spec
 
-        rendered = render_spec(load(spec))
+        rendered = render_spec(load(spec, sets))
         if json_:
             console.emit_json(rendered)
         else:

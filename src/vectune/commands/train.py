@@ -6,7 +6,8 @@ from typing import Annotated, Optional
 import typer
 
 from vectune import _console as console
-from vectune.commands._options import JsonOpt, RunOpt, SpecArg, VerboseOpt, run
+from vectune.commands._options import JsonOpt, RunOpt, SetOpt, SpecArg, VerboseOpt, run
+from vectune.stages import Stage
 
 
 def _show_train(spec, result: dict) -> None:
@@ -17,26 +18,28 @@ def register(app: typer.Typer) -> None:
     """Add this module's commands to the CLI."""
 
     @app.command()
-    def train(spec: SpecArg, run_id: RunOpt = None, json_: JsonOpt = False, verbose: VerboseOpt = False) -> None:
+    def train(spec: SpecArg, run_id: RunOpt = None, sets: SetOpt = None, json_: JsonOpt = False,
+              verbose: VerboseOpt = False) -> None:
         """Fine-tune the base model on a run's mined triples with Ray Train."""
         from vectune import pipeline
 
-        run(pipeline.train, spec, json_=json_, verbose=verbose, show=_show_train, run_id=run_id)
+        run(pipeline.train, spec, json_=json_, verbose=verbose, show=_show_train, sets=sets, run_id=run_id)
 
     @app.command(name="run")
     def run_(
         spec: SpecArg,
         run_id: RunOpt = None,
-        from_: Annotated[Optional[str], typer.Option("--from", help="Re-run from this stage on.")] = None,
-        only: Annotated[Optional[str], typer.Option(help="Run only this stage.")] = None,
+        from_: Annotated[Optional[Stage], typer.Option("--from", help="Re-run from this stage on.")] = None,
+        only: Annotated[Optional[Stage], typer.Option("--only", help="Run only this stage.")] = None,
+        sets: SetOpt = None,
         json_: JsonOpt = False,
         verbose: VerboseOpt = False,
     ) -> None:
         """The whole loop: validate, mine, train, evaluate, gate, re-index."""
         from vectune import pipeline
 
-        run(pipeline.run, spec, json_=json_, verbose=verbose, show=_print_run, run_id=run_id, from_stage=from_,
-            only=only)
+        run(pipeline.run, spec, json_=json_, verbose=verbose, show=_print_run, sets=sets, run_id=run_id,
+            from_stage=from_.value if from_ else None, only=only.value if only else None)
 
 
 def _print_run(spec, result: dict) -> None:
