@@ -169,17 +169,48 @@ def run(spec: Spec, *, run_id: str | None = None, from_stage: str | None = None,
 
     Re-running a run id skips stages that finished with the same inputs; `from_stage`
     re-runs from that stage on, `only` runs one stage. A failed gate raises GateFailed
-    (exit code 3) before anything touches the index.
+    (exit code 3) before anything touches the index. With `runtime.tracking: mlflow` the
+    run is logged to MLflow once it ends, however it ends (`vectune.tracking`).
     """
+    from vectune import tracking
     from vectune.errors import GateFailed
 
     stages = _selected(from_stage, only)
     forced = set(stages) if (from_stage or only) else set()
+    tracking.check(spec)
     data = DomainData(spec)
     data.labels("train")
     data.labels(spec.evaluate.split)  # bad labels fail before any work
     run = Run.create(spec, run_id)
     record_lineage(run, data)
+    try:
+        result = _run_stages(spec, run, data, stages, forced)
+    except GateFailed:
+        _track(spec, run, "FINISHED")  # the loop worked; the gate's refusal is a result
+        raise
+    except BaseException:
+        _track(spec, run, "FAILED")
+        raise
+    tracked = _track(spec, run, "FINISHED")
+    if tracked:
+        result["tracking"] = tracked
+    return result
+
+
+def _track(spec: Spec, run: Run, status: str) -> dict | None:
+    """Log the run to the tracking backend; a tracking failure never hides the run's own outcome."""
+    from vectune import tracking
+
+    try:
+        return tracking.log_run(spec, run, status=status)
+    except Exception as exc:  # noqa: BLE001 - the run's results are saved in its folder either way
+        log.warning("tracking: could not log run %s: %s: %s", run.id, type(exc).__name__, exc)
+        return None
+
+
+def _run_stages(spec: Spec, run: Run, data: DomainData, stages: list[str], forced: set[str]) -> dict:
+    from vectune.errors import GateFailed
+
     result: dict = {"run_id": run.id, "run_dir": str(run.dir)}
     with ray_session(spec.runtime):
         if "mine" in stages:

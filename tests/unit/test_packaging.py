@@ -156,3 +156,17 @@ def test_packaged_model_without_the_demo_extra_says_which_extra(monkeypatch):
     with pytest.raises(ModelError, match=r"vectune\[demo\]") as exc:
         resolve_model("all-MiniLM-L6-v2")
     assert exc.value.exit_code == 2
+
+
+def test_tracking_without_mlflow_is_bad_input_before_any_work(tiny_beir, monkeypatch):
+    # MLflow is installed here (the test extra pulls the tracking extra): hide it, as an
+    # install without the extra would not have it
+    from typer.testing import CliRunner
+
+    from vectune.cli import app
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)
+    result = CliRunner().invoke(app, ["run", str(tiny_beir.spec_path), "--set", "runtime.tracking=mlflow"])
+    assert result.exit_code == 2
+    assert "runtime.tracking" in result.output and "vectune[tracking]" in result.output
+    assert not (tiny_beir.root.parent / "runs").exists()  # no run was opened

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 from pydantic import Field, field_validator
 
@@ -28,6 +29,17 @@ class RuntimeSpec(Section):
         "precedence over `runs`; VECTUNE_RUNS overrides both.",
     )
     torch_threads: int | None = Field(None, ge=1, description="Threads per torch process; Ray's share when unset.")
+    tracking: Literal["none", "mlflow"] = Field(
+        "none",
+        description="`mlflow` (the `tracking` extra): each `vectune run` logs its parameters, per-stage "
+        "metrics, the gate decision and the tuned model to an MLflow tracking URI.",
+    )
+    tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI (a server, `sqlite:///...`); default: MLFLOW_TRACKING_URI, else a "
+        "local store `<runs>/mlflow.db` with artifacts in `<runs>/mlflow-artifacts`.",
+    )
+    tracking_experiment: str | None = Field(None, description="MLflow experiment name; default: the spec's name.")
 
     @field_validator("address")
     @classmethod
