@@ -28,13 +28,20 @@ RUN apt-get update \
 RUN groupadd --gid 1000 ray \
     && useradd --uid 1000 --gid 1000 --create-home --shell /bin/bash ray
 
-# torch first, from the index that matches the image flavour (CPU or CUDA)
+# torch first, from the index that matches the image flavour (CPU or CUDA); requirements.lock
+# leaves torch out for this reason (.ci/lock)
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
 
 WORKDIR /app
+# every other dependency, pinned by requirements.lock (`bash .ci/lock`), before any source is
+# copied: a code change rebuilds only the layers below, never Ray or torch. --no-deps: the lock
+# is the whole environment, so nothing is resolved at build time; `pip check` proves it complete.
+COPY requirements.lock ./
+RUN pip install --no-deps -r requirements.lock
+
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip install . && rm -rf build src/*.egg-info
+RUN pip install --no-deps . && pip check && rm -rf build src/*.egg-info
 
 # the Ray job entrypoints (python pipelines/<name>.py, run from /app) and example specs
 COPY pipelines ./pipelines

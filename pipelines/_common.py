@@ -25,17 +25,20 @@ def parser(description: str, *, model: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--spec", default=os.environ.get("VECTUNE_SPEC"),
                    help="The YAML spec (default: $VECTUNE_SPEC, else the YAML text in $VECTUNE_SPEC_YAML).")
     p.add_argument("--run-id", default=os.environ.get("VECTUNE_RUN_ID"), help="Reuse (resume) this run.")
+    p.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY=VALUE",
+                   help="Override a spec field (repeatable), as `vectune ... --set` does.")
     if model:
-        p.add_argument("--model", help="A model folder or registry name instead of the default one.")
+        p.add_argument("--model", "-m", help="A model folder or registry name instead of the default one.")
     p.add_argument("--verbose", "-v", action="store_true", help="Debug logs.")
     return p
 
 
-def load(path: str | None):
-    """The spec from `path`, or from $VECTUNE_SPEC_YAML; a submitted job joins its cluster."""
-    from vectune.spec import load_spec_from
+def load(path: str | None, sets: list[str] | None = None):
+    """The spec from `path`, or from $VECTUNE_SPEC_YAML, with `--set` overrides; a submitted
+    job joins its cluster."""
+    from vectune.spec import load_spec_from, parse_overrides
 
-    spec = load_spec_from(path)
+    spec = load_spec_from(path, parse_overrides(sets))
     if os.environ.get(_JOB_CONFIG_ENV) and spec.runtime.address == "local":
         # a submitted job runs inside a cluster: join it instead of starting a private Ray
         log.info("running as a Ray job: runtime.address local -> auto")
@@ -60,7 +63,7 @@ def execute(call: Callable, args: argparse.Namespace) -> int:
     # the job's runtime_env and vectune's own worker env may name the same variables
     os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
     try:
-        result = call(load(args.spec), args)
+        result = call(load(args.spec, args.sets), args)
     except VectuneError as exc:
         print_error(exc)
         return exc.exit_code

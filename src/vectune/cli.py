@@ -7,6 +7,7 @@ option types and the error contract live in `vectune.commands._options`.
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 from typer.core import TyperGroup
@@ -54,8 +55,24 @@ app = typer.Typer(
     help="Adapt an embedding model to your domain on Ray, and re-index Qdrant without downtime.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"vectune {version('vectune')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", "-V", callback=_version, is_eager=True,
+                                          help="Print vectune's version and exit.")] = False,
+) -> None:
+    pass  # the options above act through their callbacks
 
 for _module in (spec, evaluate, mine, train, index, runs, jobs, tune):
     _module.register(app)

@@ -37,10 +37,10 @@ import yaml
 
 from vectune.errors import EXIT_BAD_INPUT, EXIT_FAILURE, VectuneError
 from vectune.spec import SPEC_ENV, Spec, render, validate_dict
+from vectune.stages import PIPELINES
 
 log = logging.getLogger(__name__)
 
-PIPELINES = ("finetune", "reindex", "evaluate")
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 SPEC_FILE = "vectune-spec.yaml"
 #: never uploaded, wherever they appear in a shipped folder
@@ -189,11 +189,16 @@ def storage_warning(spec: Spec) -> str | None:
             "driver; on a multi-node cluster set runtime.storage to a folder every node mounts")
 
 
-def project_root(pipeline: str) -> Path:
-    """The folder holding `pipelines/<pipeline>.py`: the working directory (or a parent),
-    else the checkout this vectune was imported from."""
+def project_root(pipeline: str, working_dir: str | Path | None = None) -> Path:
+    """The folder holding `pipelines/<pipeline>.py`: `working_dir` when given (`--working-dir`),
+    else the working directory (or a parent), else the checkout this vectune was imported from."""
     import vectune
 
+    if working_dir is not None:
+        folder = Path(working_dir).expanduser().resolve()
+        if not (folder / "pipelines" / f"{pipeline}.py").is_file():
+            raise SubmitError(f"--working-dir {working_dir}: no pipelines/{pipeline}.py in it")
+        return folder
     here = Path.cwd().resolve()
     candidates = [here, *here.parents, *Path(vectune.__file__).resolve().parents]
     for folder in candidates:
@@ -209,10 +214,11 @@ def package_dir() -> Path:
     return Path(vectune.__file__).resolve().parent
 
 
-def stage(pipeline: str, spec_yaml: str) -> Path:
-    """A temp folder with pipelines/ and the rendered spec: the job's working_dir."""
+def stage(pipeline: str, spec_yaml: str, working_dir: str | Path | None = None) -> Path:
+    """A temp folder with pipelines/ (from `working_dir`, or the checkout) and the rendered
+    spec: the job's working_dir."""
     folder = Path(tempfile.mkdtemp(prefix="vectune-job-"))
-    shutil.copytree(project_root(pipeline) / "pipelines", folder / "pipelines",
+    shutil.copytree(project_root(pipeline, working_dir) / "pipelines", folder / "pipelines",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     (folder / SPEC_FILE).write_text(spec_yaml, encoding="utf-8")
     return folder
@@ -232,9 +238,34 @@ def entrypoint(pipeline: str, *, image_workdir: str | None = None, run_id: str |
     return f"cd {shlex.quote(image_workdir)} && {command}" if image_workdir else command
 
 
+#: runtime_env keys vectune sets itself: `--runtime-env-json` may not replace them
+_OWN_ENV_KEYS = ("working_dir", "py_modules", "image_uri")
+
+
+def merge_runtime_env(env: dict, extra: dict | None) -> dict:
+    """`extra` (`--runtime-env-json`) over vectune's own runtime env: `env_vars` and `pip`
+    are merged, other keys are added; replacing what vectune ships is refused."""
+    if not extra:
+        return env
+    if not isinstance(extra, dict):
+        raise SubmitError("--runtime-env-json must be a JSON object")
+    taken = [k for k in _OWN_ENV_KEYS if k in extra and k in env]
+    if taken:
+        raise SubmitError(f"--runtime-env-json sets {', '.join(taken)}, which vectune sets for the job "
+                          "(use --working-dir, --no-ship-code or --image instead)")
+    out = {**env, **{k: v for k, v in extra.items() if k not in ("env_vars", "pip")}}
+    if "env_vars" in extra:
+        if SPEC_ENV in extra["env_vars"]:
+            raise SubmitError(f"--runtime-env-json may not set {SPEC_ENV}: vectune sends the spec in it")
+        out["env_vars"] = {**env.get("env_vars", {}), **extra["env_vars"]}
+    if "pip" in extra:
+        out["pip"] = [*env.get("pip", []), *extra["pip"]]
+    return out
+
+
 def runtime_env(*, working_dir: Path | None, spec_yaml: str, image: str | None = None,
-                pip: list[str] | None = None, ship_package: bool = True) -> dict:
-    """The job's runtime environment (validated by Ray's `RuntimeEnv`)."""
+                pip: list[str] | None = None, ship_package: bool = True, extra: dict | None = None) -> dict:
+    """The job's runtime environment, `extra` merged in (validated by Ray's `RuntimeEnv`)."""
     from ray.runtime_env import RuntimeEnv
 
     if image:
@@ -248,6 +279,7 @@ def runtime_env(*, working_dir: Path | None, spec_yaml: str, image: str | None =
             env["py_modules"] = [str(package_dir())]
         if pip:
             env["pip"] = list(pip)
+    env = merge_runtime_env(env, extra)
     try:
         RuntimeEnv(**env)
     except (ValueError, TypeError) as exc:
@@ -256,12 +288,20 @@ def runtime_env(*, working_dir: Path | None, spec_yaml: str, image: str | None =
 
 
 # -- submitting and following ------------------------------------------------------------------
-def submit(spec: Spec, *, address: str | None = None, pipeline: str = "finetune", wait: bool = False,
+def submit(spec: Spec, *, address: str | None = None, pipeline: str = "finetune", wait: bool = True,
            image: str | None = None, image_workdir: str = "/app", run_id: str | None = None,
            model: str | None = None, pip: list[str] | None = None, ship_package: bool = True,
-           logs: TextIO | None = None) -> dict:
-    """Submit `pipelines/<pipeline>.py` for `spec`; with `wait`, stream its logs to `logs`
-    until it ends. Returns the job's id and, when waiting, its final status and exit code."""
+           logs: TextIO | None = None, submission_id: str | None = None, runtime_env_json: dict | None = None,
+           working_dir: str | Path | None = None, metadata: dict | None = None,
+           entrypoint_num_cpus: float | None = None, entrypoint_num_gpus: float | None = None,
+           entrypoint_memory: int | None = None) -> dict:
+    """Submit `pipelines/<pipeline>.py` for `spec`; with `wait` (the default, as `ray job
+    submit`), stream its logs to `logs` until it ends. Returns the job's id and, when
+    waiting, its final status and exit code.
+
+    `submission_id`, `runtime_env_json`, `working_dir`, `metadata` and the `entrypoint_*`
+    resources mean what they mean to `ray job submit`: `working_dir` is the folder whose
+    `pipelines/` the job runs; `runtime_env_json` is merged into what vectune ships."""
     if pipeline not in PIPELINES:
         raise SubmitError(f"unknown pipeline {pipeline!r}; one of {', '.join(PIPELINES)}")
     if model and pipeline == "finetune":
@@ -274,15 +314,24 @@ def submit(spec: Spec, *, address: str | None = None, pipeline: str = "finetune"
         log.warning(warning)
     address = resolve_address(address)
     client = job_client(address)
-    folder = None if image else stage(pipeline, spec_yaml)
+    if image and working_dir is not None:
+        raise SubmitError("--working-dir cannot be combined with --image: the image holds pipelines/ "
+                          "(--image-workdir names where)")
+    folder = None if image else stage(pipeline, spec_yaml, working_dir)
     try:
-        env = runtime_env(working_dir=folder, spec_yaml=spec_yaml, image=image, pip=pip, ship_package=ship_package)
+        env = runtime_env(working_dir=folder, spec_yaml=spec_yaml, image=image, pip=pip, ship_package=ship_package,
+                          extra=runtime_env_json)
         command = entrypoint(pipeline, image_workdir=image_workdir if image else None, run_id=run_id, model=model)
-        metadata = {"vectune_spec": spec.name, "vectune_pipeline": pipeline, "vectune_spec_hash": spec.digest()}
+        meta = {**(metadata or {}), "vectune_spec": spec.name, "vectune_pipeline": pipeline,
+                "vectune_spec_hash": spec.digest()}
         if run_id:
-            metadata["vectune_run_id"] = run_id
+            meta["vectune_run_id"] = run_id
+        resources = {k: v for k, v in (("entrypoint_num_cpus", entrypoint_num_cpus),
+                                       ("entrypoint_num_gpus", entrypoint_num_gpus),
+                                       ("entrypoint_memory", entrypoint_memory)) if v is not None}
         with _explicit_address():
-            job_id = _request(address, client.submit_job, _seconds=SUBMIT_TIMEOUT, entrypoint=command, runtime_env=env, metadata=metadata)
+            job_id = _request(address, client.submit_job, _seconds=SUBMIT_TIMEOUT, entrypoint=command, runtime_env=env, metadata=meta,
+                              submission_id=submission_id, **resources)
     finally:
         if folder is not None:  # uploaded by submit_job; the local copy is no longer needed
             shutil.rmtree(folder, ignore_errors=True)

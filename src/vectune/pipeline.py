@@ -18,6 +18,7 @@ from vectune.evaluate import Evaluation, evaluate_model
 from vectune.runs import Run, base_model_path, record_lineage
 from vectune.runtime import ray_session
 from vectune.spec import Spec
+from vectune.stages import STAGES
 
 log = logging.getLogger("vectune")
 
@@ -89,9 +90,6 @@ def save_evaluation(run: Run, role: str, result: Evaluation) -> None:
 
 
 # -- the whole loop -------------------------------------------------------------------
-
-STAGES = ("mine", "train", "evaluate", "gate", "reindex")
-
 
 def _selected(from_stage: str | None, only: str | None) -> list[str]:
     from vectune.errors import SpecError
@@ -313,19 +311,51 @@ def run(spec: Spec, *, run_id: str | None = None, from_stage: str | None = None,
     re-runs from that stage on, `only` runs one stage. A failed gate raises GateFailed
     (exit code 3) before anything touches the index. From the evaluation on (the champion is
     chosen there) the run holds the alias's lease (`vectune.lease`; `wait`: seconds to wait
-    for another writer to finish).
+    for another writer to finish). With `runtime.tracking: mlflow` the run is logged to
+    MLflow once it ends, however it ends (`vectune.tracking`).
     """
+    from vectune import tracking
+    from vectune.errors import GateFailed
+
+    stages = _selected(from_stage, only)
+    forced = set(stages) if (from_stage or only) else set()
+    tracking.check(spec)
+    data = DomainData(spec)
+    _held_out(spec, data)  # bad labels, and a gate split that overlaps training, fail before any work
+    run = Run.create(spec, run_id)
+    record_lineage(run, data)
+    try:
+        result = _run_stages(spec, run, data, stages, forced, wait=wait)
+    except GateFailed:
+        _track(spec, run, "FINISHED")  # the loop worked; the gate's refusal is a result
+        raise
+    except BaseException:
+        _track(spec, run, "FAILED")
+        raise
+    tracked = _track(spec, run, "FINISHED")
+    if tracked:
+        result["tracking"] = tracked
+    return result
+
+
+def _track(spec: Spec, run: Run, status: str) -> dict | None:
+    """Log the run to the tracking backend; a tracking failure never hides the run's own outcome."""
+    from vectune import tracking
+
+    try:
+        return tracking.log_run(spec, run, status=status)
+    except Exception as exc:  # noqa: BLE001 - the run's results are saved in its folder either way
+        log.warning("tracking: could not log run %s: %s: %s", run.id, type(exc).__name__, exc)
+        return None
+
+
+def _run_stages(spec: Spec, run: Run, data: DomainData, stages: list[str], forced: set[str], *,
+                wait: float = 0.0) -> dict:
     from contextlib import ExitStack
 
     from vectune.errors import GateFailed
     from vectune.lease import alias_lease
 
-    stages = _selected(from_stage, only)
-    forced = set(stages) if (from_stage or only) else set()
-    data = DomainData(spec)
-    _held_out(spec, data)  # bad labels, and a gate split that overlaps training, fail before any work
-    run = Run.create(spec, run_id)
-    record_lineage(run, data)
     result: dict = {"run_id": run.id, "run_dir": str(run.dir)}
     with ray_session(spec.runtime), ExitStack() as held:
         if "mine" in stages:

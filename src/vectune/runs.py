@@ -130,6 +130,7 @@ class Run:
             "spec_hash": spec.digest(),
             "spec_file": str(spec.source) if spec.source else None,
             "spec": redact_tree(spec.canonical()),
+            "overrides": spec.overrides,  # `--set` keys and values, already inside spec and spec_hash
             "data": {},
             "models": {},
             "packages": package_versions(),
@@ -150,6 +151,7 @@ class Run:
             manifest.setdefault("spec_history", []).append(manifest.get("spec_hash"))
             manifest["spec_hash"] = spec.digest()
             manifest["spec"] = redact_tree(spec.canonical())
+            manifest["overrides"] = spec.overrides
             run.save()
         return run
 

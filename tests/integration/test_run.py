@@ -1,7 +1,8 @@
 """`vectune run` on a SciFact slice, the happy path through to the alias swap: mine, train
 (Ray Train, the sentence-transformers trainer), evaluate base and tuned, the gate, re-index
 into a new collection, verify, swap; then the report and `vectune search` with the model
-stamped on the live collection. Real Ray, the real model, the embedded Qdrant engine.
+stamped on the live collection. Real Ray, the real model, the embedded Qdrant engine. A
+second run of the slice is logged to a real local MLflow store and read back from it.
 
 The slice trains on the queries it is scored on (its train labels are the test labels), so
 the gate passes for certain: this test is about the loop's plumbing, not about the gain,
@@ -12,7 +13,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -67,3 +70,68 @@ def test_run_ends_with_the_alias_on_a_verified_new_collection(ray_local, spec_pa
     assert hits["alias"] == "slice" and hits["collection"] == collection["name"]
     assert hits["model"]["stamped"] == manifest["models"]["tuned"]["fingerprint"] == hits["model"]["fingerprint"]
     assert len(hits["hits"]) == 3 and not hits["model"]["forced"]
+
+
+def test_run_is_logged_to_a_local_mlflow_store(ray_local, spec_path, monkeypatch):
+    """`runtime.tracking: mlflow`: a second run of the same slice (after the test above, whose
+    collection it replaces), read back through MLflow's own client from the real local store it
+    wrote (SQLite under the runs folder: MLflow 3 retired its plain file store). Nothing mocked."""
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    # tracking switched on the way a user tries it: --set, no edit of the YAML
+    result = CliRunner().invoke(app, ["run", str(spec_path), "--run-id", "tracked", "--set", "runtime.tracking=mlflow",
+                                      "--set", "train.epochs=2", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    run_dir = spec_path.parent / "runs" / "slice" / "tracked"
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["overrides"] == {"runtime.tracking": "mlflow", "train.epochs": 2}
+    tracked = out["tracking"]
+    assert manifest["tracking"] == [tracked]
+    assert tracked["uri"] == f"sqlite:///{spec_path.parent / 'runs' / 'mlflow.db'}"
+
+    client = mlflow.MlflowClient(tracking_uri=tracked["uri"])
+    experiment = client.get_experiment_by_name("slice")
+    assert experiment.experiment_id == tracked["experiment_id"]
+    (found,) = client.search_runs([experiment.experiment_id], filter_string="tags.`vectune.run_id` = 'tracked'")
+    assert found.info.run_id == tracked["run_id"] and found.info.status == "FINISHED"
+
+    # parameters: the whole spec, flattened, with the override's value
+    params = found.data.params
+    assert float(params["train.epochs"]) == 2 and params["train.learning_rate"] == "0.0001"
+    assert params["runtime.tracking"] == "mlflow" and params["evaluate.gate.metric"] == "ndcg@10"
+    assert found.data.tags["vectune.spec_hash"] == manifest["spec_hash"]
+
+    # per-stage metrics and scores, as the run folder has them
+    metrics = found.data.metrics
+    scores = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["tuned.test.ndcg_at_10"] == pytest.approx(scores["tuned"]["test"]["metrics"]["ndcg@10"])
+    assert metrics["base.test.ndcg_at_10"] == pytest.approx(scores["base"]["test"]["metrics"]["ndcg@10"])
+    for stage in ("mine", "train", "evaluate.base.test", "evaluate.tuned.test", "gate", "reindex"):
+        assert metrics[f"stage.{stage}.seconds"] == pytest.approx(
+            manifest["stages"][stage.replace(".", ":")]["seconds"]), stage
+    assert metrics["stage.reindex.points"] == 120
+    losses = client.get_metric_history(found.info.run_id, "train.loss")
+    steps = [json.loads(line) for line in (run_dir / "train" / "loss.jsonl").read_text().splitlines() if line]
+    assert sorted((m.step, m.value) for m in losses) == [(row["step"], pytest.approx(row["loss"])) for row in steps]
+    assert len(steps) >= 2
+
+    # the gate decision
+    gate = manifest["gate"]
+    assert found.data.tags["vectune.gate"] == "passed" and metrics["gate.passed"] == 1.0
+    assert metrics["gate.gain"] == pytest.approx(gate["gain"])
+    logged_gate = client.download_artifacts(found.info.run_id, "run/gate.json", str(spec_path.parent))
+    assert json.loads(Path(logged_gate).read_text()) == gate
+
+    # the tuned model: downloaded from MLflow, it embeds exactly as the run's own model folder
+    names = {a.path for a in client.list_artifacts(found.info.run_id, "model")}
+    assert {"model/modules.json", "model/model.safetensors", "model/config.json"} <= names
+    local = client.download_artifacts(found.info.run_id, "model", str(spec_path.parent / "downloaded"))
+    from sentence_transformers import SentenceTransformer
+
+    texts = ["a claim about proteins", "gene expression in mice"]
+    logged = SentenceTransformer(local, device="cpu").encode(texts)
+    own = SentenceTransformer(manifest["models"]["tuned"]["path"], device="cpu").encode(texts)
+    np.testing.assert_allclose(logged, own, atol=1e-6)
+    assert {a.path for a in client.list_artifacts(found.info.run_id, "run")} >= {
+        "run/manifest.json", "run/metrics.json", "run/report.html", "run/gate.json"}

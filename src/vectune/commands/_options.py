@@ -20,6 +20,11 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output o
 RunOpt = Annotated[Optional[str], typer.Option("--run-id", help="Reuse (resume) this run instead of a new one.",
                                                envvar="VECTUNE_RUN_ID", callback=lambda v: run_id_checked(v))]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option(
+    "--set", metavar="KEY=VALUE", show_default=False,
+    help="Override a spec field before validation, repeatable: --set train.epochs=3 --set "
+         "mine.num_negatives=2. The value is read as YAML and checked like the file; the run's manifest "
+         "records it and the spec hash covers it.")]
 WaitOpt = Annotated[float, typer.Option("--wait", min=0, max=86400, help="Seconds to wait for another writer "
                                         "of the alias (a re-index, a rollback) to finish, instead of failing at once.")]
 
@@ -93,16 +98,18 @@ def unexpected(exc: BaseException) -> None:
                     " (run again with -v for the traceback)"))
 
 
-def load(spec: Path):
-    """The validated spec (a SpecError exits 2 with every problem listed)."""
-    from vectune.spec import load_spec
+def load(spec: Path, sets: list[str] | None = None):
+    """The validated spec, with `--set` overrides (a SpecError exits 2 with every problem listed)."""
+    from vectune.spec import load_spec, parse_overrides
 
-    return call(load_spec, spec)
+    return call(lambda: load_spec(spec, parse_overrides(sets)))
 
 
-def run(fn: Callable, spec: Path, *, json_: bool, verbose: bool, show: Callable[[Any, dict], None], **kwargs) -> dict:
-    """Load the spec, call `fn(spec, **kwargs)`, then print its result: JSON, or `show(spec, result)`."""
-    s = load(spec)
+def run(fn: Callable, spec: Path, *, json_: bool, verbose: bool, show: Callable[[Any, dict], None],
+        sets: list[str] | None = None, **kwargs) -> dict:
+    """Load the spec (with `--set` overrides), call `fn(spec, **kwargs)`, then print its result:
+    JSON, or `show(spec, result)`."""
+    s = load(spec, sets)
     result = call(fn, s, verbose=verbose, **kwargs)
     if json_:
         console.emit_json(result)

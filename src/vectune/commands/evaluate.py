@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 import typer
 
 from vectune import _console as console
-from vectune.commands._options import JsonOpt, RunOpt, SpecArg, VerboseOpt, run
+from vectune.commands._options import JsonOpt, RunOpt, SetOpt, SpecArg, VerboseOpt, run
 
 
 def _show(spec, result: dict) -> None:
@@ -23,14 +23,15 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def evaluate(
         spec: SpecArg,
-        model: Annotated[Optional[str], typer.Option(help="A model folder or name instead of the spec's base model.")] = None,
+        model: Annotated[Optional[str], typer.Option("--model", "-m", help="A model folder or name instead of the spec's base model.")] = None,
         split: Annotated[Optional[str], typer.Option(help="A split of data.splits (default: evaluate.split).")] = None,
         run_id: RunOpt = None,
+        sets: SetOpt = None,
         json_: JsonOpt = False,
         verbose: VerboseOpt = False,
     ) -> None:
         """Score a model on held-out queries: nDCG@10, Recall@100, MRR@10 and more."""
         from vectune import pipeline
 
-        run(pipeline.evaluate, spec, json_=json_, verbose=verbose, show=_show, model=model, split=split,
-            run_id=run_id)
+        run(pipeline.evaluate, spec, json_=json_, verbose=verbose, show=_show, sets=sets, model=model,
+            split=split, run_id=run_id)

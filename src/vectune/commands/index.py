@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 import typer
 
 from vectune import _console as console
-from vectune.commands._options import JsonOpt, RunOpt, SpecArg, VerboseOpt, WaitOpt, run
+from vectune.commands._options import JsonOpt, RunOpt, SetOpt, SpecArg, VerboseOpt, WaitOpt, run
 
 
 def _show_reindex(spec, result: dict) -> None:
@@ -56,28 +56,30 @@ def register(app: typer.Typer) -> None:
     def reindex(
         spec: SpecArg,
         model: Annotated[Optional[str], typer.Option(
-            help="Model folder or name to index with (default: the newest tuned model that passed the gate, "
+            "--model", "-m", help="Model folder or name to index with (default: the newest tuned model that passed the gate, "
                  "else the spec's base model).")] = None,
         run_id: RunOpt = None,
         wait: WaitOpt = 0.0,
+        sets: SetOpt = None,
         json_: JsonOpt = False,
         verbose: VerboseOpt = False,
     ) -> None:
         """Embed the corpus into a new Qdrant collection, verify it, then swap the alias to it."""
         from vectune import pipeline
 
-        run(pipeline.reindex, spec, json_=json_, verbose=verbose, show=_show_reindex, model=model, run_id=run_id,
-            wait=wait)
+        run(pipeline.reindex, spec, json_=json_, verbose=verbose, show=_show_reindex, sets=sets, model=model,
+            run_id=run_id, wait=wait)
 
     @app.command()
     def search(
         spec: SpecArg,
         text: Annotated[str, typer.Argument(help="The query.", show_default=False)],
-        k: Annotated[int, typer.Option("-k", "--k", min=1, max=1000, help="Hits to show.")] = 10,
+        top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, max=1000, help="Hits to show.")] = 10,
         model: Annotated[Optional[str], typer.Option(
-            help="Embed the query with this model; refused unless it is the model stamped on the live "
+            "--model", "-m", help="Embed the query with this model; refused unless it is the model stamped on the live "
                  "collection (same fingerprint). Default: the stamped model.")] = None,
         force: Annotated[bool, typer.Option("--force", help="Use --model even if it is not the stamped one.")] = False,
+        sets: SetOpt = None,
         json_: JsonOpt = False,
         verbose: VerboseOpt = False,
     ) -> None:
@@ -85,14 +87,14 @@ def register(app: typer.Typer) -> None:
         from vectune.index import search as search_live
 
         run(lambda s, **kw: search_live(s, text, **kw), spec, json_=json_, verbose=verbose, show=_show_hits,
-            k=k, model=model, force=force)
+            sets=sets, k=top_k, model=model, force=force)
 
     @app.command()
-    def collections(spec: SpecArg, json_: JsonOpt = False, verbose: VerboseOpt = False) -> None:
+    def collections(spec: SpecArg, sets: SetOpt = None, json_: JsonOpt = False, verbose: VerboseOpt = False) -> None:
         """List the versions of the spec's collection and which one the alias serves."""
         from vectune.index import list_collections
 
-        run(list_collections, spec, json_=json_, verbose=verbose, show=_show_versions)
+        run(list_collections, spec, json_=json_, verbose=verbose, show=_show_versions, sets=sets)
 
     @app.command()
     def rollback(
@@ -100,10 +102,12 @@ def register(app: typer.Typer) -> None:
         to: Annotated[Optional[str], typer.Option(
             help="Collection name or run id to serve (default: the previous one).")] = None,
         wait: WaitOpt = 0.0,
+        sets: SetOpt = None,
         json_: JsonOpt = False,
         verbose: VerboseOpt = False,
     ) -> None:
         """Point the alias back at the previous verified collection, atomically."""
         from vectune import pipeline
 
-        run(pipeline.rollback, spec, json_=json_, verbose=verbose, show=_show_rollback, to=to, wait=wait)
+        run(pipeline.rollback, spec, json_=json_, verbose=verbose, show=_show_rollback, sets=sets, to=to,
+            wait=wait)

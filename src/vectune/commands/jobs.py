@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from vectune.commands._options import call, load, run_id_checked
+from vectune.commands._options import RunOpt, SetOpt, VerboseOpt, call, load
+from vectune.stages import Pipeline
 
 AddressOpt = Annotated[Optional[str], typer.Option(
     "--address", envvar=["VECTUNE_RAY_ADDRESS", "RAY_ADDRESS"], show_envvar=True,
@@ -41,46 +42,85 @@ def _print_status(info: dict) -> None:
         console.out.print(f"node {node_id[:12]} ({node['ip']}, {role}): {tasks} tasks; actors: {actors}")
 
 
+def _json_object(value: Optional[str]) -> Optional[dict]:
+    """A `--*-json` option's text as a JSON object (bad JSON is a usage error: exit 2)."""
+    if value is None:
+        return None
+    import json
+
+    try:
+        parsed = json.loads(value)
+    except ValueError as exc:
+        raise typer.BadParameter(f"not valid JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise typer.BadParameter("must be a JSON object ({...})")
+    return parsed
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the CLI."""
 
+    # The options that `ray job submit` also has keep its names, defaults and meaning
+    # (--address, --submission-id, --runtime-env-json, --metadata-json, --working-dir,
+    # --entrypoint-num-cpus/-gpus/-memory, waiting unless --no-wait, -v).
     @app.command()
     def submit(
         spec: Annotated[str, typer.Argument(help="The YAML spec (rendered and shipped with the job).",
                                             show_default=False)],
         address: AddressOpt = None,
-        pipeline: Annotated[str, typer.Option(help="finetune (the whole pipeline), reindex or evaluate.")] = "finetune",
-        wait: Annotated[bool, typer.Option("--wait", help="Stream the job's logs until it ends; exit with "
-                                           "its result (0 only if it SUCCEEDED).")] = False,
+        pipeline: Annotated[Pipeline, typer.Option(help="finetune (the whole pipeline), reindex or evaluate.")
+                            ] = Pipeline.finetune,
+        wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Stream the job's logs until it ends and exit "
+                                           "with its result (0 only if it SUCCEEDED), as `ray job submit` does; "
+                                           "--no-wait prints the submission id and returns.")] = True,
+        submission_id: Annotated[Optional[str], typer.Option("--submission-id", help="The job's submission id "
+                                                             "(default: one Ray generates).")] = None,
+        runtime_env_json: Annotated[Optional[str], typer.Option(
+            "--runtime-env-json", metavar="JSON", help="Ray runtime_env keys merged into the job's (env_vars and "
+            "pip are merged; working_dir, py_modules and image_uri stay vectune's).")] = None,
+        metadata_json: Annotated[Optional[str], typer.Option("--metadata-json", metavar="JSON",
+                                                             help="Job metadata, beside vectune's own.")] = None,
+        working_dir: Annotated[Optional[str], typer.Option("--working-dir", help="The folder whose pipelines/ the "
+                                                           "job runs (default: this vectune checkout).")] = None,
+        entrypoint_num_cpus: Annotated[Optional[float], typer.Option(
+            "--entrypoint-num-cpus", min=0, help="CPUs reserved for the job's driver.")] = None,
+        entrypoint_num_gpus: Annotated[Optional[float], typer.Option(
+            "--entrypoint-num-gpus", min=0, help="GPUs reserved for the job's driver.")] = None,
+        entrypoint_memory: Annotated[Optional[int], typer.Option(
+            "--entrypoint-memory", min=0, help="Memory (bytes) reserved for the job's driver.")] = None,
         image: Annotated[Optional[str], typer.Option(help="Run the job in this container image (Ray `image_uri`: "
                                                      "podman on every node; the image holds vectune and "
                                                      "pipelines/).")] = None,
         image_workdir: Annotated[str, typer.Option(help="The folder holding pipelines/ inside --image.")] = "/app",
-        run_id: Annotated[Optional[str], typer.Option("--run-id", help="Reuse (resume) this run.",
-                                                      callback=lambda v: run_id_checked(v))] = None,
-        model: Annotated[Optional[str], typer.Option(help="reindex/evaluate: this model instead of the "
-                                                     "default one (a path every node sees).")] = None,
+        run_id: RunOpt = None,
+        model: Annotated[Optional[str], typer.Option("--model", "-m", help="reindex/evaluate: this model instead "
+                                                     "of the default one (a path every node sees).")] = None,
         pip: Annotated[Optional[list[str]], typer.Option("--pip", help="Extra pip package for the job's "
                                                          "environment (repeatable).")] = None,
         ship_code: Annotated[bool, typer.Option("--ship-code/--no-ship-code", help="Upload this vectune "
                                                 "package with the job (off: use the one on the nodes).")] = True,
+        sets: SetOpt = None,
         json_: Annotated[bool, typer.Option("--json", help="Result as JSON on stdout; job logs go to stderr.")] = False,
-        verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs.")] = False,
+        verbose: VerboseOpt = False,
     ) -> None:
-        """Run a pipeline on a Ray cluster through the Jobs API."""
+        """Run a pipeline on a Ray cluster through the Jobs API (as `ray job submit` does)."""
         from pathlib import Path
 
         from vectune import _console as console
         from vectune import jobs
 
-        s = load(Path(spec))
-        result = call(jobs.submit, s, address=address, pipeline=pipeline, wait=wait, image=image,
-                           image_workdir=image_workdir, run_id=run_id, model=model, pip=pip, ship_package=ship_code,
-                           logs=sys.stderr if json_ else sys.stdout, verbose=verbose)
+        env_extra, metadata = _json_object(runtime_env_json), _json_object(metadata_json)
+        s = load(Path(spec), sets)
+        result = call(jobs.submit, s, address=address, pipeline=pipeline.value, wait=wait, image=image,
+                      image_workdir=image_workdir, run_id=run_id, model=model, pip=pip, ship_package=ship_code,
+                      logs=sys.stderr if json_ else sys.stdout, verbose=verbose, submission_id=submission_id,
+                      runtime_env_json=env_extra, metadata=metadata, working_dir=working_dir,
+                      entrypoint_num_cpus=entrypoint_num_cpus, entrypoint_num_gpus=entrypoint_num_gpus,
+                      entrypoint_memory=entrypoint_memory)
         if json_:
             console.emit_json(result)
         elif not wait:
-            console.out.print(f"submitted {result['job_id']} ({pipeline}) to {result['address']}", markup=False)
+            console.out.print(f"submitted {result['job_id']} ({pipeline.value}) to {result['address']}", markup=False)
             console.out.print(f"  vectune jobs logs {result['job_id']} --follow --address {result['address']}",
                               markup=False)
         else:

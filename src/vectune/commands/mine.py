@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from vectune.commands._options import JsonOpt, RunOpt, SpecArg, VerboseOpt, run
+from vectune.commands._options import JsonOpt, RunOpt, SetOpt, SpecArg, VerboseOpt, run
 
 
 def summary_tables(result: dict) -> list:
@@ -68,10 +68,12 @@ def register(app: typer.Typer) -> None:
         spec: SpecArg,
         run_id: RunOpt = None,
         force: Annotated[bool, typer.Option("--force", help="Mine again even if this run already has it.")] = False,
+        sets: SetOpt = None,
         json_: JsonOpt = False,
         verbose: VerboseOpt = False,
     ) -> None:
         """Mine hard negatives for the training pairs; writes mine/triples.parquet and mine_audit.json."""
         from vectune import pipeline
 
-        run(pipeline.mine, spec, json_=json_, verbose=verbose, show=_show, run_id=run_id, force=force)
+        run(pipeline.mine, spec, json_=json_, verbose=verbose, show=_show, sets=sets, run_id=run_id,
+            force=force)

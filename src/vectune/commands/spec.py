@@ -10,7 +10,7 @@ import yaml
 from rich.markup import escape
 
 from vectune import _console as console
-from vectune.commands._options import JsonOpt, SpecArg, call, load
+from vectune.commands._options import JsonOpt, SetOpt, SpecArg, call, load
 
 
 def register(app: typer.Typer) -> None:
@@ -19,6 +19,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def validate(
         spec: SpecArg,
+        sets: SetOpt = None,
         no_data: Annotated[bool, typer.Option("--no-data", help="Check the spec alone, not its data files and model "
                                                                 "(a spec written ahead of its data).")] = False,
         json_: JsonOpt = False,
@@ -27,7 +28,7 @@ def register(app: typer.Typer) -> None:
         data files and model exist and are readable (fast, without Ray)."""
         from vectune import pipeline
 
-        s = load(spec)
+        s = load(spec, sets)
         result = {"spec": str(spec), **call(pipeline.validate, s, data=not no_data)}
         if json_:
             console.emit_json(result)
@@ -36,12 +37,12 @@ def register(app: typer.Typer) -> None:
         console.out.print(f"[green]valid[/] {escape(str(spec))} (name {s.name}, hash {s.digest()}{escape(checked)})")
 
     @app.command()
-    def render(spec: SpecArg, json_: JsonOpt = False) -> None:
+    def render(spec: SpecArg, sets: SetOpt = None, json_: JsonOpt = False) -> None:
         """Print the spec with every default filled in and every path resolved."""
         from vectune._redact import redact_tree
         from vectune.spec import render as render_spec
 
-        rendered = redact_tree(render_spec(load(spec)))  # a URL's credentials stay off the terminal
+        rendered = redact_tree(render_spec(load(spec, sets)))  # a URL's credentials stay off the terminal
         if json_:
             console.emit_json(rendered)
         else:

@@ -8,7 +8,8 @@ import typer
 from rich.markup import escape
 
 from vectune import _console as console
-from vectune.commands._options import JsonOpt, RunOpt, SpecArg, VerboseOpt, WaitOpt, run
+from vectune.commands._options import JsonOpt, RunOpt, SetOpt, SpecArg, VerboseOpt, WaitOpt, run
+from vectune.stages import Stage
 
 
 def _show_train(spec, result: dict) -> None:
@@ -19,18 +20,20 @@ def register(app: typer.Typer) -> None:
     """Add this module's commands to the CLI."""
 
     @app.command()
-    def train(spec: SpecArg, run_id: RunOpt = None, json_: JsonOpt = False, verbose: VerboseOpt = False) -> None:
+    def train(spec: SpecArg, run_id: RunOpt = None, sets: SetOpt = None, json_: JsonOpt = False,
+              verbose: VerboseOpt = False) -> None:
         """Fine-tune the base model on a run's mined triples with Ray Train."""
         from vectune import pipeline
 
-        run(pipeline.train, spec, json_=json_, verbose=verbose, show=_show_train, run_id=run_id)
+        run(pipeline.train, spec, json_=json_, verbose=verbose, show=_show_train, sets=sets, run_id=run_id)
 
     @app.command(name="run")
     def run_(
         spec: SpecArg,
         run_id: RunOpt = None,
-        from_: Annotated[Optional[str], typer.Option("--from", help="Re-run from this stage on.")] = None,
-        only: Annotated[Optional[str], typer.Option(help="Run only this stage.")] = None,
+        from_: Annotated[Optional[Stage], typer.Option("--from", help="Re-run from this stage on.")] = None,
+        only: Annotated[Optional[Stage], typer.Option("--only", help="Run only this stage.")] = None,
+        sets: SetOpt = None,
         wait: WaitOpt = 0.0,
         json_: JsonOpt = False,
         verbose: VerboseOpt = False,
@@ -38,8 +41,8 @@ def register(app: typer.Typer) -> None:
         """The whole loop: validate, mine, train, evaluate, gate, re-index."""
         from vectune import pipeline
 
-        run(pipeline.run, spec, json_=json_, verbose=verbose, show=_print_run, run_id=run_id, from_stage=from_,
-            only=only, wait=wait)
+        run(pipeline.run, spec, json_=json_, verbose=verbose, show=_print_run, sets=sets, run_id=run_id,
+            from_stage=from_.value if from_ else None, only=only.value if only else None, wait=wait)
 
 
 def _print_run(spec, result: dict) -> None:

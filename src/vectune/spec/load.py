@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -186,31 +187,29 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Spec
     data, lines = parse_yaml(text, str(path))
     if not isinstance(data, dict):
         raise SpecError(str(path), [Problem("", "the spec must be a YAML mapping of sections", 1)])
-    for key, value in (overrides or {}).items():
-        _set_dotted(data, key, value)
-    return validate_dict(data, str(path), lines, source=path)
+    return _with_overrides(data, overrides, lambda d: validate_dict(d, str(path), lines, source=path))
 
 
 #: the spec's YAML text, for a job started without a spec file (`vectune submit --image`)
 SPEC_ENV = "VECTUNE_SPEC_YAML"
 
 
-def load_spec_text(text: str, name: str) -> Spec:
+def load_spec_text(text: str, name: str, overrides: dict[str, Any] | None = None) -> Spec:
     """A spec from YAML text (no file: relative paths resolve against the working folder)."""
     data, lines = parse_yaml(text, name)
     if not isinstance(data, dict):
         raise SpecError(name, [Problem("", "the spec must be a YAML mapping of sections", 1)])
-    return validate_dict(data, name, lines)
+    return _with_overrides(data, overrides, lambda d: validate_dict(d, name, lines))
 
 
-def load_spec_from(path: str | Path | None) -> Spec:
+def load_spec_from(path: str | Path | None, overrides: dict[str, Any] | None = None) -> Spec:
     """The spec at `path`, or, when no path is given, the YAML text in $VECTUNE_SPEC_YAML."""
     import os
 
     if path:
-        return load_spec(path)
+        return load_spec(path, overrides)
     if os.environ.get(SPEC_ENV):
-        return load_spec_text(os.environ[SPEC_ENV], f"${SPEC_ENV}")
+        return load_spec_text(os.environ[SPEC_ENV], f"${SPEC_ENV}", overrides)
     raise SpecError("<none>", [Problem("", f"no spec: pass --spec PATH or set {SPEC_ENV}")])
 
 
@@ -242,6 +241,53 @@ def validate_dict(data: dict, name: str, lines: _Lines | None = None, source: Pa
     problems += [Problem(_loc_str(loc), msg, lines.line(loc)) for loc, msg in _cross_checks(spec)]
     if problems:
         raise SpecError(name, sorted(problems, key=lambda p: p.line or 0))
+    return spec
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """`--set` items (`train.epochs=3`) as dotted keys and values, each value read as YAML
+    (`3` an int, `[a, b]` a list, `null` None), exactly as it would be in the file.
+
+    Raises:
+        SpecError: an item is not `KEY=VALUE` with a dotted key of spec field names.
+    """
+    out: dict[str, Any] = {}
+    problems = []
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_@0-9][A-Za-z0-9_@-]*)*", key):
+            problems.append(Problem(key or item, f"--set {item!r}: expected KEY=VALUE with a dotted key "
+                                                 "(train.epochs=3)"))
+            continue
+        try:
+            out[key] = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as exc:
+            problems.append(Problem(key, f"--set {item!r}: the value is not valid YAML ({exc})"))
+    if problems:
+        raise SpecError("--set", problems)
+    return out
+
+
+def _with_overrides(data: dict, overrides: dict[str, Any] | None, validate) -> Spec:
+    """Apply `overrides` to the parsed mapping, validate it as a whole, and keep them on the
+    spec (the run manifest records them; the spec hash covers the values they set). A problem
+    in a field an override set says so."""
+    overrides = dict(overrides or {})
+    for key, value in overrides.items():
+        _set_dotted(data, key, value)
+    try:
+        spec = validate(data)
+    except SpecError as exc:
+        problems = []
+        for problem in exc.problems:
+            key = next((k for k in overrides if problem.path == k or problem.path.startswith((k + ".", k + "["))),
+                       None)
+            if key is not None:
+                problem = Problem(problem.path, f"{problem.message} (set with --set {key}={overrides[key]!r})")
+            problems.append(problem)
+        raise SpecError(exc.source, problems) from None
+    spec._overrides = overrides
     return spec
 
 

@@ -39,6 +39,8 @@ class Spec(Section):
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
 
     _source: Path | None = PrivateAttr(default=None)
+    #: `--set` overrides applied before validation (dotted key -> value), recorded in run manifests
+    _overrides: dict = PrivateAttr(default_factory=dict)
 
     @field_validator("name")
     @classmethod
@@ -53,6 +55,11 @@ class Spec(Section):
         """The YAML file this spec was loaded from (None for a spec built in code)."""
         return self._source
 
+    @property
+    def overrides(self) -> dict:
+        """The `--set` overrides this spec was loaded with (dotted key -> value)."""
+        return dict(self._overrides)
+
     def derived(self, **update) -> "Spec":
         """A copy with some sections (or the name) replaced, from the same source file."""
         out = self.model_copy(update=update)
@@ -63,6 +70,7 @@ class Spec(Section):
         """`mapping` (this spec's canonical form, edited) validated again, same source file."""
         out = type(self).model_validate(mapping)
         out._source = self._source
+        out._overrides = dict(self._overrides)
         return out
 
     # -- paths -----------------------------------------------------------------

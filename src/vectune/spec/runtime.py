@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 from pydantic import Field, field_validator
 
@@ -30,6 +31,17 @@ class RuntimeSpec(Section):
     connect_timeout: float = Field(
         30.0, gt=0, le=3600, description="Seconds to wait for the Ray cluster at `address` to answer.")
     torch_threads: int | None = Field(None, ge=1, le=1024, description="Threads per torch process; Ray's share when unset.")
+    tracking: Literal["none", "mlflow"] = Field(
+        "none",
+        description="`mlflow` (the `tracking` extra): each `vectune run` logs its parameters, per-stage "
+        "metrics, the gate decision and the tuned model to an MLflow tracking URI.",
+    )
+    tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI (a server, `sqlite:///...`); default: MLFLOW_TRACKING_URI, else a "
+        "local store `<runs>/mlflow.db` with artifacts in `<runs>/mlflow-artifacts`.",
+    )
+    tracking_experiment: str | None = Field(None, description="MLflow experiment name; default: the spec's name.")
 
     @field_validator("address")
     @classmethod
