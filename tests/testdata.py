@@ -4,7 +4,27 @@ ambiguous once several test folders have one."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
+
+#: the `vectune` console script of the interpreter running the tests
+VECTUNE = str(Path(sys.executable).with_name("vectune"))
+
+
+def cli_env(**extra) -> dict:
+    """The environment for a `vectune` child process: offline, and none of the test session's
+    own VECTUNE_* settings (its fault registry, runs folder) unless passed in `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VECTUNE_")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **extra)
+    return env
+
+
+def vectune(*args, env=None, timeout=600, **kwargs) -> subprocess.CompletedProcess:
+    """Run `vectune ARGS` as a user would, in its own process; output captured as text."""
+    return subprocess.run([VECTUNE, *map(str, args)], capture_output=True, text=True, env=env or cli_env(),
+                          timeout=timeout, **kwargs)
 
 
 def write_qrels(path: Path, qrels: dict[str, dict[str, int]], *, crlf: bool = True, header: bool = True) -> None:

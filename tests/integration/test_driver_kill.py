@@ -11,22 +11,16 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from testdata import VECTUNE, cli_env
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-VECTUNE = str(Path(sys.executable).with_name("vectune"))
 
-
-def _env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VECTUNE_")}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **extra)
-    return env
 
 
 @pytest.fixture
@@ -58,7 +52,7 @@ def _manifest(runs: Path) -> dict:
 
 
 def _start(spec_path: Path, **env) -> subprocess.Popen:
-    return subprocess.Popen([VECTUNE, "run", str(spec_path), "--run-id", "drill"], env=_env(**env),
+    return subprocess.Popen([VECTUNE, "run", str(spec_path), "--run-id", "drill"], env=cli_env(**env),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
 
 
@@ -123,7 +117,7 @@ def test_killed_driver_resumes_training_and_reindex_under_the_same_run_id(spec_p
     building = manifest["collection"]["name"]
     assert building in names
 
-    third = subprocess.run([VECTUNE, "run", str(spec_path), "--run-id", "drill", "--json"], env=_env(),
+    third = subprocess.run([VECTUNE, "run", str(spec_path), "--run-id", "drill", "--json"], env=cli_env(),
                            capture_output=True, text=True, timeout=900)
     assert third.returncode == 0, third.stderr[-3000:]
     manifest = _manifest(runs)

@@ -8,22 +8,15 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import yaml
+from testdata import VECTUNE, cli_env
 
 pytestmark = pytest.mark.ray
 
-VECTUNE = str(Path(sys.executable).with_name("vectune"))
 
-
-def _env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VECTUNE_")}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **extra)
-    return env
 
 
 def test_a_second_writer_fails_fast_naming_the_holder_and_takes_over_after_expiry(make_slice, tmp_path, shm):
@@ -39,7 +32,7 @@ def test_a_second_writer_fails_fast_naming_the_holder_and_takes_over_after_expir
     faults.write_text(json.dumps({"index.upsert": {"after": 2, "mode": "hang", "marker": str(marker)}}))
 
     holder = subprocess.Popen([VECTUNE, "reindex", str(sl.spec_path), "--run-id", "holder"], start_new_session=True,
-                              env=_env(VECTUNE_FAULTS=str(faults)), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                              env=cli_env(VECTUNE_FAULTS=str(faults)), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 300
         while not marker.exists():
@@ -48,7 +41,7 @@ def test_a_second_writer_fails_fast_naming_the_holder_and_takes_over_after_expir
             time.sleep(0.5)
         start = time.monotonic()
         second = subprocess.run([VECTUNE, "reindex", str(sl.spec_path), "--run-id", "second", "--json"],
-                                env=_env(), capture_output=True, text=True, timeout=120)
+                                env=cli_env(), capture_output=True, text=True, timeout=120)
         took = time.monotonic() - start
         assert second.returncode == 1, second.stderr[-3000:]
         assert took < 30, f"the second writer took {took:.0f} s to give up"
@@ -63,7 +56,7 @@ def test_a_second_writer_fails_fast_naming_the_holder_and_takes_over_after_expir
 
     start = time.monotonic()
     third = subprocess.run([VECTUNE, "reindex", str(sl.spec_path), "--run-id", "third", "--wait", "60", "--json"],
-                           env=_env(), capture_output=True, text=True, timeout=600)
+                           env=cli_env(), capture_output=True, text=True, timeout=600)
     assert third.returncode == 0, third.stderr[-3000:]
     assert "taking over the lease" in third.stderr and "heartbeat stopped" in third.stderr
     out = json.loads(third.stdout)

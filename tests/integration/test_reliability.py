@@ -8,32 +8,21 @@ side of the wire (bounded waits, the error, nothing leaked, the alias untouched)
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from testdata import VECTUNE, cli_env, vectune
 
-VECTUNE = str(Path(sys.executable).with_name("vectune"))
 SECRET = "pw-vectune-9d1c44e0"
 KEY = "sk-vectune-KEY-51b2e7"
 KEY_ENV = "VECTUNE_TEST_QDRANT_KEY"
 
 
-def _env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VECTUNE_")}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **extra)
-    return env
-
-
-def vectune(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([VECTUNE, *map(str, args)], capture_output=True, text=True, env=env or _env(),
-                          timeout=timeout)
 
 
 class Socket:
@@ -102,7 +91,7 @@ def test_qdrant_that_hangs_or_drops_fails_in_bounded_time_and_leaks_nothing(tiny
     url = f"http://admin:{SECRET}@127.0.0.1:{server.port}/?api_key={SECRET}"
     spec = _spec(tiny_beir, tmp_path, index={"qdrant": {"url": url, "api_key_env": KEY_ENV, "timeout": 2,
                                                          "retries": 1}})
-    env = _env(**{KEY_ENV: KEY})
+    env = cli_env(**{KEY_ENV: KEY})
     seen = ""
     for command in (("reindex", spec, "--run-id", "drill"), ("search", spec, "a query"), ("collections", spec),
                     ("rollback", spec)):
@@ -232,7 +221,7 @@ def test_nothing_is_written_outside_the_runs_folder(tiny_beir, tmp_path):
     work.mkdir()
     spec = _spec(tiny_beir, tmp_path)
     before = {p for p in tiny_beir.root.rglob("*")}
-    env = _env(HOME=str(home))
+    env = cli_env(HOME=str(home))
     env.pop("XDG_CACHE_HOME", None)
     env.pop("MPLCONFIGDIR", None)
     out = subprocess.run([VECTUNE, "evaluate", str(spec), "--run-id", "outside"], cwd=work, env=env,
