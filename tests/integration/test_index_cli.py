@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from testdata import other_model
 
 N_DOCS = 200
 KEY = "sk-vectune-SECRET-7f3a9c51d2"
@@ -127,19 +127,6 @@ def test_killed_reindex_reruns_to_exact_count_and_alias_never_moved_early(sliced
     assert table.returncode == 0 and "slice__k1" in table.stdout and "rolled_back" in table.stdout
 
 
-def _other_model(tmp: Path) -> str:
-    """The packaged model plus one file: loads the same, fingerprints differently."""
-    from vectune.embed import resolve_model
-
-    src = Path(resolve_model("all-MiniLM-L6-v2"))
-    dst = tmp / "other-model"
-    if not dst.exists():
-        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("model.safetensors"))
-        (dst / "model.safetensors").symlink_to(src / "model.safetensors")
-        (dst / "variant.txt").write_text("not the model that built the collection\n")
-    return str(dst)
-
-
 @pytest.mark.ray
 def test_search_uses_the_stamped_model_and_refuses_another(sliced, built, shm):
     from typer.testing import CliRunner
@@ -160,7 +147,7 @@ def test_search_uses_the_stamped_model_and_refuses_another(sliced, built, shm):
     table = cli("search", sliced.spec_path, sliced.queries[qid], "-k", 3)
     assert table.exit_code == 0 and "doc id" in table.stdout
 
-    other = _other_model(shm)
+    other = other_model(shm)
     refused = cli("search", sliced.spec_path, "anything", "--model", other)
     assert refused.exit_code == 2
     assert "is not the model that built the live collection" in refused.stderr

@@ -141,7 +141,7 @@ def test_retention_then_rollback_restores_the_previous_collection(spec, first):
     listed = list_collections(spec)
     assert listed["live"] == "slice__a3"
     assert [c["name"] for c in listed["collections"]] == ["slice__a3", "slice__a2"]  # keep=1: a1 deleted
-    assert "slice__a1" in third["deleted"]
+    assert "slice__a1" in third["deleted_collections"]
 
     back = rollback(spec)
     assert (back["previous"], back["live"]) == ("slice__a3", "slice__a2")
