@@ -96,7 +96,7 @@ def reindex(spec: Spec, run: Run, model_path: str, *, full: bool = False) -> dic
     probe = open_target(where)  # fail fast (server down, embedded folder held) before Ray starts
     try:
         live, reason = (None, "--full asked for a new collection") if full else _sync_plan(probe, spec, fingerprint)
-        quick = live is not None and sync.unchanged_since_stamp(cols.read_stamp(probe, live), data)
+        quick = live is not None and sync.unchanged_since_stamp(cols.read_stamp(probe, live), data.corpus.sha256)
         entry = {"name": live or name, "alias": cols.alias_name(spec), "mode": "full" if live is None else
                  "incremental", "reason": reason, "state": "building" if live is None else "syncing", "model": model,
                  "qdrant": where.describe()}

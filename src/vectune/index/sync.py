@@ -53,11 +53,11 @@ _DELETE_BATCH = 1_000
 _COLUMNS = ("doc_id", "title", "text", "text_hash", "change")
 
 
-def unchanged_since_stamp(stamp: dict, data: DomainData) -> bool:
-    """Whether the corpus file is byte for byte the one the live collection was last made
-    equal to, with no sync left unfinished since."""
+def unchanged_since_stamp(stamp: dict, corpus_sha256: str) -> bool:
+    """Whether the corpus file (its sha256) is byte for byte the one the live collection was
+    last made equal to, with no sync left unfinished since."""
     unfinished = (stamp.get("sync") or {}).get("state") == "running"
-    return not unfinished and stamp.get("corpus_sha256") == data.corpus.sha256
+    return not unfinished and stamp.get("corpus_sha256") == corpus_sha256
 
 
 def check_unchanged(client, live: str, spec: Spec, data: DomainData, run_id: str) -> dict:
