@@ -59,6 +59,8 @@ def register(app: typer.Typer) -> None:
         run_id: Annotated[Optional[str], typer.Option("--run-id", help="Reuse (resume) this run.")] = None,
         model: Annotated[Optional[str], typer.Option(help="reindex/evaluate: this model instead of the "
                                                      "default one (a path every node sees).")] = None,
+        full: Annotated[bool, typer.Option("--full", help="reindex: build a new collection even when the live "
+                                           "one could be synced in place.")] = False,
         pip: Annotated[Optional[list[str]], typer.Option("--pip", help="Extra pip package for the job's "
                                                          "environment (repeatable).")] = None,
         ship_code: Annotated[bool, typer.Option("--ship-code/--no-ship-code", help="Upload this vectune "
@@ -74,7 +76,7 @@ def register(app: typer.Typer) -> None:
 
         s = load(Path(spec))
         result = call(jobs.submit, s, address=address, pipeline=pipeline, wait=wait, image=image,
-                           image_workdir=image_workdir, run_id=run_id, model=model, pip=pip, ship_package=ship_code,
+                           image_workdir=image_workdir, run_id=run_id, model=model, full=full, pip=pip, ship_package=ship_code,
                            logs=sys.stderr if json_ else sys.stdout, verbose=verbose)
         if json_:
             console.emit_json(result)
