@@ -196,8 +196,10 @@ def test_a_failed_sync_keeps_serving_and_its_rerun_converges(spec, sliced, scifa
     from vectune import _faults
     from vectune.pipeline import reindex
 
-    _change(sliced, scifact, modified=12, added=10, removed=5, seed=2)
-    _faults.switch(**{"index.upsert": {"after": 2}})  # the sync dies after 2 of its 3 upsert requests
+    # 70 changed rows: more than one Ray batch (64), so through the encoder actors; the re-run's
+    # 54 fit in one and the driver encodes them: both write paths, one after the other
+    _change(sliced, scifact, modified=50, added=20, removed=5, seed=2)
+    _faults.switch(**{"index.upsert": {"after": 2}})  # the sync dies after 2 of its 9 upsert requests
     try:
         with pytest.raises(IndexingError, match="injected failure after 2 upsert batches"):
             reindex(spec, run_id="k1")
@@ -214,7 +216,7 @@ def test_a_failed_sync_keeps_serving_and_its_rerun_converges(spec, sliced, scifa
     again = reindex(spec, run_id="k1")
     assert again["mode"] == "incremental"
     # the 2 requests of 8 points that landed count as unchanged now; the deletes run once
-    assert again["added"] + again["updated"] == 12 + 10 - 2 * INDEX["batch_size"]
+    assert again["added"] + again["updated"] == 50 + 20 - 2 * INDEX["batch_size"]
     assert again["deleted"] == 5
     _assert_equal_to_rebuild(spec, _rebuilt(sliced, shm, "ref2"))
     client = _client(spec)

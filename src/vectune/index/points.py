@@ -59,7 +59,8 @@ def add_content_hash(batch: dict) -> dict:
 
 def doc_keys(doc_ids) -> np.ndarray:
     """64-bit keys of document ids (the high half of their point ids), for sorted lookups."""
-    return np.fromiter((uuid.UUID(point_id(d)).int >> 64 for d in doc_ids), dtype=np.uint64, count=len(doc_ids))
+    return np.fromiter((uuid.uuid5(POINT_NAMESPACE, str(d)).int >> 64 for d in doc_ids), dtype=np.uint64,
+                       count=len(doc_ids))
 
 
 def point_keys(point_ids) -> np.ndarray:

@@ -104,17 +104,19 @@ def reindex(spec: Spec, run: Run, model_path: str, *, full: bool = False) -> dic
         with run.stage("reindex", inputs) as outputs:
             if quick:
                 record = _synced(entry, sync.check_unchanged(probe, live, spec, data, run.id))
+            elif live is not None:
+                # the driver writes a sync itself, through this client: no owner actor, no second open
+                with ray_session(spec.runtime):
+                    record = _synced(entry, sync.sync(probe, where, spec, data, run.id, live, model))
             else:
                 probe.close()  # the embedded engine's owner actor opens the folder next
                 probe = None
                 with ray_session(spec.runtime):
                     client = _client(where)
                     try:
-                        record = (_build(client, where, spec, run, data, name, model) if live is None else
-                                  _synced(entry, sync.sync(client, where, spec, data, run.id, live, model)))
+                        record = {**entry, **_build(client, where, spec, run, data, name, model)}
                     finally:
                         client.close()
-                record = {**entry, **record}
             outputs.update({k: record[k] for k in ("name", "mode", "points", "seconds", "previous", "added",
                                                    "updated", "deleted", "unchanged")})
     except BaseException as exc:

@@ -94,23 +94,25 @@ def sync(client, where: Target, spec: Spec, data: DomainData, run_id: str, live:
     mark = time.perf_counter()
     blocks = max(2, -(-data.corpus.count // idx.embed_batch_size))
     changed = changed_rows(data, ray.put((keys, hashes)), blocks=blocks).materialize()
-    added, updated, sample = _summary(changed, idx.verify_sample)
+    count = changed.count()  # known once materialised: no job
+    # up to one Ray batch of changes comes to the driver once, for the counts, the sample and the write
+    small = changed.take_batch(count, batch_format="numpy") if 0 < count <= idx.embed_batch_size else None
+    added, updated, sample = _summary(changed if small is None else None, small, count, idx.verify_sample)
     timings["diff"] = round(time.perf_counter() - mark, 2)
     log.info("sync %s: %d added, %d changed, %d removed of %d documents", live, added, updated, len(gone),
              data.corpus.count)
 
     mark = time.perf_counter()
-    cfg = encoder_config(spec, model["path"], role="document", fingerprint=model["fingerprint"])
+    encoder = Encoder(encoder_config(spec, model["path"], role="document", fingerprint=model["fingerprint"]))
     try:
-        written = _write(client, where, spec, live, changed, added + updated, cfg)
+        written = _write(client, where, spec, live, small if small is not None else changed, count, encoder)
     except Exception as exc:  # noqa: BLE001 - a Ray-wrapped worker error: keep its last line
         raise IndexingError(f"syncing {live} failed: {root_cause(exc)}") from exc
     deleted = delete_points(client, live, gone)
     timings["write"] = round(time.perf_counter() - mark, 2)
 
     mark = time.perf_counter()
-    fresh = Encoder(encoder_config(spec, model["path"], role="document", cache=False,
-                                   fingerprint=model["fingerprint"]))
+    fresh = encoder.without_cache()  # the model the driver loaded to write, if it did
     try:
         checks = verify(client, live, spec, data, model["path"], seed=run_id, encoder=fresh, sample=sample)
     except IndexingError as exc:
@@ -198,44 +200,61 @@ def _changed(batch: dict, *, stored) -> dict:
             "change": np.where(found[keep], "updated", "added").astype(object)}
 
 
-def _summary(changed, k: int) -> tuple[int, int, dict[str, str]]:
-    """(added, updated, {doc_id: text} of a sample of k changed rows) from per-block summaries:
-    the sample is the k smallest keys, so it is uniform, seeded by the ids, and mergeable."""
-    def block(batch: dict) -> dict:
-        ids = np.asarray(batch["doc_id"], dtype=object)
-        order = np.argsort(doc_keys(ids))[:k]
-        pairs = [[str(ids[i]), str(batch["text"][i])] for i in order]
-        change = np.asarray(batch["change"], dtype=object)
-        return {"added": [int((change == "added").sum())], "updated": [int((change == "updated").sum())],
-                "sample": [json.dumps(pairs)]}
+def _block_summary(batch: dict, *, k: int) -> dict:
+    """Counts of a block of changed rows and its k smallest keys with their texts."""
+    ids = np.asarray(batch["doc_id"], dtype=object)
+    order = np.argsort(doc_keys(ids))[:k]
+    change = np.asarray(batch["change"], dtype=object)
+    return {"added": [int((change == "added").sum())], "updated": [int((change == "updated").sum())],
+            "sample": [json.dumps([[str(ids[i]), str(batch["text"][i])] for i in order])]}
 
-    rows = changed.map_batches(block, batch_size=None, batch_format="numpy", num_cpus=0.1).take_all()
+
+def _summary(changed, small: dict | None, count: int, k: int) -> tuple[int, int, dict[str, str]]:
+    """(added, updated, {doc_id: text} of a sample of k changed rows) from per-block summaries
+    (of the rows on the driver when `small` holds them all). The sample is the k smallest keys:
+    uniform, seeded by the ids, and mergeable across blocks."""
+    if count == 0:
+        return 0, 0, {}
+    if small is not None:
+        rows = [{key: v[0] for key, v in _block_summary(small, k=k).items()}]
+    else:
+        rows = changed.map_batches(_block_summary, fn_kwargs={"k": k}, batch_size=None, batch_format="numpy",
+                                   num_cpus=0.1).take_all()
     pairs = [p for r in rows for p in json.loads(r["sample"])]
     pairs.sort(key=lambda p: int(doc_keys([p[0]])[0]))
     return sum(r["added"] for r in rows), sum(r["updated"] for r in rows), dict(pairs[:k])
 
 
 # -- applying it ------------------------------------------------------------------------
-def _write(client, where: Target, spec: Spec, live: str, changed, count: int, cfg) -> int:
-    """Embed and upsert the changed rows; returns the points written."""
+def _write(client, where: Target, spec: Spec, live: str, changed, count: int, encoder: Encoder) -> int:
+    """Embed and upsert the changed rows; returns the points written.
+
+    `client` is the driver's own; `changed` the rows as one batch on the driver (up to one
+    Ray batch of them), or their Dataset. The driver encodes a batch itself (it loads the
+    model to verify anyway): no actor pool to start. A Dataset goes through the encoder
+    actors, then to a server from parallel write tasks, or to the embedded engine from the
+    driver (one process may open it; Ray Data keeps encoding while the driver upserts).
+    """
     if count == 0:
         return 0
     idx = spec.index
     payload = payload_fields(spec)
+    cfg = encoder.config
     with track("sync changed documents", count) as counter:
-        if count <= idx.embed_batch_size:
-            # one batch: the driver encodes it (it loads the model to verify anyway), no actor pool to start
-            encoder = Encoder(cfg, progress=counter)
-            written = 0
-            for batch in changed.iter_batches(batch_size=idx.embed_batch_size, batch_format="numpy"):
-                columns = {**batch, "embedding": encoder.encode([str(t) for t in batch["text"]])}
-                written += upsert_columns(client, live, columns, batch_size=idx.batch_size, payload=payload)
+        if isinstance(changed, dict):
+            encoder.progress = counter
+            batches = [{**changed, "embedding": encoder.encode([str(t) for t in changed["text"]])}]
         else:
             plan = plan_actors(idx.concurrency, idx.num_gpus)
             embedded = embed_dataset(changed, cfg, plan, batch_size=idx.embed_batch_size, keep=tuple(payload),
                                      progress=counter, preload=expects_encoding(cfg, count))
-            written = write_dataset(embedded, client, where, live, batch_size=idx.batch_size, payload=payload,
-                                    parallel=idx.parallel, blocks=max(1, changed.num_blocks()))
+            if not where.embedded:
+                written = write_dataset(embedded, client, where, live, batch_size=idx.batch_size, payload=payload,
+                                        parallel=idx.parallel, blocks=max(1, changed.num_blocks()))
+                compact_cache(cfg)
+                return written
+            batches = embedded.iter_batches(batch_size=idx.embed_batch_size, batch_format="numpy")
+        written = sum(upsert_columns(client, live, b, batch_size=idx.batch_size, payload=payload) for b in batches)
     compact_cache(cfg)
     return written
 
