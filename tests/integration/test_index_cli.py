@@ -62,6 +62,24 @@ def _open(sliced):
             time.sleep(1)
 
 
+def kill_after_upserts(sliced, shm, run_id: str, batches: int) -> None:
+    """Start `vectune reindex` for `run_id`, wait until it hangs after `batches` upsert
+    requests, then SIGKILL it: the driver, its Ray and the engine's owner, mid-write."""
+    marker = shm / f"halfway-{run_id}"
+    log_path = shm / f"killed-{run_id}.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([VECTUNE, "reindex", str(sliced.spec_path), "--run-id", run_id], stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                env=_env(VECTUNE_FAULTS=str(_hang_after(shm / "faults.json", batches, marker))))
+        deadline = time.monotonic() + 400
+        while not marker.exists():
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"the re-index never reached upsert request {batches}"
+            time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+
+
 def _collections(sliced) -> dict:
     out = vectune("collections", sliced.spec_path, "--json")
     assert out.returncode == 0, out.stderr
@@ -81,19 +99,7 @@ def test_killed_reindex_reruns_to_exact_count_and_alias_never_moved_early(sliced
     from vectune.index import collections as cols
 
     assert built["points"] == N_DOCS and built["name"] == "slice__k1"
-    marker = shm / "halfway"
-    log = open(shm / "killed.log", "w")
-    proc = subprocess.Popen([VECTUNE, "reindex", str(sliced.spec_path), "--run-id", "k2"], stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True,
-                            env=_env(VECTUNE_FAULTS=str(_hang_after(shm / "faults.json", 4, marker))))
-    deadline = time.monotonic() + 400
-    while not marker.exists():
-        assert proc.poll() is None, (shm / "killed.log").read_text()[-3000:]
-        assert time.monotonic() < deadline, "the re-index never reached its 4th batch"
-        time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver, its Ray and the engine's owner, mid-load
-    proc.wait(timeout=60)
-    log.close()
+    kill_after_upserts(sliced, shm, "k2", 4)
 
     client = _open(sliced)
     try:

@@ -14,6 +14,7 @@ import yaml
 from testdata import other_model
 
 from vectune.errors import IndexingError
+from vectune.index import connect
 from vectune.index import collections as cols
 
 pytestmark = pytest.mark.ray
@@ -30,13 +31,13 @@ def sliced(make_slice, shm):
 
 
 @pytest.fixture(scope="module")
-def spec(sliced):
+def spec(sliced, ray_local):
     return sliced.load()
 
 
 @pytest.fixture(scope="module")
-def first(spec, ray_local):
-    """Run f0: the first re-index of the slice, a full build (no alias yet)."""
+def first(spec):
+    """The first re-index of the slice (run f0): a full build, since no alias exists yet."""
     from vectune.pipeline import reindex
 
     return reindex(spec, run_id="f0")
@@ -72,15 +73,9 @@ def _change(sliced, scifact, *, modified: int, added: int, removed: int, seed: i
     return {"modified": edit, "removed": drop, "added": set(new)}
 
 
-def _client(spec):
-    from vectune.index import connect
-
-    return connect(spec)
-
-
 def _points(spec) -> dict[str, tuple[np.ndarray, dict]]:
     """doc_id -> (unit vector, payload) of every point behind the spec's alias."""
-    client = _client(spec)
+    client = connect(spec)
     try:
         points = client.scroll(cols.alias_name(spec), limit=10_000, with_payload=True, with_vectors=True)[0]
     finally:
@@ -120,7 +115,7 @@ def _assert_equal_to_rebuild(spec, ref) -> None:
 def test_first_reindex_is_a_full_build_with_text_hashes(spec, first):
     assert first["mode"] == "full" and "serves no collection" in first["reason"]
     assert first["points"] == first["added"] == N_DOCS
-    client = _client(spec)
+    client = connect(spec)
     try:
         stamp = cols.read_stamp(client, first["name"])
         point = client.scroll(first["name"], limit=1, with_payload=True)[0][0]
@@ -149,7 +144,7 @@ def test_mixed_changes_sync_in_place_to_what_a_full_rebuild_holds(spec, sliced, 
     assert not changed["removed"] & set(stored) and changed["added"] <= set(stored)
     assert all("Revised 1" in stored[d][1]["text"] for d in changed["modified"])
 
-    client = _client(spec)
+    client = connect(spec)
     try:
         assert cols.live_collection(client, "slice") == first["name"]
         stamp = cols.read_stamp(client, first["name"])
@@ -205,7 +200,7 @@ def test_a_failed_sync_keeps_serving_and_its_rerun_converges(spec, sliced, scifa
             reindex(spec, run_id="k1")
     finally:
         _faults.clear()
-    client = _client(spec)
+    client = connect(spec)
     try:
         assert cols.live_collection(client, "slice") == first["name"]  # readers are still served
         stamp = cols.read_stamp(client, first["name"])
@@ -219,7 +214,7 @@ def test_a_failed_sync_keeps_serving_and_its_rerun_converges(spec, sliced, scifa
     assert again["added"] + again["updated"] == 50 + 20 - 2 * INDEX["batch_size"]
     assert again["deleted"] == 5
     _assert_equal_to_rebuild(spec, _rebuilt(sliced, shm, "ref2"))
-    client = _client(spec)
+    client = connect(spec)
     try:
         assert cols.read_stamp(client, first["name"])["sync"]["state"] == "done"
     finally:

@@ -4,13 +4,9 @@ one SIGKILLed mid-sync, its re-run converging, and the --json report."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import time
 
 import pytest
-from test_index_cli import VECTUNE, _env, _hang_after, _open, vectune
+from test_index_cli import _open, kill_after_upserts, vectune
 
 pytestmark = pytest.mark.ray
 
@@ -43,19 +39,7 @@ def test_a_killed_sync_reruns_to_the_new_corpus_and_reports_what_it_did(sliced, 
     sliced.corpus_path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
     edited = {r["_id"] for r in rows[:20]}
 
-    marker = shm / "sync-halfway"
-    log = open(shm / "sync-killed.log", "w")
-    proc = subprocess.Popen([VECTUNE, "reindex", str(sliced.spec_path), "--run-id", "c2"], stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True,
-                            env=_env(VECTUNE_FAULTS=str(_hang_after(shm / "faults.json", 2, marker))))
-    deadline = time.monotonic() + 400
-    while not marker.exists():
-        assert proc.poll() is None, (shm / "sync-killed.log").read_text()[-3000:]
-        assert time.monotonic() < deadline, "the sync never reached its 2nd upsert request"
-        time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver, its Ray and the engine's owner, mid-sync
-    proc.wait(timeout=60)
-    log.close()
+    kill_after_upserts(sliced, shm, "c2", 2)  # mid-sync, after its 2nd upsert request
 
     from vectune.index import collections as cols
 
