@@ -7,8 +7,9 @@ When the live collection's stamp matches what a build would write now (see
       + the point ids of documents gone from the corpus
     corpus (Ray Data, in blocks): hash each document, look it up in those arrays (read tasks)
       -> the added and changed rows only, materialised in the object store
-      -> embedded through the cache (on the driver when they fit in one batch, else the
-         encoder actors) and upserted into the live collection
+      -> embedded through the cache (on the driver when they fit in one Ray batch, else by the
+         encoder actors) and upserted into the live collection through the driver's client
+         (parallel write tasks for a server and more than one batch)
     -> delete the gone points -> verify -> stamp the sync
 
 The corpus never reaches the driver: it holds 16 bytes per stored point, the changed rows'
@@ -50,7 +51,6 @@ log = logging.getLogger(__name__)
 
 _PAGE = 10_000
 _DELETE_BATCH = 1_000
-_COLUMNS = ("doc_id", "title", "text", "text_hash", "change")
 
 
 def unchanged_since_stamp(stamp: dict, corpus_sha256: str) -> bool:
