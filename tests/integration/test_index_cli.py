@@ -62,13 +62,13 @@ def _open(sliced):
             time.sleep(1)
 
 
-def kill_after_upserts(sliced, shm, run_id: str, batches: int) -> None:
-    """Start `vectune reindex` for `run_id`, wait until it hangs after `batches` upsert
+def kill_after_upserts(sliced, shm, run_id: str, batches: int, *args: str) -> None:
+    """Start `vectune reindex [args]` for `run_id`, wait until it hangs after `batches` upsert
     requests, then SIGKILL it: the driver, its Ray and the engine's owner, mid-write."""
     marker = shm / f"halfway-{run_id}"
     log_path = shm / f"killed-{run_id}.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([VECTUNE, "reindex", str(sliced.spec_path), "--run-id", run_id], stdout=log,
+        proc = subprocess.Popen([VECTUNE, "reindex", str(sliced.spec_path), "--run-id", run_id, *args], stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True,
                                 env=_env(VECTUNE_FAULTS=str(_hang_after(shm / "faults.json", batches, marker))))
         deadline = time.monotonic() + 400
@@ -99,7 +99,7 @@ def test_killed_reindex_reruns_to_exact_count_and_alias_never_moved_early(sliced
     from vectune.index import collections as cols
 
     assert built["points"] == N_DOCS and built["name"] == "slice__k1"
-    kill_after_upserts(sliced, shm, "k2", 4)
+    kill_after_upserts(sliced, shm, "k2", 4, "--full")  # a new collection, not a sync of k1
 
     client = _open(sliced)
     try:
@@ -112,6 +112,7 @@ def test_killed_reindex_reruns_to_exact_count_and_alias_never_moved_early(sliced
     rerun = vectune("reindex", sliced.spec_path, "--run-id", "k2", "--json")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     result = json.loads(rerun.stdout)
+    assert result["mode"] == "full" and result["reason"] == "resuming the full build of slice__k2"
     assert result["resumed"] is True and result["points"] == N_DOCS and result["previous"] == "slice__k1"
     client = _open(sliced)
     try:

@@ -92,10 +92,15 @@ def reindex(spec: Spec, run: Run, model_path: str, *, full: bool = False) -> dic
     if run.is_done("reindex", inputs) and run.manifest.get("collection", {}).get("name") == name:
         log.info("run %s already re-indexed %s; nothing to do", run.id, name)
         return run.manifest["collection"]
+    before = run.manifest.get("collection") or {}
+    if not full and before.get("name") == name and run.stage_info("reindex").get("status") in ("running", "failed"):
+        log.info("run %s was building %s when it stopped: resuming that full build", run.id, name)
+        full = True
     model = {"path": model_path, "fingerprint": fingerprint}
     probe = open_target(where)  # fail fast (server down, embedded folder held) before Ray starts
     try:
-        live, reason = (None, "--full asked for a new collection") if full else _sync_plan(probe, spec, fingerprint)
+        live, reason = ((None, "--full asked for a new collection" if before.get("name") != name else
+                         f"resuming the full build of {name}") if full else _sync_plan(probe, spec, fingerprint))
         quick = live is not None and sync.unchanged_since_stamp(cols.read_stamp(probe, live), data.corpus.sha256)
         entry = {"name": live or name, "alias": cols.alias_name(spec), "mode": "full" if live is None else
                  "incremental", "reason": reason, "state": "building" if live is None else "syncing", "model": model,
