@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_index_cli import _open, kill_after_upserts, vectune
+from test_index_cli import _env, _open, kill_after_upserts, vectune
 
 pytestmark = pytest.mark.ray
 

@@ -93,20 +93,25 @@ def reindex(spec: Spec, run: Run, model_path: str, *, full: bool = False) -> dic
         log.info("run %s already re-indexed %s; nothing to do", run.id, name)
         return run.manifest["collection"]
     before = run.manifest.get("collection") or {}
-    if not full and before.get("name") == name and run.stage_info("reindex").get("status") in ("running", "failed"):
+    # a full build of this run id that stopped (manifests older than `mode` held only full builds)
+    if (not full and before.get("name") == name and before.get("mode", "full") == "full"
+            and run.stage_info("reindex").get("status") in ("running", "failed")):
         log.info("run %s was building %s when it stopped: resuming that full build", run.id, name)
         full = True
     model = {"path": model_path, "fingerprint": fingerprint}
-    probe = open_target(where)  # fail fast (server down, embedded folder held) before Ray starts
+    entry = {"name": name, "alias": cols.alias_name(spec), "mode": None, "state": "building", "model": model,
+             "qdrant": where.describe()}  # mode: not chosen yet (Qdrant not reached)
+    run.record("collection", entry)
+    probe = None
     try:
-        live, reason = ((None, "--full asked for a new collection" if before.get("name") != name else
-                         f"resuming the full build of {name}") if full else _sync_plan(probe, spec, fingerprint))
-        quick = live is not None and sync.unchanged_since_stamp(cols.read_stamp(probe, live), data.corpus.sha256)
-        entry = {"name": live or name, "alias": cols.alias_name(spec), "mode": "full" if live is None else
-                 "incremental", "reason": reason, "state": "building" if live is None else "syncing", "model": model,
-                 "qdrant": where.describe()}
-        run.record("collection", entry)
         with run.stage("reindex", inputs) as outputs:
+            probe = open_target(where)  # fail fast (server down, embedded folder held) before Ray starts
+            live, reason = ((None, "--full asked for a new collection" if before.get("name") != name else
+                             f"resuming the full build of {name}") if full else _sync_plan(probe, spec, fingerprint))
+            quick = live is not None and sync.unchanged_since_stamp(cols.read_stamp(probe, live), data.corpus.sha256)
+            entry = {**entry, "name": live or name, "mode": "full" if live is None else "incremental",
+                     "reason": reason, "state": "building" if live is None else "syncing"}
+            run.record("collection", entry)
             if quick:
                 record = _synced(entry, sync.check_unchanged(probe, live, spec, data, run.id))
             elif live is not None:
