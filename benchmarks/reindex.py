@@ -10,7 +10,10 @@ For each corpus (a SciFact slice and a synthetic corpus of short documents):
     called in one process; goal >= 1.0;
 (d) peak RSS of the driver plus every Ray process (psutil, sampled every 0.2 s) per
     phase, and the full re-index of the synthetic corpus repeated at a fifth of its size:
-    the peak should not grow with the corpus (`memory_scaling`).
+    the peak should not grow with the corpus (`memory_scaling`);
+(e) `--phases sync`: what a nightly job pays, sync in place vs full re-index, from the same
+    warm embedding cache, with 1% of the corpus changed (goal <= 0.10) and with no change
+    (goal <= 0.05); see `sync_vs_full`.
 
 Each corpus runs in its own process with its own local Ray, so nothing (a loaded model,
 a warm worker pool) carries over from one measurement set to the next.
@@ -21,6 +24,7 @@ folder on tmpfs (`--qdrant-dir` puts it on a disk). Results go to benchmarks/res
     python benchmarks/reindex.py --quick                 # SciFact 1,000 + synthetic 5,000
     python benchmarks/reindex.py                         # SciFact 5,183 + synthetic 50,000 (long)
     python benchmarks/reindex.py --docs 500 --synthetic 2000 --concurrency 2
+    python benchmarks/reindex.py --phases sync --synthetic-seq 32 --out benchmarks/results/reindex_sync.json
 """
 
 from __future__ import annotations
@@ -221,6 +225,82 @@ def full_reindex(spec_path: Path) -> dict:
     return {"points": result["points"], "seconds": round(seconds, 2), "timings": result["timings"], **mem.mib()}
 
 
+def change_corpus(path: Path, share: float, seed: int) -> dict:
+    """Rewrite a corpus file with `share` of its documents changed: half of them modified
+    (a sentence appended), a quarter removed, and new documents a quarter as many added
+    (another document's text with a sentence appended: new texts, so the cache misses)."""
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rng = random.Random(seed)
+    n = max(4, round(len(rows) * share))
+    picked = rng.sample(range(len(rows)), n // 2 + n // 4)
+    modify, remove = set(picked[: n // 2]), set(picked[n // 2:])
+    out = []
+    for i, r in enumerate(rows):
+        if i in remove:
+            continue
+        if i in modify:
+            r = {**r, "text": f"{r['text']} Revised in round {seed}."}
+        out.append(r)
+    for j in range(n // 4):
+        src = rows[rng.randrange(len(rows))]
+        out.append({"_id": f"new-{seed}-{j}", "title": src.get("title", ""),
+                    "text": f"{src['text']} Addendum {seed}-{j}."})
+    path.write_text("".join(json.dumps(r) + "\n" for r in out), encoding="utf-8")
+    return {"modified": len(modify), "removed": len(remove), "added": n // 4, "docs_after": len(out)}
+
+
+def _timed_reindex(spec_path: Path, run_id: str, *, full: bool) -> dict:
+    from vectune.embed import resolve_model
+    from vectune.index import reindex
+    from vectune.runs import Run
+    from vectune.spec import load_spec
+
+    spec = load_spec(spec_path)  # a fresh DomainData: the corpus file is checked and hashed inside the clock
+    run = Run.create(spec, run_id)
+    with PeakRSS() as mem:
+        start = time.perf_counter()
+        result = reindex(spec, run, resolve_model(spec.model.base), full=full)
+        seconds = time.perf_counter() - start
+    keep = ("mode", "reason", "points", "written", "added", "updated", "deleted", "unchanged", "timings")
+    return {"seconds": round(seconds, 2), **{k: result.get(k) for k in keep},
+            "peak_rss_mib": mem.mib()["peak_rss_mib"], "peak_driver_rss_mib": mem.mib()["peak_driver_rss_mib"]}
+
+
+def sync_vs_full(folder: Path, args) -> dict:
+    """A nightly job's two choices side by side, from the same warm embedding cache:
+    sync in place vs full re-index, with `--change` of the corpus changed, then unchanged.
+
+    One collection is built first (cold cache, untimed for the ratios). Its cache is copied
+    for the full side, so each side meets the changed documents uncached, as a nightly job
+    does. The sync side and the full side share the Qdrant store (the full side adds a
+    version, as in production); the alias serves whichever ran last, and both runs compare
+    the same corpus.
+    """
+    corpus = folder / "corpus.jsonl"
+    store = folder / "qdrant-sync"
+    name = f"sync-{folder.name}"  # ends with the corpus kind, as write_spec expects
+    sync_spec = write_spec(folder, name, folder / "runs-sync-a", store, args)
+    full_spec = write_spec(folder, name, folder / "runs-sync-b", store, args)
+    out: dict = {"first_build": _timed_reindex(sync_spec, "first", full=True)}
+    shutil.copytree(folder / "runs-sync-a" / "_cache", folder / "runs-sync-b" / "_cache")
+
+    out["change"] = change_corpus(corpus, args.change, seed=1)
+    out["sync_changed"] = _timed_reindex(sync_spec, "sync-changed", full=False)
+    out["full_changed"] = _timed_reindex(full_spec, "full-changed", full=True)
+    out["sync_unchanged"] = _timed_reindex(sync_spec, "sync-unchanged", full=False)
+    lines = corpus.read_text(encoding="utf-8").splitlines()
+    corpus.write_text("".join(line + "\n" for line in lines[::-1]), encoding="utf-8")  # same documents, new file hash
+    out["sync_unchanged_reordered"] = _timed_reindex(sync_spec, "sync-reordered", full=False)
+    out["full_unchanged"] = _timed_reindex(full_spec, "full-unchanged", full=True)
+    for key in ("sync_changed", "sync_unchanged", "sync_unchanged_reordered"):
+        assert out[key]["mode"] == "incremental", out[key]
+    full_c, full_u = out["full_changed"]["seconds"], out["full_unchanged"]["seconds"]
+    out["ratio_sync_vs_full_changed"] = round(out["sync_changed"]["seconds"] / full_c, 4)
+    out["ratio_sync_vs_full_unchanged"] = round(out["sync_unchanged"]["seconds"] / full_u, 4)
+    out["ratio_sync_vs_full_unchanged_reordered"] = round(out["sync_unchanged_reordered"]["seconds"] / full_u, 4)
+    return out
+
+
 def _vectors_dataset(spec_path: Path):
     """The corpus with random unit vectors, materialised in the object store (no model)."""
     from vectune.data import DomainData
@@ -352,6 +432,9 @@ def bench_corpus(label: str, make, args, work: Path) -> dict:
         out["ratio_total_vs_embed_only"] = round(f["seconds"] / e, 3)
         # CPU seconds of driver + Ray: what upserting and verifying add, whatever the contention
         out["ratio_cpu_vs_embed_only"] = round(f["cpu_seconds"] / max(out["embed_only"]["cpu_seconds"], 1e-9), 3)
+    if "sync" in args.phases:
+        out["sync_vs_full"] = sync_vs_full(folder, args)
+        print(f"[{label}] sync vs full {json.dumps(out['sync_vs_full'])}", file=sys.stderr, flush=True)
     if "upsert" in args.phases:
         out["upsert_only"] = upsert_only(spec_b, folder, args.baseline_batches, args.upsert_batch, args.repeat)
         print(f"[{label}] upsert-only {out['upsert_only']}", file=sys.stderr, flush=True)
@@ -428,7 +511,10 @@ def main() -> None:
                     help="model.max_seq_length for the synthetic corpus: shorter sequences encode faster, so "
                          "the upserts weigh more in (b) and a 50,000-document pass fits in minutes")
     ap.add_argument("--phases", default="embed,full,upsert",
-                    help="Comma-separated subset of embed (a), full (b), upsert (c).")
+                    help="Comma-separated subset of embed (a), full (b), upsert (c), sync (e).")
+    ap.add_argument("--change", type=float, default=0.01,
+                    help="(e): share of the corpus changed between the runs (half modified, a quarter added, "
+                         "a quarter removed).")
     ap.add_argument("--concurrency", type=int, default=2, help="Encoder actors.")
     ap.add_argument("--embed-batch", type=int, default=1024, help="Documents per Ray batch handed to encode.")
     ap.add_argument("--upsert-batch", type=int, default=256, help="Points per upsert request.")
@@ -468,7 +554,7 @@ def main() -> None:
     if not args.skip_scifact:
         results["corpora"]["scifact"] = _spawn("scifact", args.docs or 0, args.phases, argv)
     results["corpora"]["synthetic"] = _spawn("synthetic", synthetic_n, args.phases, argv)
-    if "full" in args.phases:
+    if "full" in args.phases and "sync" not in args.phases:
         results["corpora"][f"synthetic_{small_n}"] = _spawn("synthetic", small_n, "full", argv)
         big = results["corpora"]["synthetic"]["full_reindex"]
         small = results["corpora"][f"synthetic_{small_n}"]["full_reindex"]

@@ -5,6 +5,7 @@ ambiguous once several test folders have one."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -62,3 +63,16 @@ runtime:
   runs: {runs}
   num_cpus: 2
 """
+
+
+def other_model(tmp: Path) -> str:
+    """The packaged model plus one file: loads the same, fingerprints differently."""
+    from vectune.embed import resolve_model
+
+    src = Path(resolve_model("all-MiniLM-L6-v2"))
+    dst = tmp / "other-model"
+    if not dst.exists():
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("model.safetensors"))
+        (dst / "model.safetensors").symlink_to(src / "model.safetensors")
+        (dst / "variant.txt").write_text("not the model that built the collection\n")
+    return str(dst)

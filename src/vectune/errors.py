@@ -99,3 +99,14 @@ class StageError(VectuneError):
     """A stage cannot run (a missing upstream artifact, a bad state)."""
 
     exit_code = EXIT_FAILURE
+
+
+def root_cause(exc: BaseException) -> str:
+    """The innermost error of a Ray-wrapped exception chain, in one line."""
+    while True:
+        inner = getattr(exc, "cause", None) or exc.__cause__
+        if inner is None or inner is exc:
+            break
+        exc = inner
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    return f"{type(exc).__name__}: {lines[-1] if lines else ''}"[:500]

@@ -225,7 +225,7 @@ def stage(pipeline: str, spec_yaml: str, working_dir: str | Path | None = None) 
 
 
 def entrypoint(pipeline: str, *, image_workdir: str | None = None, run_id: str | None = None,
-               model: str | None = None) -> str:
+               model: str | None = None, full: bool = False) -> str:
     """The shell command the job runs."""
     args = [f"pipelines/{pipeline}.py"]
     if image_workdir is None:
@@ -234,6 +234,8 @@ def entrypoint(pipeline: str, *, image_workdir: str | None = None, run_id: str |
         args += ["--run-id", run_id]
     if model:
         args += ["--model", model]
+    if full:
+        args += ["--full"]
     command = "python " + " ".join(shlex.quote(a) for a in args)
     return f"cd {shlex.quote(image_workdir)} && {command}" if image_workdir else command
 
@@ -290,7 +292,7 @@ def runtime_env(*, working_dir: Path | None, spec_yaml: str, image: str | None =
 # -- submitting and following ------------------------------------------------------------------
 def submit(spec: Spec, *, address: str | None = None, pipeline: str = "finetune", wait: bool = True,
            image: str | None = None, image_workdir: str = "/app", run_id: str | None = None,
-           model: str | None = None, pip: list[str] | None = None, ship_package: bool = True,
+           model: str | None = None, full: bool = False, pip: list[str] | None = None, ship_package: bool = True,
            logs: TextIO | None = None, submission_id: str | None = None, runtime_env_json: dict | None = None,
            working_dir: str | Path | None = None, metadata: dict | None = None,
            entrypoint_num_cpus: float | None = None, entrypoint_num_gpus: float | None = None,
@@ -306,6 +308,8 @@ def submit(spec: Spec, *, address: str | None = None, pipeline: str = "finetune"
         raise SubmitError(f"unknown pipeline {pipeline!r}; one of {', '.join(PIPELINES)}")
     if model and pipeline == "finetune":
         raise SubmitError("--model applies to the reindex and evaluate pipelines (finetune trains its own)")
+    if full and pipeline != "reindex":
+        raise SubmitError("--full applies to the reindex pipeline (finetune always builds in full after its gate)")
     if model and not image and Path(model).expanduser().is_dir():
         model = str(Path(model).expanduser().resolve())
     spec_yaml = yaml.safe_dump(cluster_spec(spec), sort_keys=False)
@@ -321,7 +325,8 @@ def submit(spec: Spec, *, address: str | None = None, pipeline: str = "finetune"
     try:
         env = runtime_env(working_dir=folder, spec_yaml=spec_yaml, image=image, pip=pip, ship_package=ship_package,
                           extra=runtime_env_json)
-        command = entrypoint(pipeline, image_workdir=image_workdir if image else None, run_id=run_id, model=model)
+        command = entrypoint(pipeline, image_workdir=image_workdir if image else None, run_id=run_id, model=model,
+                             full=full)
         meta = {**(metadata or {}), "vectune_spec": spec.name, "vectune_pipeline": pipeline,
                 "vectune_spec_hash": spec.digest()}
         if run_id:

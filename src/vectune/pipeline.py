@@ -385,7 +385,8 @@ def _run_stages(spec: Spec, run: Run, data: DomainData, stages: list[str], force
                 raise GateFailed(f"run {run.id} has no passed gate: refusing to re-index with its model")
             from vectune.index import reindex as reindex_stage
 
-            result["reindex"] = reindex_stage(spec, run, run.manifest["models"]["tuned"]["path"])
+            # a newly promoted model: always a new collection, never a sync of the old one
+            result["reindex"] = reindex_stage(spec, run, run.manifest["models"]["tuned"]["path"], full=True)
     run.write_json("result.json", result)
     _write_report(run)
     return result
@@ -401,8 +402,11 @@ def _write_report(run: Run) -> None:
         log.warning("could not write the run report: %s: %s", type(exc).__name__, exc)
 
 
-def reindex(spec: Spec, *, model: str | None = None, run_id: str | None = None, wait: float = 0.0) -> dict:
-    """`vectune reindex`: re-embed the corpus into a new collection, verify it, swap the alias.
+def reindex(spec: Spec, *, model: str | None = None, run_id: str | None = None, full: bool = False,
+            wait: float = 0.0) -> dict:
+    """`vectune reindex`: sync the live collection in place with the corpus when its stamp
+    matches the model and settings, else (or with `full`) re-embed the corpus into a new
+    collection, verify it, swap the alias.
 
     The model is `model`, else the one a resumed run was using, else the newest tuned model
     of this spec whose run passed the gate, else the base model.
@@ -422,7 +426,7 @@ def reindex(spec: Spec, *, model: str | None = None, run_id: str | None = None, 
 
     with alias_lease(spec, run.id, wait=wait) as lease:
         log.info("re-indexing %s with %s", spec.name, source)
-        result = reindex_stage(spec, run, path)
+        result = reindex_stage(spec, run, path, full=full)
     return {**result, "model_source": source, "run_dir": str(run.dir), "lease": lease}
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from testdata import other_model
 
 N_DOCS = 200
 KEY = "sk-vectune-SECRET-7f3a9c51d2"
@@ -62,6 +62,24 @@ def _open(sliced):
             time.sleep(1)
 
 
+def kill_after_upserts(sliced, shm, run_id: str, batches: int, *args: str) -> None:
+    """Start `vectune reindex [args]` for `run_id`, wait until it hangs after `batches` upsert
+    requests, then SIGKILL it: the driver, its Ray and the engine's owner, mid-write."""
+    marker = shm / f"halfway-{run_id}"
+    log_path = shm / f"killed-{run_id}.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([VECTUNE, "reindex", str(sliced.spec_path), "--run-id", run_id, *args], stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                env=_env(VECTUNE_FAULTS=str(_hang_after(shm / "faults.json", batches, marker))))
+        deadline = time.monotonic() + 400
+        while not marker.exists():
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"the re-index never reached upsert request {batches}"
+            time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+
+
 def _collections(sliced) -> dict:
     out = vectune("collections", sliced.spec_path, "--json")
     assert out.returncode == 0, out.stderr
@@ -81,19 +99,7 @@ def test_killed_reindex_reruns_to_exact_count_and_alias_never_moved_early(sliced
     from vectune.index import collections as cols
 
     assert built["points"] == N_DOCS and built["name"] == "slice__k1"
-    marker = shm / "halfway"
-    log = open(shm / "killed.log", "w")
-    proc = subprocess.Popen([VECTUNE, "reindex", str(sliced.spec_path), "--run-id", "k2"], stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True,
-                            env=_env(VECTUNE_FAULTS=str(_hang_after(shm / "faults.json", 4, marker))))
-    deadline = time.monotonic() + 400
-    while not marker.exists():
-        assert proc.poll() is None, (shm / "killed.log").read_text()[-3000:]
-        assert time.monotonic() < deadline, "the re-index never reached its 4th batch"
-        time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver, its Ray and the engine's owner, mid-load
-    proc.wait(timeout=60)
-    log.close()
+    kill_after_upserts(sliced, shm, "k2", 4, "--full")  # a new collection, not a sync of k1
 
     client = _open(sliced)
     try:
@@ -106,6 +112,7 @@ def test_killed_reindex_reruns_to_exact_count_and_alias_never_moved_early(sliced
     rerun = vectune("reindex", sliced.spec_path, "--run-id", "k2", "--json")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     result = json.loads(rerun.stdout)
+    assert result["mode"] == "full" and result["reason"] == "resuming the full build of slice__k2"
     assert result["resumed"] is True and result["points"] == N_DOCS and result["previous"] == "slice__k1"
     client = _open(sliced)
     try:
@@ -125,19 +132,6 @@ def test_killed_reindex_reruns_to_exact_count_and_alias_never_moved_early(sliced
                                                                       "slice__k1": "ready"}
     table = vectune("collections", sliced.spec_path, env=_env(COLUMNS="200"))
     assert table.returncode == 0 and "slice__k1" in table.stdout and "rolled_back" in table.stdout
-
-
-def _other_model(tmp: Path) -> str:
-    """The packaged model plus one file: loads the same, fingerprints differently."""
-    from vectune.embed import resolve_model
-
-    src = Path(resolve_model("all-MiniLM-L6-v2"))
-    dst = tmp / "other-model"
-    if not dst.exists():
-        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("model.safetensors"))
-        (dst / "model.safetensors").symlink_to(src / "model.safetensors")
-        (dst / "variant.txt").write_text("not the model that built the collection\n")
-    return str(dst)
 
 
 @pytest.mark.ray
@@ -160,7 +154,7 @@ def test_search_uses_the_stamped_model_and_refuses_another(sliced, built, shm):
     table = cli("search", sliced.spec_path, sliced.queries[qid], "-k", 3)
     assert table.exit_code == 0 and "doc id" in table.stdout
 
-    other = _other_model(shm)
+    other = other_model(shm)
     refused = cli("search", sliced.spec_path, "anything", "--model", other)
     assert refused.exit_code == 2
     assert "is not the model that built the live collection" in refused.stderr

@@ -105,7 +105,7 @@ def test_failure_midway_keeps_the_alias_and_a_rerun_completes_without_duplicates
 
     _faults.switch(**{"index.upsert": {"after": 3}})
     with pytest.raises(IndexingError, match="injected failure after 3 upsert batches"):
-        reindex(spec, run_id="a2")
+        reindex(spec, run_id="a2", full=True)
     client = _client(spec)
     try:
         assert cols.live_collection(client, "slice") == "slice__a1"  # never the unfinished one
@@ -119,7 +119,7 @@ def test_failure_midway_keeps_the_alias_and_a_rerun_completes_without_duplicates
     assert run.manifest["collection"]["state"] == "failed"
 
     _faults.clear()
-    again = reindex(spec, run_id="a2")
+    again = reindex(spec, run_id="a2")  # resumes the full build of a2 without --full
     assert again["resumed"] is True and again["points"] == N_DOCS and again["previous"] == "slice__a1"
     assert again["model_source"].startswith("resuming run a2")
     client = _client(spec)
@@ -135,13 +135,13 @@ def test_retention_then_rollback_restores_the_previous_collection(spec, first):
     from vectune.index import list_collections, search
     from vectune.pipeline import reindex, rollback
 
-    reindex(spec, run_id="a2")  # no-op when the test above ran; builds it otherwise
-    third = reindex(spec, run_id="a3")
+    reindex(spec, run_id="a2", full=True)  # no-op when the test above ran; builds it otherwise
+    third = reindex(spec, run_id="a3", full=True)
     assert third["previous"] == "slice__a2"
     listed = list_collections(spec)
     assert listed["live"] == "slice__a3"
     assert [c["name"] for c in listed["collections"]] == ["slice__a3", "slice__a2"]  # keep=1: a1 deleted
-    assert "slice__a1" in third["deleted"]
+    assert "slice__a1" in third["deleted_collections"]
 
     back = rollback(spec)
     assert (back["previous"], back["live"]) == ("slice__a3", "slice__a2")

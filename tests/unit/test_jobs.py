@@ -14,7 +14,7 @@ import yaml
 from vectune import jobs
 from vectune.errors import SpecError
 from vectune.runs import Run
-from vectune.spec import load_spec, validate_dict
+from vectune.spec import Spec, load_spec, validate_dict
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -102,6 +102,15 @@ def test_image_mode_sends_the_spec_in_the_environment():
         "cd /app && python pipelines/reindex.py --model /m"
     with pytest.raises(jobs.SubmitError, match="--pip cannot be combined with --image"):
         jobs.runtime_env(working_dir=None, spec_yaml="", image="img", pip=["x"])
+
+
+def test_full_reindex_reaches_the_job_and_only_the_reindex_pipeline_takes_it(tmp_path):
+    assert jobs.entrypoint("reindex", full=True) == "python pipelines/reindex.py --spec vectune-spec.yaml --full"
+    assert "--full" not in jobs.entrypoint("reindex")  # the scheduled default: sync in place when it can
+    spec = Spec.model_validate({"version": 1, "name": "docs", "data": {"corpus": {"path": "c.jsonl"}},
+                                "runtime": {"runs": str(tmp_path)}})
+    with pytest.raises(jobs.SubmitError, match="--full applies to the reindex pipeline"):
+        jobs.submit(spec, address="http://127.0.0.1:1", pipeline="finetune", full=True)
 
 
 def test_no_pipelines_folder_is_a_clear_error():

@@ -9,10 +9,13 @@ from vectune.commands._options import JsonOpt, RunOpt, SetOpt, SpecArg, VerboseO
 
 
 def _show_reindex(spec, result: dict) -> None:
+    changes = {k: result[k] for k in ("added", "updated", "deleted", "unchanged")}
     console.out.print(console.kv_table(f"{spec.name}: alias {result['alias']} -> {result['name']}", {
-        "points": result["points"], "model": result["model"]["path"], "from": result["model_source"],
+        "mode": result["mode"] + (f" ({result['reason']})" if result.get("reason") else ""),
+        "points": result["points"], **changes, "model": result["model"]["path"], "from": result["model_source"],
         "fingerprint": result["model"]["fingerprint"], "previous": result.get("previous") or "-",
-        "deleted": ", ".join(result.get("deleted") or []) or "-", "seconds": result.get("seconds", "-"),
+        "deleted versions": ", ".join(result.get("deleted_collections") or []) or "-",
+        "seconds": result.get("seconds", "-"),
     }))
     console.out.print(f"run {result['run_dir']}")
 
@@ -58,17 +61,22 @@ def register(app: typer.Typer) -> None:
         model: Annotated[Optional[str], typer.Option(
             "--model", "-m", help="Model folder or name to index with (default: the newest tuned model that passed the gate, "
                  "else the spec's base model).")] = None,
+        full: Annotated[bool, typer.Option(
+            "--full", help="Build a new collection and swap the alias (a point-in-time switch) even when the live "
+                           "one could be synced in place.")] = False,
         run_id: RunOpt = None,
         wait: WaitOpt = 0.0,
         sets: SetOpt = None,
         json_: JsonOpt = False,
         verbose: VerboseOpt = False,
     ) -> None:
-        """Embed the corpus into a new Qdrant collection, verify it, then swap the alias to it."""
+        """Sync the live collection with the corpus in place (only what changed), or, when the model or the
+        vector settings changed (or with --full), embed the corpus into a new collection, verify it, then
+        swap the alias to it."""
         from vectune import pipeline
 
         run(pipeline.reindex, spec, json_=json_, verbose=verbose, show=_show_reindex, sets=sets, model=model,
-            run_id=run_id, wait=wait)
+            run_id=run_id, wait=wait, full=full)
 
     @app.command()
     def search(

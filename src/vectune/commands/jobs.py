@@ -95,6 +95,8 @@ def register(app: typer.Typer) -> None:
         run_id: RunOpt = None,
         model: Annotated[Optional[str], typer.Option("--model", "-m", help="reindex/evaluate: this model instead "
                                                      "of the default one (a path every node sees).")] = None,
+        full: Annotated[bool, typer.Option("--full", help="reindex: build a new collection even when the live "
+                                           "one could be synced in place.")] = False,
         pip: Annotated[Optional[list[str]], typer.Option("--pip", help="Extra pip package for the job's "
                                                          "environment (repeatable).")] = None,
         ship_code: Annotated[bool, typer.Option("--ship-code/--no-ship-code", help="Upload this vectune "
@@ -112,7 +114,7 @@ def register(app: typer.Typer) -> None:
         env_extra, metadata = _json_object(runtime_env_json), _json_object(metadata_json)
         s = load(Path(spec), sets)
         result = call(jobs.submit, s, address=address, pipeline=pipeline.value, wait=wait, image=image,
-                      image_workdir=image_workdir, run_id=run_id, model=model, pip=pip, ship_package=ship_code,
+                      image_workdir=image_workdir, run_id=run_id, model=model, full=full, pip=pip, ship_package=ship_code,
                       logs=sys.stderr if json_ else sys.stdout, verbose=verbose, submission_id=submission_id,
                       runtime_env_json=env_extra, metadata=metadata, working_dir=working_dir,
                       entrypoint_num_cpus=entrypoint_num_cpus, entrypoint_num_gpus=entrypoint_num_gpus,

@@ -117,6 +117,14 @@ class Encoder:
         if preload:
             self.model  # noqa: B018 - load now
 
+    def without_cache(self) -> "Encoder":
+        """The same model, loaded once, with no cache: fresh vectors (to verify stored ones)."""
+        import dataclasses
+
+        twin = Encoder(dataclasses.replace(self.config, cache_root=None))
+        twin._model = self._model
+        return twin
+
     @property
     def model(self):
         if self._model is None:  # lazy: an all-cached run never loads the model

@@ -60,6 +60,39 @@ def update_stamp(client, name: str, **changes) -> dict:
     return stamp
 
 
+#: stamp fields that decide the vectors and payloads: a live collection whose stamp matches
+#: what a build would write now can be synced in place (`vectune.index.sync`)
+SYNC_FIELDS = ("format", "model_fingerprint", "precision", "document_prefix", "max_seq_length", "normalize",
+               "distance", "payload")
+#: stamp format 2: every point carries a `text_hash` payload (format 1 did not)
+FORMAT = 2
+
+
+def full_build_reason(stamp: dict | None, wanted: dict, *, size: int | None = None,
+                      distance: str | None = None) -> str | None:
+    """Why the live collection cannot be synced in place, or None when it can.
+
+    `wanted` holds the `SYNC_FIELDS` a build would stamp now; `size` and `distance` are the
+    live collection's own vector settings (checked against its stamp).
+    """
+    if stamp is None:
+        return "no collection is live (or it carries no vectune stamp)"
+    if stamp.get("state") not in ("ready", None):
+        return f"the live collection is {stamp.get('state')!r}, not a verified one"
+    for key in SYNC_FIELDS:
+        if stamp.get(key) != wanted.get(key):
+            if key == "format":
+                return (f"the live collection has stamp format {stamp.get(key)}: its points carry no text hashes "
+                        "to diff against")
+            what = "model" if key == "model_fingerprint" else key
+            return f"{what} changed: live {stamp.get(key)!r}, now {wanted.get(key)!r}"
+    if size is not None and size != stamp.get("dimension"):
+        return f"vector size: the live collection holds {size}-d vectors, its stamp says {stamp.get('dimension')}"
+    if distance is not None and distance.lower() != str(stamp.get("distance")).lower():
+        return f"distance: the live collection uses {distance}, its stamp says {stamp.get('distance')}"
+    return None
+
+
 # -- aliases --------------------------------------------------------------------------
 def live_collection(client, alias: str) -> str | None:
     """The collection `alias` points at, or None."""

@@ -1,9 +1,13 @@
-"""Point ids: uuid5 of document ids, so a re-run overwrites instead of duplicating."""
+"""What a point carries: its id (uuid5 of the document id, so a re-run overwrites instead of
+duplicating) and its payload, with the document's content hash that an incremental sync
+diffs against."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Iterable
+
+import numpy as np
 
 #: fixed namespace: the same document id maps to the same point id in every collection
 POINT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://vectune.dev/points")
@@ -24,3 +28,41 @@ def id_checksum(point_ids: Iterable[str]) -> tuple[int, int]:
         count += 1
         total = (total + uuid.UUID(str(pid)).int) & _MASK
     return count, total
+
+
+def payload_fields(spec) -> list[str]:
+    """Payload fields every point carries: the spec's `index.payload`, `doc_id` and `text_hash`."""
+    return sorted(set(spec.index.payload) | {"doc_id", "text_hash"})
+
+
+def content_hashes(titles, texts) -> np.ndarray:
+    """64-bit content hashes of documents (blake2b over title and text), what `text_hash` holds.
+
+    The title is hashed apart from the text, so a change that moves words between the two
+    (same embedded text, another `title` payload) still counts as a change.
+    """
+    from vectune.embed.cache import text_hashes
+
+    return text_hashes([f"{t}\x1f{x}" for t, x in zip(titles, texts)])
+
+
+def hash_hex(hashes: np.ndarray) -> np.ndarray:
+    """`text_hash` payload values: 16 hex digits (Qdrant integers are signed 64-bit)."""
+    return np.asarray([f"{int(h):016x}" for h in hashes], dtype=object)
+
+
+def add_content_hash(batch: dict) -> dict:
+    """Ray Data UDF: a `text_hash` column from `title` and `text` (see `content_hashes`)."""
+    batch["text_hash"] = hash_hex(content_hashes(batch["title"], batch["text"]))
+    return batch
+
+
+def doc_keys(doc_ids) -> np.ndarray:
+    """64-bit keys of document ids (the high half of their point ids), for sorted lookups."""
+    return np.fromiter((uuid.uuid5(POINT_NAMESPACE, str(d)).int >> 64 for d in doc_ids), dtype=np.uint64,
+                       count=len(doc_ids))
+
+
+def point_keys(point_ids) -> np.ndarray:
+    """The same keys from point ids (uuid strings) as Qdrant returns them."""
+    return np.fromiter((uuid.UUID(str(p)).int >> 64 for p in point_ids), dtype=np.uint64, count=len(point_ids))

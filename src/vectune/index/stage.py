@@ -1,5 +1,9 @@
-"""The re-index stage: embed the corpus with the promoted model, load a new collection,
-verify it, then move the alias to it in one atomic call.
+"""The re-index stage: bring the collection the alias serves in step with the corpus and
+the promoted model.
+
+Same vector settings as the live collection's stamp: sync it in place (`sync.py`: only
+the added, changed and removed documents are written). Otherwise, or with `--full`, build
+a new collection, verify it, then move the alias to it in one atomic call:
 
     corpus (Ray Data, in blocks) -> encoder actors -> write tasks -> Qdrant `<base>__<run_id>`
     -> restore HNSW, wait green -> verify -> swap alias -> drop old versions
@@ -22,10 +26,12 @@ from vectune.embed import compact_cache, embed_dataset, encoder_config, model_fi
 from vectune.embed.dataset import expects_encoding
 from vectune.embed.encoder import Encoder
 from vectune.runtime import ray_session
-from vectune.errors import IndexingError, Problem, SpecError
+from vectune.errors import IndexingError, Problem, SpecError, root_cause
 from vectune.progress import track
 from vectune.index import collections as cols
+from vectune.index import sync
 from vectune.index.client import MEMORY, Target, open_target, target
+from vectune.index.points import add_content_hash, payload_fields
 from vectune.runs import Run
 from vectune.spec import Spec
 
@@ -50,15 +56,21 @@ def promoted_model(spec: Spec) -> tuple[str, str]:
 
 
 # -- the stage --------------------------------------------------------------------------
-def reindex(spec: Spec, run: Run, model_path: str) -> dict:
-    """Build, verify and promote a new collection for `run` with `model_path`.
+def reindex(spec: Spec, run: Run, model_path: str, *, full: bool = False) -> dict:
+    """Bring the collection the alias serves in step with the corpus and `model_path`.
+
+    When the live collection's stamp matches what a build would write now, sync it in place
+    (`vectune.index.sync`: only added, changed and removed documents are written); else, or
+    with `full`, build, verify and promote a new collection `<base>__<run id>`.
 
     Records the collection in the run manifest (`collection`) and the stage as `reindex`.
-    Starts Ray when it is not running (or uses the running one).
+    Starts Ray when it is not running (or uses the running one); a corpus file unchanged
+    since the last build or sync needs none.
 
     Returns:
-        The manifest's `collection` entry: name, alias, points, model, previous live
-        collection, deleted versions, verification.
+        The manifest's `collection` entry: `mode` (incremental | full), `reason` (why a full
+        build), counts (added, updated, deleted, unchanged), name, alias, points, model,
+        previous live collection, deleted versions, verification, seconds.
 
     Raises:
         IndexingError: Qdrant unreachable, or verification refused the collection; the
@@ -80,25 +92,82 @@ def reindex(spec: Spec, run: Run, model_path: str) -> dict:
     if run.is_done("reindex", inputs) and run.manifest.get("collection", {}).get("name") == name:
         log.info("run %s already re-indexed %s; nothing to do", run.id, name)
         return run.manifest["collection"]
+    before = run.manifest.get("collection") or {}
+    # a full build of this run id that stopped (manifests older than `mode` held only full builds)
+    if (not full and before.get("name") == name and before.get("mode", "full") == "full"
+            and run.stage_info("reindex").get("status") in ("running", "failed")):
+        log.info("run %s was building %s when it stopped: resuming that full build", run.id, name)
+        full = True
     model = {"path": model_path, "fingerprint": fingerprint}
-    run.record("collection", {"name": name, "alias": cols.alias_name(spec), "state": "building", "model": model,
-                              "qdrant": where.describe()})
+    entry = {"name": name, "alias": cols.alias_name(spec), "mode": None, "state": "building", "model": model,
+             "qdrant": where.describe()}  # mode: not chosen yet (Qdrant not reached)
+    run.record("collection", entry)
+    probe = None
     try:
         with run.stage("reindex", inputs) as outputs:
-            open_target(where).close()  # fail fast (server down, embedded folder held) before Ray starts
-            with ray_session(spec.runtime):
-                client = _client(where)
-                try:
-                    record = _build(client, where, spec, run, data, name, model)
-                finally:
-                    client.close()
-            outputs.update({k: record[k] for k in ("name", "points", "seconds", "previous")})
+            probe = open_target(where)  # fail fast (server down, embedded folder held) before Ray starts
+            live, reason = ((None, "--full asked for a new collection" if before.get("name") != name else
+                             f"resuming the full build of {name}") if full else _sync_plan(probe, spec, fingerprint))
+            quick = live is not None and sync.unchanged_since_stamp(cols.read_stamp(probe, live), data.corpus.sha256)
+            entry = {**entry, "name": live or name, "mode": "full" if live is None else "incremental",
+                     "reason": reason, "state": "building" if live is None else "syncing"}
+            run.record("collection", entry)
+            if quick:
+                record = _synced(entry, sync.check_unchanged(probe, live, spec, data, run.id))
+            elif live is not None:
+                # the driver writes a sync itself, through this client: no owner actor, no second open
+                with ray_session(spec.runtime):
+                    record = _synced(entry, sync.sync(probe, where, spec, data, run.id, live, model))
+            else:
+                probe.close()  # the embedded engine's owner actor opens the folder next
+                probe = None
+                with ray_session(spec.runtime):
+                    client = _client(where)
+                    try:
+                        record = {**entry, **_build(client, where, spec, run, data, name, model)}
+                    finally:
+                        client.close()
+            outputs.update({k: record[k] for k in ("name", "mode", "points", "seconds", "previous", "added",
+                                                   "updated", "deleted", "unchanged")})
     except BaseException as exc:
         run.record("collection", {**run.manifest["collection"], "state": "failed",
                                   "error": f"{type(exc).__name__}: {exc}"[:1000]})
         raise
+    finally:
+        if probe is not None:
+            probe.close()
     run.record("collection", record)
     return record
+
+
+def vector_settings(spec: Spec, fingerprint: str) -> dict:
+    """What decides a collection's vectors and payloads (`collections.SYNC_FIELDS`)."""
+    return {"format": cols.FORMAT, "model_fingerprint": fingerprint, "precision": spec.model.precision,
+            "document_prefix": spec.model.document_prefix, "max_seq_length": spec.model.max_seq_length,
+            "normalize": spec.model.normalize, "distance": spec.index.distance, "payload": payload_fields(spec)}
+
+
+def _sync_plan(client, spec: Spec, fingerprint: str) -> tuple[str | None, str | None]:
+    """(live collection to sync in place, None) or (None, why a full build)."""
+    live = cols.live_collection(client, cols.alias_name(spec))
+    if live is None:
+        return None, f"alias {cols.alias_name(spec)!r} serves no collection yet"
+    vectors = client.get_collection(live).config.params.vectors
+    size, distance = (vectors.size, vectors.distance.value) if hasattr(vectors, "size") else (None, None)
+    reason = cols.full_build_reason(cols.read_stamp(client, live), vector_settings(spec, fingerprint),
+                                    size=size, distance=distance)
+    if reason is not None:
+        log.info("full build: %s", reason)
+        return None, reason
+    return live, None
+
+
+def _synced(entry: dict, record: dict) -> dict:
+    """A sync's record as the manifest's `collection` entry."""
+    counts = {k: record[k] for k in ("added", "updated", "deleted", "unchanged")}
+    return {**entry, "state": "live", **counts, "points": record["verified"]["points"], "written": record["written"],
+            "previous": entry["name"], "deleted_collections": [], "verified": record["verified"],
+            "seconds": record["seconds"], "timings": record["timings"], "sync": record}
 
 
 def _client(where: Target):
@@ -123,10 +192,8 @@ def _build(client, where: Target, spec: Spec, run: Run, data: DomainData, name: 
     fresh = Encoder(encoder_config(spec, model["path"], role="document", cache=False, fingerprint=model["fingerprint"]))
     dimension = fresh.dimension
     stamp = {
-        "format": 1, "spec": spec.name, "base": cols.base_name(spec), "run_id": run.id, "spec_hash": spec.digest(),
-        "model_path": model["path"], "model_fingerprint": model["fingerprint"], "dimension": dimension,
-        "distance": idx.distance, "document_prefix": spec.model.document_prefix,
-        "max_seq_length": spec.model.max_seq_length, "normalize": spec.model.normalize,
+        **vector_settings(spec, model["fingerprint"]), "spec": spec.name, "base": cols.base_name(spec),
+        "run_id": run.id, "spec_hash": spec.digest(), "model_path": model["path"], "dimension": dimension,
         "corpus_sha256": data.corpus.sha256, "corpus_count": data.corpus.count, "created": cols.now(),
         "state": "building",
     }
@@ -156,9 +223,12 @@ def _build(client, where: Target, spec: Spec, run: Run, data: DomainData, name: 
     deleted = cols.retain(client, spec, name)
     seconds = round(time.perf_counter() - start, 2)
     log.info("alias %s -> %s (%d points, %.1f s); previous %s", alias, name, checks["points"], seconds, previous)
+    # a new collection: every point counts as added to it
     return {"name": name, "alias": alias, "state": "live", "points": checks["points"], "written": written,
-            "dimension": dimension, "model": model, "previous": previous, "deleted": deleted, "resumed": resumed,
-            "verified": checks, "qdrant": where.describe(), "seconds": seconds, "timings": timings}
+            "added": checks["points"], "updated": 0, "deleted": 0, "unchanged": 0,
+            "dimension": dimension, "model": model, "previous": previous, "deleted_collections": deleted,
+            "resumed": resumed, "verified": checks, "qdrant": where.describe(), "seconds": seconds,
+            "timings": timings}
 
 
 def _prepare(client, spec: Spec, name: str, stamp: dict, *, live: str | None, where_embedded: bool) -> bool:
@@ -204,17 +274,13 @@ def _prepare(client, spec: Spec, name: str, stamp: dict, *, live: str | None, wh
     return False
 
 
-def payload_fields(spec: Spec) -> list[str]:
-    return sorted(set(spec.index.payload) | {"doc_id"})
-
-
 def corpus_vectors(spec: Spec, data: DomainData, cfg, progress=None) -> tuple:
     """(lazy Dataset of the payload fields plus `embedding`, its number of read blocks)."""
     idx = spec.index
     plan = plan_actors(idx.concurrency, idx.num_gpus)
     # enough blocks that every encoder actor gets work, each a Ray batch `encode` can sort
     blocks = max(plan.actors * 2, math.ceil(data.corpus.count / idx.embed_batch_size))
-    ds = data.corpus_dataset(blocks=blocks)
+    ds = data.corpus_dataset(blocks=blocks).map_batches(add_content_hash, batch_format="numpy", num_cpus=0.1)
     embedded = embed_dataset(ds, cfg, plan, batch_size=idx.embed_batch_size, keep=tuple(payload_fields(spec)),
                              progress=progress, preload=expects_encoding(cfg, data.corpus.count))
     return embedded, blocks
@@ -222,32 +288,16 @@ def corpus_vectors(spec: Spec, data: DomainData, cfg, progress=None) -> tuple:
 
 def _load(client, where: Target, spec: Spec, data: DomainData, name: str, cfg) -> int:
     """Stream the corpus through the encoder actors into Qdrant; returns points written."""
-    from vectune.index.writer import WRITE_TASK_CPUS, QdrantDatasink
+    from vectune.index.writer import write_dataset
 
     idx = spec.index
-    payload = payload_fields(spec)
-    owner = getattr(client, "actor", None)
-    sink = QdrantDatasink(name, where=where, owner=owner, batch_size=idx.batch_size, payload=payload)
     try:
         with track("re-embed corpus", data.corpus.count) as counter:
             embedded, blocks = corpus_vectors(spec, data, cfg, progress=counter)
-            # the embedded engine applies one request at a time: two tasks keep it fed, more only queue
-            concurrency = min(blocks, 2 if owner is not None else idx.parallel)
-            embedded.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_TASK_CPUS}, concurrency=concurrency)
+            return write_dataset(embedded, client, where, name, batch_size=idx.batch_size,
+                                 payload=payload_fields(spec), parallel=idx.parallel, blocks=blocks)
     except Exception as exc:  # noqa: BLE001 - a Ray-wrapped worker error: keep its last line
-        raise IndexingError(f"loading {name} failed: {_root_cause(exc)}") from exc
-    return int(getattr(sink, "written", 0) or 0)
-
-
-def _root_cause(exc: BaseException) -> str:
-    """The innermost error of a Ray-wrapped exception chain, in one line."""
-    while True:
-        inner = getattr(exc, "cause", None) or exc.__cause__
-        if inner is None or inner is exc:
-            break
-        exc = inner
-    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-    return f"{type(exc).__name__}: {lines[-1] if lines else ''}"[:500]
+        raise IndexingError(f"loading {name} failed: {root_cause(exc)}") from exc
 
 
 def _restore_index(client, spec: Spec, name: str, *, poll: float = 0.5) -> None:

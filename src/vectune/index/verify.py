@@ -54,28 +54,28 @@ def sample_texts(data: DomainData, doc_ids: list[str]) -> dict[str, str]:
 
 
 def verify(client, name: str, spec: Spec, data: DomainData, model_path: str, *, seed: str,
-           encoder: Encoder | None = None) -> dict:
+           encoder: Encoder | None = None, sample: dict[str, str] | None = None) -> dict:
     """Raise IndexingError unless collection `name` holds exactly the corpus, embedded by
     `model_path`. Returns what was checked.
 
-    `encoder` (optional) is an uncached document encoder of `model_path` already loaded.
+    `encoder` (optional) is an uncached document encoder of `model_path` (loaded or not).
+    `sample` ({doc_id: text}) names the documents whose vectors are checked (a sync passes
+    some of the changed ones, possibly none); by default `index.verify_sample` documents
+    drawn from the corpus, their texts found by Ray workers.
     """
     expected = data.corpus.count
-    got = client.count(name, exact=True).count
-    if got != expected:
-        raise IndexingError(f"{name} holds {got} points but the corpus has {expected} documents")
-    want = id_checksum(point_id(d) for d in data.corpus.ids)
-    have = id_checksum(scroll_ids(client, name))
-    if want != have:
-        raise IndexingError(f"{name} holds {have[0]} points whose ids do not match the corpus document ids")
-
-    ids = random.Random(seed).sample(sorted(data.corpus.ids), min(spec.index.verify_sample, expected))
+    got = verify_ids(client, name, data)
+    ids = (random.Random(seed).sample(sorted(data.corpus.ids), min(spec.index.verify_sample, expected))
+           if sample is None else list(sample))
+    if not ids:
+        log.info("verified %s: %d points, ids match, no vector to sample", name, got)
+        return {"points": got, "ids_checksum": True, "sampled": 0, "min_cosine": None}
     points = client.retrieve(name, [point_id(d) for d in ids], with_payload=["doc_id"], with_vectors=True)
     by_doc = {p.payload.get("doc_id"): p for p in points}
     missing = [d for d in ids if d not in by_doc]
     if missing:
         raise IndexingError(f"{name} misses sampled documents {missing[:5]}")
-    texts = sample_texts(data, ids)
+    texts = sample_texts(data, ids) if sample is None else sample
     cfg = encoder_config(spec, model_path, role="document", cache=False)
     fresh = encode_texts([texts[d] for d in ids], cfg, encoder=encoder if encoder is not None else Encoder(cfg))
     stored = np.asarray([by_doc[d].vector for d in ids], dtype=np.float32)
@@ -87,6 +87,19 @@ def verify(client, name: str, spec: Spec, data: DomainData, model_path: str, *, 
     log.info("verified %s: %d points, ids match, %d sampled vectors (min cosine %.5f)", name, got, len(ids),
              float(cos[worst]))
     return {"points": got, "ids_checksum": True, "sampled": len(ids), "min_cosine": round(float(cos[worst]), 6)}
+
+
+def verify_ids(client, name: str, data: DomainData) -> int:
+    """The point count of `name`, after checking that its point ids are exactly the corpus ids."""
+    expected = data.corpus.count
+    got = client.count(name, exact=True).count
+    if got != expected:
+        raise IndexingError(f"{name} holds {got} points but the corpus has {expected} documents")
+    want = id_checksum(point_id(d) for d in data.corpus.ids)
+    have = id_checksum(scroll_ids(client, name))
+    if want != have:
+        raise IndexingError(f"{name} holds {have[0]} points whose ids do not match the corpus document ids")
+    return got
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

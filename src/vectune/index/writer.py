@@ -95,9 +95,25 @@ def apply(client, collection: str, chunks: list[dict]) -> int:
 def upsert_columns(client, collection: str, columns: dict[str, Any], *, batch_size: int, payload: list[str]) -> int:
     """Upsert a block of (doc_id, embedding, payload fields) in requests of `batch_size` points.
 
-    Returns the number of points written.
+    `client` is a `QdrantClient`, or the driver's `ActorClient` of the embedded engine, whose
+    owner actor then applies the requests. Returns the number of points written.
     """
-    return apply(client, collection, prepare(columns, batch_size=batch_size, payload=payload))
+    chunks = prepare(columns, batch_size=batch_size, payload=payload)
+    if isinstance(client, ActorClient):
+        return _get(client.actor.upsert.remote(collection, chunks))
+    return apply(client, collection, chunks)
+
+
+def write_dataset(embedded, client, where: Target, collection: str, *, batch_size: int, payload: list[str],
+                  parallel: int, blocks: int) -> int:
+    """Stream a Dataset of (doc_id, embedding, payload fields) into `collection` with Ray
+    write tasks; returns the points written. `client` is the driver's (see `upsert_columns`)."""
+    owner = getattr(client, "actor", None)
+    sink = QdrantDatasink(collection, where=where, owner=owner, batch_size=batch_size, payload=payload)
+    # the embedded engine applies one request at a time: two tasks keep it fed, more only queue
+    concurrency = max(1, min(blocks, 2 if owner is not None else parallel))
+    embedded.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_TASK_CPUS}, concurrency=concurrency)
+    return int(getattr(sink, "written", 0) or 0)
 
 
 def _plain(value):

@@ -1,0 +1,126 @@
+"""Incremental sync pieces without Ray: when a live collection may be synced in place, the
+content hashes points carry, and the stored side of the diff, on a real in-memory Qdrant."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from qdrant_client import QdrantClient, models
+
+from vectune.errors import IndexingError
+from vectune.index import collections as cols
+from vectune.index.points import (add_content_hash, content_hashes, doc_keys, hash_hex, payload_fields, point_id,
+                                  point_keys)
+from vectune.index.stage import vector_settings
+from vectune.index.sync import delete_points, stored_index, unchanged_since_stamp
+from vectune.index.writer import upsert_columns
+from vectune.spec import Spec
+
+
+def _spec(tmp_path, model=None, **index) -> Spec:
+    return Spec.model_validate({"version": 1, "name": "docs", "data": {"corpus": {"path": "c.jsonl"}},
+                                "runtime": {"runs": str(tmp_path / "runs")}, "model": model or {}, "index": index})
+
+
+def _stamp(spec, fingerprint="fp1", **changes) -> dict:
+    return {**vector_settings(spec, fingerprint), "dimension": 384, "state": "ready", **changes}
+
+
+# -- when a sync is allowed -------------------------------------------------------------
+def test_a_matching_stamp_allows_a_sync(tmp_path):
+    spec = _spec(tmp_path)
+    assert cols.full_build_reason(_stamp(spec), vector_settings(spec, "fp1"), size=384, distance="Cosine") is None
+
+
+@pytest.mark.parametrize("now, expected", [
+    ({"fingerprint": "fp2"}, "model changed: live 'fp1', now 'fp2'"),
+    ({"model": {"precision": "bf16"}}, "precision changed: live 'fp32', now 'bf16'"),
+    ({"model": {"document_prefix": "passage: "}}, "document_prefix changed: live '', now 'passage: '"),
+    ({"model": {"max_seq_length": 128}}, "max_seq_length changed: live None, now 128"),
+    ({"model": {"normalize": False}}, "normalize changed: live True, now False"),
+    ({"index": {"distance": "dot"}}, "distance changed: live 'cosine', now 'dot'"),
+    ({"index": {"payload": ["doc_id"]}}, "payload changed: live ['doc_id', 'text', 'text_hash', 'title'], "
+                                         "now ['doc_id', 'text_hash']"),
+])
+def test_any_vector_or_payload_setting_that_changed_forces_a_full_build(tmp_path, now, expected):
+    live = _stamp(_spec(tmp_path))
+    spec = _spec(tmp_path, now.get("model"), **now.get("index", {}))
+    assert cols.full_build_reason(live, vector_settings(spec, now.get("fingerprint", "fp1"))) == expected
+
+
+def test_old_unverified_or_tampered_collections_are_rebuilt(tmp_path):
+    spec = _spec(tmp_path)
+    wanted = vector_settings(spec, "fp1")
+    assert "no collection is live" in cols.full_build_reason(None, wanted)
+    assert "stamp format 1: its points carry no text hashes" in cols.full_build_reason(_stamp(spec, format=1), wanted)
+    assert "'failed', not a verified one" in cols.full_build_reason(_stamp(spec, state="failed"), wanted)
+    assert cols.full_build_reason(_stamp(spec), wanted, size=768) == (
+        "vector size: the live collection holds 768-d vectors, its stamp says 384")
+    assert "uses Dot, its stamp says cosine" in cols.full_build_reason(_stamp(spec), wanted, size=384, distance="Dot")
+
+
+def test_only_a_finished_sync_of_the_same_file_skips_the_diff():
+    assert unchanged_since_stamp({"corpus_sha256": "abc"}, "abc")
+    assert unchanged_since_stamp({"corpus_sha256": "abc", "sync": {"state": "done"}}, "abc")
+    assert not unchanged_since_stamp({"corpus_sha256": "abd"}, "abc")
+    # killed mid-way, then the corpus went back to the file last synced: the collection may hold a mix
+    assert not unchanged_since_stamp({"corpus_sha256": "abc", "sync": {"state": "running"}}, "abc")
+
+
+# -- what points carry -----------------------------------------------------------------
+def test_content_hash_sees_title_and_text_apart():
+    a, b, c = content_hashes(["Aspirin", "Aspirin heart", "Aspirin"], ["heart risk", "risk", "heart risk"])
+    assert a == c and a != b  # words moved from text to title: another payload, another hash
+    assert [len(h) for h in hash_hex(np.array([a, 0], dtype=np.uint64))] == [16, 16]
+    batch = add_content_hash({"title": np.array(["t"]), "text": np.array(["x"])})
+    assert batch["text_hash"][0] == hash_hex(content_hashes(["t"], ["x"]))[0]
+
+
+def test_document_keys_are_the_point_ids_high_half():
+    ids = ["4983", "d1", "ü-7"]
+    assert np.array_equal(doc_keys(ids), point_keys([point_id(d) for d in ids]))
+    assert len(set(doc_keys(ids))) == 3
+
+
+def test_payload_always_carries_doc_id_and_text_hash(tmp_path):
+    assert payload_fields(_spec(tmp_path, payload=["title"])) == ["doc_id", "text_hash", "title"]
+
+
+# -- the stored side of the diff ---------------------------------------------------------
+def _store(client, docs: dict[str, str | None]) -> None:
+    client.create_collection("c", vectors_config=models.VectorParams(size=2, distance=models.Distance.COSINE))
+    ids = list(docs)
+    columns = {"doc_id": np.array(ids), "embedding": np.ones((len(ids), 2), dtype=np.float32),
+               "text_hash": np.array([h or "" for h in docs.values()], dtype=object)}
+    upsert_columns(client, "c", columns, batch_size=2, payload=["doc_id", "text_hash"])
+
+
+def test_stored_index_sorts_keys_and_names_what_left_the_corpus(monkeypatch):
+    import vectune.index.sync as sync
+
+    monkeypatch.setattr(sync, "_PAGE", 2)  # several scroll pages on a small collection
+    client = QdrantClient(location=":memory:")
+    hashes = {"a": "00000000000000ff", "b": "0000000000000001", "c": None, "gone": "0000000000000002"}
+    _store(client, hashes)
+    keys, stored, gone = stored_index(client, "c", {"a", "b", "c", "new"})
+    assert gone == [point_id("gone")]
+    assert list(keys) == sorted(keys) and len(keys) == 3
+    by_key = dict(zip(keys.tolist(), stored.tolist()))
+    assert by_key[int(doc_keys(["a"])[0])] == 255 and by_key[int(doc_keys(["b"])[0])] == 1
+    assert by_key[int(doc_keys(["c"])[0])] == 0  # no hash stored: never equal, so rewritten
+
+    assert delete_points(client, "c", gone) == 1
+    assert client.count("c", exact=True).count == 3
+    assert delete_points(client, "c", gone) == 1  # idempotent: a re-run deletes nothing more
+    assert client.count("c", exact=True).count == 3
+
+
+def test_stored_index_refuses_a_key_collision(monkeypatch):
+    import vectune.index.sync as sync
+
+    client = QdrantClient(location=":memory:")
+    _store(client, {"a": "0000000000000001", "b": "0000000000000002"})
+    # a real 64-bit collision cannot be found for a test (2**32 ids on average): every key is made 0 instead
+    monkeypatch.setattr(sync, "point_keys", lambda ids: np.zeros(len(ids), dtype=np.uint64))
+    with pytest.raises(IndexingError, match="share a 64-bit key"):
+        stored_index(client, "c", {"a", "b"})
