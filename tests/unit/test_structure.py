@@ -92,3 +92,14 @@ def test_no_import_loop_in_src():
 
 def test_the_loop_detector_finds_a_loop():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == [["a", "b", "c"]]
+
+
+def test_test_module_names_are_unique_across_tiers():
+    """pytest imports test modules by basename (rootdir-relative, no packages): two files of
+    one name in different tiers stop the whole collection, so CI would test nothing."""
+    from collections import Counter
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parents[1]
+    names = Counter(p.name for p in tests.rglob("test_*.py"))
+    assert not [n for n, c in names.items() if c > 1], sorted(n for n, c in names.items() if c > 1)
