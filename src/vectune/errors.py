@@ -48,6 +48,9 @@ class SpecError(VectuneError):
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"{source}: {len(self.problems)} problem(s) in the spec\n{lines}")
 
+    def __reduce__(self):  # survives pickling (an error raised in a Ray worker crosses to the driver)
+        return (type(self), (self.source, self.problems))
+
 
 class DataError(VectuneError):
     """Input data is malformed: names the file and, where it can, the line."""
@@ -57,8 +60,12 @@ class DataError(VectuneError):
     def __init__(self, path: str, message: str, line: int | None = None):
         self.path = path
         self.line = line
+        self.message = message
         where = f"{path}:{line}" if line else path
         super().__init__(f"{where}: {message}")
+
+    def __reduce__(self):  # survives pickling (an error raised in a Ray worker crosses to the driver)
+        return (type(self), (self.path, self.message, self.line))
 
 
 class InputError(VectuneError):
@@ -68,7 +75,11 @@ class InputError(VectuneError):
 
     def __init__(self, where: str, message: str):
         self.where = where
+        self.message = message
         super().__init__(f"{where}: {message}")
+
+    def __reduce__(self):  # survives pickling (an error raised in a Ray worker crosses to the driver)
+        return (type(self), (self.where, self.message))
 
 
 class ModelError(VectuneError):

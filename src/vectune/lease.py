@@ -7,7 +7,7 @@ The lease is a small JSON file in the runs storage, `<runs>/_leases/<key>.json`,
 jobs use). It holds the holder (run id, host, pid, since) and a heartbeat its holder's thread
 renews every `ttl / 4` seconds. A second writer fails at once naming the holder, or waits
 `wait` seconds for it; a lease whose heartbeat is older than `ttl` belongs to a crashed
-holder and is taken over. Taking or breaking it happens under an exclusive `flock` of a
+holder and is taken over, at once when the holder was a process on this host that is gone. Taking or breaking it happens under an exclusive `flock` of a
 sidecar file, held for milliseconds, so two writers never both win.
 """
 
@@ -66,6 +66,20 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _gone(holder: dict) -> bool:
+    """Whether the holder was a process on this host that no longer runs (a crash, a kill):
+    its lease need not wait for the expiry."""
+    if holder.get("host") != platform.node() or not isinstance(holder.get("pid"), int):
+        return False
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
 def _describe(holder: dict, age: float) -> str:
     return (f"run {holder.get('run_id', '?')} on {holder.get('host', '?')} (pid {holder.get('pid', '?')}), "
             f"since {holder.get('since', '?')}, last heartbeat {age:.0f} s ago")
@@ -89,10 +103,12 @@ def alias_lease(spec: Spec, run_id: str, *, wait: float = 0.0) -> Iterator[dict]
         with _locked(path):
             holder = _read(path) if path.exists() else None
             age = time.time() - path.stat().st_mtime if holder is not None else 0.0
-            if holder is None or age > ttl or holder.get("token") == me["token"]:
+            gone = holder is not None and _gone(holder)
+            if holder is None or age > ttl or gone or holder.get("token") == me["token"]:
                 if holder:
-                    log.warning("taking over the lease of alias from %s: its heartbeat stopped (> %g s)",
-                                _describe(holder, age), ttl)
+                    log.warning("taking over the lease of the alias from %s: %s", _describe(holder, age),
+                                "its process is gone from this host" if gone else
+                                f"its heartbeat stopped (> {ttl:g} s)")
                 tmp = path.with_suffix(".tmp")
                 tmp.write_text(json.dumps(me))
                 os.replace(tmp, path)

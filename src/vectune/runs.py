@@ -35,9 +35,11 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
 
 
-def check_run_id(run_id: str, where: str = "--run-id") -> str:
-    """`run_id` if it can name a run folder and a collection; InputError (exit 2) otherwise."""
-    if not isinstance(run_id, str) or not RUN_ID.match(run_id):
+def check_run_id(run_id: str, where: str = "--run-id", *, nested: bool = False) -> str:
+    """`run_id` if it can name a run folder and a collection; InputError (exit 2) otherwise.
+    `nested`: vectune's own runs inside a run (`<tune run>/trials/<trial>`), each part checked."""
+    parts = run_id.split("/") if nested and isinstance(run_id, str) else [run_id]
+    if not all(isinstance(part, str) and RUN_ID.match(part) for part in parts):
         raise InputError(where, f"{run_id!r} is not a run id: use letters, digits, `_` and `-` "
                                 "(starting with a letter or digit, at most 64), never a path")
     return run_id
@@ -106,19 +108,19 @@ def _write_json(path: Path, payload: Any) -> None:
 class Run:
     """One run of a spec: `<runs>/<name>/<run_id>/` with `manifest.json` and artifacts."""
 
-    def __init__(self, spec: Spec, run_id: str, manifest: dict):
+    def __init__(self, spec: Spec, run_id: str, manifest: dict, *, nested: bool = False):
         self.spec = spec
-        self.id = check_run_id(run_id)
+        self.id = check_run_id(run_id, nested=nested)
         self.dir = runs_folder(spec) / spec.name / run_id
         self.manifest = manifest
 
     # -- opening -----------------------------------------------------------------
     @classmethod
-    def create(cls, spec: Spec, run_id: str | None = None) -> "Run":
+    def create(cls, spec: Spec, run_id: str | None = None, *, nested: bool = False) -> "Run":
         run_id = new_run_id() if run_id is None else run_id
-        run = cls(spec, run_id, {})
+        run = cls(spec, run_id, {}, nested=nested)
         if (run.dir / "manifest.json").exists():
-            return cls.open(spec, run_id)
+            return cls.open(spec, run_id, nested=nested)
         try:
             run.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -141,8 +143,8 @@ class Run:
         return run
 
     @classmethod
-    def open(cls, spec: Spec, run_id: str) -> "Run":
-        run = cls(spec, run_id, {})
+    def open(cls, spec: Spec, run_id: str, *, nested: bool = False) -> "Run":
+        run = cls(spec, run_id, {}, nested=nested)
         path = run.dir / "manifest.json"
         if not path.exists():
             raise StageError(f"no run {run_id!r} of spec {spec.name!r} under {spec.runs_root()}")

@@ -107,8 +107,9 @@ def test_failed_job_exits_with_the_drivers_code(ray_cluster, tiny, tmp_path):
 
 
 def test_stop_a_running_job(ray_cluster, tiny):
+    # --no-wait: submit returns once the job is accepted (it waits by default, as `ray job submit` does)
     proc = vectune(ray_cluster, "submit", str(tiny.spec_path), "--address", ray_cluster.address,
-                   "--pipeline", "evaluate", "--json")
+                   "--pipeline", "evaluate", "--no-wait", "--json")
     assert proc.returncode == 0, proc.stderr
     job_id = json.loads(proc.stdout)["job_id"]
     stopped = vectune(ray_cluster, "jobs", "stop", job_id, "--address", ray_cluster.address, "--json")

@@ -79,13 +79,14 @@ def test_run_is_logged_to_a_local_mlflow_store(ray_local, spec_path, monkeypatch
     mlflow = pytest.importorskip("mlflow")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     # tracking switched on the way a user tries it: --set, no edit of the YAML
+    # judged against the base model: the live one is the test above's, trained longer on the same queries
     result = CliRunner().invoke(app, ["run", str(spec_path), "--run-id", "tracked", "--set", "runtime.tracking=mlflow",
-                                      "--set", "train.epochs=2", "--json"])
+                                      "--set", "train.epochs=2", "--set", "evaluate.gate.against=base", "--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     run_dir = spec_path.parent / "runs" / "slice" / "tracked"
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["overrides"] == {"runtime.tracking": "mlflow", "train.epochs": 2}
+    assert manifest["overrides"] == {"runtime.tracking": "mlflow", "train.epochs": 2, "evaluate.gate.against": "base"}
     tracked = out["tracking"]
     assert manifest["tracking"] == [tracked]
     assert tracked["uri"] == f"sqlite:///{spec_path.parent / 'runs' / 'mlflow.db'}"

@@ -41,7 +41,7 @@ def run_trial(config: dict, *, spec: Spec, tune_id: str, triples: str | None, tr
     # mixing inside a trial (the final run chooses its checkpoint and weight itself)
     trial_spec.train.validation_queries = 0
     trial_spec.train.interpolation = [1.0]
-    run = Run.create(trial_spec, f"{tune_id}/trials/{tune.get_context().get_trial_id()}")
+    run = Run.create(trial_spec, f"{tune_id}/trials/{tune.get_context().get_trial_id()}", nested=True)
     data = DomainData(trial_spec, train=train_labels)
     if triples is None:
         from vectune.mine import mine
