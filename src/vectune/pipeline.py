@@ -179,11 +179,12 @@ def runs(spec: Spec) -> dict:
 
 def _held_out(spec: Spec, data: DomainData) -> None:
     """The gate's split must be held out: no query of it among the training queries, by id
-    or by text (lower-cased, whitespace collapsed), unless `evaluate.allow_overlap`."""
+    or by text (lower-cased, whitespace collapsed). `evaluate.overlap` says what to do with
+    those that are: refuse (`error`), leave them out of training (`drop`), or `allow` them."""
     from vectune.errors import Problem, SpecError
 
     train, split = data.labels("train"), data.labels(spec.evaluate.split)
-    if spec.evaluate.allow_overlap:
+    if spec.evaluate.overlap == "allow":
         return
 
     def norm(text: str) -> str:
@@ -196,12 +197,22 @@ def _held_out(spec: Spec, data: DomainData) -> None:
         return
     shown = [f"{q!r}" for q in by_id[:3]] + [f"{q!r} (text of training query {texts[norm(split.queries[q])]!r})"
                                              for q in by_text[:3 - min(3, len(by_id))]]
+    if spec.evaluate.overlap == "drop":
+        dropped = set(by_id) | {texts[norm(split.queries[q])] for q in by_text}
+        for qid in dropped:
+            train.qrels.pop(qid, None)
+            train.queries.pop(qid, None)
+        train.dropped["held_out_overlap"] = len(dropped)
+        log.warning("%d training queries are also queries of split %r (%d by id, %d by identical text; e.g. %s): "
+                    "left out of training (evaluate.overlap: drop)", len(dropped), spec.evaluate.split, len(by_id),
+                    len(by_text), ", ".join(shown))
+        return
     raise SpecError(str(spec.source or "<spec>"), [Problem(
         "evaluate.split",
         f"{len(by_id) + len(by_text)} of the {len(split.qrels)} queries of split {spec.evaluate.split!r} are training "
         f"queries too ({len(by_id)} by id, {len(by_text)} by identical text; e.g. {', '.join(shown)}): the gate would "
-        "score memory, not generalisation. Hold them out of data.train, or set evaluate.allow_overlap: true if "
-        "this is intended")])
+        "score memory, not generalisation. Hold them out of data.train, set evaluate.overlap: drop to leave them out "
+        "of training, or evaluate.overlap: allow if this is intended")])
 
 
 def _champion(spec: Spec, run: Run, *, against: str | None = None) -> dict:

@@ -1,7 +1,7 @@
 """Champion / challenger: the gate judges a new model against the one serving behind the
 alias, with a significance test. Real runs of `vectune run` on a SciFact slice.
 
-The slice trains on the queries it is scored on (`evaluate.allow_overlap: true`, as in
+The slice trains on the queries it is scored on (`evaluate.overlap: allow`, as in
 test_run.py) so that the strength of each run's training is plain in its scores: run 1
 trains hard and is promoted; run 2 trains lightly, which honestly gives a model better than
 the base but worse than run 1 (both figures asserted below)."""
@@ -39,7 +39,7 @@ def _spec(slice_dir, name: str, train: dict, **gate) -> str:
     mapping["data"]["train"] = {"path": "qrels/train.tsv"}
     mapping["train"] = {"workers": 1, "cpus_per_worker": 1.5, "batch_size": 16, "negatives": 1, "max_failures": 0,
                         "validation_queries": 0, "interpolation": [1.0], **train}
-    mapping["evaluate"] = {"allow_overlap": True, "gate": {"metric": "ndcg@10", "min_gain": 0.005,
+    mapping["evaluate"] = {"overlap": "allow", "gate": {"metric": "ndcg@10", "min_gain": 0.005,
                                                            "no_regress": [], **gate}}
     mapping["index"] = {"collection": "slice", "alias": "slice", "keep": 3,
                         "qdrant": {"path": str(shm / "qdrant-gate")}}

@@ -35,7 +35,7 @@ def spec_path(tmp_path_factory, make_slice):
                           "train": {"workers": 1, "cpus_per_worker": 1.5, "batch_size": 16, "epochs": 3,
                                     "negatives": 1, "learning_rate": 1e-4, "max_failures": 0,
                                     "validation_queries": 0},
-                          "evaluate": {"allow_overlap": True, "gate": {"metric": "ndcg@10", "min_gain": 0.005, "no_regress": []}}})
+                          "evaluate": {"overlap": "allow", "gate": {"metric": "ndcg@10", "min_gain": 0.005, "no_regress": []}}})
     mapping = yaml.safe_load(sl.spec_path.read_text())
     shutil.copy(sl.qrels_path("test"), sl.root / "qrels" / "train.tsv")
     mapping["data"]["train"] = {"path": "qrels/train.tsv"}

@@ -365,10 +365,32 @@ def test_a_gate_split_that_shares_queries_with_training_is_refused(tiny_beir, tm
         mine: {num_negatives: 1, range_max: 2}
         """)).replace("  splits:", "  train: {path: qrels/train.tsv}\n  splits:"))
     result = invoke("run", str(spec))
-    assert_bad_input(result, "evaluate.split", "are training queries too", "evaluate.allow_overlap: true")
+    assert_bad_input(result, "evaluate.split", "are training queries too", "evaluate.overlap: allow")
     # the same labels under other ids but identical texts count too
     lines = test_qrels.splitlines()
     renamed = [lines[0]] + [line.replace(first["_id"], "copy", 1) if line.startswith(first["_id"] + "\t") else None
                             for line in lines[1:]]
     (tiny_beir.root / "qrels" / "train.tsv").write_text("\n".join(x for x in renamed if x) + "\n")
     assert_bad_input(invoke("run", str(spec)), "1 by identical text", "'copy'")
+
+
+def test_overlap_drop_leaves_the_shared_queries_out_of_training(tiny_beir):
+    """`evaluate.overlap: drop`: the training queries the gate's split shares are not trained on."""
+    from vectune.data import DomainData
+    from vectune.pipeline import _held_out
+    from vectune.spec import load_spec
+
+    test_qrels = (tiny_beir.root / "qrels" / "test.tsv").read_text()
+    (tiny_beir.root / "qrels" / "train.tsv").write_text(test_qrels + "q9\td1\t1\n")
+    (tiny_beir.root / "queries.jsonl").write_text((tiny_beir.root / "queries.jsonl").read_text()
+                                                  + json.dumps({"_id": "q9", "text": "only for training"}) + "\n")
+    spec = tiny_beir.root / "s.yaml"
+    spec.write_text(spec_text(tiny_beir, extra="mine: {num_negatives: 1, range_max: 2}\nevaluate: {overlap: drop}\n")
+                    .replace("  splits:", "  train: {path: qrels/train.tsv}\n  splits:"))
+    s = load_spec(spec)
+    data = DomainData(s)
+    shared = set(data.labels("test").qrels)
+    _held_out(s, data)
+    train = data.labels("train")
+    assert set(train.qrels) == {"q9"} and not shared & set(train.queries)
+    assert train.dropped["held_out_overlap"] == len(shared)

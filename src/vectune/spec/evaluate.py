@@ -64,9 +64,10 @@ class EvaluateSpec(Section):
         None, ge=1, le=4096, description="Encoder actors (one model copy each); sized to the cluster's CPUs when unset "
         "(on 2 CPUs: 2 actors x 1 torch thread, the fastest shape in benchmarks/encode.py)."
     )
-    allow_overlap: bool = Field(
-        False, description="Accept a split that shares queries (by id or text) with data.train: its scores then "
-                           "measure recall of training queries, not generalisation (tests and demos only).")
+    overlap: Literal["error", "drop", "allow"] = Field(
+        "error", description="Queries of the split that are training queries too (by id or identical text): "
+                             "an error; `drop`: leave them out of training (with a warning), so the gate stays "
+                             "held out; `allow`: keep them (the scores then measure memory; tests and demos).")
     search_block: int = Field(8192, ge=1, le=1 << 22, description="Corpus rows scored per block in exact search.")
     gate: GateSpec = Field(default_factory=GateSpec)
 
