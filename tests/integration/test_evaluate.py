@@ -86,6 +86,7 @@ def test_figures_agree_with_an_independent_computation(sl, first):
     assert ours["ndcg@10"] > 0.6
 
 
+@pytest.mark.slow  # CI time: the default tier checks the other CPU precision, int8, the same way
 def test_bf16_encoding_ranks_like_fp32_in_its_own_cache(sl, first):
     """model.precision bf16 (autocast): vectors within cosine 0.9999 of fp32, the same figures
     within 0.01 on this 60-query slice (a near-tie swapped in one query's top 10 moves nDCG@10 by
@@ -112,6 +113,26 @@ def test_bf16_encoding_ranks_like_fp32_in_its_own_cache(sl, first):
     np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
     assert float((a * b).sum(axis=1).min()) > 0.9999
     assert not np.array_equal(a, b)  # it did run in bf16
+
+
+def test_int8_encoding_ranks_like_fp32_in_its_own_cache(sl, first):
+    """model.precision int8 (ONNX Runtime graph): the stage reports the metrics of the precision
+    in use, within 0.02 of fp32 on this 60-query slice (vectors at cosine ~0.995), from a cache
+    of its own; the packaged model's graph is built once, in the runs cache."""
+    pytest.importorskip("onnxruntime")
+    from vectune import pipeline
+    from vectune.embed import encoder_config, model_fingerprint, resolve_model
+
+    spec, fp32 = first
+    int8_spec = spec.model_copy(update={"model": spec.model.model_copy(update={"precision": "int8"})})
+    result = pipeline.evaluate(int8_spec)
+    for name in METRICS:
+        assert abs(result["base"]["metrics"][name] - fp32["base"]["metrics"][name]) <= 0.02, name
+    path = resolve_model(spec.model.base)
+    cfg32, cfg8 = (encoder_config(s, path, role="document") for s in (spec, int8_spec))
+    assert cfg8.cache_dir != cfg32.cache_dir
+    graph = Path(cfg8.int8_root) / model_fingerprint(path) / "model_qint8.onnx"
+    assert graph.exists()
 
 
 def test_metrics_and_manifest_are_written(sl, first):

@@ -210,3 +210,33 @@ def test_verification_rejects_wrong_vectors_missing_and_foreign_points(spec, fir
     finally:
         client.delete_collection("slice__bad")
         client.close()
+
+
+def test_an_int8_collection_is_stamped_and_searched_in_int8(spec, sliced, first):
+    """model.precision int8 builds and verifies a collection stamped int8 (its own identity);
+    `vectune search` then embeds queries in int8 because the stamp says so, even with a spec
+    that says fp32, and the query vector is the int8 one (a vector from the other precision
+    would score the top hit differently)."""
+    pytest.importorskip("onnxruntime")
+    from vectune.embed import encode_texts, encoder_config
+    from vectune.index import search
+    from vectune.pipeline import reindex
+
+    int8_spec = spec.derived(model=spec.model.model_copy(update={"precision": "int8"}))
+    built = reindex(int8_spec, run_id="i8")
+    assert built["points"] == N_DOCS and built["verified"]["min_cosine"] > 0.999
+    qid = sorted(sliced.qrels["test"])[0]
+    text = sliced.queries[qid]
+    result = search(spec, text, k=5)  # the spec says fp32; the stamp says int8
+    assert result["model"]["precision"] == "int8" and result["collection"] == "slice__i8"
+    vectors = {p: encode_texts([text], encoder_config(spec, first["model"]["path"], role="query", cache=False,
+                                                      precision=p))[0] for p in ("int8", "fp32")}
+    assert float(vectors["int8"] @ vectors["fp32"]) < 0.99999  # the two precisions do differ
+    client = _client(spec)  # the embedded engine: one client at a time in this process
+    try:
+        stamp = cols.read_stamp(client, "slice__i8")
+        assert stamp["precision"] == "int8" and cols.live_collection(client, "slice") == "slice__i8"
+        top = client.query_points("slice", query=vectors["int8"].tolist(), limit=1).points[0]
+        assert result["hits"][0]["score"] == pytest.approx(top.score, abs=1e-6)
+    finally:
+        client.close()

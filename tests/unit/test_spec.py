@@ -174,13 +174,24 @@ def test_cross_section_rules_skip_broken_sections(tmp_path):
          "line 11: tune.space.train.learning_rate: loguniform needs low > 0"),
         ("index: {qdrant: {path: /x, url: 'http://q:6333'}}\n", "index.qdrant: set either `path`"),
         ("runtime: {address: nowhere}\n", "runtime.address: address must be"),
-        ("model: {precision: fp16}\n", "line 9: model.precision: Input should be 'fp32' or 'bf16'"),
+        ("model: {precision: fp8}\n", "line 9: model.precision: Input should be 'fp32', 'bf16', 'int8' or 'fp16'"),
+        ("model: {precision: fp16}\n", "line 9: model.precision: fp16 is for GPUs, but no stage that encodes"),
+        ("model: {precision: int8}\nindex: {num_gpus: 1}\n",
+         "line 9: model.precision: int8 runs on CPUs (ONNX Runtime), but index.num_gpus 1 asks for GPUs"),
+        ("mine: {num_gpus: -1}\n", "mine.num_gpus: Input should be greater than or equal to 0"),
         ("name: Bad Name\n", "line 9: name: duplicate key"),
     ],
 )
 def test_field_errors(tmp_path, extra, needle):
     found = problems(tmp_path, MINIMAL + extra)
     assert any(needle in p for p in found), found
+
+
+@pytest.mark.parametrize("extra", ["model: {precision: int8}\n",
+                                   "model: {precision: fp16}\nmine: {num_gpus: 0.5}\nevaluate: {num_gpus: 0.5}\n"])
+def test_precisions_that_fit_the_devices_load(tmp_path, extra):
+    spec = load_spec(write(tmp_path, MINIMAL + extra))
+    assert spec.model.precision in ("int8", "fp16")
 
 
 def test_missing_required_fields(tmp_path):

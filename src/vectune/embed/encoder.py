@@ -21,12 +21,13 @@ PROGRESS_CHUNK = 128
 
 def autocast(precision: str, device_type: str):
     """The context a forward pass runs in: bf16 autocast (matmuls in bf16, norms and softmax in
-    fp32, weights untouched) or nothing for fp32."""
+    fp32, weights untouched), or nothing: fp32, int8 (an ONNX Runtime graph) and fp16 (half
+    weights) need none."""
     import contextlib
 
     import torch
 
-    if precision == "fp32":
+    if precision in ("fp32", "int8", "fp16"):
         return contextlib.nullcontext()
     if device_type == "cpu" and not _cpu_has_bf16():
         _warn_once("model.precision bf16 on a CPU without AVX-512 BF16 or AMX: emulated, slower than fp32")
@@ -60,6 +61,8 @@ class EncoderConfig:
     device: str | None = None
     threads: int | None = None
     precision: str = "fp32"
+    #: where int8 graphs go when the model folder is read-only (the runs storage's cache)
+    int8_root: str | None = None
 
     @property
     def cache_dir(self) -> str | None:
@@ -71,14 +74,16 @@ class EncoderConfig:
 
 
 
-def encoder_config(spec, model_path: str, *, role: str, cache: bool = True, fingerprint: str | None = None
-                   ) -> EncoderConfig:
+def encoder_config(spec, model_path: str, *, role: str, cache: bool = True, fingerprint: str | None = None,
+                   precision: str | None = None) -> EncoderConfig:
     """Build the config for `role` ("query" or "document") from the spec's model section.
 
     `fingerprint` is the model's, when the caller has it already (one re-index computes it once).
+    `precision` overrides the spec's (search embeds queries as the collection was built).
     """
     m = spec.model
     prefix = m.query_prefix if role == "query" else m.document_prefix
+    local = "://" not in spec.runs_root()
     return EncoderConfig(
         model_path=model_path,
         fingerprint=fingerprint or model_fingerprint(model_path),
@@ -86,9 +91,10 @@ def encoder_config(spec, model_path: str, *, role: str, cache: bool = True, fing
         prefix=prefix,
         normalize=m.normalize,
         batch_size=m.batch_size,
-        cache_root=str(Path(spec.runs_root()) / "_cache" / "embeddings") if cache and "://" not in spec.runs_root() else None,
+        cache_root=str(Path(spec.runs_root()) / "_cache" / "embeddings") if cache and local else None,
         threads=spec.runtime.torch_threads,
-        precision=m.precision,
+        precision=precision or m.precision,
+        int8_root=str(Path(spec.runs_root()) / "_cache" / "int8") if local else None,
     )
 
 
@@ -105,8 +111,12 @@ class Encoder:
     """
 
     def __init__(self, config: EncoderConfig, text_column: str = "text", keep: tuple[str, ...] | None = None,
-                 progress=None, preload: bool = False):
+                 progress=None, preload: bool = False, remember: bool = False):
         self.config = config
+        #: with `remember`, the vectors this encoder computed itself (not read from the cache),
+        #: by text hash (prefix included): fresh embeddings a verification in this process may
+        #: reuse instead of running the same model on the same texts again
+        self.computed: dict[int, np.ndarray] | None = {} if remember else None
         self.progress = progress
         self.text_column = text_column
         self.keep = keep
@@ -116,6 +126,12 @@ class Encoder:
         self.cached = 0
         if preload:
             self.model  # noqa: B018 - load now
+
+    def computed_vector(self, text: str) -> np.ndarray | None:
+        """The vector this encoder computed for `text` (prefix added here), if it did (`remember`)."""
+        if not self.computed:
+            return None
+        return self.computed.get(int(text_hashes([self.config.prefix + text])[0]))
 
     def without_cache(self) -> "Encoder":
         """The same model, loaded once, with no cache: fresh vectors (to verify stored ones)."""
@@ -128,11 +144,17 @@ class Encoder:
     @property
     def model(self):
         if self._model is None:  # lazy: an all-cached run never loads the model
+            if self.config.precision == "fp16" and not (self.config.device or "").startswith("cuda"):
+                _warn_once("model.precision fp16 encoding on a CPU: slow; fp16 is meant for GPUs (int8 or "
+                           "bf16 on CPUs)")
             self._model = load_model(
                 self.config.model_path,
                 max_seq_length=self.config.max_seq_length,
                 device=self.config.device,
                 threads=self.config.threads,
+                precision=self.config.precision,
+                cache_root=self.config.int8_root,
+                fingerprint=self.config.fingerprint,
             )
         return self._model
 
@@ -142,7 +164,10 @@ class Encoder:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         if self.cache is None:
-            return self._encode(texts)
+            vectors = self._encode(texts)
+            if self.computed is not None:
+                self.computed.update(zip(text_hashes(texts).tolist(), vectors))
+            return vectors
         hashes = text_hashes(texts)
         found, hits = self.cache.lookup(hashes)
         out = None
@@ -158,6 +183,8 @@ class Encoder:
             first = {h: i for i, h in zip(missing[::-1], hashes[missing][::-1])}
             vecs = self._encode([texts[first[h]] for h in uniq])
             self.cache.add(uniq, vecs)
+            if self.computed is not None:
+                self.computed.update(zip(uniq.tolist(), vecs))
             if out is None:
                 out = np.empty((len(texts), vecs.shape[1]), dtype=np.float32)
             out[missing] = vecs[inverse]
@@ -186,7 +213,7 @@ class Encoder:
         return out
 
     def _model_encode(self, texts: list[str]) -> np.ndarray:
-        bf16 = self.config.precision == "bf16"
+        bf16 = self.config.precision in ("bf16", "fp16")
         with autocast(self.config.precision, self.model.device.type):
             vectors = self.model.encode(
                 texts,

@@ -154,7 +154,7 @@ def _fingerprint(path: str, stamp: tuple) -> str:
     root = Path(path)
     for file in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = file.relative_to(root).as_posix()
-        if rel.startswith(".") or rel in ("README.md", "vectune_card.json"):
+        if rel.startswith((".", "onnx/")) or rel in ("README.md", "vectune_card.json"):
             continue
         h.update(rel.encode())
         with open(file, "rb") as fh:
@@ -168,12 +168,18 @@ def model_fingerprint(path: str) -> str:
     root = Path(path)
     if not root.is_dir():
         return "hub:" + path
-    stamp = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file())
+    stamp = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))
+                  if p.is_file() and not p.relative_to(root).as_posix().startswith("onnx/"))
     return _fingerprint(str(root), stamp)
 
 
-def load_model(path: str, *, max_seq_length: int | None = None, device: str | None = None, threads: int | None = None):
-    """Load a SentenceTransformer from a resolved path, offline when it is a folder."""
+def load_model(path: str, *, max_seq_length: int | None = None, device: str | None = None, threads: int | None = None,
+               precision: str = "fp32", cache_root: str | None = None, fingerprint: str | None = None):
+    """Load a SentenceTransformer from a resolved path, offline when it is a folder.
+
+    `precision` int8 swaps its transformer for the int8 ONNX Runtime graph (built beside the
+    model, or under `cache_root`, on first use: see `vectune.embed.int8`); fp16 casts the
+    weights to half (GPUs)."""
     if Path(path).is_dir():
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -182,12 +188,21 @@ def load_model(path: str, *, max_seq_length: int | None = None, device: str | No
 
     if threads:
         torch.set_num_threads(threads)
+    if precision == "int8":
+        device = "cpu"  # an ONNX Runtime CPU graph: tokens and pooling stay on the CPU too
     try:
         model = SentenceTransformer(path, device=device)
     except Exception as exc:  # OSError, ValueError, HF errors: one clear message
         raise ModelError(f"cannot load model {path!r}: {exc}") from None
     if max_seq_length:
         model.max_seq_length = max_seq_length
+    if precision == "int8":
+        from vectune.embed import int8
+
+        graph = int8.int8_graph(path, fingerprint or model_fingerprint(path), cache_root)
+        int8.attach(model, graph, threads)
+    elif precision == "fp16":
+        model.half()
     return model
 
 

@@ -44,7 +44,7 @@ def retrieve(spec: Spec, data: DomainData, model_path: str, query_ids: list[str]
     q_cfg = encoder_config(spec, model_path, role="query")
     queries = encode_texts(query_texts, q_cfg)
     with track("encode corpus", data.corpus.count) as counter:
-        embedded, d_cfg = embedded_corpus(spec, data, model_path, plan_actors(ev.concurrency),
+        embedded, d_cfg = embedded_corpus(spec, data, model_path, plan_actors(ev.concurrency, ev.num_gpus),
                                           batch_size=ev.batch_size, progress=counter)
         top = search_dataset(embedded, queries, k, block=ev.search_block)
     compact_cache(d_cfg)

@@ -66,7 +66,9 @@ def search(spec: Spec, text: str, *, k: int = 10, model: str | None = None, forc
     try:
         live, stamp = _live(client, spec)
         path, fp = query_model(stamp, model, force=force)
-        vector = encode_texts([text], encoder_config(spec, path, role="query", cache=False))[0]
+        # queries are embedded the way the collection's documents were (its stamped precision)
+        precision = stamp.get("precision") or spec.model.precision
+        vector = encode_texts([text], encoder_config(spec, path, role="query", cache=False, precision=precision))[0]
         size, _ = cols.vector_params(client, live)
         if size != len(vector) or stamp.get("dimension") != size:
             raise ModelError(f"{live} (behind alias {cols.alias_name(spec)!r}) holds vectors of size {size} "
@@ -79,7 +81,7 @@ def search(spec: Spec, text: str, *, k: int = 10, model: str | None = None, forc
     return {
         "alias": cols.alias_name(spec), "collection": live, "query": text,
         "model": {"path": path, "fingerprint": fp, "stamped": stamp.get("model_fingerprint"),
-                  "forced": fp != stamp.get("model_fingerprint")},
+                  "precision": precision, "forced": fp != stamp.get("model_fingerprint")},
         "hits": [{"rank": i + 1, "doc_id": (h.payload or {}).get("doc_id"), "score": round(float(h.score), 6),
                   "title": (h.payload or {}).get("title", "")} for i, h in enumerate(hits)],
     }

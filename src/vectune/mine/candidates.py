@@ -76,7 +76,7 @@ def search_corpus(spec, data, model_path: str, queries: np.ndarray, k: int) -> t
                 _from_cache, fn_kwargs=args, batch_size=m.batch_size, batch_format="numpy", num_cpus=0.1)
             return search_dataset(ds, queries, k, block=m.batch_size), cfg, "cache"
     with track("encode corpus", data.corpus.count) as counter:
-        embedded, cfg = embedded_corpus(spec, data, model_path, plan_actors(m.concurrency), batch_size=m.batch_size,
+        embedded, cfg = embedded_corpus(spec, data, model_path, plan_actors(m.concurrency, m.num_gpus), batch_size=m.batch_size,
                                         progress=counter)
         top = search_dataset(embedded, queries, k, block=m.batch_size)
     compact_cache(cfg)

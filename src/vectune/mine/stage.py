@@ -244,7 +244,7 @@ def _cross_plan(spec, qids, labels, pool, positives, shown) -> dict:
         for d in dict.fromkeys(pool[q][0] + positives[q] + shown[q]):
             pairs.setdefault(d, []).append(i)
     return {"model": path, "pairs": pairs, "queries": [labels.queries[q] for q in qids],
-            "batch_size": spec.model.batch_size, "actors": plan_actors(spec.mine.concurrency)}
+            "batch_size": spec.model.batch_size, "actors": plan_actors(spec.mine.concurrency, spec.mine.num_gpus)}
 
 
 class _Scores:

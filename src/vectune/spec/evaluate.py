@@ -64,6 +64,7 @@ class EvaluateSpec(Section):
         None, ge=1, le=4096, description="Encoder actors (one model copy each); sized to the cluster's CPUs when unset "
         "(on 2 CPUs: 2 actors x 1 torch thread, the fastest shape in benchmarks/encode.py)."
     )
+    num_gpus: float = Field(0, ge=0, le=64, description="GPUs per encoder actor (fractions share a GPU).")
     overlap: Literal["error", "drop", "allow"] = Field(
         "error", description="Queries of the split that are training queries too (by id or identical text): "
                              "an error; `drop`: leave them out of training (with a warning), so the gate stays "

@@ -146,7 +146,24 @@ def _cross_checks(spec: Spec, broken: frozenset[str] = frozenset()) -> list[tupl
     if not {"mine", "data"} & broken and spec.mine.cross_encoder \
             and not Path(spec.resolve(spec.mine.cross_encoder, data=False)).exists():
         out.append((("mine", "cross_encoder"), f"no such folder: {spec.mine.cross_encoder}"))
+    if not {"model", "mine", "evaluate", "index"} & broken:
+        out += _precision_checks(spec)
     return out
+
+
+def _precision_checks(spec: Spec) -> list[tuple[tuple[Any, ...], str]]:
+    """int8 is a CPU runtime (ONNX Runtime); fp16 is for GPUs: each against the encoding stages' GPUs."""
+    gpus = {"mine.num_gpus": spec.mine.num_gpus, "evaluate.num_gpus": spec.evaluate.num_gpus,
+            "index.num_gpus": spec.index.num_gpus}
+    if spec.model.precision == "int8" and any(gpus.values()):
+        asked = ", ".join(f"{k} {v:g}" for k, v in gpus.items() if v)
+        return [(("model", "precision"), f"int8 runs on CPUs (ONNX Runtime), but {asked} asks for GPUs: use fp16 "
+                                         "on GPUs, or set those to 0")]
+    if spec.model.precision == "fp16" and not any(gpus.values()):
+        return [(("model", "precision"), "fp16 is for GPUs, but no stage that encodes asks for one (mine.num_gpus, "
+                                         "evaluate.num_gpus and index.num_gpus are 0): use int8 or bf16 on CPUs, or "
+                                         "give those stages GPUs")]
+    return []
 
 
 def _partial_spec(data: dict, broken: set[str], source: Path | None) -> Spec:

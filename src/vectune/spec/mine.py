@@ -72,6 +72,7 @@ class MineSpec(Section):
     concurrency: int | None = Field(
         None, ge=1, le=4096, description="Encoder actors (one model copy each); sized to the cluster's CPUs when unset."
     )
+    num_gpus: float = Field(0, ge=0, le=64, description="GPUs per encoder actor (fractions share a GPU).")
 
     @model_validator(mode="after")
     def _window(self) -> "MineSpec":

@@ -23,9 +23,11 @@ class ModelSpec(Section):
     document_prefix: str = Field("", description='Prepended to documents, e.g. "passage: " for E5.')
     normalize: bool = Field(True, description="L2-normalise embeddings (cosine similarity as dot product).")
     batch_size: int = Field(64, ge=1, le=65_536, description="Texts per forward pass inside `encode`.")
-    precision: Literal["fp32", "bf16"] = Field(
+    precision: Literal["fp32", "bf16", "int8", "fp16"] = Field(
         "fp32",
-        description="Forward pass when encoding (mine, evaluate, re-index, search). bf16 runs it under "
-        "torch.autocast: ~1.8x faster on CPUs with AVX-512 BF16 or AMX and on recent GPUs, vectors within "
-        "cosine 0.9999 of fp32 (benchmarks/encode.py); slower on CPUs without bf16 instructions.",
+        description="Forward pass when encoding (mine, evaluate, re-index, search); part of the vectors' "
+        "identity (embedding cache, collection stamp). bf16: torch.autocast, faster on CPUs with AVX-512 "
+        "BF16 or AMX and on recent GPUs, vectors within cosine 0.9999 of fp32. int8 (CPUs): the transformer "
+        "as an int8 ONNX Runtime graph, built once beside the model (the `int8` extra); vectors at cosine "
+        "~0.995 of fp32. fp16 (GPUs): half weights. Figures: benchmarks/README.md.",
     )
