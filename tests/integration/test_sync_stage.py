@@ -138,6 +138,9 @@ def test_mixed_changes_sync_in_place_to_what_a_full_rebuild_holds(spec, sliced, 
     assert result["unchanged"] == N_DOCS - 3 - 6 and result["points"] == N_DOCS + 4 - 3
     assert result["written"] == 4 + 6 + 3  # points upserted or deleted: the changes, nothing else
     assert result["verified"]["sampled"] == 8 and result["verified"]["min_cosine"] > 0.999
+    # the sampled documents were just embedded by the driver's model: their vectors are checked
+    # against those fresh embeddings, not encoded a second time
+    assert result["verified"]["encoded_again"] == 0
 
     _assert_equal_to_rebuild(spec, _rebuilt(sliced, shm, "ref1"))
     stored = _points(spec)

@@ -103,7 +103,8 @@ def sync(client, where: Target, spec: Spec, data: DomainData, run_id: str, live:
              data.corpus.count)
 
     mark = time.perf_counter()
-    encoder = Encoder(encoder_config(spec, model["path"], role="document", fingerprint=model["fingerprint"]))
+    encoder = Encoder(encoder_config(spec, model["path"], role="document", fingerprint=model["fingerprint"]),
+                      remember=True)
     try:
         written = _write(client, where, spec, live, small if small is not None else changed, count, encoder)
     except Exception as exc:  # noqa: BLE001 - a Ray-wrapped worker error: keep its last line
@@ -114,7 +115,8 @@ def sync(client, where: Target, spec: Spec, data: DomainData, run_id: str, live:
     mark = time.perf_counter()
     fresh = encoder.without_cache()  # the model the driver loaded to write, if it did
     try:
-        checks = verify(client, live, spec, data, model["path"], seed=run_id, encoder=fresh, sample=sample)
+        checks = verify(client, live, spec, data, model["path"], seed=run_id, encoder=fresh, sample=sample,
+                        computed=encoder)
     except IndexingError as exc:
         raise IndexingError(f"{exc}. The sync of {live} did not converge; re-run `vectune reindex`, or "
                             "`vectune reindex --full` to build a new collection") from None

@@ -54,14 +54,19 @@ def sample_texts(data: DomainData, doc_ids: list[str]) -> dict[str, str]:
 
 
 def verify(client, name: str, spec: Spec, data: DomainData, model_path: str, *, seed: str,
-           encoder: Encoder | None = None, sample: dict[str, str] | None = None) -> dict:
+           encoder: Encoder | None = None, sample: dict[str, str] | None = None,
+           computed: Encoder | None = None) -> dict:
     """Raise IndexingError unless collection `name` holds exactly the corpus, embedded by
     `model_path`. Returns what was checked.
 
     `encoder` (optional) is an uncached document encoder of `model_path` (loaded or not).
     `sample` ({doc_id: text}) names the documents whose vectors are checked (a sync passes
     some of the changed ones, possibly none); by default `index.verify_sample` documents
-    drawn from the corpus, their texts found by Ray workers.
+    drawn from the corpus, their texts found by Ray workers. `computed` is an encoder (built
+    with `remember`) that ran the model in this process on some of those texts: its vectors
+    are fresh embeddings already (the same loaded model would give the same floats again), so
+    only the sampled documents it did not compute, e.g. ones it found in the cache, are
+    encoded again.
     """
     expected = data.corpus.count
     got = verify_ids(client, name, data)
@@ -76,17 +81,23 @@ def verify(client, name: str, spec: Spec, data: DomainData, model_path: str, *, 
     if missing:
         raise IndexingError(f"{name} misses sampled documents {missing[:5]}")
     texts = sample_texts(data, ids) if sample is None else sample
-    cfg = encoder_config(spec, model_path, role="document", cache=False)
-    fresh = encode_texts([texts[d] for d in ids], cfg, encoder=encoder if encoder is not None else Encoder(cfg))
+    known = {d: computed.computed_vector(texts[d]) for d in ids} if computed is not None else {}
+    redo = [d for d in ids if known.get(d) is None]
+    if redo:
+        cfg = encoder_config(spec, model_path, role="document", cache=False)
+        again = encode_texts([texts[d] for d in redo], cfg, encoder=encoder if encoder is not None else Encoder(cfg))
+        known.update(zip(redo, again))
+    fresh = np.asarray([known[d] for d in ids], dtype=np.float32)
     stored = np.asarray([by_doc[d].vector for d in ids], dtype=np.float32)
     cos = np.sum(_unit(fresh) * _unit(stored), axis=1)
     worst = int(np.argmin(cos))
     if cos[worst] < MIN_COSINE:
         raise IndexingError(f"{name}: the stored vector of document {ids[worst]!r} does not match a fresh embedding "
                             f"by {model_path} (cosine {cos[worst]:.4f} < {MIN_COSINE})")
-    log.info("verified %s: %d points, ids match, %d sampled vectors (min cosine %.5f)", name, got, len(ids),
-             float(cos[worst]))
-    return {"points": got, "ids_checksum": True, "sampled": len(ids), "min_cosine": round(float(cos[worst]), 6)}
+    log.info("verified %s: %d points, ids match, %d sampled vectors (min cosine %.5f; %d encoded again)", name, got,
+             len(ids), float(cos[worst]), len(redo))
+    return {"points": got, "ids_checksum": True, "sampled": len(ids), "min_cosine": round(float(cos[worst]), 6),
+            "encoded_again": len(redo)}
 
 
 def verify_ids(client, name: str, data: DomainData) -> int:
