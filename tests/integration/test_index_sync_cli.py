@@ -27,6 +27,7 @@ def _reindex_json(sliced, *args) -> dict:
     return json.loads(out.stdout)
 
 
+@pytest.mark.slow  # CI time (100 s): the default tier's failed-sync rerun is test_sync_stage.py's
 def test_a_killed_sync_reruns_to_the_new_corpus_and_reports_what_it_did(sliced, shm):
     first = _reindex_json(sliced, "--run-id", "c1")
     assert first["mode"] == "full" and first["added"] == N_DOCS

@@ -1,8 +1,8 @@
 """`vectune run` on a SciFact slice, the happy path through to the alias swap: mine, train
 (Ray Train, the sentence-transformers trainer), evaluate base and tuned, the gate, re-index
 into a new collection, verify, swap; then the report and `vectune search` with the model
-stamped on the live collection. Real Ray, the real model, the embedded Qdrant engine. A
-second run of the slice is logged to a real local MLflow store and read back from it.
+stamped on the live collection. Real Ray, the real model, the embedded Qdrant engine. The
+run is logged to a real local MLflow store and read back from it.
 
 The slice trains on the queries it is scored on (its train labels are the test labels), so
 the gate passes for certain: this test is about the loop's plumbing, not about the gain,
@@ -44,12 +44,29 @@ def spec_path(tmp_path_factory, make_slice):
     return sl.spec_path
 
 
-def test_run_ends_with_the_alias_on_a_verified_new_collection(ray_local, spec_path):
+@pytest.fixture(scope="module")
+def happy(ray_local, spec_path):
+    """One `vectune run` of the slice, logged to a real local MLflow store (tracking switched on
+    the way a user tries it: --set, no edit of the YAML). Both tests below read it."""
+    import os
+
+    pytest.importorskip("mlflow")
+    saved = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        result = CliRunner().invoke(app, ["run", str(spec_path), "--run-id", "happy", "--set",
+                                          "runtime.tracking=mlflow", "--json"])
+    finally:
+        if saved is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = saved
+    return result
+
+
+def test_run_ends_with_the_alias_on_a_verified_new_collection(happy, spec_path):
     runner = CliRunner()
-    result = runner.invoke(app, ["run", str(spec_path), "--run-id", "happy", "--json"])
+    result = happy
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
-    spec = load_spec(spec_path)
+    spec = load_spec(spec_path, {"runtime.tracking": "mlflow"})  # as the run loaded it (Run.open records a changed spec)
     run = Run.open(spec, "happy")
     manifest = run.manifest
     for stage in ("mine", "train", "evaluate:base:test", "evaluate:tuned:test", "gate", "reindex"):
@@ -72,21 +89,16 @@ def test_run_ends_with_the_alias_on_a_verified_new_collection(ray_local, spec_pa
     assert len(hits["hits"]) == 3 and not hits["model"]["forced"]
 
 
-def test_run_is_logged_to_a_local_mlflow_store(ray_local, spec_path, monkeypatch):
-    """`runtime.tracking: mlflow`: a second run of the same slice (after the test above, whose
-    collection it replaces), read back through MLflow's own client from the real local store it
-    wrote (SQLite under the runs folder: MLflow 3 retired its plain file store). Nothing mocked."""
+def test_run_is_logged_to_a_local_mlflow_store(happy, spec_path):
+    """`runtime.tracking: mlflow`: the run above, read back through MLflow's own client from the
+    real local store it wrote (SQLite under the runs folder: MLflow 3 retired its plain file
+    store). Nothing mocked."""
     mlflow = pytest.importorskip("mlflow")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    # tracking switched on the way a user tries it: --set, no edit of the YAML
-    # judged against the base model: the live one is the test above's, trained longer on the same queries
-    result = CliRunner().invoke(app, ["run", str(spec_path), "--run-id", "tracked", "--set", "runtime.tracking=mlflow",
-                                      "--set", "train.epochs=2", "--set", "evaluate.gate.against=base", "--json"])
-    assert result.exit_code == 0, result.output
-    out = json.loads(result.stdout)
-    run_dir = spec_path.parent / "runs" / "slice" / "tracked"
+    assert happy.exit_code == 0, happy.output
+    out = json.loads(happy.stdout)
+    run_dir = spec_path.parent / "runs" / "slice" / "happy"
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["overrides"] == {"runtime.tracking": "mlflow", "train.epochs": 2, "evaluate.gate.against": "base"}
+    assert manifest["overrides"] == {"runtime.tracking": "mlflow"}
     tracked = out["tracking"]
     assert manifest["tracking"] == [tracked]
     assert tracked["uri"] == f"sqlite:///{spec_path.parent / 'runs' / 'mlflow.db'}"
@@ -94,12 +106,12 @@ def test_run_is_logged_to_a_local_mlflow_store(ray_local, spec_path, monkeypatch
     client = mlflow.MlflowClient(tracking_uri=tracked["uri"])
     experiment = client.get_experiment_by_name("slice")
     assert experiment.experiment_id == tracked["experiment_id"]
-    (found,) = client.search_runs([experiment.experiment_id], filter_string="tags.`vectune.run_id` = 'tracked'")
+    (found,) = client.search_runs([experiment.experiment_id], filter_string="tags.`vectune.run_id` = 'happy'")
     assert found.info.run_id == tracked["run_id"] and found.info.status == "FINISHED"
 
     # parameters: the whole spec, flattened, with the override's value
     params = found.data.params
-    assert float(params["train.epochs"]) == 2 and params["train.learning_rate"] == "0.0001"
+    assert float(params["train.epochs"]) == 3 and params["train.learning_rate"] == "0.0001"
     assert params["runtime.tracking"] == "mlflow" and params["evaluate.gate.metric"] == "ndcg@10"
     assert found.data.tags["vectune.spec_hash"] == manifest["spec_hash"]
 

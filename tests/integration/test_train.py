@@ -142,7 +142,8 @@ def test_interrupted_training_resumes_from_checkpoint(mined, faults):
     assert [h["step"] for h in state["history"]] == list(range(1, summary["steps"] + 1))
 
 
-@pytest.mark.parametrize("mode", ["raise", "kill"])
+# the `raise` variant is in the slow tier (CI stays under 20 minutes); `kill` is the real loss
+@pytest.mark.parametrize("mode", [pytest.param("raise", marks=pytest.mark.slow), "kill"])
 def test_lost_worker_resumes_within_the_run(mined, faults, mode):
     """With max_failures: 1, Ray Train restarts the workers from the last checkpoint, for an
     exception in a worker and for a worker process SIGKILLed mid-epoch (drill a): the steps
@@ -205,6 +206,7 @@ def test_resume_never_unpickles_code_from_the_runs_storage(mined, faults, tmp_pa
     assert not marker.exists()
 
 
+@pytest.mark.slow  # CI time: the default tier's gate test is test_gate_live.py (a refused run, exit 3)
 def test_gate_blocks_a_worse_model(mined):
     """An absurd learning rate wrecks the model; `vectune run` stops at the gate with exit
     code 3, records the refusal, and never creates a collection."""

@@ -59,6 +59,7 @@ def test_carve_is_seeded_and_disjoint(tmp_path, make_slice):
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # CI time (80 s): the search space and trial plumbing have unit tests (test_tune_space.py)
 def test_two_trial_search_picks_best_and_writes_a_valid_spec(tmp_path, make_slice, caplog, monkeypatch):
     import logging
 
