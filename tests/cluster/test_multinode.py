@@ -134,3 +134,52 @@ def test_auth_failures_are_actionable_and_never_print_tokens(ray_cluster, tmp_pa
     assert "RAY_AUTH_TOKEN" in proc.stderr and "RAY_AUTH_MODE=token" in proc.stderr
     output = proc.stdout + proc.stderr
     assert ray_cluster.token not in output and wrong not in output
+
+
+@pytest.mark.slow  # two re-index jobs on the cluster (~2 minutes); run with --run-slow
+def test_one_writer_per_alias_on_the_cluster(ray_cluster, make_slice, tmp_path_factory, storage):
+    """The alias lease lives in the shared runs storage (outside Qdrant), so it holds across
+    the cluster: two re-index jobs submitted at once, one holds the lease (made to hang halfway
+    through its upserts by an injected fault), the other fails within seconds naming it (exit
+    1). The holder's job is stopped (its driver killed); the next job takes the lease over and
+    completes."""
+    import time
+
+    root = tmp_path_factory.mktemp("cluster-lease")
+    sl = make_slice(root, n_docs=40, n_queries=5, seed=3,
+                    spec={"model": {"max_seq_length": 48},
+                          "index": {"batch_size": 4, "embed_batch_size": 10, "lease_ttl": 6,
+                                    "qdrant": {"path": str(storage / "qdrant-lease")}},
+                          "runtime": {"storage": str(storage / "lease-runs")}})
+    marker = root / "holder-halfway"
+    faults = root / "faults.json"
+    faults.write_text(json.dumps({"index.upsert": {"after": 2, "mode": "hang", "marker": str(marker)}}))
+    env_json = json.dumps({"env_vars": {"VECTUNE_FAULTS": str(faults)}})
+    held = vectune(ray_cluster, "submit", str(sl.spec_path), "--address", ray_cluster.address, "--pipeline",
+                   "reindex", "--no-wait", "--json", "--runtime-env-json", env_json, cwd=sl.root)
+    assert held.returncode == 0, held.stderr[-3000:]
+    holder_job = json.loads(held.stdout)["job_id"]
+    deadline = time.monotonic() + 240
+    while not marker.exists():
+        assert time.monotonic() < deadline, "the holder job never reached its upserts"
+        time.sleep(1)
+    lease = next((storage / "lease-runs" / "_leases").glob("*.json"))
+    holder = json.loads(lease.read_text())
+
+    start = time.monotonic()
+    second = vectune(ray_cluster, "submit", str(sl.spec_path), "--address", ray_cluster.address, "--pipeline",
+                     "reindex", "--wait", cwd=sl.root)
+    took = time.monotonic() - start
+    assert second.returncode == 1, (second.stdout[-2000:], second.stderr[-3000:])
+    assert f"run {holder['run_id']} on" in second.stdout + second.stderr
+    assert took < 120, f"the second writer's job took {took:.0f} s to give up (job start included)"
+
+    stopped = vectune(ray_cluster, "jobs", "stop", holder_job, "--address", ray_cluster.address, "--json")
+    assert stopped.returncode == 0, stopped.stderr
+    assert json.loads(lease.read_text())["run_id"] == holder["run_id"]  # a killed holder never released it
+    third = vectune(ray_cluster, "submit", str(sl.spec_path), "--address", ray_cluster.address, "--pipeline",
+                    "reindex", "--wait", "--json", cwd=sl.root, timeout=400)
+    assert third.returncode == 0, (third.stdout[-2000:], third.stderr[-4000:])
+    said = " ".join(third.stderr.split())
+    assert "taking over the lease" in said
+    assert not lease.exists()  # released once the swap was done
