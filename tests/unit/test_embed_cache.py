@@ -26,3 +26,15 @@ def test_each_setting_that_changes_a_vector_changes_the_key():
         cache_key("fp", **(BASE | {"normalize": False})),
     }
     assert len(keys) == 6
+
+
+def test_an_int8_cache_is_keyed_by_its_recipe(monkeypatch):
+    """Another int8 recipe gives other vectors: its cache, its scores and its stamp differ."""
+    from vectune.embed import EncoderConfig, int8
+    from vectune.embed.encoder import precision_identity
+
+    config = EncoderConfig(model_path="/m", fingerprint="fp", cache_root="/cache", precision="int8")
+    assert precision_identity("fp32") == "fp32" and precision_identity("int8") == f"int8-r{int8.RECIPE}"
+    before = config.cache_dir
+    monkeypatch.setattr(int8, "RECIPE", int8.RECIPE + 1)
+    assert config.cache_dir != before

@@ -32,6 +32,17 @@ def test_a_matching_stamp_allows_a_sync(tmp_path):
     assert cols.full_build_reason(_stamp(spec), vector_settings(spec, "fp1"), size=384, distance="Cosine") is None
 
 
+def test_an_int8_recipe_change_forces_a_full_build(tmp_path, monkeypatch):
+    from vectune.embed import int8
+
+    spec = _spec(tmp_path, {"precision": "int8"})
+    live = _stamp(spec)
+    assert live["int8_recipe"] == int8.RECIPE and _stamp(_spec(tmp_path))["int8_recipe"] is None
+    monkeypatch.setattr(int8, "RECIPE", int8.RECIPE + 1)
+    assert cols.full_build_reason(live, vector_settings(spec, "fp1")) == \
+        f"int8_recipe changed: live {int8.RECIPE - 1}, now {int8.RECIPE}"
+
+
 @pytest.mark.parametrize("now, expected", [
     ({"fingerprint": "fp2"}, "model changed: live 'fp1', now 'fp2'"),
     ({"model": {"precision": "bf16"}}, "precision changed: live 'fp32', now 'bf16'"),

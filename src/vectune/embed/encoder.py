@@ -47,6 +47,22 @@ def _warn_once(message: str) -> None:
     log.warning(message)
 
 
+def int8_recipe(precision: str) -> int | None:
+    """The int8 graph's recipe version for precision int8 (None otherwise): part of the vectors'
+    identity, since another recipe gives other vectors (cache keys, collection stamps, scores)."""
+    if precision != "int8":
+        return None
+    from vectune.embed.int8 import RECIPE
+
+    return RECIPE
+
+
+def precision_identity(precision: str) -> str:
+    """`precision` as the embedding cache keys it: int8 with its recipe (`int8-r2`)."""
+    recipe = int8_recipe(precision)
+    return precision if recipe is None else f"{precision}-r{recipe}"
+
+
 @dataclass(frozen=True)
 class EncoderConfig:
     """Everything that determines a vector, plus how to compute it."""
@@ -69,7 +85,7 @@ class EncoderConfig:
         if not self.cache_root:
             return None
         key = cache_key(self.fingerprint, max_seq_length=self.max_seq_length, prefix=self.prefix,
-                        normalize=self.normalize, precision=self.precision)
+                        normalize=self.normalize, precision=precision_identity(self.precision))
         return str(Path(self.cache_root) / key)
 
 

@@ -62,8 +62,8 @@ def update_stamp(client, name: str, **changes) -> dict:
 
 #: stamp fields that decide the vectors and payloads: a live collection whose stamp matches
 #: what a build would write now can be synced in place (`vectune.index.sync`)
-SYNC_FIELDS = ("format", "model_fingerprint", "precision", "document_prefix", "max_seq_length", "normalize",
-               "distance", "payload")
+SYNC_FIELDS = ("format", "model_fingerprint", "precision", "int8_recipe", "document_prefix", "max_seq_length",
+               "normalize", "distance", "payload")
 #: stamp format 2: every point carries a `text_hash` payload (format 1 did not)
 FORMAT = 2
 

@@ -142,7 +142,10 @@ def reindex(spec: Spec, run: Run, model_path: str, *, full: bool = False) -> dic
 
 def vector_settings(spec: Spec, fingerprint: str) -> dict:
     """What decides a collection's vectors and payloads (`collections.SYNC_FIELDS`)."""
+    from vectune.embed.encoder import int8_recipe
+
     return {"format": cols.FORMAT, "model_fingerprint": fingerprint, "precision": spec.model.precision,
+            "int8_recipe": int8_recipe(spec.model.precision),
             "document_prefix": spec.model.document_prefix, "max_seq_length": spec.model.max_seq_length,
             "normalize": spec.model.normalize, "distance": spec.index.distance, "payload": payload_fields(spec)}
 

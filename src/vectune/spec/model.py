@@ -29,5 +29,5 @@ class ModelSpec(Section):
         "identity (embedding cache, collection stamp). bf16: torch.autocast, faster on CPUs with AVX-512 "
         "BF16 or AMX and on recent GPUs, vectors within cosine 0.9999 of fp32. int8 (CPUs): the transformer "
         "as an int8 ONNX Runtime graph, built once beside the model (the `int8` extra); vectors at cosine "
-        "~0.995 of fp32. fp16 (GPUs): half weights. Figures: benchmarks/README.md.",
+        "~0.999 of fp32. fp16 (GPUs): half weights. Figures: benchmarks/README.md.",
     )
