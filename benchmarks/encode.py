@@ -314,9 +314,19 @@ def main() -> None:
                         help="The spec whose data, split and runs storage --quality uses (its caches too).")
     parser.add_argument("--tuned", type=str, default=None, help="A tuned model folder for --quality.")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "encode.json")
+    parser.add_argument("--quality-only", action="store_true", help="Only --quality (no timing).")
     parser.add_argument("--gpu", action="store_true",
                         help="Only the GPU mode: fp16 vs fp32 encode docs/s and a training step (needs CUDA).")
     args = parser.parse_args()
+
+    if args.quality_only:
+        report = {"benchmark": "encode --quality-only", "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                  "quality": quality(args.spec, args.tuned)}
+        out = args.out.with_name("encode_int8_quality.json") if args.out.name == "encode.json" else args.out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        print(json.dumps(report, indent=2))
+        return
 
     if args.gpu:
         import torch

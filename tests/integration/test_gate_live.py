@@ -96,3 +96,26 @@ def test_a_model_better_than_base_but_worse_than_the_live_one_is_refused(ray_loc
     assert listed.exit_code == 0, listed.output
     rows = {r["run_id"]: r for r in json.loads(listed.stdout)["runs"]}
     assert rows["r2"]["live"] and not rows["r1"]["live"] and rows["r2"]["gate"]["against"].startswith("base model")
+
+
+@pytest.mark.slow  # one more loop on the slice (~1 min); run with --run-slow
+def test_a_warm_start_continues_from_the_live_model_and_lineage_records_it(ray_local, slice_dir):
+    """`train.init: live`: training starts from the model stamped on the live collection, and the
+    run's manifest records which (its path and fingerprint, the live collection's)."""
+    from vectune.index.live import serving_model
+
+    runner = CliRunner()
+    strong = _spec(slice_dir, "strong", STRONG)
+    if _alias(strong) is None:  # run alone: make a model live first
+        first = runner.invoke(app, ["run", strong, "--run-id", "w0", "--json"])
+        assert first.exit_code == 0, first.output
+    warm = _spec(slice_dir, "warm", LIGHT, against="base")
+    live = serving_model(load_spec(warm))
+    assert live and live["path"]
+    result = runner.invoke(app, ["run", warm, "--run-id", "w1", "--set", "train.init=live", "--json"])
+    assert result.exit_code in (0, 3), result.output  # promoted or not: the lineage is what is checked
+    manifest = Run.open(load_spec(warm, {"train.init": "live"}), "w1").manifest
+    init = manifest["models"]["init"]
+    assert init["from"] == "live" and init["path"] == live["path"] and init["fingerprint"] == live["fingerprint"]
+    assert manifest["overrides"] == {"train.init": "live"}
+    assert manifest["models"]["tuned"]["fingerprint"] != live["fingerprint"]  # it did train on from there
