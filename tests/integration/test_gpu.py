@@ -41,13 +41,6 @@ def test_fp16_vectors_on_cuda_match_fp32(scifact):
     assert float((fp16 * fp32).sum(axis=1).min()) > 0.999
 
 
-def test_actor_plans_share_a_gpu():
-    from vectune.embed.actors import fit_actors
-
-    plan = fit_actors(16, 1, None, gpus_per_actor=0.5)
-    assert plan.actors == 2 and plan.gpus == 0.5
-
-
 def test_a_whole_run_on_gpus(make_slice, tmp_path, ray_local):
     """`vectune run` with every encoding stage on half a GPU per actor in fp16, and training on a
     GPU worker: the loop completes, the collection is stamped fp16, and the evaluate stage's

@@ -24,3 +24,10 @@ def test_concurrency_is_capped_by_the_cpus():
 def test_gpu_actors_one_per_gpu_share():
     plan = fit_actors(16.0, 2.0, None, gpus_per_actor=0.5)
     assert plan.actors == 4 and plan.gpus == 0.5 and plan.cpus == 1.0 and plan.threads == 3
+
+
+def test_fractional_gpus_put_two_encoder_actors_on_one_gpu():
+    """mine/evaluate/index.num_gpus 0.5: a machine with one GPU gets two actors sharing it (pure
+    planning: runs on CPU machines too; the GPU paths themselves are in test_gpu.py)."""
+    plan = fit_actors(16, 1, None, gpus_per_actor=0.5)
+    assert plan.actors == 2 and plan.gpus == 0.5

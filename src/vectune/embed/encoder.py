@@ -155,6 +155,7 @@ class Encoder:
 
         twin = Encoder(dataclasses.replace(self.config, cache_root=None))
         twin._model = self._model
+        twin.computed = self.computed  # the same model: what it computed is fresh for the twin too
         return twin
 
     @property
@@ -229,17 +230,17 @@ class Encoder:
         return out
 
     def _model_encode(self, texts: list[str]) -> np.ndarray:
-        bf16 = self.config.precision in ("bf16", "fp16")
+        half = self.config.precision in ("bf16", "fp16")
         with autocast(self.config.precision, self.model.device.type):
             vectors = self.model.encode(
                 texts,
                 batch_size=self.config.batch_size,
-                normalize_embeddings=self.config.normalize and not bf16,
-                convert_to_tensor=bf16,
-                convert_to_numpy=not bf16,
+                normalize_embeddings=self.config.normalize and not half,
+                convert_to_tensor=half,
+                convert_to_numpy=not half,
                 show_progress_bar=False,
             )
-        if bf16:  # pooled output back to fp32 and normalised there, so norms are 1 to fp32 precision
+        if half:  # pooled output back to fp32 and normalised there, so norms are 1 to fp32 precision
             import torch
 
             vectors = vectors.float()

@@ -308,5 +308,4 @@ def attach(model, graph: Path, threads: int | None = None):
         first.auto_model = onnx_network
     if getattr(first, "model_forward_params", None) is not None:
         first.model_forward_params = set(onnx_network.runner.inputs)
-    model.vectune_int8_graph = str(graph)
     return model

@@ -23,12 +23,11 @@ def scores_digest(spec: Spec) -> str:
     evaluate section its metrics and depth (not the gate, nor how the work is spread)."""
     import hashlib
 
-    from vectune.embed.encoder import int8_recipe
+    from vectune.embed.encoder import precision_identity
 
     dump = spec.canonical()
     evaluate = {k: dump["evaluate"][k] for k in ("metrics", "k")}
-    model = dump["model"] | ({"int8_recipe": int8_recipe(spec.model.precision)} if spec.model.precision == "int8"
-                             else {})
+    model = dump["model"] | {"precision": precision_identity(spec.model.precision)}  # int8 with its recipe
     blob = json.dumps({"data": dump["data"], "model": model, "evaluate": evaluate}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -115,8 +115,7 @@ def sync(client, where: Target, spec: Spec, data: DomainData, run_id: str, live:
     mark = time.perf_counter()
     fresh = encoder.without_cache()  # the model the driver loaded to write, if it did
     try:
-        checks = verify(client, live, spec, data, model["path"], seed=run_id, encoder=fresh, sample=sample,
-                        computed=encoder)
+        checks = verify(client, live, spec, data, model["path"], seed=run_id, encoder=fresh, sample=sample)
     except IndexingError as exc:
         raise IndexingError(f"{exc}. The sync of {live} did not converge; re-run `vectune reindex`, or "
                             "`vectune reindex --full` to build a new collection") from None

@@ -54,19 +54,18 @@ def sample_texts(data: DomainData, doc_ids: list[str]) -> dict[str, str]:
 
 
 def verify(client, name: str, spec: Spec, data: DomainData, model_path: str, *, seed: str,
-           encoder: Encoder | None = None, sample: dict[str, str] | None = None,
-           computed: Encoder | None = None) -> dict:
+           encoder: Encoder | None = None, sample: dict[str, str] | None = None) -> dict:
     """Raise IndexingError unless collection `name` holds exactly the corpus, embedded by
     `model_path`. Returns what was checked.
 
     `encoder` (optional) is an uncached document encoder of `model_path` (loaded or not).
     `sample` ({doc_id: text}) names the documents whose vectors are checked (a sync passes
     some of the changed ones, possibly none); by default `index.verify_sample` documents
-    drawn from the corpus, their texts found by Ray workers. `computed` is an encoder (built
-    with `remember`) that ran the model in this process on some of those texts: its vectors
-    are fresh embeddings already (the same loaded model would give the same floats again), so
-    only the sampled documents it did not compute, e.g. ones it found in the cache, are
-    encoded again.
+    drawn from the corpus, their texts found by Ray workers. When `encoder` (or the encoder it
+    is the uncached twin of) was built with `remember` and ran the model in this process on
+    some of those texts, its vectors are fresh embeddings already (the same loaded model would
+    give the same floats again), so only the sampled documents it did not compute, e.g. ones
+    it found in the cache, are encoded again.
     """
     expected = data.corpus.count
     got = verify_ids(client, name, data)
@@ -81,7 +80,7 @@ def verify(client, name: str, spec: Spec, data: DomainData, model_path: str, *, 
     if missing:
         raise IndexingError(f"{name} misses sampled documents {missing[:5]}")
     texts = sample_texts(data, ids) if sample is None else sample
-    known = {d: computed.computed_vector(texts[d]) for d in ids} if computed is not None else {}
+    known = {d: encoder.computed_vector(texts[d]) for d in ids} if encoder is not None else {}
     redo = [d for d in ids if known.get(d) is None]
     if redo:
         cfg = encoder_config(spec, model_path, role="document", cache=False)
