@@ -127,14 +127,32 @@ def _explicit_address() -> Iterator[None]:
         os.environ.update(saved)
 
 
-def job_client(address: str | None):
-    """A connected `JobSubmissionClient` (ClusterError with a hint when it cannot connect)."""
+def job_client(address: str | None, *, headers: dict | None = None, verify: bool | str = True):
+    """A connected `JobSubmissionClient` (ClusterError with a hint when it cannot connect).
+
+    `headers` (HTTP headers sent with every request, e.g. a proxy's authorization) and
+    `verify` (check the server's TLS certificate: True, False, or a CA bundle's path) mean
+    what `ray job submit --headers/--verify` mean."""
     address = resolve_address(address)
     enable_token_auth()
     from ray.job_submission import JobSubmissionClient
 
     with _explicit_address():
-        return _request(address, JobSubmissionClient, address)
+        return _request(address, JobSubmissionClient, address, headers=headers, verify=verify)
+
+
+def parse_verify(value: str | bool | None) -> bool | str:
+    """`--verify`'s text as Ray takes it: true/false, or the path of a CA bundle or folder."""
+    if value is None or isinstance(value, bool):
+        return True if value is None else value
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    if not Path(value).expanduser().exists():
+        raise SubmitError(f"--verify {value!r}: neither true/false nor an existing CA certificate file or folder")
+    return str(Path(value).expanduser())
 
 
 #: seconds one request to a job server may take: Ray's job SDK sets no timeout, so a
@@ -296,13 +314,15 @@ def submit(spec: Spec, *, address: str | None = None, pipeline: str = "finetune"
            logs: TextIO | None = None, submission_id: str | None = None, runtime_env_json: dict | None = None,
            working_dir: str | Path | None = None, metadata: dict | None = None,
            entrypoint_num_cpus: float | None = None, entrypoint_num_gpus: float | None = None,
-           entrypoint_memory: int | None = None) -> dict:
+           entrypoint_memory: int | None = None, entrypoint_resources: dict | None = None,
+           headers: dict | None = None, verify: bool | str = True) -> dict:
     """Submit `pipelines/<pipeline>.py` for `spec`; with `wait` (the default, as `ray job
     submit`), stream its logs to `logs` until it ends. Returns the job's id and, when
     waiting, its final status and exit code.
 
     `submission_id`, `runtime_env_json`, `working_dir`, `metadata` and the `entrypoint_*`
-    resources mean what they mean to `ray job submit`: `working_dir` is the folder whose
+    resources (`entrypoint_resources`: custom resources) and `headers`/`verify` mean what
+    they mean to `ray job submit`: `working_dir` is the folder whose
     `pipelines/` the job runs; `runtime_env_json` is merged into what vectune ships."""
     if pipeline not in PIPELINES:
         raise SubmitError(f"unknown pipeline {pipeline!r}; one of {', '.join(PIPELINES)}")
@@ -317,7 +337,7 @@ def submit(spec: Spec, *, address: str | None = None, pipeline: str = "finetune"
     if warning:
         log.warning(warning)
     address = resolve_address(address)
-    client = job_client(address)
+    client = job_client(address, headers=headers, verify=verify)
     if image and working_dir is not None:
         raise SubmitError("--working-dir cannot be combined with --image: the image holds pipelines/ "
                           "(--image-workdir names where)")
@@ -333,7 +353,8 @@ def submit(spec: Spec, *, address: str | None = None, pipeline: str = "finetune"
             meta["vectune_run_id"] = run_id
         resources = {k: v for k, v in (("entrypoint_num_cpus", entrypoint_num_cpus),
                                        ("entrypoint_num_gpus", entrypoint_num_gpus),
-                                       ("entrypoint_memory", entrypoint_memory)) if v is not None}
+                                       ("entrypoint_memory", entrypoint_memory),
+                                       ("entrypoint_resources", entrypoint_resources)) if v is not None}
         with _explicit_address():
             job_id = _request(address, client.submit_job, _seconds=SUBMIT_TIMEOUT, entrypoint=command, runtime_env=env, metadata=meta,
                               submission_id=submission_id, **resources)
@@ -376,10 +397,11 @@ def summary(info) -> dict:
     }
 
 
-def status(job_id: str, *, address: str | None = None, nodes: bool = False) -> dict:
+def status(job_id: str, *, address: str | None = None, nodes: bool = False, headers: dict | None = None,
+           verify: bool | str = True) -> dict:
     """A job's status; with `nodes`, which cluster nodes ran its actors and tasks."""
     address = resolve_address(address)
-    client = job_client(address)
+    client = job_client(address, headers=headers, verify=verify)
     with _explicit_address():
         out = summary(_request(address, client.get_job_info, job_id))
     out["exit_code"] = exit_code(out) if out["status"] in TERMINAL else None
@@ -391,31 +413,33 @@ def status(job_id: str, *, address: str | None = None, nodes: bool = False) -> d
     return out
 
 
-def list_jobs(*, address: str | None = None) -> list[dict]:
+def list_jobs(*, address: str | None = None, headers: dict | None = None, verify: bool | str = True) -> list[dict]:
     address = resolve_address(address)
-    client = job_client(address)
+    client = job_client(address, headers=headers, verify=verify)
     with _explicit_address():
         jobs = _request(address, client.list_jobs)
     return [summary(j) for j in jobs if j.submission_id]
 
 
-def logs(job_id: str, *, address: str | None = None, follow_logs: bool = False, out: TextIO | None = None) -> dict:
+def logs(job_id: str, *, address: str | None = None, follow_logs: bool = False, out: TextIO | None = None,
+         headers: dict | None = None, verify: bool | str = True) -> dict:
     """Print a job's logs (all so far, or following them until the job ends)."""
     out = out or sys.stdout
     address = resolve_address(address)
-    client = job_client(address)
+    client = job_client(address, headers=headers, verify=verify)
     if follow_logs:
         return follow(client, job_id, address=address, out=out)
     with _explicit_address():
         out.write(_scrub(_request(address, client.get_job_logs, job_id)))
     out.flush()
-    return status(job_id, address=address)
+    return status(job_id, address=address, headers=headers, verify=verify)
 
 
-def stop(job_id: str, *, address: str | None = None, wait_s: float = 30.0) -> dict:
+def stop(job_id: str, *, address: str | None = None, wait_s: float = 30.0, headers: dict | None = None,
+         verify: bool | str = True) -> dict:
     """Ask the cluster to stop a job and wait (up to `wait_s`) until it has."""
     address = resolve_address(address)
-    client = job_client(address)
+    client = job_client(address, headers=headers, verify=verify)
     with _explicit_address():
         stopped = _request(address, client.stop_job, job_id)
         deadline = time.monotonic() + wait_s

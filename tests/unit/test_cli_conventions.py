@@ -99,9 +99,9 @@ def test_set_is_recorded_in_the_manifest(tiny_beir):
 
 
 # -- submit mirrors `ray job submit` ---------------------------------------------------------
-SHARED_WITH_RAY = {"--address", "--submission-id", "--runtime-env-json", "--metadata-json", "--working-dir",
-                   "--entrypoint-num-cpus", "--entrypoint-num-gpus", "--entrypoint-memory", "--no-wait", "-v",
-                   "--verbose"}
+SHARED_WITH_RAY = {"--address", "--submission-id", "--runtime-env", "--runtime-env-json", "--metadata-json",
+                   "--working-dir", "--entrypoint-num-cpus", "--entrypoint-num-gpus", "--entrypoint-memory",
+                   "--entrypoint-resources", "--headers", "--verify", "--no-wait", "-v", "--verbose"}
 
 
 def test_submit_has_ray_job_submit_flags():
@@ -139,6 +139,88 @@ def test_submit_flags_reach_the_cluster_client(tiny_beir):
 def test_submit_bad_json_is_a_usage_error(tiny_beir, flag, value, message):
     result = invoke("submit", tiny_beir.spec_path, "--address", "http://127.0.0.1:9", flag, value)
     assert result.exit_code == 2 and message in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--entrypoint-resources", "[1]"], "--entrypoint-resources"),
+    (["--headers", "{nope"], "--headers"),
+    (["--verify", "/no/such/ca.pem"], "--verify"),
+    (["--runtime-env", "/no/such/env.yaml"], "/no/such/env.yaml"),
+    (["--runtime-env", "ENV", "--runtime-env-json", "{}"], "not both"),
+])
+def test_submit_bad_connection_options_are_usage_errors_naming_the_option(tiny_beir, tmp_path, args, message):
+    env_file = tmp_path / "env.yaml"
+    env_file.write_text("env_vars: {A: '1'}\n")
+    args = [str(env_file) if a == "ENV" else a for a in args]
+    result = invoke("submit", tiny_beir.spec_path, "--address", "http://127.0.0.1:9", *args)
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_runtime_env_file_must_hold_a_mapping(tiny_beir, tmp_path):
+    env_file = tmp_path / "env.yaml"
+    env_file.write_text("- pip\n")
+    result = invoke("submit", tiny_beir.spec_path, "--address", "http://127.0.0.1:9", "--runtime-env", env_file)
+    assert result.exit_code == 2 and "must hold a mapping" in result.output
+
+
+class _JobServer:
+    """A stand-in for the Ray dashboard's HTTP job API (stdlib http.server on loopback): it
+    answers the version check and an empty job list, and keeps each request's headers, so a
+    test sees what `--headers` puts on the wire without a cluster."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        seen = self.seen = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's name
+                seen.append((self.path, dict(self.headers)))
+                body = {"/api/version": {"version": "4", "ray_version": "2.60.0", "ray_commit": "x"},
+                        "/api/jobs/": []}.get(self.path.split("?")[0])
+                payload = json.dumps(body).encode()
+                self.send_response(200 if body is not None else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_headers_reach_the_job_server_on_every_request():
+    server = _JobServer()
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        proc = subprocess.run([VECTUNE, "jobs", "list", "--address", server.url, "--json",
+                               "--headers", '{"X-Vectune-Test": "search-team"}', "--verify", "false"],
+                              env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        server.close()
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == []
+    paths = [path for path, _ in server.seen]
+    assert "/api/version" in paths and any(p.startswith("/api/jobs/") for p in paths)
+    assert all(headers.get("X-Vectune-Test") == "search-team" for _, headers in server.seen)
+
+
+def test_verify_takes_booleans_or_a_ca_path(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    assert jobs.parse_verify("True") is True and jobs.parse_verify("false") is False
+    assert jobs.parse_verify(str(ca)) == str(ca)
+    with pytest.raises(jobs.SubmitError, match="--verify"):
+        jobs.parse_verify(str(tmp_path / "missing.pem"))
 
 
 def test_runtime_env_json_is_merged_not_replacing_what_vectune_ships(tiny_beir):

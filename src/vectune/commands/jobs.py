@@ -14,6 +14,12 @@ from vectune.stages import Pipeline
 AddressOpt = Annotated[Optional[str], typer.Option(
     "--address", envvar=["VECTUNE_RAY_ADDRESS", "RAY_ADDRESS"], show_envvar=True,
     help="The cluster's dashboard URL (http://HEAD:8265), or a Ray address.")]
+HeadersOpt = Annotated[Optional[str], typer.Option(
+    "--headers", metavar="JSON", help="HTTP headers sent with every request to the job server, as a JSON "
+    "object (a proxy's authorization, say), as for `ray job submit`.")]
+VerifyOpt = Annotated[str, typer.Option(
+    "--verify", help="Verify the job server's TLS certificate: true, false, or the path of a CA bundle "
+    "or folder, as for `ray job submit`.")]
 JobArg = Annotated[str, typer.Argument(help="The submission id `vectune submit` printed (raysubmit_...).",
                                        show_default=False)]
 
@@ -42,7 +48,36 @@ def _print_status(info: dict) -> None:
         console.out.print(f"node {node_id[:12]} ({node['ip']}, {role}): {tasks} tasks; actors: {actors}")
 
 
-def _json_object(value: Optional[str]) -> Optional[dict]:
+def _connection(headers: Optional[str], verify: str) -> dict:
+    """`--headers` and `--verify` as the job client takes them (bad values: exit 2)."""
+    from vectune import jobs
+
+    try:
+        checked = jobs.parse_verify(verify)
+    except jobs.SubmitError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--verify") from None
+    return {"headers": _json_object(headers, "--headers"), "verify": checked}
+
+
+def _runtime_env_file(path: Optional[str]) -> Optional[dict]:
+    """`--runtime-env FILE`: a YAML mapping of Ray runtime_env keys (bad file: exit 2, named)."""
+    if path is None:
+        return None
+    import yaml
+
+    try:
+        parsed = yaml.safe_load(open(path, encoding="utf-8"))
+    except OSError as exc:
+        raise typer.BadParameter(f"{path}: cannot read it ({exc.strerror or exc})", param_hint="--runtime-env") \
+            from None
+    except yaml.YAMLError as exc:
+        raise typer.BadParameter(f"{path}: not valid YAML: {exc}", param_hint="--runtime-env") from None
+    if not isinstance(parsed, dict):
+        raise typer.BadParameter(f"{path}: must hold a mapping of runtime_env keys", param_hint="--runtime-env")
+    return parsed
+
+
+def _json_object(value: Optional[str], hint: Optional[str] = None) -> Optional[dict]:
     """A `--*-json` option's text as a JSON object (bad JSON is a usage error: exit 2)."""
     if value is None:
         return None
@@ -51,9 +86,9 @@ def _json_object(value: Optional[str]) -> Optional[dict]:
     try:
         parsed = json.loads(value)
     except ValueError as exc:
-        raise typer.BadParameter(f"not valid JSON: {exc}") from None
+        raise typer.BadParameter(f"not valid JSON: {exc}", param_hint=hint) from None
     if not isinstance(parsed, dict):
-        raise typer.BadParameter("must be a JSON object ({...})")
+        raise typer.BadParameter("must be a JSON object ({...})", param_hint=hint)
     return parsed
 
 
@@ -61,8 +96,9 @@ def register(app: typer.Typer) -> None:
     """Add this module's commands to the CLI."""
 
     # The options that `ray job submit` also has keep its names, defaults and meaning
-    # (--address, --submission-id, --runtime-env-json, --metadata-json, --working-dir,
-    # --entrypoint-num-cpus/-gpus/-memory, waiting unless --no-wait, -v).
+    # (--address, --submission-id, --runtime-env, --runtime-env-json, --metadata-json,
+    # --working-dir, --entrypoint-num-cpus/-gpus/-memory/-resources, --headers, --verify,
+    # waiting unless --no-wait, -v).
     @app.command()
     def submit(
         spec: Annotated[str, typer.Argument(help="The YAML spec (rendered and shipped with the job).",
@@ -75,6 +111,9 @@ def register(app: typer.Typer) -> None:
                                            "--no-wait prints the submission id and returns.")] = True,
         submission_id: Annotated[Optional[str], typer.Option("--submission-id", help="The job's submission id "
                                                              "(default: one Ray generates).")] = None,
+        runtime_env_file: Annotated[Optional[str], typer.Option(
+            "--runtime-env", metavar="FILE", help="A YAML file of Ray runtime_env keys, merged like "
+            "--runtime-env-json (give one of the two).")] = None,
         runtime_env_json: Annotated[Optional[str], typer.Option(
             "--runtime-env-json", metavar="JSON", help="Ray runtime_env keys merged into the job's (env_vars and "
             "pip are merged; working_dir, py_modules and image_uri stay vectune's).")] = None,
@@ -88,6 +127,11 @@ def register(app: typer.Typer) -> None:
             "--entrypoint-num-gpus", min=0, help="GPUs reserved for the job's driver.")] = None,
         entrypoint_memory: Annotated[Optional[int], typer.Option(
             "--entrypoint-memory", min=0, help="Memory (bytes) reserved for the job's driver.")] = None,
+        entrypoint_resources: Annotated[Optional[str], typer.Option(
+            "--entrypoint-resources", metavar="JSON", help="Custom resources reserved for the job's driver, "
+            'as a JSON object ({"accelerator": 1}).')] = None,
+        headers: HeadersOpt = None,
+        verify: VerifyOpt = "True",
         image: Annotated[Optional[str], typer.Option(help="Run the job in this container image (Ray `image_uri`: "
                                                      "podman on every node; the image holds vectune and "
                                                      "pipelines/).")] = None,
@@ -111,14 +155,19 @@ def register(app: typer.Typer) -> None:
         from vectune import _console as console
         from vectune import jobs
 
-        env_extra, metadata = _json_object(runtime_env_json), _json_object(metadata_json)
+        if runtime_env_file is not None and runtime_env_json is not None:
+            raise typer.BadParameter("give --runtime-env or --runtime-env-json, not both", param_hint="--runtime-env")
+        env_extra = _runtime_env_file(runtime_env_file) or _json_object(runtime_env_json, "--runtime-env-json")
+        metadata = _json_object(metadata_json, "--metadata-json")
+        resources = _json_object(entrypoint_resources, "--entrypoint-resources")
+        connection = _connection(headers, verify)
         s = load(Path(spec), sets)
         result = call(jobs.submit, s, address=address, pipeline=pipeline.value, wait=wait, image=image,
                       image_workdir=image_workdir, run_id=run_id, model=model, full=full, pip=pip, ship_package=ship_code,
                       logs=sys.stderr if json_ else sys.stdout, verbose=verbose, submission_id=submission_id,
                       runtime_env_json=env_extra, metadata=metadata, working_dir=working_dir,
                       entrypoint_num_cpus=entrypoint_num_cpus, entrypoint_num_gpus=entrypoint_num_gpus,
-                      entrypoint_memory=entrypoint_memory)
+                      entrypoint_memory=entrypoint_memory, entrypoint_resources=resources, **connection)
         if json_:
             console.emit_json(result)
         elif not wait:
@@ -135,7 +184,7 @@ def register(app: typer.Typer) -> None:
 
 
 @jobs_app.command("status")
-def status(job_id: JobArg, address: AddressOpt = None,
+def status(job_id: JobArg, address: AddressOpt = None, headers: HeadersOpt = None, verify: VerifyOpt = "True",
            nodes: Annotated[bool, typer.Option("--nodes/--no-nodes", help="Which nodes ran the job's actors "
                                                "and tasks (Ray state API).")] = True,
            json_: Annotated[bool, typer.Option("--json")] = False) -> None:
@@ -143,7 +192,7 @@ def status(job_id: JobArg, address: AddressOpt = None,
     from vectune import _console as console
     from vectune import jobs
 
-    info = call(jobs.status, job_id, address=address, nodes=nodes)
+    info = call(jobs.status, job_id, address=address, nodes=nodes, **_connection(headers, verify))
     if json_:
         console.emit_json(info)
     else:
@@ -151,25 +200,25 @@ def status(job_id: JobArg, address: AddressOpt = None,
 
 
 @jobs_app.command("logs")
-def logs(job_id: JobArg, address: AddressOpt = None,
+def logs(job_id: JobArg, address: AddressOpt = None, headers: HeadersOpt = None, verify: VerifyOpt = "True",
          follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep streaming until the job ends; "
                                               "exit with its result.")] = False) -> None:
     """Print a job's logs."""
     from vectune import jobs
 
-    info = call(jobs.logs, job_id, address=address, follow_logs=follow)
+    info = call(jobs.logs, job_id, address=address, follow_logs=follow, **_connection(headers, verify))
     if follow:
         raise typer.Exit(info["exit_code"])
 
 
 @jobs_app.command("stop")
-def stop(job_id: JobArg, address: AddressOpt = None,
+def stop(job_id: JobArg, address: AddressOpt = None, headers: HeadersOpt = None, verify: VerifyOpt = "True",
          json_: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Stop a running job (its driver, actors and tasks)."""
     from vectune import _console as console
     from vectune import jobs
 
-    info = call(jobs.stop, job_id, address=address)
+    info = call(jobs.stop, job_id, address=address, **_connection(headers, verify))
     if json_:
         console.emit_json(info)
     else:
@@ -177,14 +226,16 @@ def stop(job_id: JobArg, address: AddressOpt = None,
 
 
 @jobs_app.command("list")
-def list_(address: AddressOpt = None, json_: Annotated[bool, typer.Option("--json")] = False) -> None:
+def list_(address: AddressOpt = None, headers: HeadersOpt = None, verify: VerifyOpt = "True",
+          json_: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Jobs submitted to the cluster, newest first."""
     from rich.table import Table
 
     from vectune import _console as console
     from vectune import jobs
 
-    rows = sorted(call(jobs.list_jobs, address=address), key=lambda j: j["start_time"] or 0, reverse=True)
+    rows = sorted(call(jobs.list_jobs, address=address, **_connection(headers, verify)),
+                  key=lambda j: j["start_time"] or 0, reverse=True)
     if json_:
         console.emit_json(rows)
         return
