@@ -86,7 +86,7 @@ def test_figures_agree_with_an_independent_computation(sl, first):
     assert ours["ndcg@10"] > 0.6
 
 
-@pytest.mark.slow  # CI time: the default tier checks the other CPU precision, int8, the same way
+@pytest.mark.slow  # CI time: bf16's cache key and spec are unit-tested; its ranking runs with --run-slow, as int8's
 def test_bf16_encoding_ranks_like_fp32_in_its_own_cache(sl, first):
     """model.precision bf16 (autocast): vectors within cosine 0.9999 of fp32, the same figures
     within 0.01 on this 60-query slice (a near-tie swapped in one query's top 10 moves nDCG@10 by
@@ -115,6 +115,9 @@ def test_bf16_encoding_ranks_like_fp32_in_its_own_cache(sl, first):
     assert not np.array_equal(a, b)  # it did run in bf16
 
 
+# CI time: the default tier checks int8 vectors against fp32 (test_int8.py: cosine to fp32) and
+# an int8 collection built, stamped and searched in int8 (test_index_stage.py)
+@pytest.mark.slow
 def test_int8_encoding_ranks_like_fp32_in_its_own_cache(sl, first):
     """model.precision int8 (ONNX Runtime graph): the stage reports the metrics of the precision
     in use, within 0.02 of fp32 on this 60-query slice (vectors at cosine ~0.995), from a cache

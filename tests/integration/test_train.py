@@ -117,6 +117,10 @@ def test_train_two_workers_keeps_dimension(mined, monkeypatch):
     assert state["step"] == summary["steps"] == _adam_steps(state)
 
 
+# CI time: the default tier resumes from a checkpoint in test_lost_worker_resumes_within_the_run[kill]
+# (the same Adam-state and history assertions) and loads one in test_resume_never_unpickles...;
+# a re-run after the driver died is drilled in test_driver_kill.py (slow too)
+@pytest.mark.slow
 def test_interrupted_training_resumes_from_checkpoint(mined, faults):
     """A run that dies at step 3 (checkpoint at 2) and is re-run continues at step 3 with the
     checkpoint's optimizer state: Adam's step counter ends at the total, not total - 2."""
