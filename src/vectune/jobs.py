@@ -143,8 +143,10 @@ def job_client(address: str | None, *, headers: dict | None = None, verify: bool
 
 def parse_verify(value: str | bool | None) -> bool | str:
     """`--verify`'s text as Ray takes it: true/false, or the path of a CA bundle or folder."""
-    if value is None or isinstance(value, bool):
-        return True if value is None else value
+    if value is None:
+        return True
+    if isinstance(value, bool):
+        return value
     lowered = value.strip().lower()
     if lowered in ("true", "1", "yes"):
         return True

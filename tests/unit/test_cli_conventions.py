@@ -154,6 +154,7 @@ def test_submit_bad_connection_options_are_usage_errors_naming_the_option(tiny_b
     args = [str(env_file) if a == "ENV" else a for a in args]
     result = invoke("submit", tiny_beir.spec_path, "--address", "http://127.0.0.1:9", *args)
     assert result.exit_code == 2 and message in result.output, result.output
+    assert "No such option" not in result.output  # refused for its value, not as an unknown flag
 
 
 def test_runtime_env_file_must_hold_a_mapping(tiny_beir, tmp_path):

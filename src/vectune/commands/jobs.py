@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -66,7 +67,7 @@ def _runtime_env_file(path: Optional[str]) -> Optional[dict]:
     import yaml
 
     try:
-        parsed = yaml.safe_load(open(path, encoding="utf-8"))
+        parsed = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise typer.BadParameter(f"{path}: cannot read it ({exc.strerror or exc})", param_hint="--runtime-env") \
             from None
@@ -150,8 +151,6 @@ def register(app: typer.Typer) -> None:
         verbose: VerboseOpt = False,
     ) -> None:
         """Run a pipeline on a Ray cluster through the Jobs API (as `ray job submit` does)."""
-        from pathlib import Path
-
         from vectune import _console as console
         from vectune import jobs
 
