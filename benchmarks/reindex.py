@@ -67,6 +67,7 @@ class PeakRSS:
         self.peak_total = 0
         self.peak_driver = 0
         self.at_peak: dict = {}
+        self.by_pid: dict[int, tuple[int, str]] = {}  # each process's own peak, and its name then
         self._cpu: dict[int, float] = {}
         self._cpu0: dict[int, float] = {}
         self._stop = threading.Event()
@@ -92,6 +93,8 @@ class PeakRSS:
                 except psutil.Error:
                     continue
                 total += rss
+                if rss > self.by_pid.get(proc.pid, (0, ""))[0]:
+                    self.by_pid[proc.pid] = (rss, name)
                 entry = by_name.setdefault(name[:40], [0, 0])
                 entry[0] += 1
                 entry[1] += rss
@@ -124,9 +127,22 @@ class PeakRSS:
     def cpu_seconds(self) -> float:
         return sum(self._cpu[p] - self._cpu0.get(p, 0.0) for p in self._cpu)
 
+    def roles(self) -> dict:
+        """Peak RSS (MiB) of the busiest process in each role, each at its own peak: the driver,
+        an encoder actor, the embedded engine's owner (the writer: it holds the engine, vectors
+        included) and the other Ray workers (read and write tasks)."""
+        out: dict[str, float] = {}
+        for rss, name in self.by_pid.values():
+            role = ("driver" if name == "driver" else "encoder_actor" if "Encoder" in name
+                    else "writer" if "EmbeddedOwner" in name else "other_worker" if name.startswith("ray::")
+                    else "ray_system")
+            out[role] = max(out.get(role, 0.0), round(rss / 2**20, 1))
+        return out
+
     def mib(self) -> dict:
         return {"peak_rss_mib": round(self.peak_total / 2**20, 1),
                 "peak_driver_rss_mib": round(self.peak_driver / 2**20, 1),
+                "peak_rss_by_role_mib": self.roles(),
                 "cpu_seconds": round(self.cpu_seconds(), 1), "rss_at_peak_by_process": self.at_peak}
 
 
@@ -165,6 +181,8 @@ def write_spec(folder: Path, name: str, runs: Path, qdrant: Path, args) -> Path:
             "runtime": {"runs": str(runs)}}
     if name.endswith("synthetic") and args.synthetic_seq:
         spec["model"] = {"max_seq_length": args.synthetic_seq}
+    if args.precision:
+        spec.setdefault("model", {})["precision"] = args.precision
     path = folder / f"spec-{runs.name}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -249,6 +267,29 @@ def change_corpus(path: Path, share: float, seed: int) -> dict:
     return {"modified": len(modify), "removed": len(remove), "added": n // 4, "docs_after": len(out)}
 
 
+def changed_texts(before: list[str], path: Path) -> list[str]:
+    """Texts of the documents in corpus `path` that are new or changed against lines `before`."""
+    old = {r["_id"]: r for r in (json.loads(line) for line in before if line.strip())}
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [r["text"] for r in rows if old.get(r["_id"]) != r]
+
+
+def encode_floor(spec_path: Path, texts: list[str]) -> dict:
+    """What any sync must pay at least: the model run on the changed texts alone, in this
+    process, with no Ray, no Qdrant, no diff (and the model's load, timed apart)."""
+    from vectune.embed import Encoder, encoder_config, resolve_model
+    from vectune.spec import load_spec
+
+    spec = load_spec(spec_path)
+    start = time.perf_counter()
+    encoder = Encoder(encoder_config(spec, resolve_model(spec.model.base), role="document", cache=False))
+    encoder.encode(texts[:1])
+    loaded = time.perf_counter() - start
+    start = time.perf_counter()
+    encoder.encode(texts)
+    return {"texts": len(texts), "load_seconds": round(loaded, 2), "encode_seconds": round(time.perf_counter() - start, 2)}
+
+
 def _timed_reindex(spec_path: Path, run_id: str, *, full: bool) -> dict:
     from vectune.embed import resolve_model
     from vectune.index import reindex
@@ -284,8 +325,10 @@ def sync_vs_full(folder: Path, args) -> dict:
     out: dict = {"first_build": _timed_reindex(sync_spec, "first", full=True)}
     shutil.copytree(folder / "runs-sync-a" / "_cache", folder / "runs-sync-b" / "_cache")
 
+    before = corpus.read_text(encoding="utf-8").splitlines()
     out["change"] = change_corpus(corpus, args.change, seed=1)
     out["sync_changed"] = _timed_reindex(sync_spec, "sync-changed", full=False)
+    out["encode_floor"] = encode_floor(sync_spec, changed_texts(before, corpus))
     out["full_changed"] = _timed_reindex(full_spec, "full-changed", full=True)
     out["sync_unchanged"] = _timed_reindex(sync_spec, "sync-unchanged", full=False)
     lines = corpus.read_text(encoding="utf-8").splitlines()
@@ -298,6 +341,12 @@ def sync_vs_full(folder: Path, args) -> dict:
     out["ratio_sync_vs_full_changed"] = round(out["sync_changed"]["seconds"] / full_c, 4)
     out["ratio_sync_vs_full_unchanged"] = round(out["sync_unchanged"]["seconds"] / full_u, 4)
     out["ratio_sync_vs_full_unchanged_reordered"] = round(out["sync_unchanged_reordered"]["seconds"] / full_u, 4)
+    # the least a sync with this change could take, against the same full re-index: encoding
+    # the changed documents alone (the model already loaded), and with the model's load
+    floor = out["encode_floor"]
+    out["ratio_floor_encode_vs_full_changed"] = round(floor["encode_seconds"] / full_c, 4)
+    out["ratio_floor_load_and_encode_vs_full_changed"] = round(
+        (floor["load_seconds"] + floor["encode_seconds"]) / full_c, 4)
     return out
 
 
@@ -469,6 +518,47 @@ def memory_scaling(small_n: int, small: dict, big_n: int, big: dict) -> dict:
     }
 
 
+def role_scaling(sizes: list[int], runs: list[dict]) -> dict:
+    """Each role's peak RSS at both sizes and their ratio, and the sum of the role peaks less
+    the embedded engine's own vectors (points x 384 float32, held by the writer)."""
+    roles = sorted(set(runs[0]["peak_rss_by_role_mib"]) | set(runs[1]["peak_rss_by_role_mib"]))
+    out: dict = {"docs": sizes}
+    for role in roles:
+        small, big = (r["peak_rss_by_role_mib"].get(role, 0.0) for r in runs)
+        out[role] = {"peak_rss_mib": [small, big], "ratio": round(big / small, 3) if small else None}
+    vectors = [round(n * DIM * 4 / 2**20, 1) for n in sizes]
+    out["engine_vectors_mib"] = vectors
+    if "writer" in out:
+        less = [round(w - v, 1) for w, v in zip(out["writer"]["peak_rss_mib"], vectors)]
+        out["writer_less_vectors"] = {"peak_rss_mib": less, "ratio": round(less[1] / less[0], 3) if less[0] else None}
+    counted = ("driver", "encoder_actor", "writer")
+    out["sum_driver_actors_writer_less_vectors_mib"] = [
+        round(sum(r["peak_rss_by_role_mib"].get(role, 0.0) * (r["encoder_actors"] if role == "encoder_actor" else 1)
+                  for role in counted) - v, 1) for r, v in zip(runs, vectors)]
+    return out
+
+
+def memory_only(args, argv: list[str]) -> None:
+    results: dict = {"benchmark": "reindex-memory", "host": platform.node(), "cpus": os.cpu_count(),
+                     "load_average_start": [round(x, 2) for x in os.getloadavg()],
+                     "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                                  if k not in ("one", "child_out")},
+                     "corpora": {}}
+    runs = []  # (the children see --memory-sizes too, and ignore it: --one comes first)
+    for n in args.memory_sizes:
+        full = _spawn("synthetic", n, "full", argv)["full_reindex"]
+        full["encoder_actors"] = _encoders(full)[0] or args.concurrency
+        results["corpora"][f"synthetic_{n}"] = full
+        runs.append(full)
+        print(f"[memory] {n} documents: {full['seconds']} s, roles {full['peak_rss_by_role_mib']}",
+              file=sys.stderr, flush=True)
+    results["memory_scaling"] = role_scaling(list(args.memory_sizes), runs)
+    results["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
 def _one(args) -> None:
     """Child process: one corpus, with its own Ray, so peak memory and model residue of one
     corpus never leak into the next."""
@@ -521,6 +611,11 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2, help="Runs of vectune's writer in (c); the best counts.")
     ap.add_argument("--baseline-batches", type=int, nargs="+", default=[64, 256, 1024])
     ap.add_argument("--cpus", type=int, default=None, help="CPUs for the local Ray (default: all).")
+    ap.add_argument("--precision", choices=["fp32", "bf16", "int8"], default=None,
+                    help="model.precision of every spec (default: the spec default, fp32).")
+    ap.add_argument("--memory-sizes", type=int, nargs=2, metavar=("SMALL", "BIG"), default=None,
+                    help="(d) only: a full re-index of synthetic corpora of these two sizes, each in its own "
+                         "process, and the peak RSS of each role compared between them (issue 18: 50000 500000).")
     ap.add_argument("--qdrant-dir", default=None,
                     help="Folder for the work files and Qdrant stores (default /dev/shm, tmpfs); a folder on "
                          "disk measures what the default `<runs>/qdrant` store sees.")
@@ -542,6 +637,9 @@ def main() -> None:
     if "--phases" in argv:
         i = argv.index("--phases")
         del argv[i:i + 2]
+
+    if args.memory_sizes:
+        return memory_only(args, argv)
 
     results: dict = {
         "benchmark": "reindex", "host": platform.node(), "cpus": os.cpu_count(),

@@ -1,12 +1,20 @@
-"""`vectune run` on a SciFact slice, the happy path through to the alias swap: mine, train
-(Ray Train, the sentence-transformers trainer), evaluate base and tuned, the gate, re-index
-into a new collection, verify, swap; then the report and `vectune search` with the model
-stamped on the live collection. Real Ray, the real model, the embedded Qdrant engine. The
-run is logged to a real local MLflow store and read back from it.
+"""`vectune run` on a SciFact slice: the happy path through to the alias swap, then a champion /
+challenger round against the model that happy run made live. Real Ray, the real model, the
+embedded Qdrant engine, a real local MLflow store.
 
-The slice trains on the queries it is scored on (its train labels are the test labels), so
-the gate passes for certain: this test is about the loop's plumbing, not about the gain,
-which `test_graded.py` and the SciFact quick start measure honestly.
+Run 1 (`happy`): mine, train (Ray Train, the sentence-transformers trainer), evaluate base and
+tuned, the gate (nothing is live yet: the base is the champion), re-index into a new
+collection, verify, swap; then the report, `vectune search` with the model stamped on the live
+collection, and the run read back from MLflow. Run 2 trains lightly and is judged against the
+live model with a significance test: refused (exit 3); the same run judged against the base
+passes. The tests share run 1 (one loop less in CI) and run in file order.
+
+The slice trains on the queries it is scored on (its train labels are the test labels,
+`evaluate.overlap: allow`), so each run's training strength is plain in its scores: run 1
+trains hard and passes for certain; run 2 gives a model better than the base but worse than
+run 1 (both figures asserted). This file is about the loop's plumbing and the gate's
+decisions, not about the gain, which `test_graded.py` and the SciFact quick start measure
+honestly.
 """
 
 from __future__ import annotations
@@ -26,28 +34,53 @@ from vectune.spec import load_spec
 
 pytestmark = pytest.mark.ray
 
+STRONG = {"epochs": 3, "learning_rate": 1e-4}
+LIGHT = {"epochs": 1, "learning_rate": 1e-5}
+
 
 @pytest.fixture(scope="module")
-def spec_path(tmp_path_factory, make_slice):
+def slice_dir(tmp_path_factory, make_slice, shm):
     sl = make_slice(tmp_path_factory.mktemp("run"), n_docs=120, split="test", n_queries=40, seed=11,
-                    spec={"model": {"max_seq_length": 48},
-                          "mine": {"num_negatives": 1, "range_max": 20},
-                          "train": {"workers": 1, "cpus_per_worker": 1.5, "batch_size": 16, "epochs": 3,
-                                    "negatives": 1, "learning_rate": 1e-4, "max_failures": 0,
-                                    "validation_queries": 0},
-                          "evaluate": {"overlap": "allow", "gate": {"metric": "ndcg@10", "min_gain": 0.005, "no_regress": []}}})
-    mapping = yaml.safe_load(sl.spec_path.read_text())
+                    spec={"model": {"max_seq_length": 48}, "mine": {"num_negatives": 1, "range_max": 20}})
     shutil.copy(sl.qrels_path("test"), sl.root / "qrels" / "train.tsv")
+    return sl, shm
+
+
+def _spec(slice_dir, name: str, train: dict, **gate) -> Path:
+    sl, shm = slice_dir
+    mapping = yaml.safe_load(sl.spec_path.read_text())
     mapping["data"]["train"] = {"path": "qrels/train.tsv"}
-    mapping["index"] = {"collection": "slice", "alias": "slice", "keep": 2}
-    sl.spec_path.write_text(yaml.safe_dump(mapping))
-    return sl.spec_path
+    mapping["train"] = {"workers": 1, "cpus_per_worker": 1.5, "batch_size": 16, "negatives": 1, "max_failures": 0,
+                        "validation_queries": 0, "interpolation": [1.0], **train}
+    mapping["evaluate"] = {"overlap": "allow", "gate": {"metric": "ndcg@10", "min_gain": 0.005,
+                                                           "no_regress": [], **gate}}
+    mapping["index"] = {"collection": "slice", "alias": "slice", "keep": 3,
+                        "qdrant": {"path": str(shm / "qdrant-run")}}
+    path = sl.root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(mapping))
+    return path
+
+
+def _alias(spec_path) -> str | None:
+    from vectune.index import connect
+    from vectune.index import collections as cols
+
+    client = connect(load_spec(spec_path))
+    try:
+        return cols.live_collection(client, "slice")
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def spec_path(slice_dir) -> Path:
+    return _spec(slice_dir, "strong", STRONG)
 
 
 @pytest.fixture(scope="module")
 def happy(ray_local, spec_path):
     """One `vectune run` of the slice, logged to a real local MLflow store (tracking switched on
-    the way a user tries it: --set, no edit of the YAML). Both tests below read it."""
+    the way a user tries it: --set, no edit of the YAML). Every test below reads it."""
     import os
 
     pytest.importorskip("mlflow")
@@ -59,7 +92,6 @@ def happy(ray_local, spec_path):
         if saved is not None:
             os.environ["MLFLOW_TRACKING_URI"] = saved
     return result
-
 
 def test_run_ends_with_the_alias_on_a_verified_new_collection(happy, spec_path):
     runner = CliRunner()
@@ -73,9 +105,12 @@ def test_run_ends_with_the_alias_on_a_verified_new_collection(happy, spec_path):
         assert manifest["stages"][stage]["status"] == "done", stage
     gate = manifest["gate"]
     assert gate["passed"] and gate["tuned"] - gate["base"] >= 0.005
+    assert gate["against"] == "base"  # nothing live yet: the base is the champion
+    assert "nothing is live" in gate["champion_model"]["fallback"]
     assert out["gate"]["passed"] and out["train"]["steps"] >= 3
     collection = manifest["collection"]
-    assert collection["name"].startswith("slice__") and collection["points"] == 120
+    assert collection["name"] == "slice__happy" and collection["points"] == 120
+    assert _alias(spec_path) == "slice__happy"
     # the report of this run, beside its results
     page = (run.dir / "report.html").read_text(encoding="utf-8")
     metrics = json.loads((run.dir / "metrics.json").read_text())
@@ -148,3 +183,56 @@ def test_run_is_logged_to_a_local_mlflow_store(happy, spec_path):
     np.testing.assert_allclose(logged, own, atol=1e-6)
     assert {a.path for a in client.list_artifacts(found.info.run_id, "run")} >= {
         "run/manifest.json", "run/metrics.json", "run/report.html", "run/gate.json"}
+
+
+def test_a_model_better_than_base_but_worse_than_the_live_one_is_refused(happy, slice_dir):
+    """Run 2 against the live model of run 1 (`happy`)."""
+    assert happy.exit_code == 0, happy.output
+    runner = CliRunner()
+
+    light = _spec(slice_dir, "light", LIGHT)
+    second = runner.invoke(app, ["run", str(light), "--run-id", "r2", "--json"])
+    assert second.exit_code == 3, second.output  # the gate refused: exit 3, nothing re-indexed
+    spec2 = load_spec(light)
+    gate2 = Run.open(spec2, "r2").manifest["gate"]
+    metrics = json.loads((Run.open(spec2, "r2").dir / "metrics.json").read_text())
+    base, champion, tuned = (metrics[r]["test"]["metrics"]["ndcg@10"] for r in ("base", "champion", "tuned"))
+    assert base < tuned < champion, (base, tuned, champion)  # better than base, worse than run 1
+    assert gate2["against"] == "live" and gate2["champion_model"]["run_id"] == "happy"
+    assert gate2["champion"] == pytest.approx(champion) and gate2["base"] == pytest.approx(base)
+    assert gate2["p_value"] is not None and len(gate2["ci95"]) == 2 and gate2["gain"] < 0
+    assert _alias(light) == "slice__happy"  # the alias did not move
+
+    # the same challenger judged against the base model passes (its scores come from the cache)
+    against_base = _spec(slice_dir, "light", LIGHT, against="base")
+    third = runner.invoke(app, ["run", str(against_base), "--run-id", "r2", "--from", "gate", "--json"])
+    assert third.exit_code == 0, third.output
+    gate3 = json.loads(third.stdout)["gate"]
+    assert gate3["passed"] and gate3["against"] == "base" and gate3["gain"] == pytest.approx(tuned - base)
+    assert gate3["p_value"] <= 0.05
+    assert _alias(light) == "slice__r2"
+
+    listed = runner.invoke(app, ["runs", str(light), "--json"])
+    assert listed.exit_code == 0, listed.output
+    rows = {r["run_id"]: r for r in json.loads(listed.stdout)["runs"]}
+    assert rows["r2"]["live"] and not rows["happy"]["live"] and rows["r2"]["gate"]["against"].startswith("base model")
+
+
+@pytest.mark.slow  # one more loop on the slice (~1 min); run with --run-slow
+def test_a_warm_start_continues_from_the_live_model_and_lineage_records_it(happy, slice_dir):
+    """`train.init: live`: training starts from the model stamped on the live collection, and the
+    run's manifest records which (its path and fingerprint, the live collection's)."""
+    from vectune.index.live import serving_model
+
+    runner = CliRunner()
+    assert happy.exit_code == 0, happy.output  # a model is live (run 1's, or run 2's after the gate test)
+    warm = _spec(slice_dir, "warm", LIGHT, against="base")
+    live = serving_model(load_spec(warm))
+    assert live and live["path"]
+    result = runner.invoke(app, ["run", str(warm), "--run-id", "w1", "--set", "train.init=live", "--json"])
+    assert result.exit_code in (0, 3), result.output  # promoted or not: the lineage is what is checked
+    manifest = Run.open(load_spec(warm, {"train.init": "live"}), "w1").manifest
+    init = manifest["models"]["init"]
+    assert init["from"] == "live" and init["path"] == live["path"] and init["fingerprint"] == live["fingerprint"]
+    assert manifest["overrides"] == {"train.init": "live"}
+    assert manifest["models"]["tuned"]["fingerprint"] != live["fingerprint"]  # it did train on from there

@@ -210,7 +210,7 @@ def test_resume_never_unpickles_code_from_the_runs_storage(mined, faults, tmp_pa
     assert not marker.exists()
 
 
-@pytest.mark.slow  # CI time: the default tier's gate test is test_gate_live.py (a refused run, exit 3)
+@pytest.mark.slow  # CI time: the default tier's gate test is test_run.py's (a refused run, exit 3)
 def test_gate_blocks_a_worse_model(mined):
     """An absurd learning rate wrecks the model; `vectune run` stops at the gate with exit
     code 3, records the refusal, and never creates a collection."""
