@@ -61,6 +61,19 @@ def pytest_collection_modifyitems(config, items):
         for marker, skip in skips.items():
             if marker in item.keywords:
                 item.add_marker(skip)
+    # the modules that use the local Ray run last, together, so one Ray serves them all (see ray_local)
+    warm = {item.module for item in items if "ray_local" in item.fixturenames}
+    items[:] = [i for i in items if i.module not in warm] + [i for i in items if i.module in warm]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import sys
+
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
 
 
 # -- SciFact and slices of it -----------------------------------------------------------
@@ -219,17 +232,41 @@ def tiny_beir(tmp_path) -> Slice:
 
 # -- Ray ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def ray_local():
-    """A local 2-CPU Ray for one test module (joined, not restarted, if one is already up)."""
+def ray_local(request):
+    """A local 2-CPU Ray for a test module. It stays up for the next module that asks for it
+    (collection runs those modules last, one after another; the session's end shuts it down):
+    a fresh Ray costs each module ~6 s to start and its first tasks another few seconds to
+    import torch in new workers. A module that left CPUs or actors held gets a fresh one."""
     import ray
 
     from vectune.runtime import init_ray
     from vectune.spec.runtime import RuntimeSpec
 
-    started = init_ray(RuntimeSpec(num_cpus=2))
-    yield ray
-    if started:
+    if ray.is_initialized() and not _ray_idle(ray):
+        import warnings
+
+        warnings.warn(f"ray_local: Ray still busy (CPUs or actors held) when {request.module.__name__} began: "
+                      "restarted", stacklevel=1)
         ray.shutdown()
+    init_ray(RuntimeSpec(num_cpus=2))  # joins the one still up
+    yield ray
+
+
+def _ray_idle(ray, wait: float = 10.0) -> bool:
+    """Whether every CPU of the local Ray is free and no actor is alive (within `wait` s)."""
+    import time
+
+    from ray._private import state  # the GCS's actor table: the local session runs without the State API
+
+    deadline = time.monotonic() + wait
+    while True:
+        free = ray.available_resources().get("CPU", 0.0) >= ray.cluster_resources().get("CPU", 0.0)
+        alive = [a for a in state.actors().values() if a.get("State") != "DEAD"]
+        if free and not alive:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
 
 
 # -- scratch space ---------------------------------------------------------------------

@@ -42,7 +42,7 @@ def vectune(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def sliced(make_slice, shm):
     return make_slice(shm / "slice", n_docs=N_DOCS, n_queries=30, seed=1, spec={
-        "model": {"max_seq_length": 128},
+        "model": {"max_seq_length": 64},
         "index": {"batch_size": 16, "embed_batch_size": 50, "keep": 2, "verify_sample": 8,
                   "qdrant": {"path": str(shm / "qdrant")}}})
 

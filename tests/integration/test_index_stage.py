@@ -21,7 +21,7 @@ INDEX = {"batch_size": 32, "embed_batch_size": 64, "keep": 1, "verify_sample": 1
 @pytest.fixture(scope="module")
 def sliced(make_slice, shm):
     return make_slice(shm / "slice", n_docs=N_DOCS, n_queries=40,
-                      spec={"model": {"max_seq_length": 128},
+                      spec={"model": {"max_seq_length": 64},
                             "index": {**INDEX, "qdrant": {"path": str(shm / "qdrant")}}})
 
 

@@ -16,7 +16,7 @@ N_DOCS = 120
 @pytest.fixture(scope="module")
 def sliced(make_slice, shm):
     return make_slice(shm / "slice", n_docs=N_DOCS, n_queries=15, seed=5, spec={
-        "model": {"max_seq_length": 128},
+        "model": {"max_seq_length": 64},
         "index": {"batch_size": 4, "embed_batch_size": 64, "keep": 1, "verify_sample": 4,
                   "qdrant": {"path": str(shm / "qdrant")}}})
 

@@ -26,7 +26,7 @@ INDEX = {"batch_size": 8, "embed_batch_size": 64, "keep": 1, "verify_sample": 8}
 @pytest.fixture(scope="module")
 def sliced(make_slice, shm):
     return make_slice(shm / "slice", n_docs=N_DOCS, n_queries=20, seed=3,
-                      spec={"model": {"max_seq_length": 128},
+                      spec={"model": {"max_seq_length": 64},
                             "index": {**INDEX, "qdrant": {"path": str(shm / "qdrant")}}})
 
 
