@@ -110,14 +110,14 @@ def run_st(model_path: str, data: dict, batch_size: int) -> tuple[float, dict[st
     return seconds, chosen
 
 
-def vectune_spec(work: Path, data_dir: Path, runs: Path, batch_size: int):
+def vectune_spec(work: Path, data_dir: Path, runs: Path, batch_size: int, precision: str = "fp32"):
     from vectune.spec import validate_dict
 
     mapping = {
         "version": 1, "name": "bench-mine",
         "data": {"corpus": {"path": str(work / "corpus.jsonl")}, "queries": {"path": str(data_dir / "queries.jsonl")},
                  "train": {"path": str(work / "train.tsv")}},
-        "model": {"base": "all-MiniLM-L6-v2", "batch_size": batch_size},
+        "model": {"base": "all-MiniLM-L6-v2", "batch_size": batch_size, "precision": precision},
         "mine": SETTINGS,
         "runtime": {"runs": str(runs)},
     }
@@ -163,6 +163,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="Encode batch size, both sides.")
     parser.add_argument("--rounds", type=int, default=2,
                         help="ST / vectune-cold rounds, alternating which runs first; the ratio is the median.")
+    parser.add_argument("--int8", action="store_true",
+                        help="Each round also mines with model.precision int8 (cold: a fresh runs folder, so the "
+                             "int8 graph is exported once inside the clock), beside the fp32 run.")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "mine.json")
     args = parser.parse_args()
 
@@ -198,6 +201,10 @@ def main() -> None:
                 if i == args.rounds - 1:
                     row["warm"] = run_vectune(spec)
                     print(f"vectune warm: {row['warm']['seconds']:.1f} s", file=sys.stderr)
+                if args.int8:
+                    spec8 = vectune_spec(work / "data", args.data, work / f"runs{i}-int8", args.batch_size, "int8")
+                    row["int8"] = run_vectune(spec8)
+                    print(f"round {i + 1}: vectune int8 cold {row['int8']['seconds']:.1f} s", file=sys.stderr)
                 # Ray down before ST runs: its idle helper processes would tax ST's CPUs
                 ray.shutdown()
             row["ratio"] = (row["ray_start"] + row["cold"]["seconds"]) / row["st"]
@@ -237,9 +244,21 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg": load,
                     "ray_worker_niceness": os.environ.get("RAY_worker_niceness")},
     }
+    if args.int8:
+        int8 = [r["int8"] for r in rounds]
+        result["int8"] = {
+            "seconds": [round(r["seconds"], 2) for r in int8],
+            "phases": [r["audit"]["seconds"] for r in int8],
+            # what the precision buys in the stage: int8 cold over fp32 cold, per round, then the median
+            "ratio_vs_fp32_cold": round(statistics.median(r["int8"]["seconds"] / r["cold"]["seconds"] for r in rounds), 3),
+            "ratio_vs_st": round(statistics.median((r["ray_start"] + r["int8"]["seconds"]) / r["st"] for r in rounds), 3),
+            "negatives_vs_fp32": overlap(int8[0]["chosen"], cold["chosen"]),
+            "negatives_vs_st": overlap(int8[0]["chosen"], st_chosen),
+        }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("seconds", "ratio", "goals", "negatives")}, indent=2))
+    print(json.dumps({k: result[k] for k in ("seconds", "ratio", "goals", "negatives", "int8") if k in result},
+                     indent=2))
 
 
 if __name__ == "__main__":
