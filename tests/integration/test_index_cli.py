@@ -1,9 +1,10 @@
 """`vectune reindex / search / collections / rollback` as a user runs them: real
-processes, one killed mid-load, a server that refuses connections, a key that must
-never show."""
+processes, one killed mid-load while it holds the alias's lease, a server that refuses
+connections, a key that must never show."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -43,7 +44,7 @@ def vectune(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
 def sliced(make_slice, shm):
     return make_slice(shm / "slice", n_docs=N_DOCS, n_queries=30, seed=1, spec={
         "model": {"max_seq_length": 64},
-        "index": {"batch_size": 16, "embed_batch_size": 50, "keep": 2, "verify_sample": 8,
+        "index": {"batch_size": 16, "embed_batch_size": 50, "keep": 2, "verify_sample": 8, "lease_ttl": 4,
                   "qdrant": {"path": str(shm / "qdrant")}}})
 
 
@@ -62,22 +63,33 @@ def _open(sliced):
             time.sleep(1)
 
 
-def kill_after_upserts(sliced, shm, run_id: str, batches: int, *args: str) -> None:
-    """Start `vectune reindex [args]` for `run_id`, wait until it hangs after `batches` upsert
-    requests, then SIGKILL it: the driver, its Ray and the engine's owner, mid-write."""
+@contextlib.contextmanager
+def hung_after_upserts(sliced, shm, run_id: str, batches: int, *args: str):
+    """Start `vectune reindex [args]` for `run_id` and wait until it hangs after `batches`
+    upsert requests (still holding the alias's lease, its heartbeat running); on leaving,
+    SIGKILL it: the driver, its Ray and the engine's owner, mid-write, with no release."""
     marker = shm / f"halfway-{run_id}"
     log_path = shm / f"killed-{run_id}.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen([VECTUNE, "reindex", str(sliced.spec_path), "--run-id", run_id, *args], stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True,
                                 env=_env(VECTUNE_FAULTS=str(_hang_after(shm / "faults.json", batches, marker))))
-        deadline = time.monotonic() + 400
-        while not marker.exists():
-            assert proc.poll() is None, log_path.read_text()[-3000:]
-            assert time.monotonic() < deadline, f"the re-index never reached upsert request {batches}"
-            time.sleep(0.5)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
+        try:
+            deadline = time.monotonic() + 400
+            while not marker.exists():
+                assert proc.poll() is None, log_path.read_text()[-3000:]
+                assert time.monotonic() < deadline, f"the re-index never reached upsert request {batches}"
+                time.sleep(0.5)
+            yield proc
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+
+
+def kill_after_upserts(sliced, shm, run_id: str, batches: int, *args: str) -> None:
+    """`vectune reindex [args]` for `run_id`, SIGKILLed once it has sent `batches` upsert requests."""
+    with hung_after_upserts(sliced, shm, run_id, batches, *args):
+        pass
 
 
 def _collections(sliced) -> dict:
@@ -96,12 +108,27 @@ def built(sliced):
 
 @pytest.mark.ray
 def test_killed_reindex_reruns_to_exact_count_and_alias_never_moved_early(sliced, built, shm):
+    """A full build SIGKILLed mid-load, its lease held: meanwhile a second writer exits 1
+    within seconds naming the holder (one writer per alias); the killed holder leaves its
+    lease behind, and the re-run takes it over at once (its process is gone from this host),
+    resumes the same collection to exactly the corpus and only then moves the alias. A holder
+    on another machine that stopped heartbeating blocks a rollback until its lease expires."""
     from vectune.index import collections as cols
 
     assert built["points"] == N_DOCS and built["name"] == "slice__k1"
-    kill_after_upserts(sliced, shm, "k2", 4, "--full")  # a new collection, not a sync of k1
+    with hung_after_upserts(sliced, shm, "k2", 4, "--full"):  # a new collection, not a sync of k1
+        start = time.monotonic()
+        second = vectune("reindex", sliced.spec_path, "--run-id", "second", "--json", timeout=120)
+        took = time.monotonic() - start
+    assert second.returncode == 1, second.stderr[-3000:]
+    assert took < 30, f"the second writer took {took:.0f} s to give up"
+    error = json.loads(second.stdout)
+    assert error["kind"] == "LeaseHeld" and "run k2 on" in error["error"] and "since" in error["error"]
+    assert "--wait SECONDS" in error["error"]
+    lease = next((sliced.root / "runs" / "_leases").glob("*.json"))
+    assert json.loads(lease.read_text())["run_id"] == "k2"  # a crashed holder: no release, the file stays
 
-    client = _open(sliced)
+    client = _open(sliced)  # the killed holder's Ray workers let go of the embedded store as they die
     try:
         assert cols.live_collection(client, "slice") == "slice__k1"
         assert cols.read_stamp(client, "slice__k2")["state"] == "building"
@@ -111,9 +138,12 @@ def test_killed_reindex_reruns_to_exact_count_and_alias_never_moved_early(sliced
 
     rerun = vectune("reindex", sliced.spec_path, "--run-id", "k2", "--json")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
+    said = " ".join(rerun.stderr.split())  # log lines wrap at the terminal's width
+    assert "taking over the lease" in said and "its process is gone from this host" in said
     result = json.loads(rerun.stdout)
     assert result["mode"] == "full" and result["reason"] == "resuming the full build of slice__k2"
     assert result["resumed"] is True and result["points"] == N_DOCS and result["previous"] == "slice__k1"
+    assert result["lease"]["run_id"] == "k2" and not lease.exists()  # released when the swap was done
     client = _open(sliced)
     try:
         assert cols.live_collection(client, "slice") == "slice__k2"
@@ -123,8 +153,17 @@ def test_killed_reindex_reruns_to_exact_count_and_alias_never_moved_early(sliced
     finally:
         client.close()
 
-    back = vectune("rollback", sliced.spec_path, "--json")
-    assert back.returncode == 0, back.stderr
+    # a holder on another machine that stopped heartbeating (written by hand: there is no
+    # second machine here) blocks until its lease expires (ttl 4 s), then is taken over
+    lease.write_text(json.dumps({"run_id": "remote", "host": "another-machine", "pid": 1, "since": "earlier",
+                                 "token": "t"}))
+    refused = vectune("rollback", sliced.spec_path, "--json", timeout=120)
+    assert refused.returncode == 1 and "run remote on another-machine" in json.loads(refused.stdout)["error"]
+    start = time.monotonic()
+    back = vectune("rollback", sliced.spec_path, "--wait", "60", "--json", timeout=120)
+    assert back.returncode == 0, back.stderr[-2000:]
+    assert "heartbeat stopped" in " ".join(back.stderr.split()), back.stderr[-2000:]
+    assert time.monotonic() - start < 50 and not lease.exists()
     assert json.loads(back.stdout)["live"] == "slice__k1"
     listed = _collections(sliced)
     assert listed["live"] == "slice__k1"

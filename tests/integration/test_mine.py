@@ -58,7 +58,8 @@ def slice_(tmp_path_factory, make_slice):
     """30 train queries, 250 documents, plus a copy of one positive under a new id with
     its text upper-cased and its spaces doubled (same normalised text)."""
     root = tmp_path_factory.mktemp("mine")
-    s = make_slice(root / "data", n_docs=250, split="train", n_queries=30, seed=3, spec={"mine": BASELINE})
+    s = make_slice(root / "data", n_docs=250, split="train", n_queries=30, seed=3,
+                   spec={"model": {"max_seq_length": 128}, "mine": BASELINE})
     q0 = sorted(s.qrels["train"])[0]
     positive = sorted(s.qrels["train"][q0])[0]
     lines = s.corpus_path.read_text(encoding="utf-8").splitlines()
