@@ -61,14 +61,12 @@ def pytest_collection_modifyitems(config, items):
         for marker, skip in skips.items():
             if marker in item.keywords:
                 item.add_marker(skip)
-    # the modules that use the local Ray run first, together, so one Ray serves them all (see
-    # ray_local). Under pytest-xdist (`.ci/run`: -n 2 --dist loadgroup) they are one group, on one
-    # worker from the start, and every other module is a group of its own for the other worker.
+    # the modules that use the local Ray run last, together, so one Ray serves them all (see
+    # ray_local). (Two pytest-xdist workers on 2 cores were tried: slower, and `ray start` of the
+    # cluster tests' head timed out under the load.)
     warm = {item.module for item in items if "ray_local" in item.fixturenames}
     _WARM_MODULES.update(m.__name__ for m in warm)
-    items[:] = [i for i in items if i.module in warm] + [i for i in items if i.module not in warm]
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group("ray_local" if item.module in warm else item.module.__name__))
+    items[:] = [i for i in items if i.module not in warm] + [i for i in items if i.module in warm]
 
 
 #: modules whose tests share the warm local Ray (filled at collection)
@@ -257,8 +255,8 @@ def tiny_beir(tmp_path) -> Slice:
 @pytest.fixture(scope="module")
 def ray_local(request):
     """A local 2-CPU Ray for a test module. It stays up for the next module that asks for it
-    (collection runs those modules first, one after another; the first test elsewhere, or the
-    session's end, shuts it down):
+    (collection runs those modules last, one after another; the session's end, or a test
+    elsewhere when a subset runs in another order, shuts it down):
     a fresh Ray costs each module ~6 s to start and its first tasks another few seconds to
     import torch in new workers. A module that left CPUs held gets a fresh one."""
     import ray
