@@ -268,10 +268,13 @@ def change_corpus(path: Path, share: float, seed: int) -> dict:
 
 
 def changed_texts(before: list[str], path: Path) -> list[str]:
-    """Texts of the documents in corpus `path` that are new or changed against lines `before`."""
+    """The texts the sync encodes (title and text, as the corpus reader joins them) of the
+    documents in corpus `path` that are new or changed against lines `before`."""
+    from vectune.data import doc_text
+
     old = {r["_id"]: r for r in (json.loads(line) for line in before if line.strip())}
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [r["text"] for r in rows if old.get(r["_id"]) != r]
+    return [doc_text(r.get("title"), r.get("text")) for r in rows if old.get(r["_id"]) != r]
 
 
 def encode_floor(spec_path: Path, texts: list[str]) -> dict:

@@ -77,17 +77,17 @@ _WARM_MODULES: set[str] = set()
 def _no_warm_ray_elsewhere(request):
     """A test outside the warm modules meets no Ray of the session's: it may start its own,
     through vectune, and must not join one left up (a bogus runtime.address would be ignored)."""
-    import sys
-
-    if request.module.__name__ not in _WARM_MODULES and "ray" in sys.modules:
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()
+    if request.module.__name__ not in _WARM_MODULES:
+        _shutdown_ray()
     yield
 
 
 def pytest_sessionfinish(session, exitstatus):
+    _shutdown_ray()
+
+
+def _shutdown_ray() -> None:
+    """Shut down this process's Ray, if a test started one (never imports Ray to find out)."""
     import sys
 
     if "ray" in sys.modules:

@@ -93,6 +93,7 @@ def happy(ray_local, spec_path):
             os.environ["MLFLOW_TRACKING_URI"] = saved
     return result
 
+
 def test_run_ends_with_the_alias_on_a_verified_new_collection(happy, spec_path):
     runner = CliRunner()
     result = happy
