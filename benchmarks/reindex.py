@@ -615,7 +615,7 @@ def main() -> None:
     ap.add_argument("--baseline-batches", type=int, nargs="+", default=[64, 256, 1024])
     ap.add_argument("--cpus", type=int, default=None, help="CPUs for the local Ray (default: all).")
     ap.add_argument("--precision", choices=["fp32", "bf16", "int8"], default=None,
-                    help="model.precision of every spec (default: the spec default, fp32).")
+                    help="model.precision of every spec (default: the spec default, auto: fp32 on CPUs).")
     ap.add_argument("--memory-sizes", type=int, nargs=2, metavar=("SMALL", "BIG"), default=None,
                     help="(d) only: a full re-index of synthetic corpora of these two sizes, each in its own "
                          "process, and the peak RSS of each role compared between them (issue 18: 50000 500000).")

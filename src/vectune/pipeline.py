@@ -36,6 +36,7 @@ def mine(spec: Spec, *, run_id: str | None = None, force: bool = False) -> dict:
     run = Run.create(spec, run_id)
     record_lineage(run, data)
     with ray_session(spec.runtime):
+        spec = resolve_precision(spec, run)
         audit = mine_stage(spec, data, run, force=force)
     return {**audit, "run_id": run.id, "run_dir": str(run.dir)}
 
@@ -52,8 +53,10 @@ def evaluate(spec: Spec, *, model: str | None = None, split: str | None = None, 
     role = "model" if model else "base"
     run = Run.create(spec, run_id)
     record_lineage(run, data)
-    with ray_session(spec.runtime), run.stage(f"evaluate:{role}:{split}") as outputs:
-        result = evaluate_model(spec, data, path, split)
+    with ray_session(spec.runtime):
+        spec = resolve_precision(spec, run)
+        with run.stage(f"evaluate:{role}:{split}") as outputs:
+            result = evaluate_model(spec, data, path, split)
         outputs.update(result.metrics)
     save_evaluation(run, role, result)
     return {"run_id": run.id, "run_dir": str(run.dir), role: result.summary()}
@@ -63,7 +66,14 @@ def validate(spec: Spec, *, data: bool = True) -> dict:
     """`vectune validate`: the spec (valid once loaded) and, unless `data` is False, what it
     names: each data file present, readable and in its format (first records), and the base
     model found offline, its limits read from its config. Fast: no Ray, no model loaded."""
+    from vectune.precision import local_choices
+
     out: dict = {"valid": True, "name": spec.name, "hash": spec.digest()}
+    choices = local_choices(spec)
+    out["precision"] = {field: c.resolved for field, c in choices.items()}
+    for choice in choices.values():
+        if choice.warning():
+            log.warning(choice.warning())
     if data:
         from vectune.embed.models import model_limits
         from vectune.runs import runs_folder
@@ -73,6 +83,22 @@ def validate(spec: Spec, *, data: bool = True) -> dict:
         path = base_model_path(spec)
         out["model"] = {"name": spec.model.base, "path": path, **model_limits(path)}
     return out
+
+
+def resolve_precision(spec: Spec, run: Run | None, *, train: bool = True) -> Spec:
+    """The spec with `auto` precisions resolved where the stages run (`vectune.precision`),
+    recorded in the run's manifest (`precision`: requested, resolved, device, CPU kind, why).
+    Every stage is handed the resolved spec, so only resolved values reach cache keys,
+    collection stamps, score digests and stage inputs."""
+    from vectune.precision import resolve_spec
+
+    spec, choices = resolve_spec(spec, train=train)
+    for choice in choices.values():
+        log.info("precision: %s %s -> %s (%s)", choice.field, choice.requested, choice.resolved, choice.reason)
+    if run is not None:
+        run.record("precision", {**(run.manifest.get("precision") or {}),
+                                 **{field: c.to_dict() for field, c in choices.items()}})
+    return spec
 
 
 def _named_model(spec: Spec, name: str) -> str:
@@ -111,6 +137,7 @@ def train(spec: Spec, *, run_id: str | None = None) -> dict:
     if run is None:
         raise StageError(f"no run of {spec.name!r} has mined triples: run `vectune mine` first")
     with ray_session(spec.runtime):
+        spec = resolve_precision(spec, run)
         summary = _train_stage(spec, run, force=True)
     return {"run_id": run.id, "run_dir": str(run.dir), "train": summary}
 
@@ -173,6 +200,7 @@ def runs(spec: Spec) -> dict:
                       or gate.get("against"), "gain": gate.get("gain"), "p_value": gate.get("p_value"),
                       "ci95": gate.get("ci95")} if gate else None),
             "collection": collection, "live": bool(collection) and collection == live,
+            "precision": {field: c.get("resolved") for field, c in (m.get("precision") or {}).items()},
         })
     return {"spec": spec.name, "live": live, "runs": rows}
 
@@ -369,6 +397,7 @@ def _run_stages(spec: Spec, run: Run, data: DomainData, stages: list[str], force
 
     result: dict = {"run_id": run.id, "run_dir": str(run.dir)}
     with ray_session(spec.runtime), ExitStack() as held:
+        spec = resolve_precision(spec, run)
         if "mine" in stages:
             from vectune.mine import mine as mine_stage
 
@@ -435,6 +464,11 @@ def reindex(spec: Spec, *, model: str | None = None, run_id: str | None = None, 
     check_sequence_lengths(path, {"model.max_seq_length": spec.model.max_seq_length})
     from vectune.lease import alias_lease
 
+    if spec.model.precision == "auto" and spec.index.num_gpus > 0:
+        with ray_session(spec.runtime):  # a GPU worker says whether it encodes in fp16
+            spec = resolve_precision(spec, run, train=False)
+    else:  # encoding on CPUs: auto is fp32 on every CPU, no worker needs asking
+        spec = resolve_precision(spec, run, train=False)
     with alias_lease(spec, run.id, wait=wait) as lease:
         log.info("re-indexing %s with %s", spec.name, source)
         result = reindex_stage(spec, run, path, full=full)
@@ -472,4 +506,6 @@ def tune(spec: Spec, *, run_id: str | None = None) -> dict:
     run = Run.create(tspec, run_id or new_run_id())
     record_lineage(run, data)
     with ray_session(spec.runtime):
+        spec = resolve_precision(spec, run)
+        tspec = tuner.pinned_runs(renamed(spec, (spec.name + "-tune")[:63]))
         return tuner.search(spec, tspec, run, validation, rest, base_model_path(spec))

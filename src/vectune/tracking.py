@@ -98,7 +98,7 @@ def log_run(spec: Spec, run: Run, *, status: str = "FINISHED") -> dict | None:
     mlrun = client.create_run(experiment_id, run_name=run.id, tags=tags)
     rid = mlrun.info.run_id
     try:
-        params = [Param(k, v) for k, v in _flatten(spec.canonical())]
+        params = [Param(k, v) for k, v in _flatten(_with_resolved_precision(spec.canonical(), manifest))]
         for chunk in _chunks(params, _BATCH):
             client.log_batch(rid, params=chunk)
         now = int(time.time() * 1000)
@@ -165,6 +165,16 @@ def _metrics(manifest: dict, found) -> Iterable[tuple[str, float, int]]:
     for key in ("base", "tuned", "gain", "min_gain", "passed"):
         if _numeric(gate.get(key)):
             yield f"gate.{key}", gate[key], 0
+
+
+def _with_resolved_precision(canonical: dict, manifest: dict) -> dict:
+    """The spec's values with each precision as the run resolved it (`auto` is never a param:
+    what ran is; the manifest's `precision` record says where it was decided and why)."""
+    for field, choice in (manifest.get("precision") or {}).items():
+        section, key = field.split(".", 1)
+        if section in canonical and choice.get("resolved"):
+            canonical[section][key] = choice["resolved"]
+    return canonical
 
 
 def _numeric(value: Any) -> bool:

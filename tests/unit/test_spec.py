@@ -174,7 +174,7 @@ def test_cross_section_rules_skip_broken_sections(tmp_path):
          "line 11: tune.space.train.learning_rate: loguniform needs low > 0"),
         ("index: {qdrant: {path: /x, url: 'http://q:6333'}}\n", "index.qdrant: set either `path`"),
         ("runtime: {address: nowhere}\n", "runtime.address: address must be"),
-        ("model: {precision: fp8}\n", "line 9: model.precision: Input should be 'fp32', 'bf16', 'int8' or 'fp16'"),
+        ("model: {precision: fp8}\n", "line 9: model.precision: Input should be 'auto', 'fp32', 'bf16', 'int8' or 'fp16'"),
         ("model: {precision: fp16}\n", "line 9: model.precision: fp16 is for GPUs, but no stage that encodes"),
         ("model: {precision: int8}\nindex: {num_gpus: 1}\n",
          "line 9: model.precision: int8 runs on CPUs (ONNX Runtime), but index.num_gpus 1 asks for GPUs"),

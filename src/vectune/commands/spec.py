@@ -42,11 +42,12 @@ def register(app: typer.Typer) -> None:
         from vectune._redact import redact_tree
         from vectune.spec import render as render_spec
 
-        rendered = redact_tree(render_spec(load(spec, sets)))  # a URL's credentials stay off the terminal
+        s = load(spec, sets)
+        rendered = redact_tree(render_spec(s))  # a URL's credentials stay off the terminal
         if json_:
             console.emit_json(rendered)
         else:
-            sys.stdout.write(yaml.safe_dump(rendered, sort_keys=False))
+            sys.stdout.write(_annotated(yaml.safe_dump(rendered, sort_keys=False), s))
 
     @app.command()
     def schema() -> None:
@@ -54,3 +55,22 @@ def register(app: typer.Typer) -> None:
         from vectune.spec import json_schema
 
         console.emit_json(json_schema())
+
+
+def _annotated(text: str, spec) -> str:
+    """The rendered YAML with what each precision field becomes on this machine beside it
+    (`# here: fp32 (auto: no native bf16 on this CPU (AVX2))`): `auto` is only decided where a
+    stage runs, so the comment says what it would be if the stages ran here."""
+    from vectune.precision import local_choices
+
+    choices = local_choices(spec)
+    out, section = [], None
+    for line in text.splitlines():
+        if line and not line[0].isspace():
+            section = line.split(":", 1)[0]
+        choice = choices.get(f"{section}.precision")
+        if choice is not None and line.startswith("  precision:"):
+            note = choice.warning() or choice.reason
+            line = f"{line}  # here: {choice.resolved} ({note})"
+        out.append(line)
+    return "\n".join(out) + "\n"

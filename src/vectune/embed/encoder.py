@@ -22,24 +22,17 @@ PROGRESS_CHUNK = 128
 def autocast(precision: str, device_type: str):
     """The context a forward pass runs in: bf16 autocast (matmuls in bf16, norms and softmax in
     fp32, weights untouched), or nothing: fp32, int8 (an ONNX Runtime graph) and fp16 (half
-    weights) need none."""
+    weights) need none. `precision` is a resolved one (`vectune.precision`), never `auto`;
+    whether bf16 is native here was said once, on the driver, when it was resolved."""
     import contextlib
 
     import torch
 
     if precision in ("fp32", "int8", "fp16"):
         return contextlib.nullcontext()
-    if device_type == "cpu" and not _cpu_has_bf16():
-        _warn_once("model.precision bf16 on a CPU without AVX-512 BF16 or AMX: emulated, slower than fp32")
+    if precision != "bf16":
+        raise ValueError(f"unresolved precision {precision!r}: resolve it first (vectune.precision)")
     return torch.autocast(device_type, dtype=torch.bfloat16)
-
-
-@functools.cache
-def _cpu_has_bf16() -> bool:
-    import torch
-
-    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    return any(check() for check in checks if check is not None)
 
 
 @functools.cache
@@ -109,9 +102,17 @@ def encoder_config(spec, model_path: str, *, role: str, cache: bool = True, fing
         batch_size=m.batch_size,
         cache_root=str(Path(spec.runs_root()) / "_cache" / "embeddings") if cache and local else None,
         threads=spec.runtime.torch_threads,
-        precision=precision or m.precision,
+        precision=precision or _resolved_precision(spec),
         int8_root=str(Path(spec.runs_root()) / "_cache" / "int8") if local else None,
     )
+
+
+def _resolved_precision(spec) -> str:
+    if spec.model.precision != "auto":
+        return spec.model.precision
+    from vectune.precision import resolved
+
+    return resolved(spec).model.precision
 
 
 class Encoder:

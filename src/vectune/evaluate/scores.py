@@ -24,7 +24,9 @@ def scores_digest(spec: Spec) -> str:
     import hashlib
 
     from vectune.embed.encoder import precision_identity
+    from vectune.precision import resolved
 
+    spec = resolved(spec)  # the digest keys the resolved precision, never `auto`
     dump = spec.canonical()
     evaluate = {k: dump["evaluate"][k] for k in ("metrics", "k")}
     model = dump["model"] | {"precision": precision_identity(spec.model.precision)}  # int8 with its recipe

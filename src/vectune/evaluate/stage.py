@@ -11,6 +11,7 @@ from vectune.embed import encode_texts, encoder_config, plan_actors
 from vectune.embed.corpus import embedded_corpus
 from vectune.embed.dataset import compact_cache
 from vectune.evaluate.metrics import score_run
+from vectune.precision import resolved
 from vectune.progress import track
 from vectune.topk import TopK, search_dataset
 from vectune.spec import Spec
@@ -54,6 +55,7 @@ def retrieve(spec: Spec, data: DomainData, model_path: str, query_ids: list[str]
 def evaluate_model(spec: Spec, data: DomainData, model_path: str, split: str) -> Evaluation:
     """Score `model_path` on `split` with the spec's metrics (Ray must be running)."""
     start = time.perf_counter()
+    spec = resolved(spec)  # `auto` precision decided where the encoding runs (vectune.precision)
     labels = data.labels(split)
     qids = sorted(labels.qrels)
     top = retrieve(spec, data, model_path, qids, [labels.queries[q] for q in qids], spec.evaluate.depth)

@@ -66,8 +66,9 @@ def search(spec: Spec, text: str, *, k: int = 10, model: str | None = None, forc
     try:
         live, stamp = _live(client, spec)
         path, fp = query_model(stamp, model, force=force)
-        # queries are embedded the way the collection's documents were (its stamped precision)
-        precision = stamp.get("precision") or spec.model.precision
+        # queries are embedded the way the collection's documents were (its stamped precision;
+        # collections stamped before vectune recorded a precision were built in fp32)
+        precision = stamp.get("precision") or "fp32"
         vector = encode_texts([text], encoder_config(spec, path, role="query", cache=False, precision=precision))[0]
         size, _ = cols.vector_params(client, live)
         if size != len(vector) or stamp.get("dimension") != size:

@@ -27,6 +27,7 @@ from vectune.embed.dataset import expects_encoding
 from vectune.embed.encoder import Encoder
 from vectune.runtime import ray_session
 from vectune.errors import IndexingError, Problem, SpecError, root_cause
+from vectune.precision import resolved
 from vectune.progress import track
 from vectune.index import collections as cols
 from vectune.index import sync
@@ -79,6 +80,7 @@ def reindex(spec: Spec, run: Run, model_path: str, *, full: bool = False) -> dic
     if not _RUN_ID.match(run.id):
         raise SpecError("--run-id", [Problem("--run-id", f"run id {run.id!r} cannot name a collection: use letters, "
                                                          "digits, `_`, `-`")])
+    spec = resolved(spec)  # `auto` precision: what the vectors are stamped with (vectune.precision)
     where = target(spec)
     if where.embedded and where.path == MEMORY:
         raise SpecError(str(spec.source or "<spec>"), [Problem(
@@ -144,6 +146,7 @@ def vector_settings(spec: Spec, fingerprint: str) -> dict:
     """What decides a collection's vectors and payloads (`collections.SYNC_FIELDS`)."""
     from vectune.embed.encoder import int8_recipe
 
+    spec = resolved(spec)  # stamps carry the resolved precision, never `auto`
     return {"format": cols.FORMAT, "model_fingerprint": fingerprint, "precision": spec.model.precision,
             "int8_recipe": int8_recipe(spec.model.precision),
             "document_prefix": spec.model.document_prefix, "max_seq_length": spec.model.max_seq_length,

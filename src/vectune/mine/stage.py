@@ -29,6 +29,7 @@ from vectune.mine.audit import build_audit
 from vectune.mine.candidates import ExactScorer, pair_scores, search_corpus
 from vectune.mine.lookup import DocFacts, gather
 from vectune.mine.select import QueryCandidates, choose_rows
+from vectune.precision import resolved
 from vectune.runs import Run
 from vectune.spec import Spec
 
@@ -136,6 +137,7 @@ def mine(spec: Spec, data: DomainData, run: Run, *, force: bool = False) -> dict
     Returns:
         The audit (also written to `mine/mine_audit.json`).
     """
+    spec = resolved(spec)  # `auto` precision decided where the encoding runs (vectune.precision)
     inputs = stage_inputs(spec, data)
     triples, audit_path = run.path(*TRIPLES), run.path(*AUDIT)
     if not force and run.is_done("mine", inputs) and triples.exists() and audit_path.exists():

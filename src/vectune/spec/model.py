@@ -23,11 +23,13 @@ class ModelSpec(Section):
     document_prefix: str = Field("", description='Prepended to documents, e.g. "passage: " for E5.')
     normalize: bool = Field(True, description="L2-normalise embeddings (cosine similarity as dot product).")
     batch_size: int = Field(64, ge=1, le=65_536, description="Texts per forward pass inside `encode`.")
-    precision: Literal["fp32", "bf16", "int8", "fp16"] = Field(
-        "fp32",
+    precision: Literal["auto", "fp32", "bf16", "int8", "fp16"] = Field(
+        "auto",
         description="Forward pass when encoding (mine, evaluate, re-index, search); part of the vectors' "
-        "identity (embedding cache, collection stamp). bf16: torch.autocast, faster on CPUs with AVX-512 "
-        "BF16 or AMX and on recent GPUs, vectors within cosine 0.9999 of fp32. int8 (CPUs): the transformer "
-        "as an int8 ONNX Runtime graph, built once beside the model (the `int8` extra); vectors at cosine "
-        "~0.999 of fp32. fp16 (GPUs): half weights. Figures: benchmarks/README.md.",
+        "identity (embedding cache, collection stamp), which records the resolved value, never `auto`. "
+        "auto (default): decided where the encoding runs: fp32 on CPUs, fp16 on GPUs. bf16: torch.autocast, "
+        "faster only where bf16 is native (CPUs with AVX-512 BF16 or AMX, recent GPUs; elsewhere emulated, "
+        "about 6x slower than fp32 on an AVX2 CPU), vectors within cosine 0.9999 of fp32. int8 (CPUs): the "
+        "transformer as an int8 ONNX Runtime graph, built once beside the model (the `int8` extra); vectors "
+        "at cosine ~0.999 of fp32. fp16 (GPUs): half weights. Figures: benchmarks/README.md.",
     )

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vectune.errors import ModelError, StageError
+from vectune.precision import resolved
 from vectune.progress import track
 from vectune.runs import Run
 from vectune.spec import Spec
@@ -65,6 +66,7 @@ def train(spec: Spec, run: Run, base_model: str, *, preflight: dict | None = Non
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    spec = resolved(spec)  # `auto` precision decided on a training worker (vectune.precision)
     t = spec.train
     triples = run.path("mine", "triples.parquet")
     if not triples.exists():
