@@ -398,6 +398,7 @@ def _run_stages(spec: Spec, run: Run, data: DomainData, stages: list[str], force
     result: dict = {"run_id": run.id, "run_dir": str(run.dir)}
     with ray_session(spec.runtime), ExitStack() as held:
         spec = resolve_precision(spec, run)
+        _announce(spec, run, data, stages)
         if "mine" in stages:
             from vectune.mine import mine as mine_stage
 
@@ -430,6 +431,18 @@ def _run_stages(spec: Spec, run: Run, data: DomainData, stages: list[str], force
     run.write_json("result.json", result)
     _write_report(run)
     return result
+
+
+def _announce(spec: Spec, run: Run, data: DomainData, stages: list[str]) -> None:
+    """Log the run's plan: each stage's size and estimated time here (`vectune.forecast`)."""
+    from vectune.forecast import describe, forecast
+
+    if not {"mine", "train", "evaluate"} & set(stages):
+        return
+    plan = forecast(spec, data, stages, base_model_path(spec))
+    for line in describe(plan):
+        log.info(line)
+    run.record("plan", {k: v for k, v in plan.items()})
 
 
 def _write_report(run: Run) -> None:

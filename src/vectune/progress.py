@@ -10,7 +10,8 @@ and draws a progress bar on stderr when stderr is a terminal, or logs a line eve
         consume(ds)
 
 Ticks are fire-and-forget (`add.remote` without waiting), so a worker never blocks on the
-display; a counter that is gone (the driver exited) only drops ticks.
+display; a counter that is gone (the driver exited) only drops ticks. Work in the driver's
+own process (no Ray, or `local=True`) ticks a plain `Counter` the same way.
 """
 
 from __future__ import annotations
@@ -23,14 +24,16 @@ from typing import Iterator
 
 log = logging.getLogger("vectune")
 
-#: seconds between progress lines when stderr is not a terminal
-LOG_EVERY = 30.0
+#: seconds between progress lines when stderr is not a terminal (a line at least this often,
+#: whether or not the count moved: a phase is never silent for longer)
+LOG_EVERY = 15.0
 #: seconds between polls of the counter
 POLL_EVERY = 0.5
 
 
 class Counter:
-    """Ray actor: a running count (and the latest extra fields, e.g. the loss)."""
+    """A running count (and the latest extra fields, e.g. the loss): a Ray actor that workers
+    tick, or a plain object in this process when no Ray runs."""
 
     def __init__(self):
         self.done = 0
@@ -50,13 +53,17 @@ class Counter:
 
 def tick(counter, n: int = 1, **info) -> None:
     """Advance `counter` by `n` from a worker; a None counter (no display) is ignored."""
-    if counter is not None:
+    if isinstance(counter, Counter):
+        counter.add(n, **info)
+    elif counter is not None:
         counter.add.remote(n, **info)
 
 
 def tick_to(counter, done: int, **info) -> None:
     """Set `counter` to `done` (training after a restart re-reports its step, never double counts)."""
-    if counter is not None:
+    if isinstance(counter, Counter):
+        counter.set(done, **info)
+    elif counter is not None:
         counter.set.remote(done, **info)
 
 
@@ -71,55 +78,107 @@ def _describe(info: dict) -> str:
     return "".join(f", {k} {v:.4g}" if isinstance(v, float) else f", {k} {v}" for k, v in info.items())
 
 
-@contextmanager
-def track(description: str, total: int, *, unit: str = "docs") -> Iterator[object | None]:
-    """A counter actor for workers to tick, shown until the block exits.
+class Rate:
+    """Units per second measured from the work's own pace, once warm-up is over.
 
-    Yields None (no display, nothing to tick) when Ray is not running.
+    Start-up (Ray, actors, model loading, a first step's compilation) ends when the count
+    first moves; the rate is measured from that moment on: (done - done then) / (time since
+    then). So the first estimate comes after the second observed advance, and never
+    extrapolates the warm-up over every remaining unit.
     """
-    import ray
 
-    if not ray.is_initialized() or total <= 0:
+    def __init__(self, total: int):
+        self.total = total
+        self._start: tuple[float, int] | None = None
+
+    def update(self, now: float, done: int) -> None:
+        if self._start is None and done > 0:
+            self._start = (now, done)
+
+    def per_second(self, now: float, done: int) -> float | None:
+        if self._start is None or done <= self._start[1] or now <= self._start[0]:
+            return None
+        return (done - self._start[1]) / (now - self._start[0])
+
+    def left(self, now: float, done: int) -> float | None:
+        """Seconds to the end at the measured pace (None while warming up, or when done)."""
+        rate = self.per_second(now, done)
+        if rate is None or done >= self.total:
+            return None
+        return (self.total - done) / rate
+
+
+def line(description: str, done: int, total: int, unit: str, elapsed: float, rate: Rate, info: dict,
+         now: float) -> str:
+    """One plain progress line: `train: 3/50 steps (6%), 0.027 steps/s, ~29m00s left, loss 1.2`."""
+    if done <= 0:
+        return f"{description}: 0/{total} {unit}, starting ({_eta(elapsed)}){_describe(info)}"
+    per = rate.per_second(now, done)
+    left = rate.left(now, done)
+    pace = f", {per:.3g} {unit}/s" if per else ""
+    eta = f", ~{_eta(left)} left" if left is not None else (", estimating time left" if done < total else "")
+    return (f"{description}: {done}/{total} {unit} ({100 * done // max(total, 1)}%){pace}{eta}"
+            f"{_describe(info)}")
+
+
+@contextmanager
+def track(description: str, total: int, *, unit: str = "docs", local: bool = False) -> Iterator[object | None]:
+    """A counter for workers to tick, shown until the block exits.
+
+    With Ray running it is an actor Ray workers tick; with `local` (or without Ray) it is a
+    plain object for this process's own loops. Yields None (nothing to show) for total <= 0.
+    The display: a bar on a terminal, else a line every `LOG_EVERY` seconds (a log file,
+    `ray job logs`, `kubectl logs`); both estimate the time left from the work's own pace.
+    """
+    if total <= 0:
         yield None
         return
+    import ray
+
     from vectune import _console as console
 
-    counter = ray.remote(Counter).options(num_cpus=0).remote()
+    remote = not local and ray.is_initialized()
+    counter = ray.remote(Counter).options(num_cpus=0).remote() if remote else Counter()
     stop = threading.Event()
     started = time.monotonic()
+    rate = Rate(total)
 
     def read() -> tuple[int, dict]:
+        if not remote:
+            return counter.read()
         try:
             return ray.get(counter.read.remote(), timeout=10)
         except Exception:  # noqa: BLE001 - the display must never fail the work
             return -1, {}
 
     def poll_bar() -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
-                   TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
+                   TextColumn("{task.fields[left]}"), TextColumn("{task.fields[info]}"))
         with Progress(*columns, console=console.err, transient=True) as bar:
-            task = bar.add_task(description, total=total, info="")
+            task = bar.add_task(description, total=total, info="", left="")
             while not stop.wait(POLL_EVERY):
                 done, info = read()
-                if done >= 0:
-                    bar.update(task, completed=min(done, total), info=_describe(info).lstrip(", "))
+                if done < 0:
+                    continue
+                now = time.monotonic()
+                rate.update(now, done)
+                left = rate.left(now, done)
+                bar.update(task, completed=min(done, total), info=_describe(info).lstrip(", "),
+                           left=f"~{_eta(left)} left" if left is not None else "")
 
     def poll_log() -> None:
         last = started
         while not stop.wait(POLL_EVERY):
-            if time.monotonic() - last < LOG_EVERY:
-                continue
-            last = time.monotonic()
+            now = time.monotonic()
             done, info = read()
-            if done <= 0:
+            if done >= 0:
+                rate.update(now, done)
+            if now - last < LOG_EVERY or done < 0:
                 continue
-            elapsed = last - started
-            rate = done / elapsed
-            left = f", ~{_eta((total - done) / rate)} left" if 0 < done < total else ""
-            log.info("%s: %d/%d %s (%d%%), %.3g %s/s%s%s", description, done, total, unit, 100 * done // total,
-                     rate, unit, left, _describe(info))
+            last = now
+            log.info("%s", line(description, done, total, unit, now - started, rate, info, now))
 
     thread = threading.Thread(target=poll_bar if console.err.is_terminal else poll_log, daemon=True,
                               name=f"vectune-progress-{description}")
@@ -129,4 +188,5 @@ def track(description: str, total: int, *, unit: str = "docs") -> Iterator[objec
     finally:
         stop.set()
         thread.join(timeout=5)
-        ray.kill(counter)
+        if remote:
+            ray.kill(counter)

@@ -57,21 +57,31 @@ def test_chunked_encode_matches_one_call(sliced):
     np.testing.assert_allclose(chunked, plain, atol=2e-5)
 
 
-def test_log_mode_reports_count_total_and_rate(monkeypatch, caplog):
+def test_log_mode_reports_count_total_rate_and_time_left_from_a_worker(monkeypatch, caplog):
+    """A Ray task that warms up, then steps: lines while it warms up, then count, total, rate
+    and the time left at the steps' own pace (not counting the warm-up)."""
     import ray
 
     from vectune import progress
 
     monkeypatch.setattr(progress, "LOG_EVERY", 0.2)
     monkeypatch.setattr(progress, "POLL_EVERY", 0.05)
+
+    @ray.remote(num_cpus=0)
+    def work(counter):
+        time.sleep(1.0)  # warm-up: nothing done
+        for step in range(1, 11):
+            time.sleep(0.1)
+            progress.tick_to(counter, step, loss=0.25)
+
     with caplog.at_level(logging.INFO, logger="vectune"):
         with progress.track("train", 10, unit="steps") as counter:
-            progress.tick_to(counter, 4, loss=0.25)
-            ray.get(counter.read.remote())  # the tick has landed
-            time.sleep(0.6)
+            ray.get(work.remote(counter))
+            ray.get(counter.read.remote())
+            time.sleep(0.3)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("train: ")]
-    assert lines, caplog.text
-    assert "4/10 steps (40%)" in lines[-1] and "steps/s" in lines[-1] and "loss 0.25" in lines[-1]
+    assert any("0/10 steps, starting" in line for line in lines), lines
+    assert "10/10 steps (100%)" in lines[-1] and "steps/s" in lines[-1] and "loss 0.25" in lines[-1]
 
 
 def _texts(sliced) -> list[str]:

@@ -109,6 +109,25 @@ def test_run_ends_with_the_alias_on_a_verified_new_collection(happy, spec_path):
     assert gate["against"] == "base"  # nothing live yet: the base is the champion
     assert "nothing is live" in gate["champion_model"]["fallback"]
     assert out["gate"]["passed"] and out["train"]["steps"] >= 3
+    # precision: auto resolved (by a worker) and recorded as what ran, never `auto`
+    from vectune.precision import cpu_info
+
+    assert {f: c["requested"] for f, c in manifest["precision"].items()} == {"model.precision": "auto",
+                                                                            "train.precision": "auto"}
+    assert manifest["precision"]["model.precision"]["resolved"] == "fp32"
+    assert manifest["precision"]["train.precision"]["resolved"] == ("bf16" if cpu_info().native_bf16 else "fp32")
+    resolved = spec.model_copy(update={
+        "model": spec.model.model_copy(update={"precision": "fp32"}),
+        "train": spec.train.model_copy(update={"precision": manifest["precision"]["train.precision"]["resolved"]})})
+    assert run.is_done("train", {"spec": resolved.section_digest("data", "model", "mine", "train"),
+                                 "triples": manifest["stages"]["mine"]["finished"]})  # keyed by resolved values
+    # the plan printed at the start: every stage's size, and times from a measured pace
+    plan = manifest["plan"]
+    assert set(plan["stages"]) == {"mine", "train", "evaluate", "reindex"} and plan["documents"] == 120
+    assert plan["pace"]["doc"] > 0 and plan["pace"]["train_doc"] > 0
+    # the forecast counts steps from the labelled pairs, before mining: within a step or 25%
+    assert abs(plan["stages"]["train"]["steps"] - out["train"]["steps"]) <= max(1, out["train"]["steps"] // 4)
+    assert all(plan["stages"][s]["seconds"] > 0 for s in ("mine", "train", "evaluate"))
     collection = manifest["collection"]
     assert collection["name"] == "slice__happy" and collection["points"] == 120
     assert _alias(spec_path) == "slice__happy"
@@ -149,6 +168,8 @@ def test_run_is_logged_to_a_local_mlflow_store(happy, spec_path):
     params = found.data.params
     assert float(params["train.epochs"]) == 3 and params["train.learning_rate"] == "0.0001"
     assert params["runtime.tracking"] == "mlflow" and params["evaluate.gate.metric"] == "ndcg@10"
+    assert params["model.precision"] == manifest["precision"]["model.precision"]["resolved"] != "auto"
+    assert params["train.precision"] == manifest["precision"]["train.precision"]["resolved"] != "auto"
     assert found.data.tags["vectune.spec_hash"] == manifest["spec_hash"]
 
     # per-stage metrics and scores, as the run folder has them

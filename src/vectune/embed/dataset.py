@@ -54,9 +54,22 @@ def compact_cache(config: EncoderConfig) -> None:
         EmbeddingCache(config.cache_dir).compact()
 
 
-def encode_texts(texts: list[str], config: EncoderConfig, *, encoder: Encoder | None = None) -> np.ndarray:
-    """Encode a small list of texts (queries) in this process, through the cache."""
+#: texts from which `encode_texts` shows its progress (fewer take seconds)
+SHOW_FROM = 256
+
+
+def encode_texts(texts: list[str], config: EncoderConfig, *, encoder: Encoder | None = None,
+                 label: str = "encode queries") -> np.ndarray:
+    """Encode a small list of texts (queries) in this process, through the cache; from
+    `SHOW_FROM` texts on, with a progress display named `label`."""
+    from vectune.progress import track
+
     encoder = encoder or Encoder(config)
-    vectors = encoder.encode(texts)
+    with track(label, len(texts) if len(texts) >= SHOW_FROM else 0, unit="texts", local=True) as counter:
+        encoder.progress, before = counter, encoder.progress
+        try:
+            vectors = encoder.encode(texts)
+        finally:
+            encoder.progress = before
     compact_cache(config)
     return vectors

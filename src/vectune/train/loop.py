@@ -134,7 +134,9 @@ def build_trainer(config: LoopConfig, datasets, *, rank: int, world: int, device
         model.max_seq_length = config.max_seq_length
     loss = build_loss(config.loss, model, world, guide=config.base_model_path, precision=config.precision)
     evaluator = RetrievalEvaluator.from_set(config.validation, config.metrics, config.primary,
-                                            precision=config.precision) if config.validation else None
+                                            precision=config.precision,
+                                            progress=config.progress if rank == 0 else None) \
+        if config.validation else None
     args = Args(
         output_dir=work,
         max_steps=config.total_steps,

@@ -157,10 +157,13 @@ def train(spec: Spec, run: Run, base_model: str, *, preflight: dict | None = Non
         known = {1.0: {k: chosen_metrics[f"eval_val_{k}"] for k in metrics if f"eval_val_{k}" in chosen_metrics}}
         task = ray.remote(_choose_weight_task).options(
             num_cpus=t.cpus_per_worker, num_gpus=t.gpus_per_worker or 0)
-        mix = ray.get(task.remote(base_path=base_model, tuned_path=tuned, out_path=str(out), vset=vset,
-                                  weights=t.interpolation, metrics=metrics, primary=primary, known=known,
-                                  threads=threads, max_seq_length=t.max_seq_length or m.max_seq_length,
-                                  precision=t.precision))
+        scored = [w for w in t.interpolation if w not in known]
+        texts = len(scored) * (len(vset["queries"]) + len(vset["corpus"]))
+        with track(f"choose mixing weight ({len(scored)} weights)", texts, unit="texts") as counter:
+            mix = ray.get(task.remote(base_path=base_model, tuned_path=tuned, out_path=str(out), vset=vset,
+                                      weights=t.interpolation, metrics=metrics, primary=primary, known=known,
+                                      threads=threads, max_seq_length=t.max_seq_length or m.max_seq_length,
+                                      precision=t.precision, progress=counter))
         log.info("interpolation: weight %.2f of the tuned model scores best on the validation queries (%s)",
                  mix["weight"], ", ".join(f"{c['weight']:.2f}: {c[primary]:.4f}" for c in mix["curve"]))
     else:

@@ -19,21 +19,36 @@ def _cutoff(metrics) -> int:
     return max(int(m.split("@")[1]) for m in metrics)
 
 
-def _vectors(model, texts: list[str], batch_size: int, precision: str) -> np.ndarray:
+def _vectors(model, texts: list[str], batch_size: int, precision: str, progress=None) -> np.ndarray:
+    """Vectors of `texts`; with a `progress` counter, encoded in length-sorted chunks of whole
+    batches (the batches one `encode` call would make) and ticked after each."""
     from vectune.embed.encoder import autocast
+    from vectune.progress import tick
 
+    chunk = len(texts) if progress is None else 4 * batch_size
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i])) if progress is not None else None
+    parts = []
     with autocast(precision, model.device.type):
-        out = model.encode(texts, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=False)
-    v = out.float().cpu().numpy()
+        for start in range(0, len(texts), max(chunk, 1)):
+            idx = order[start:start + chunk] if order is not None else range(len(texts))
+            out = model.encode([texts[i] for i in idx], batch_size=batch_size, convert_to_tensor=True,
+                               show_progress_bar=False)
+            parts.append(out.float().cpu().numpy())
+            tick(progress, len(idx))
+    v = np.concatenate(parts) if parts else np.zeros((0, 1), dtype=np.float32)
+    if order is not None:
+        v = v[np.argsort(order)]  # back to the texts' order
     return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)  # renormalised in fp32
 
 
-def retrieval_scores(model, vset: dict, metrics, batch_size: int = 64, precision: str = "fp32") -> dict[str, float]:
+def retrieval_scores(model, vset: dict, metrics, batch_size: int = 64, precision: str = "fp32",
+                     progress=None) -> dict[str, float]:
     """Mean metrics of `model` ranking the validation corpus for the validation queries
-    (`precision: bf16` encodes under autocast, as training ran)."""
+    (`precision: bf16` encodes under autocast, as training ran). `progress` is ticked by
+    text encoded."""
     qids, dids = list(vset["queries"]), list(vset["corpus"])
-    q = _vectors(model, [vset["queries"][i] for i in qids], batch_size, precision)
-    d = _vectors(model, [vset["corpus"][i] for i in dids], batch_size, precision)
+    q = _vectors(model, [vset["queries"][i] for i in qids], batch_size, precision, progress)
+    d = _vectors(model, [vset["corpus"][i] for i in dids], batch_size, precision, progress)
     scores = q @ d.T
     k = min(_cutoff(metrics), len(dids))
     top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
@@ -51,23 +66,32 @@ def _evaluator_base():
 class RetrievalEvaluator(_evaluator_base()):
     """A sentence-transformers evaluator over the validation set (runs inside the trainer)."""
 
-    def __init__(self, vset: dict, metrics, primary: str, name: str = "val", precision: str = "fp32"):
+    def __init__(self, vset: dict, metrics, primary: str, name: str = "val", precision: str = "fp32",
+                 progress=None):
         super().__init__()
         self.vset, self.metrics, self.name, self.precision = vset, tuple(metrics), name, precision
+        #: the training's counter: while a checkpoint is scored its line says so
+        self.progress = progress
         self.primary_metric = primary
         self.greater_is_better = True
 
     @classmethod
-    def from_set(cls, vset: dict, metrics, primary: str, precision: str = "fp32") -> "RetrievalEvaluator":
-        return cls(vset, tuple(dict.fromkeys([primary, *metrics])), primary, precision=precision)
+    def from_set(cls, vset: dict, metrics, primary: str, precision: str = "fp32",
+                 progress=None) -> "RetrievalEvaluator":
+        return cls(vset, tuple(dict.fromkeys([primary, *metrics])), primary, precision=precision, progress=progress)
 
     def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
+        from vectune.progress import tick
+
         was_training = model.training
         model.eval()
+        texts = len(self.vset["queries"]) + len(self.vset["corpus"])
+        tick(self.progress, 0, phase=f"scoring step {steps} on {texts} validation texts")
         try:
             means = retrieval_scores(model, self.vset, self.metrics, precision=self.precision)
         finally:
             model.train(was_training)
+            tick(self.progress, 0, phase="training")
         return self.prefix_name_to_metrics(means, self.name)
 
 
@@ -82,7 +106,7 @@ def interpolate(base_state: dict, tuned_state: dict, weight: float) -> dict:
 
 def choose_weight(base_path: str, tuned_path: str, out_path: str, vset: dict, weights: list[float],
                   metrics, primary: str, known: dict[float, dict] | None = None, threads: int | None = None,
-                  max_seq_length: int | None = None, precision: str = "fp32") -> dict:
+                  max_seq_length: int | None = None, precision: str = "fp32", progress=None) -> dict:
     """Score each mixing weight on the validation set; save the best mix to `out_path`.
 
     Ties go to the weight nearer 1 (the tuned model). `known` holds scores already
@@ -116,7 +140,7 @@ def choose_weight(base_path: str, tuned_path: str, out_path: str, vset: dict, we
                 tuned.load_state_dict(interpolate(base_state, tuned_state, w))
             elif w == 1.0:
                 tuned.load_state_dict(tuned_state)
-            scores = retrieval_scores(model, vset, metrics, precision=precision)
+            scores = retrieval_scores(model, vset, metrics, precision=precision, progress=progress)
         curve.append({"weight": w, **{m: round(float(v), 6) for m, v in scores.items()}})
     best = max(curve, key=lambda c: (c[primary], c["weight"]))
     w = best["weight"]
