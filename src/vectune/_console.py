@@ -21,9 +21,9 @@ def setup_logging(verbose: bool = False) -> None:
     """vectune's own log lines on stderr; Ray's chatter only with `verbose`.
 
     Without it, Ray Data's per-dataset lines stay quiet (`RAY_DATA_LOG_LEVEL`, read when
-    Ray Data is imported) and worker output is not forwarded to the driver (see
-    `vectune.runtime.init_ray`): errors still arrive as exceptions, and progress comes from
-    `vectune.progress`.
+    Ray Data is imported) and of the workers' output only their warnings and errors are
+    forwarded to the driver's stderr (see `vectune.runtime.init_ray`): errors still arrive as
+    exceptions, and progress comes from `vectune.progress`.
     """
     level = logging.DEBUG if verbose else logging.INFO
     if verbose:

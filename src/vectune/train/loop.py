@@ -125,6 +125,7 @@ def build_trainer(config: LoopConfig, datasets, *, rank: int, world: int, device
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
     from sentence_transformers import SentenceTransformerTrainingArguments as Args
     from sentence_transformers.base.sampler import BatchSamplers, MultiDatasetBatchSamplers
+    from transformers.trainer_callback import PrinterCallback
 
     from vectune.train.losses import build_loss
     from vectune.train.validation import RetrievalEvaluator
@@ -172,6 +173,9 @@ def build_trainer(config: LoopConfig, datasets, *, rank: int, world: int, device
         model=model, args=args, train_dataset=datasets, loss=loss, evaluator=evaluator,
         callbacks=[RayTrainReportCallback(), *_callbacks(config, rank, world)],
     )
+    # the trainer prints every step's log dict (disable_tqdm swaps its bar for a printer):
+    # vectune's own progress line and loss.jsonl carry them, so the worker keeps quiet
+    trainer.remove_callback(PrinterCallback)
     return prepare_trainer(trainer)
 
 
