@@ -83,9 +83,13 @@ class Rate:
 
     Start-up (Ray, actors, model loading, a first step's compilation) ends when the count
     first moves; the rate is measured from that moment on: (done - done then) / (time since
-    then). So the first estimate comes after the second observed advance, and never
-    extrapolates the warm-up over every remaining unit.
+    then), once the count has moved `MIN_ADVANCE` more units. So it never extrapolates the
+    warm-up over every remaining unit, and one slow unit just after it (a training step that
+    still warms its kernels up: measured 1.9x the later ones on 2 cores) is averaged with
+    another before any estimate is shown.
     """
+
+    MIN_ADVANCE = 2
 
     def __init__(self, total: int):
         self.total = total
@@ -96,7 +100,7 @@ class Rate:
             self._start = (now, done)
 
     def per_second(self, now: float, done: int) -> float | None:
-        if self._start is None or done <= self._start[1] or now <= self._start[0]:
+        if self._start is None or done < self._start[1] + self.MIN_ADVANCE or now <= self._start[0]:
             return None
         return (done - self._start[1]) / (now - self._start[0])
 
@@ -169,7 +173,7 @@ def track(description: str, total: int, *, unit: str = "docs", local: bool = Fal
                            left=f"~{_eta(left)} left" if left is not None else "")
 
     def poll_log() -> None:
-        last = started
+        last = started - LOG_EVERY  # a first line at once: the phase has begun
         while not stop.wait(POLL_EVERY):
             now = time.monotonic()
             done, info = read()

@@ -16,11 +16,13 @@ def test_rate_ignores_warm_up_and_measures_the_steps_own_pace():
     rate.update(0.0, 0)
     rate.update(100.0, 1)  # 100 s of start-up, then the first step lands
     assert rate.left(100.0, 1) is None  # one advance says nothing of the pace yet
-    rate.update(110.0, 2)
-    assert rate.per_second(110.0, 2) == 0.1
-    assert rate.left(110.0, 2) == 480.0  # 48 steps at 10 s: the start-up is not extrapolated
-    # what the old estimate (done / time since the stage began) would have said: 2 / 110 s
-    assert (50 - 2) / (2 / 110.0) > 5 * rate.left(110.0, 2)
+    rate.update(114.0, 2)  # a step still warming up
+    assert rate.left(114.0, 2) is None  # not judged on one step alone
+    rate.update(120.0, 3)
+    assert rate.per_second(120.0, 3) == 0.1
+    assert rate.left(120.0, 3) == 470.0  # 47 steps at 10 s: the start-up is not extrapolated
+    # what the old estimate (done / time since the stage began) would have said: 3 / 120 s
+    assert (50 - 3) / (3 / 120.0) > 3 * rate.left(120.0, 3)
     assert rate.left(600.0, 50) is None
 
 
