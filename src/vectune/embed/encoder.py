@@ -42,7 +42,9 @@ def _warn_once(message: str) -> None:
 
 def int8_recipe(precision: str) -> int | None:
     """The int8 graph's recipe version for precision int8 (None otherwise): part of the vectors'
-    identity, since another recipe gives other vectors (cache keys, collection stamps, scores)."""
+    identity, since another recipe gives other vectors (cache keys, collection stamps, scores).
+    The same on every CPU: the recipe includes exact int8 products where a CPU lacks VNNI
+    (`vectune.embed.int8`), so every CPU kind computes the same vectors."""
     if precision != "int8":
         return None
     from vectune.embed.int8 import RECIPE
@@ -51,7 +53,7 @@ def int8_recipe(precision: str) -> int | None:
 
 
 def precision_identity(precision: str) -> str:
-    """`precision` as the embedding cache keys it: int8 with its recipe (`int8-r2`)."""
+    """`precision` as the embedding cache keys it: int8 with its recipe (`int8-r3`)."""
     recipe = int8_recipe(precision)
     return precision if recipe is None else f"{precision}-r{recipe}"
 
