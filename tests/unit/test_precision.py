@@ -219,3 +219,21 @@ def test_the_run_record_runs_listing_and_tracking_params_carry_the_resolved_valu
     assert params["model.precision"] == "fp32" and params["train.precision"] == "fp32"
     assert "auto" not in {params["model.precision"], params["train.precision"]}
     assert resolved.train.precision == "fp32"
+
+
+def test_validate_and_runs_say_what_auto_is_on_this_machine(cpu, tiny_beir):
+    from typer.testing import CliRunner
+
+    from vectune import pipeline
+    from vectune.cli import app
+    from vectune.runs import Run
+
+    cpu(AVX2_EPYC)
+    out = CliRunner().invoke(app, ["validate", str(tiny_beir.spec_path), "--no-data"], env={"COLUMNS": "200"})
+    assert out.exit_code == 0, out.output
+    assert "on this machine: model.precision fp32, train.precision fp32" in " ".join(out.stdout.split())
+    spec = _spec(tiny_beir)
+    pipeline.resolve_precision(spec, Run.create(spec, "20261205-000001-prec"))
+    table = CliRunner().invoke(app, ["runs", str(tiny_beir.spec_path)], env={"COLUMNS": "250"})
+    assert table.exit_code == 0, table.output
+    assert "precision" in table.stdout and "fp32/fp32" in table.stdout

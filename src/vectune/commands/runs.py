@@ -16,7 +16,8 @@ def _fmt(value, spec: str = ".4f") -> str:
 def _show(spec, result: dict) -> None:
     metric = spec.evaluate.gate.metric
     table = Table(title=f"{spec.name}: runs (live: {result['live'] or 'none'})")
-    for column in ("run", "started", "stages", metric, "gate", "against", "gain [95% CI]", "p", "collection"):
+    for column in ("run", "started", "stages", "precision", metric, "gate", "against", "gain [95% CI]", "p",
+                   "collection"):
         table.add_column(column)
     for row in result["runs"]:
         gate = row["gate"] or {}
@@ -24,7 +25,9 @@ def _show(spec, result: dict) -> None:
         ci = gate.get("ci95")
         gain = _fmt(gate.get("gain"), "+.4f") + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "")
         stages = ",".join(row["stages"]) + (f" (failed: {','.join(row['failed'])})" if row["failed"] else "")
-        table.add_row(row["run_id"], row["started"] or "-", stages, _fmt(row["metrics"].get(metric)), verdict,
+        precision = row.get("precision") or {}
+        shown = "/".join(precision.get(f) or "-" for f in ("train.precision", "model.precision")) if precision else "-"
+        table.add_row(row["run_id"], row["started"] or "-", stages, shown, _fmt(row["metrics"].get(metric)), verdict,
                       gate.get("against") or "-", gain, _fmt(gate.get("p_value")),
                       (row["collection"] or "-") + (" (live)" if row["live"] else ""))
     console.out.print(table)

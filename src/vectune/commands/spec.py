@@ -34,7 +34,9 @@ def register(app: typer.Typer) -> None:
             console.emit_json(result)
             return
         checked = "" if no_data else f"; {len(result['files'])} data file(s) and the model found"
-        console.out.print(f"[green]valid[/] {escape(str(spec))} (name {s.name}, hash {s.digest()}{escape(checked)})")
+        here = ", ".join(f"{f} {v}" for f, v in result["precision"].items())
+        console.out.print(f"[green]valid[/] {escape(str(spec))} (name {s.name}, hash {s.digest()}{escape(checked)}; "
+                          f"on this machine: {escape(here)})")
 
     @app.command()
     def render(spec: SpecArg, sets: SetOpt = None, json_: JsonOpt = False) -> None:
