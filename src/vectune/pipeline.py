@@ -57,7 +57,7 @@ def evaluate(spec: Spec, *, model: str | None = None, split: str | None = None, 
         spec = resolve_precision(spec, run)
         with run.stage(f"evaluate:{role}:{split}") as outputs:
             result = evaluate_model(spec, data, path, split)
-        outputs.update(result.metrics)
+            outputs.update(result.metrics)
     save_evaluation(run, role, result)
     return {"run_id": run.id, "run_dir": str(run.dir), role: result.summary()}
 

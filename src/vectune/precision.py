@@ -246,6 +246,8 @@ def resolve_spec(spec, *, train: bool = True, model: bool = True):
     if update:
         resolved = spec.model_copy(update=update)
         resolved._source = spec._source
+        resolved._requested = {**spec._requested, **{c.field: (c.requested, c.resolved) for c in choices.values()
+                                                     if c.requested != c.resolved}}
         spec = resolved
     return spec, choices
 

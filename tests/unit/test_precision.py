@@ -146,6 +146,12 @@ def test_resolve_spec_replaces_auto_and_keeps_the_source(cpu, tiny_beir):
     # the identity of the vectors is what an fp32 spec always had: old caches and stamps stay valid
     assert resolved.section_digest("model") == _spec(tiny_beir, **{"model.precision": "fp32"}).section_digest("model")
     assert precision.resolved(resolved) is resolved  # nothing left to decide: the same object
+    # the spec a run, a model card and a collection stamp name is the file's, `auto` and all;
+    # stage inputs and identities key the resolved values
+    assert resolved.digest() == spec.digest() != _spec(tiny_beir, **{"train.precision": "bf16"}).digest()
+    assert resolved.section_digest("train") != spec.section_digest("train")
+    renamed = resolved.derived(evaluate=resolved.evaluate.model_copy(update={"k": 50}))
+    assert renamed.digest() != spec.digest()  # a later change is a change
 
 
 def test_the_emulated_bf16_warning_is_logged_exactly_once_per_process(cpu, tiny_beir, caplog):

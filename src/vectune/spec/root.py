@@ -41,6 +41,8 @@ class Spec(Section):
     _source: Path | None = PrivateAttr(default=None)
     #: `--set` overrides applied before validation (dotted key -> value), recorded in run manifests
     _overrides: dict = PrivateAttr(default_factory=dict)
+    #: fields a run resolved (`vectune.precision`): dotted key -> (requested, resolved)
+    _requested: dict = PrivateAttr(default_factory=dict)
 
     @field_validator("name")
     @classmethod
@@ -108,8 +110,16 @@ class Spec(Section):
         return self.model_dump(mode="json")
 
     def digest(self) -> str:
-        """Stable hash of every setting (defaults included)."""
-        blob = json.dumps(self.canonical(), sort_keys=True).encode()
+        """Stable hash of every setting (defaults included), as the user wrote them: a field a
+        run resolved (`precision: auto` -> fp32) counts as written, so the spec a run, a model
+        card and a collection stamp name is the spec file's; what it resolved to is recorded
+        beside it (the manifest's `precision`), and `section_digest` keys the resolved value."""
+        dump = self.canonical()
+        for field, (requested, resolved) in self._requested.items():
+            section, key = field.split(".", 1)
+            if dump.get(section, {}).get(key) == resolved:
+                dump[section][key] = requested
+        blob = json.dumps(dump, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def section_digest(self, *names: str) -> str:
