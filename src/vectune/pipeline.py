@@ -71,9 +71,8 @@ def validate(spec: Spec, *, data: bool = True) -> dict:
     out: dict = {"valid": True, "name": spec.name, "hash": spec.digest()}
     choices = local_choices(spec)
     out["precision"] = {field: c.resolved for field, c in choices.items()}
-    for choice in choices.values():
-        if choice.warning():
-            log.warning(choice.warning())
+    for warning in filter(None, (c.warning() for c in choices.values())):
+        log.warning(warning)
     if data:
         from vectune.embed.models import model_limits
         from vectune.runs import runs_folder

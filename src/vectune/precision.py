@@ -115,11 +115,12 @@ class Choice:
     resolved: str
     device: str  # "cpu" or "cuda"
     cpu: str  # the CPU kind of the machine that decided
+    native_bf16: bool  # the device computes bf16 natively
     reason: str
 
     @property
     def emulated_bf16(self) -> bool:
-        return self.resolved == "bf16" and self.device == "cpu" and "no native bf16" in self.reason
+        return self.resolved == "bf16" and self.device == "cpu" and not self.native_bf16
 
     def warning(self) -> str | None:
         """The warning an explicit bf16 on a CPU without native bf16 deserves (None otherwise)."""
@@ -158,17 +159,17 @@ def choose(field: str, requested: str, *, want_gpu: bool = False, cpu: CpuInfo |
     native = cuda_bf16 if has_cuda else cpu.native_bf16
     where = "this GPU" if has_cuda else f"this CPU ({cpu.kind})"
     if requested != "auto":
-        reason = "asked for explicitly"
+        value, reason = requested, "asked for explicitly"
         if requested == "bf16":
             reason += "; native bf16 on " + where if native else f"; no native bf16 on {where}: emulated"
-        return Choice(field, requested, requested, device, cpu.kind, reason)
-    if field == "train.precision":
-        if native:
-            return Choice(field, "auto", "bf16", device, cpu.kind, f"auto: native bf16 on {where}")
-        return Choice(field, "auto", "fp32", device, cpu.kind, f"auto: no native bf16 on {where}")
-    if has_cuda:
-        return Choice(field, "auto", "fp16", device, cpu.kind, "auto: fp16 on GPUs")
-    return Choice(field, "auto", "fp32", device, cpu.kind, "auto: fp32 on CPUs (int8 is an explicit choice)")
+    elif field == "train.precision":
+        value, reason = ("bf16", f"auto: native bf16 on {where}") if native else \
+            ("fp32", f"auto: no native bf16 on {where}")
+    elif has_cuda:
+        value, reason = "fp16", "auto: fp16 on GPUs"
+    else:
+        value, reason = "fp32", "auto: fp32 on CPUs (int8 is an explicit choice)"
+    return Choice(field, requested, value, device, cpu.kind, native, reason)
 
 
 def _probe(fields: tuple[tuple[str, str, bool], ...]) -> list[Choice]:
@@ -222,18 +223,19 @@ def _warn_once(message: str) -> None:
     log.warning(message)
 
 
+def _fields(spec, *, train: bool = True, model: bool = True) -> list[tuple[str, str, bool]]:
+    """(field, requested value, whether its stages ask for GPUs) of each precision field."""
+    return ([("model.precision", spec.model.precision, _encoding_gpus(spec))] if model else []) + \
+        ([("train.precision", spec.train.precision, spec.train.gpus_per_worker > 0)] if train else [])
+
+
 def resolve_spec(spec, *, train: bool = True, model: bool = True):
     """(`spec` with every `auto` precision resolved, the choices by field).
 
     Call it once per run, after Ray started (a worker decides) and before any stage reads a
     precision. Explicit bf16 on a CPU without native bf16 is kept, with one warning.
     """
-    fields = []
-    if model:
-        fields.append(("model.precision", spec.model.precision, _encoding_gpus(spec)))
-    if train:
-        fields.append(("train.precision", spec.train.precision, spec.train.gpus_per_worker > 0))
-    choices = {c.field: c for c in _decide(fields)}
+    choices = {c.field: c for c in _decide(_fields(spec, train=train, model=model))}
     for choice in choices.values():
         message = choice.warning()
         if message:
@@ -254,8 +256,7 @@ def resolve_spec(spec, *, train: bool = True, model: bool = True):
 
 def local_choices(spec) -> dict[str, Choice]:
     """What `auto` (or an explicit bf16) means on this machine, without Ray (`render`, `validate`)."""
-    return {c.field: c for c in _probe((("model.precision", spec.model.precision, _encoding_gpus(spec)),
-                                         ("train.precision", spec.train.precision, spec.train.gpus_per_worker > 0)))}
+    return {c.field: c for c in _probe(tuple(_fields(spec)))}
 
 
 def resolved(spec):

@@ -57,6 +57,35 @@ def test_chunked_encode_matches_one_call(sliced):
     np.testing.assert_allclose(chunked, plain, atol=2e-5)
 
 
+def test_validation_scoring_ticks_every_text_and_scores_as_one_call(sliced):
+    """Checkpoint scoring and the mixing weight encode the validation texts in length-sorted
+    chunks to tick a counter (vectune.embed.encoder.encode_sorted): the same vectors, so the
+    same scores, as one `encode` call, and every text ticked once."""
+    from sentence_transformers import SentenceTransformer
+
+    from vectune import progress
+    from vectune.runs import base_model_path
+    from vectune.train.validation import _vectors, retrieval_scores
+
+    spec = sliced.load()
+    model = SentenceTransformer(base_model_path(spec), device="cpu")
+    model.max_seq_length = 64
+    texts = _texts(sliced)[:140]
+    vset = {"queries": {f"q{i}": t[:60] for i, t in enumerate(texts[:10])},
+            "corpus": {f"d{i}": t for i, t in enumerate(texts)},
+            "qrels": {f"q{i}": {f"d{i}": 1} for i in range(10)}}
+    counter = progress.Counter()
+    ticked = _vectors(model, texts, 16, "fp32", counter)
+    plain = model.encode(texts, batch_size=16, normalize_embeddings=True)  # one call, no vectune code
+    np.testing.assert_allclose(ticked, plain, atol=2e-5)
+    np.testing.assert_allclose(_vectors(model, texts, 16, "fp32"), plain, atol=2e-5)
+    assert counter.read()[0] == len(texts)
+    counter = progress.Counter()
+    with_counter = retrieval_scores(model, vset, ["ndcg@10"], batch_size=16, progress=counter)
+    assert with_counter == pytest.approx(retrieval_scores(model, vset, ["ndcg@10"], batch_size=16), abs=1e-6)
+    assert counter.read()[0] == 10 + 140
+
+
 def test_log_mode_reports_count_total_rate_and_time_left_from_a_worker(monkeypatch, caplog):
     """A Ray task that warms up, then steps: lines while it warms up, then count, total, rate
     and the time left at the steps' own pace (not counting the warm-up)."""

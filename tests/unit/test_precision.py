@@ -216,7 +216,7 @@ def test_the_run_record_runs_listing_and_tracking_params_carry_the_resolved_valu
     resolved = pipeline.resolve_precision(spec, run)
     record = Run.open(spec, run.id).manifest["precision"]
     assert record["train.precision"] == {"field": "train.precision", "requested": "auto", "resolved": "fp32",
-                                         "device": "cpu", "cpu": "AVX2",
+                                         "device": "cpu", "cpu": "AVX2", "native_bf16": False,
                                          "reason": "auto: no native bf16 on this CPU (AVX2)"}
     assert record["model.precision"]["resolved"] == "fp32"
     row = next(r for r in pipeline.runs(spec)["runs"] if r["run_id"] == run.id)

@@ -55,6 +55,7 @@ def test_a_slow_fake_phase_prints_a_line_at_least_every_interval_with_an_honest_
         logger.setLevel(old)
     lines = [(t, m) for t, m in stamps if m.startswith("choose mixing weight: ")]
     assert lines and lines[0][1].startswith("choose mixing weight: 0/20 weights, starting")
+    assert lines[0][0] - started < 0.15  # the first line at once, not after an interval
     gaps = [b - a for (a, _), (b, _) in zip([(started, "")] + lines, lines)]
     assert max(gaps) < 0.25 + 0.2, gaps  # never silent for much longer than the interval
     timed = [(t, m) for t, m in lines if "left" in m and "estimating" not in m]

@@ -109,6 +109,23 @@ def encoder_config(spec, model_path: str, *, role: str, cache: bool = True, fing
     )
 
 
+def encode_sorted(encode, texts: list[str], chunk: int, progress=None) -> np.ndarray:
+    """`encode` (a list of texts -> an n x d array) over `texts` sorted by length, as
+    `SentenceTransformer.encode` sorts inside a call, in chunks of `chunk` texts (whole model
+    batches: the same padded batches as one call), ticking `progress` after each; the rows
+    come back in the texts' order."""
+    order = np.argsort([-len(t) for t in texts], kind="stable")
+    out = None
+    for start in range(0, len(texts), max(chunk, 1)):
+        idx = order[start:start + chunk]
+        vectors = encode([texts[i] for i in idx])
+        if out is None:
+            out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
+        out[idx] = vectors
+        tick(progress, len(idx))
+    return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+
+
 def _resolved_precision(spec) -> str:
     if spec.model.precision != "auto":
         return spec.model.precision
@@ -219,18 +236,7 @@ class Encoder:
             vectors = self._model_encode(texts)
             tick(self.progress, len(texts))
             return vectors
-        # sort by length once, as `encode` does inside a call, and encode the sorted order in
-        # chunks of whole model batches: the same padded batches as one call, a tick after each
-        order = np.argsort([-len(t) for t in texts], kind="stable")
-        out = None
-        for start in range(0, len(texts), chunk):
-            idx = order[start:start + chunk]
-            vectors = self._model_encode([texts[i] for i in idx])
-            if out is None:
-                out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
-            out[idx] = vectors
-            tick(self.progress, len(idx))
-        return out
+        return encode_sorted(self._model_encode, texts, chunk, self.progress)
 
     def _model_encode(self, texts: list[str]) -> np.ndarray:
         half = self.config.precision in ("bf16", "fp16")

@@ -22,22 +22,14 @@ def _cutoff(metrics) -> int:
 def _vectors(model, texts: list[str], batch_size: int, precision: str, progress=None) -> np.ndarray:
     """Vectors of `texts`; with a `progress` counter, encoded in length-sorted chunks of whole
     batches (the batches one `encode` call would make) and ticked after each."""
-    from vectune.embed.encoder import autocast
-    from vectune.progress import tick
+    from vectune.embed.encoder import autocast, encode_sorted
 
-    chunk = len(texts) if progress is None else 4 * batch_size
-    order = sorted(range(len(texts)), key=lambda i: -len(texts[i])) if progress is not None else None
-    parts = []
+    def encode(batch: list[str]) -> np.ndarray:
+        out = model.encode(batch, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=False)
+        return out.float().cpu().numpy()
+
     with autocast(precision, model.device.type):
-        for start in range(0, len(texts), max(chunk, 1)):
-            idx = order[start:start + chunk] if order is not None else range(len(texts))
-            out = model.encode([texts[i] for i in idx], batch_size=batch_size, convert_to_tensor=True,
-                               show_progress_bar=False)
-            parts.append(out.float().cpu().numpy())
-            tick(progress, len(idx))
-    v = np.concatenate(parts) if parts else np.zeros((0, 1), dtype=np.float32)
-    if order is not None:
-        v = v[np.argsort(order)]  # back to the texts' order
+        v = encode_sorted(encode, texts, 4 * batch_size if progress is not None else len(texts), progress)
     return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)  # renormalised in fp32
 
 
