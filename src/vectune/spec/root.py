@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field, PrivateAttr, field_validator
 
 from vectune.spec._base import Section
+from vectune.spec.bm25 import Bm25Spec
 from vectune.spec.data import DataSpec
 from vectune.spec.evaluate import EvaluateSpec
 from vectune.spec.index import IndexSpec
@@ -35,6 +36,7 @@ class Spec(Section):
     train: TrainSpec = Field(default_factory=TrainSpec)
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
     index: IndexSpec = Field(default_factory=IndexSpec)
+    bm25: Bm25Spec = Field(default_factory=Bm25Spec)
     tune: TuneSpec = Field(default_factory=TuneSpec)
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
 
