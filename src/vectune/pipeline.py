@@ -14,7 +14,7 @@ from pathlib import Path
 from vectune.data import DomainData
 from vectune.embed import model_fingerprint, resolve_model
 from vectune.embed.models import check_sequence_lengths
-from vectune.evaluate import Evaluation, evaluate_model
+from vectune.evaluate import Evaluation, evaluate_model, gains_over
 from vectune.runs import Run, base_model_path, record_lineage
 from vectune.runtime import ray_session
 from vectune.spec import Spec
@@ -44,7 +44,8 @@ def mine(spec: Spec, *, run_id: str | None = None, force: bool = False) -> dict:
 def evaluate(spec: Spec, *, model: str | None = None, split: str | None = None, run_id: str | None = None) -> dict:
     """Score a model (the spec's base model by default) on a held-out split.
 
-    Writes `metrics.json` and `per_query/<role>-<split>.json` into the run folder.
+    Writes `metrics.json` and `per_query/<role>-<split>.json` into the run folder. BM25 is
+    scored beside it (`bm25`), with the model's gain over it (`over_bm25`).
     """
     split = split or spec.evaluate.split
     data = DomainData(spec)
@@ -58,8 +59,10 @@ def evaluate(spec: Spec, *, model: str | None = None, split: str | None = None, 
         with run.stage(f"evaluate:{role}:{split}") as outputs:
             result = evaluate_model(spec, data, path, split)
             outputs.update(result.metrics)
+        bm25 = _bm25_stage(spec, run, data, split)
     save_evaluation(run, role, result)
-    return {"run_id": run.id, "run_dir": str(run.dir), role: result.summary()}
+    return {"run_id": run.id, "run_dir": str(run.dir), role: result.summary(), "bm25": bm25,
+            "over_bm25": gains_over({role: result.summary()}, bm25)}
 
 
 def validate(spec: Spec, *, data: bool = True) -> dict:
@@ -313,7 +316,25 @@ def _evaluate_stage(spec: Spec, run: Run, data: DomainData, *, force: bool) -> d
             outputs.update(result.metrics, cached=cached)
         save_evaluation(run, role, result)
         out[role] = result.summary()
+    out["bm25"] = _bm25_stage(spec, run, data, split, force=force)
+    out["over_bm25"] = gains_over({r: out[r] for r, _ in models}, out["bm25"])
     return out
+
+
+def _bm25_stage(spec: Spec, run: Run, data: DomainData, split: str, *, force: bool = False) -> dict:
+    """BM25 (Qdrant's, `vectune.evaluate.bm25`) on `split`: reported beside the models, never
+    gated on; its scores are cached across runs like the champion's."""
+    from vectune.evaluate.scores import bm25_digest, bm25_scored
+
+    key, inputs = f"evaluate:bm25:{split}", {"bm25": bm25_digest(spec, data)}
+    saved = (run.read_json("metrics.json") or {}).get("bm25", {}).get(split)
+    if not force and run.is_done(key, inputs) and saved and run.path("per_query", f"bm25-{split}.json").exists():
+        return saved
+    with run.stage(key, inputs) as outputs:
+        result, cached = bm25_scored(spec, data, split)
+        outputs.update(result.metrics, cached=cached)
+    save_evaluation(run, "bm25", result)
+    return result.summary()
 
 
 def _gate_stage(spec: Spec, run: Run, evaluations: dict) -> dict:

@@ -1,6 +1,7 @@
-"""Evaluate stage: held-out retrieval metrics and the promotion gate."""
+"""Evaluate stage: held-out retrieval metrics, BM25 beside them, and the promotion gate."""
 
+from vectune.evaluate.bm25 import gains_over
 from vectune.evaluate.metrics import score_run
 from vectune.evaluate.stage import Evaluation, evaluate_model, retrieve
 
-__all__ = ["Evaluation", "evaluate_model", "retrieve", "score_run"]
+__all__ = ["Evaluation", "evaluate_model", "gains_over", "retrieve", "score_run"]
