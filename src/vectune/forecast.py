@@ -162,11 +162,16 @@ def forecast(spec, data, stages: list[str], model_path: str) -> dict:
         # a step: each row's query (at the query pace's share of a document) and its documents
         step = t.batch_size * ((1 + negatives) * tr + tr * (q / d if d else 1.0))
         val_texts = (min(t.validation_docs, n_docs) + held) if held else 0
-        scoring = val_texts * d * (t.checkpoints + max(0, len(t.interpolation) - 1))
+        rates = len(t.settings()) if held else 1
+        # the first learning rate runs its budget; a later one runs at least to its first
+        # checkpoint and at most the whole budget: half of it is the estimate
+        runs = 1 + 0.5 * (rates - 1)
+        scoring = val_texts * d * (1 + runs * t.checkpoints + max(0, len(t.interpolation) - 2))
         out["stages"]["train"] = {
-            "size": f"{steps} steps of {t.batch_size} rows ({negatives} hard negatives), "
-                    f"{held} validation queries x {min(t.validation_docs, n_docs)} documents",
-            "seconds": est(steps * step + scoring), "steps": steps}
+            "size": f"{steps} steps of {t.batch_size} rows ({negatives} hard negatives)"
+                    + (f" for each of {rates} learning rates (later ones stop early when behind)" if rates > 1 else "")
+                    + f", {held} validation queries x {min(t.validation_docs, n_docs)} documents",
+            "seconds": est(runs * steps * step + scoring), "steps": steps}
     if "evaluate" in stages:
         out["stages"]["evaluate"] = {"size": f"{test_queries} queries of split {split!r} over {n_docs} documents, "
                                              "base (cached from mining) and tuned",

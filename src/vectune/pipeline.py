@@ -425,6 +425,7 @@ def _run_stages(spec: Spec, run: Run, data: DomainData, stages: list[str], force
             result["mine"] = mine_stage(spec, data, run, force="mine" in forced)
         if "train" in stages:
             result["train"] = _train_stage(spec, run, force="train" in forced)
+            _stop_unless_better(run, result)
         if {"evaluate", "gate", "reindex"} & set(stages):
             result["lease"] = held.enter_context(alias_lease(spec, run.id, wait=wait))
         evaluations = None
@@ -451,6 +452,24 @@ def _run_stages(spec: Spec, run: Run, data: DomainData, stages: list[str], force
     run.write_json("result.json", result)
     _write_report(run)
     return result
+
+
+def _stop_unless_better(run: Run, result: dict) -> None:
+    """Stop before the gate (exit 3, nothing re-indexed) when training kept no model that
+    beats the starting one on the validation queries: there is nothing to challenge with."""
+    from vectune.errors import GateFailed
+
+    val = (result["train"] or {}).get("validation") or {}
+    if val.get("beats_base") is not False:
+        return
+    primary = (run.read_json("train/settings.json") or {}).get("primary", "ndcg@10")
+    reason = (f"training: no learning rate, checkpoint or mixing weight beat the starting model on the "
+              f"{val.get('queries')} validation queries ({primary} {val['base'][primary]:.4f}, best tuned "
+              f"{val['kept'][primary]:.4f})")
+    run.record("gate", {"passed": False, "reasons": [reason], "stage": "train", "summary": reason})
+    run.write_json("result.json", result)
+    _write_report(run)
+    raise GateFailed(f"{reason}: nothing evaluated or re-indexed (run {run.id})")
 
 
 def _announce(spec: Spec, run: Run, data: DomainData, stages: list[str]) -> None:

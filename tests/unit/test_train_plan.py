@@ -7,7 +7,7 @@ import pytest
 
 from vectune.errors import StageError
 from vectune.spec import validate_dict
-from vectune.train.plan import plan, validation_set
+from vectune.train.plan import plan, validation_docs, validation_set
 
 
 def _spec(**train):
@@ -77,27 +77,38 @@ def test_gradient_accumulation_and_workers_split_the_batch():
         plan(qids, counts, _spec(batch_size=8, workers=2, gradient_accumulation=4), negatives=1)
 
 
-def test_validation_set_ranks_held_queries_among_mined_documents():
-    rows = [{"query_id": f"q{q}", "query": f"query {q}", "positive_id": f"p{q}{j}", "positive": f"pos {q}{j}",
-             "grade": 2 if j == 0 else 1, "negative_ids": [f"n{q}{j}"], "negatives": [f"neg {q}{j}"]}
-            for q in range(10) for j in range(2)]
-    vs = validation_set(rows, {"q0", "q1"}, docs=12, seed=1, prompts=("query: ", "passage: "))
-    assert set(vs["queries"]) == {"q0", "q1"} and vs["queries"]["q0"] == "query: query 0"
-    assert vs["qrels"]["q0"] == {"p00": 2, "p01": 1}
-    own = {"p00", "p01", "n00", "n01", "p10", "p11", "n10", "n11"}
-    assert own <= set(vs["corpus"]) and len(vs["corpus"]) == 12
-    assert all(t.startswith("passage: ") for t in vs["corpus"].values())
-    assert validation_set(rows, set(), docs=12, seed=1) is None
+def test_validation_ranks_the_whole_corpus_up_to_its_size():
+    corpus = {f"d{i}" for i in range(50)}
+    ids, sampled = validation_docs(corpus, {"d3"}, size=50, seed=1)
+    assert ids == sorted(corpus) and not sampled
 
 
-def test_validation_set_counts_every_labelled_positive_it_holds():
-    rows = [{"query_id": "q0", "query": "query 0", "positive_id": "a", "positive": "A", "grade": 1,
-             "negative_ids": [], "negatives": []},
-            {"query_id": "q1", "query": "query 1", "positive_id": "b", "positive": "B", "grade": 2,
-             "negative_ids": ["c"], "negatives": ["C"]}]
-    labels = {"q0": {"a": 1, "b": 2, "z": 1}, "q1": {"b": 2}}
-    vs = validation_set(rows, {"q0"}, docs=10, seed=0, labels=labels)
-    assert vs["qrels"] == {"q0": {"a": 1, "b": 2}}  # b is in the corpus (q1's row); z never was
+def test_above_its_size_validation_samples_the_corpus_keeping_every_labelled_document():
+    corpus = {f"d{i}" for i in range(1000)}
+    labelled = {"d1", "d500", "d999"}
+    ids, sampled = validation_docs(corpus, labelled, size=100, seed=1)
+    assert sampled and len(ids) == 100 and labelled <= set(ids) and set(ids) <= corpus
+    assert validation_docs(corpus, labelled, size=100, seed=1) == (ids, True)  # seeded
+    other, _ = validation_docs(corpus, labelled, size=100, seed=2)
+    assert other != ids and labelled <= set(other)
+    # the sample is drawn from the whole corpus, not one end of it
+    numbers = sorted(int(d[1:]) for d in set(ids) - labelled)
+    assert numbers[0] < 200 and numbers[-1] > 800
+    # labelled documents alone above the size: all of them, nothing else
+    many = {f"d{i}" for i in range(0, 1000, 5)}
+    ids, sampled = validation_docs(corpus, many, size=100, seed=1)
+    assert set(ids) == many and sampled
+
+
+def test_validation_set_counts_every_labelled_document_of_the_corpus_it_ranks():
+    texts = {"a": "A", "b": "B", "c": "C"}
+    queries = {"q0": "query 0", "q1": "query 1"}
+    qrels = {"q0": {"a": 1, "b": 2, "z": 1}, "q1": {"b": 2}}
+    vs = validation_set({"q0"}, queries, qrels, texts, prompts=("query: ", "passage: "))
+    assert vs["queries"] == {"q0": "query: query 0"}
+    assert vs["qrels"] == {"q0": {"a": 1, "b": 2}}  # z is not among the documents ranked
+    assert vs["corpus"] == {"a": "passage: A", "b": "passage: B", "c": "passage: C"}
+    assert validation_set(set(), queries, qrels, texts) is None
 
 
 def test_a_group_needs_as_many_distinct_queries_as_a_batch():

@@ -101,6 +101,24 @@ class DomainData:
         self.corpus  # validate first: Ray workers assume clean input
         return read_corpus(self.spec.data.corpus, self.corpus_path, blocks=blocks)
 
+    def documents(self, ids: set[str], blocks: int | None = None) -> dict[str, str]:
+        """The texts (title, a space, text) of `ids`, from one streaming pass over the corpus
+        (Ray must be running); only the asked-for documents are ever held."""
+        import ray
+
+        wanted = ray.put(set(ids))
+
+        def keep(batch):
+            want = ray.get(wanted)
+            rows = [(d, t) for d, t in zip(batch["doc_id"], batch["text"]) if d in want]
+            return {"doc_id": [d for d, _ in rows], "text": [t for _, t in rows]}
+
+        out: dict[str, str] = {}
+        for batch in self.corpus_dataset(blocks=blocks).map_batches(keep, num_cpus=0.1).iter_batches(
+                batch_format="numpy", batch_size=4096):
+            out.update(zip((str(d) for d in batch["doc_id"]), (str(t) for t in batch["text"])))
+        return out
+
     def file_hashes(self) -> dict[str, str]:
         """sha256 of every data file the spec names (the corpus hash comes from its check)."""
         data = self.spec.data

@@ -3,9 +3,13 @@
 Defaults follow the data: `max_steps` bounds the work whatever the number of labelled
 pairs (a domain with 100k pairs trains for the same budget as one with 1k); warm-up is a
 share of the steps actually run; checkpoints are taken `checkpoints` times over the run
-and scored on `validation_queries` held-out *training* queries (the test split is never
-read before the gate); the kept model is the best checkpoint, mixed with the base model
-at the weight `interpolation` scores best on the same queries (WiSE-FT).
+and scored on `validation_queries` held-out *training* queries ranking the corpus (or a
+large sample of it holding all their labelled documents; the test split is never read
+before the gate). Each learning rate of `learning_rate` + `learning_rates` is tried in
+turn and cut early when it falls behind; the kept model is the best checkpoint of all,
+mixed with the base model at the weight `interpolation` scores best on the same queries
+(WiSE-FT). The base model is scored on those queries first: a model that does not beat
+it there is never kept, and `vectune run` stops before the gate (exit 3).
 """
 
 from __future__ import annotations
@@ -99,9 +103,18 @@ class TrainSpec(Section):
                             "(0: none, keep the last; auto: 10% of the queries, 20 to 100, none below 100 queries)."
     )
     validation_docs: int = Field(
-        1000, ge=10, le=10**7, description="Documents the validation queries are ranked among: their positives and "
-                                 "mined negatives, then other mined documents."
-    )
+        2000, ge=10, le=10**7, description="Documents the validation queries rank: the whole corpus up to this "
+                                 "size; above it, every labelled document of the validation queries plus a seeded "
+                                 "random sample of the corpus, this many in all.")
+    learning_rates: list[Annotated[float, Field(gt=0, lt=1.0)]] = Field(
+        default_factory=list,
+        description="More learning rates tried after `learning_rate`, one after another on the same step budget; "
+                    "the best checkpoint of any of them on the validation queries is kept. A setting stops at a "
+                    "checkpoint where it scores below an earlier setting at the same step, or after `patience` "
+                    "checkpoints without gain. Needs validation queries.")
+    patience: int | None = Field(
+        2, ge=1, le=1000, description="Checkpoints without a validation gain before a setting stops "
+                                      "(transformers' EarlyStoppingCallback; null: never early).")
     interpolation: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
         default_factory=lambda: [0.0, 0.5, 0.75, 1.0],
         description="Weights of the tuned model mixed with the base (0: base, 1: tuned) tried on the "
@@ -114,6 +127,15 @@ class TrainSpec(Section):
         if isinstance(v, int) and v < 0:
             raise ValueError("must be 0 or more, or `auto`")
         return v
+
+    @field_validator("learning_rates")
+    @classmethod
+    def _rates(cls, v: list[float]) -> list[float]:
+        return list(dict.fromkeys(v))
+
+    def settings(self) -> list[float]:
+        """The learning rates tried, in order: `learning_rate`, then `learning_rates`."""
+        return list(dict.fromkeys([self.learning_rate, *self.learning_rates]))
 
     @field_validator("interpolation")
     @classmethod

@@ -52,6 +52,11 @@ class LoopConfig:
     primary: str = "ndcg@10"
     log_path: str | None = None
     progress: Any = None  # a vectune.progress counter actor, ticked by rank 0
+    #: the best validation score an earlier setting reached at each step: this one stops at a
+    #: checkpoint where it scores below (successive halving, run one setting after another)
+    rivals: dict[int, float] = field(default_factory=dict)
+    patience: int | None = None  # checkpoints without gain before stopping (EarlyStoppingCallback)
+    score_base: bool = False  # score the starting model on the validation queries before step 1
 
 
 def score_key(primary: str) -> str:
@@ -107,7 +112,7 @@ def _callbacks(config: LoopConfig, rank: int, world: int):
             evals = [{"step": h["step"], **{k[len("eval_val_"):]: v for k, v in h.items() if k.startswith("eval_val_")}}
                      for h in state.log_history if any(k.startswith("eval_val_") for k in h)]
             if evals:  # the validation score of each checkpoint, beside the loss log
-                Path(config.log_path).with_name("validation.jsonl").write_text(
+                Path(config.log_path).with_name(Path(config.log_path).name.replace("loss", "validation", 1)).write_text(
                     "\n".join(json.dumps(e) for e in evals) + "\n")
 
     class FaultPoint(TrainerCallback):
@@ -116,7 +121,17 @@ def _callbacks(config: LoopConfig, rank: int, world: int):
         def on_step_end(self, args, state, control, **kwargs):
             _faults.hit("train.step", step=state.global_step, rank=rank, world=world)
 
-    return [History(), FaultPoint()]
+    class BehindRivals(TrainerCallback):
+        """Stop this setting at a checkpoint where an earlier one scored higher at the same
+        step: it can still win only by overtaking later, which the budget does not wait for."""
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            score = (metrics or {}).get(score_key(config.primary))
+            rival = config.rivals.get(state.global_step)
+            if score is not None and rival is not None and score < rival:
+                control.should_training_stop = True
+
+    return [History(), FaultPoint(), BehindRivals()]
 
 
 def build_trainer(config: LoopConfig, datasets, *, rank: int, world: int, device, work: str):
@@ -125,6 +140,7 @@ def build_trainer(config: LoopConfig, datasets, *, rank: int, world: int, device
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
     from sentence_transformers import SentenceTransformerTrainingArguments as Args
     from sentence_transformers.base.sampler import BatchSamplers, MultiDatasetBatchSamplers
+    from transformers import EarlyStoppingCallback
     from transformers.trainer_callback import PrinterCallback
 
     from vectune.train.losses import build_loss
@@ -164,6 +180,12 @@ def build_trainer(config: LoopConfig, datasets, *, rank: int, world: int, device
         save_steps=config.checkpoint_every,
         eval_strategy="steps" if evaluator else "no",
         eval_steps=config.checkpoint_every if evaluator else None,
+        eval_on_start=bool(evaluator) and config.score_base,
+        # the trainer tracks the best validation score (EarlyStoppingCallback reads it, and the
+        # best checkpoint is the model in memory at the end; Ray Train keeps its own copy)
+        metric_for_best_model=score_key(config.primary) if evaluator else None,
+        greater_is_better=True,
+        load_best_model_at_end=bool(evaluator) and config.patience is not None,
         logging_steps=1,
         report_to="none",
         disable_tqdm=True,
@@ -171,7 +193,9 @@ def build_trainer(config: LoopConfig, datasets, *, rank: int, world: int, device
     )
     trainer = SentenceTransformerTrainer(
         model=model, args=args, train_dataset=datasets, loss=loss, evaluator=evaluator,
-        callbacks=[RayTrainReportCallback(), *_callbacks(config, rank, world)],
+        callbacks=[RayTrainReportCallback(), *_callbacks(config, rank, world),
+                   *([EarlyStoppingCallback(early_stopping_patience=config.patience)]
+                     if evaluator and config.patience else [])],
     )
     # the trainer prints every step's log dict (disable_tqdm swaps its bar for a printer):
     # vectune's own progress line and loss.jsonl carry them, so the worker keeps quiet

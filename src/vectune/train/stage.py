@@ -25,12 +25,9 @@ from vectune.runs import Run
 from vectune.spec import Spec
 from vectune.train.loop import HF_CHECKPOINT, LoopConfig, score_key, train_loop
 from vectune.train.losses import columns_for
-from vectune.train.plan import plan, validation_set
+from vectune.train.plan import plan, validation_docs, validation_set
 
 log = logging.getLogger("vectune")
-
-
-_COLUMNS = ["query_id", "query", "positive_id", "positive", "grade", "negative_ids", "negatives"]
 
 
 def _choose_weight_task(**kwargs):
@@ -39,14 +36,13 @@ def _choose_weight_task(**kwargs):
     return choose_weight(**kwargs)
 
 
-def _training_qrels(spec: Spec) -> dict[str, dict[str, int]] | None:
+def _training_qrels(data) -> dict[str, dict[str, int]] | None:
     """Every training label, for the validation qrels (None when the labels cannot be read
     here, e.g. triples copied in from elsewhere: then only the mined pairs count)."""
-    from vectune.data import DomainData
     from vectune.errors import VectuneError
 
     try:
-        return DomainData(spec).labels("train").qrels
+        return data.labels("train").qrels
     except (VectuneError, OSError) as exc:
         log.info("validation: training labels unavailable (%s); scoring against mined pairs only", exc)
         return None
@@ -83,10 +79,7 @@ def train(spec: Spec, run: Run, base_model: str, *, preflight: dict | None = Non
         "steps_per_epoch": p.steps_per_epoch, "total_steps": p.total_steps, "warmup_steps": p.warmup_steps,
         "checkpoint_every": p.checkpoint_every})
     m = spec.model
-    vset = None
-    if p.held:  # the rows as Python objects only when validation needs their texts
-        vset = validation_set(table.select(_COLUMNS).to_pylist(), set(p.held), t.validation_docs, t.seed,
-                              (m.query_prefix, m.document_prefix), labels=_training_qrels(spec))
+    vset, vinfo = _validation(spec, p.held, table) if p.held else (None, None)
     keep = sorted(p.group_of)
     train_table = table.select(["query", "positive", "negatives"]).take(pa.array(keep, pa.int64()))
     train_table = train_table.append_column("group", pa.array([p.group_of[i] for i in keep], pa.int32()))
@@ -105,45 +98,78 @@ def train(spec: Spec, run: Run, base_model: str, *, preflight: dict | None = Non
     resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if t.gpus_per_worker else {})}
     score = {"checkpoint_score_attribute": score_key(primary), "checkpoint_score_order": "max"} if vset else {}
     run.path("train").mkdir(parents=True, exist_ok=True)
-    with track("train", p.total_steps, unit="steps") as counter:
-        config = LoopConfig(
-            model_path=base_model, base_model_path=base_model, loss=t.loss, groups=tuple(p.groups),
-            micro_batch=p.micro_batch, accumulation=t.gradient_accumulation, total_steps=p.total_steps,
-            warmup_steps=p.warmup_steps, checkpoint_every=p.checkpoint_every, learning_rate=t.learning_rate,
-            weight_decay=t.weight_decay, precision=t.precision, max_seq_length=t.max_seq_length or m.max_seq_length,
-            seed=t.seed, threads=threads, prompts=prompts, validation=vset, metrics=metrics, primary=primary,
-            log_path=str(run.path("train", "loss.jsonl")), progress=counter,
-        )
-        trainer = TorchTrainer(
-            train_loop,
-            train_loop_config={"config": config},
-            scaling_config=ScalingConfig(num_workers=t.workers, use_gpu=t.gpus_per_worker > 0,
-                                         resources_per_worker=resources),
-            run_config=RunConfig(
-                name="ray", storage_path=str(run.path("train")),
-                failure_config=FailureConfig(max_failures=t.max_failures),
-                checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints, **score),
-            ),
-            datasets={"train": ds},
-            dataset_config=DataConfig(datasets_to_split=[]),
-        )
-        log.info("training on %d rows in %s (%d workers x %d per batch x %d accumulation, %d steps, "
-                 "%d negatives, %d validation queries)", p.rows, {f"{k} negatives": n for k, n in p.groups.items()},
-                 t.workers, p.micro_batch, t.gradient_accumulation, p.total_steps, negatives, len(p.held))
-        try:
-            result = trainer.fit()
-        except Exception as exc:  # Ray Train raises TrainingFailedError once max_failures is spent
-            raise StageError(f"training failed (re-run the same run id to resume from the last checkpoint): "
-                             f"{exc}") from None
-    if result.error:
-        raise StageError(f"training failed: {result.error}")
-    if result.checkpoint is None:  # the trainer ran no step
-        raise StageError(
-            f"training ran no step: among {p.rows} rows the no-duplicates batch sampler found no batch of "
-            f"{p.micro_batch} without a repeated query or document; lower train.batch_size or add labelled queries")
-    chosen, chosen_metrics = result.checkpoint, result.metrics or {}
-    if vset and result.best_checkpoints:
-        chosen, chosen_metrics = max(result.best_checkpoints, key=lambda cm: cm[1].get(score_key(primary), -math.inf))
+    settings = t.settings() if vset else [t.learning_rate]
+    if len(t.settings()) > 1 and not vset:
+        log.warning("train.learning_rates needs validation queries to choose among them: training with "
+                    "learning_rate %g only", t.learning_rate)
+    log.info("training on %d rows in %s (%d workers x %d per batch x %d accumulation, %d steps, "
+             "%d negatives, %d validation queries x %d documents%s)", p.rows,
+             {f"{k} negatives": n for k, n in p.groups.items()}, t.workers, p.micro_batch, t.gradient_accumulation,
+             p.total_steps, negatives, len(p.held), len(vset["corpus"]) if vset else 0,
+             f"; learning rates {', '.join(f'{lr:g}' for lr in settings)} in turn" if len(settings) > 1 else "")
+    tried: list[dict] = []
+    rivals: dict[int, float] = {}
+    base_scores: dict[str, float] | None = None
+    best = None  # (score, checkpoint, its metrics, the setting's index)
+    for i, lr in enumerate(settings):
+        name = "" if i == 0 else f"-{i + 1}"  # the first setting keeps the single-setting layout
+        label = "train" if len(settings) == 1 else f"train, learning rate {lr:g} ({i + 1}/{len(settings)})"
+        with track(label, p.total_steps, unit="steps") as counter:
+            config = LoopConfig(
+                model_path=base_model, base_model_path=base_model, loss=t.loss, groups=tuple(p.groups),
+                micro_batch=p.micro_batch, accumulation=t.gradient_accumulation, total_steps=p.total_steps,
+                warmup_steps=p.warmup_steps, checkpoint_every=p.checkpoint_every, learning_rate=lr,
+                weight_decay=t.weight_decay, precision=t.precision,
+                max_seq_length=t.max_seq_length or m.max_seq_length, seed=t.seed, threads=threads,
+                prompts=prompts, validation=vset, metrics=metrics, primary=primary,
+                log_path=str(run.path("train", f"loss{name}.jsonl")), progress=counter,
+                rivals=dict(rivals), patience=t.patience if vset else None, score_base=vset is not None and i == 0,
+            )
+            trainer = TorchTrainer(
+                train_loop,
+                train_loop_config={"config": config},
+                scaling_config=ScalingConfig(num_workers=t.workers, use_gpu=t.gpus_per_worker > 0,
+                                             resources_per_worker=resources),
+                run_config=RunConfig(
+                    name=f"ray{name}", storage_path=str(run.path("train")),
+                    failure_config=FailureConfig(max_failures=t.max_failures),
+                    checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints, **score),
+                ),
+                datasets={"train": ds},
+                dataset_config=DataConfig(datasets_to_split=[]),
+            )
+            try:
+                result = trainer.fit()
+            except Exception as exc:  # Ray Train raises TrainingFailedError once max_failures is spent
+                raise StageError(f"training failed (re-run the same run id to resume from the last checkpoint): "
+                                 f"{exc}") from None
+        if result.error:
+            raise StageError(f"training failed: {result.error}")
+        if result.checkpoint is None:  # the trainer ran no step
+            raise StageError(
+                f"training ran no step: among {p.rows} rows the no-duplicates batch sampler found no batch of "
+                f"{p.micro_batch} without a repeated query or document; lower train.batch_size or add labelled "
+                "queries")
+        curve = _curve(run.path("train", f"validation{name}.jsonl"))
+        if i == 0 and curve and curve[0]["step"] == 0:
+            base_scores = {k: v for k, v in curve[0].items() if k != "step"}
+        steps_run = _steps_run(run.path("train", f"loss{name}.jsonl"))
+        entry = {"learning_rate": lr, "steps_run": steps_run, "curve": [c for c in curve if c["step"] > 0],
+                 "stopped": _why_stopped(curve, steps_run, p.total_steps, rivals, primary, t.patience)}
+        tried.append(entry)
+        for c in entry["curve"]:
+            rivals[c["step"]] = max(rivals.get(c["step"], -math.inf), c[primary])
+        candidate = (result.checkpoint, result.metrics or {})
+        if vset and result.best_checkpoints:
+            candidate = max(result.best_checkpoints, key=lambda cm: cm[1].get(score_key(primary), -math.inf))
+        value = candidate[1].get(score_key(primary), -math.inf)
+        if best is None or value > best[0]:
+            best = (value, candidate[0], candidate[1], i)
+        if len(settings) > 1:
+            log.info("learning rate %g: %s by checkpoint (%s)%s", lr,
+                     ", ".join(f"{c['step']}: {c[primary]:.4f}" for c in entry["curve"]) or "no checkpoint scored",
+                     entry["stopped"], f"; the base model scores {base_scores[primary]:.4f}" if base_scores else "")
+    _, chosen, chosen_metrics, chosen_setting = best
     picked = run.path("train", "chosen")
     if picked.exists():
         shutil.rmtree(picked)
@@ -155,6 +181,8 @@ def train(spec: Spec, run: Run, base_model: str, *, preflight: dict | None = Non
     mix = None
     if vset and t.interpolation != [1.0]:
         known = {1.0: {k: chosen_metrics[f"eval_val_{k}"] for k in metrics if f"eval_val_{k}" in chosen_metrics}}
+        if base_scores:
+            known[0.0] = base_scores  # weight 0 is the starting model, scored before step 1
         task = ray.remote(_choose_weight_task).options(
             num_cpus=t.cpus_per_worker, num_gpus=t.gpus_per_worker or 0)
         scored = [w for w in t.interpolation if w not in known]
@@ -170,25 +198,118 @@ def train(spec: Spec, run: Run, base_model: str, *, preflight: dict | None = Non
         from sentence_transformers import SentenceTransformer
 
         SentenceTransformer(tuned, device="cpu").save(str(out))  # the model alone, no optimizer state
+    kept = ({k: v for k, v in next(c for c in mix["curve"] if c["weight"] == mix["weight"]).items() if k != "weight"}
+            if mix else {k: chosen_metrics.get(f"eval_val_{k}") for k in metrics} if vset else None)
+    beats = None
+    if base_scores is not None and kept is not None:
+        beats = kept[primary] > base_scores[primary] and (mix is None or mix["weight"] > 0.0)
+        if not beats:
+            # never a model below (or level with) the starting one on validation: keep that model,
+            # and let the pipeline stop before the gate
+            from sentence_transformers import SentenceTransformer
+
+            shutil.rmtree(out, ignore_errors=True)
+            SentenceTransformer(base_model, device="cpu").save(str(out))
+            log.warning("no learning rate and checkpoint beats the starting model on the %d validation queries "
+                        "(%s %.4f, best tuned %.4f): the tuned model is the starting model",
+                        len(p.held), primary, base_scores[primary], kept[primary])
     dim = _check_dimension(base_model, str(out))
-    history = [json.loads(line) for line in run.path("train", "loss.jsonl").read_text().splitlines() if line]
+    name = "" if chosen_setting == 0 else f"-{chosen_setting + 1}"
+    history = [json.loads(line) for line in run.path("train", f"loss{name}.jsonl").read_text().splitlines() if line]
     seconds = [h["seconds"] for h in history if h.get("seconds") is not None]
     summary = {
         "model": str(out), "rows": p.rows, "rows_by_negatives": {str(k): n for k, n in p.groups.items()},
         "rows_without_negatives": p.rows_without_negatives, "rows_short_of_negatives": p.dropped_short,
+        "trained": _trained(table, p, negatives),
         "validation_queries": len(p.held), "validation_docs": len(vset["corpus"]) if vset else 0,
         "steps": p.total_steps, "steps_per_epoch": p.steps_per_epoch, "budget_steps": t.max_steps,
         "warmup_steps": p.warmup_steps, "checkpoint_every": p.checkpoint_every, "negatives": negatives,
+        "learning_rate": settings[chosen_setting],
         "dimension": dim, "final_loss": history[-1]["loss"] if history else None,
         "mean_step_seconds": float(np.mean(seconds)) if seconds else None,
         "checkpoint": {"step": _step_of(picked), "validation": {k: chosen_metrics.get(f"eval_val_{k}")
                                                                   for k in metrics} if vset else None},
         "interpolation": mix, "preflight": preflight,
+        "validation": {**(vinfo or {}), "base": base_scores, "kept": kept, "beats_base": beats},
+        "settings": tried,
     }
+    run.write_json("train/settings.json", {"primary": primary, "base": base_scores, "settings": tried,
+                                           "chosen": {"learning_rate": settings[chosen_setting],
+                                                      "step": summary["checkpoint"]["step"],
+                                                      "weight": mix["weight"] if mix else 1.0, "beats_base": beats}})
     if mix:
         run.write_json("train/interpolation.json", mix)
     write_card(out, spec, base_model, summary, metrics=None)
     return summary
+
+
+def _validation(spec: Spec, held: frozenset[str], table) -> tuple[dict, dict]:
+    """The validation set of the held-out queries (`vectune.train.plan.validation_docs`):
+    their training labels, ranking the corpus or a sample of it holding every one of them."""
+    from vectune.data import DomainData
+
+    t, m = spec.train, spec.model
+    data = DomainData(spec)
+    qrels = _training_qrels(data)
+    if qrels is None:  # triples from elsewhere: the mined pairs are the labels
+        qrels = {}
+        for q, d, g in zip(*(table.column(c).to_pylist() for c in ("query_id", "positive_id", "grade"))):
+            qrels.setdefault(q, {})[d] = int(g or 1)
+    queries = dict(zip(table.column("query_id").to_pylist(), table.column("query").to_pylist()))
+    labelled = {d for q in held for d in qrels.get(q, {})}
+    ids, sampled = validation_docs(data.corpus.ids, labelled, t.validation_docs, t.seed)
+    texts = data.documents(set(ids))
+    vset = validation_set(set(held), queries, qrels, texts, (m.query_prefix, m.document_prefix))
+    info = {"queries": len(vset["queries"]), "docs": len(vset["corpus"]), "corpus": data.corpus.count,
+            "sampled": sampled, "labelled": sum(len(v) for v in vset["qrels"].values())}
+    log.info("validation: %d held-out training queries rank %s (%d labelled)", info["queries"],
+             f"a sample of {info['docs']:,} of the {info['corpus']:,} documents" if sampled
+             else f"the whole corpus ({info['docs']:,} documents)", info["labelled"])
+    return vset, info
+
+
+def _curve(path: Path) -> list[dict]:
+    """A setting's validation scores by step (step 0: the starting model), from validation.jsonl."""
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    by_step = {r["step"]: {k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()} for r in rows}
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def _steps_run(path: Path) -> int:
+    if not path.exists():
+        return 0
+    steps = [json.loads(line).get("step", 0) for line in path.read_text().splitlines() if line.strip()]
+    return max(steps, default=0)
+
+
+def _why_stopped(curve: list[dict], steps_run: int, total: int, rivals: dict[int, float], primary: str,
+                 patience: int | None) -> str:
+    """Why a setting ended where it did, in words (for the log and the report)."""
+    if steps_run >= total:
+        return "ran its budget"
+    scored = [c for c in curve if c["step"] > 0]
+    if scored and scored[-1]["step"] in rivals and scored[-1][primary] < rivals[scored[-1]["step"]]:
+        return f"stopped at step {scored[-1]['step']}: behind an earlier learning rate there"
+    if patience:
+        return f"stopped at step {steps_run}: {patience} checkpoint(s) without a validation gain"
+    return f"stopped at step {steps_run}"
+
+
+def _trained(table, p, negatives: int) -> dict:
+    """What actually trained: rows, queries, positives per query, hard negatives per row."""
+    from collections import Counter
+
+    idx = sorted(p.group_of)
+    qids = table.column("query_id").to_pylist()
+    per_query = Counter(qids[i] for i in idx)
+    negs = Counter(p.group_of[i] for i in idx)
+    dist = Counter(per_query.values())
+    return {"rows": len(idx), "queries": len(per_query),
+            "positives_per_query": {"mean": round(len(idx) / max(1, len(per_query)), 3),
+                                    "distribution": {str(k): n for k, n in sorted(dist.items())}},
+            "negatives_per_row": {str(k): n for k, n in sorted(negs.items())}, "negatives_asked": negatives}
 
 
 def _step_of(checkpoint_dir: Path) -> int | None:
