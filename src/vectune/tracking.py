@@ -5,8 +5,9 @@ curves and the tuned model folder), once the loop ends, so tracking never change
 stage does and a run that fails halfway is still logged with what it has:
 
 - parameters: every spec setting, flattened (`train.learning_rate`), defaults included;
-- metrics: each stage's seconds and numeric outputs (`stage.mine.rows`), base and tuned
-  scores per split (`tuned.test.ndcg_at_10`), the training loss, learning rate and
+- metrics: each stage's seconds and numeric outputs (`stage.mine.rows`), base, tuned and
+  BM25 scores per split (`tuned.test.ndcg_at_10`, `bm25.test.ndcg_at_10`), each model's gain
+  over BM25 (`tuned.test.over_bm25.ndcg_at_10`), the training loss, learning rate and
   validation score per step, the gate's numbers (`gate.gain`, `gate.passed`);
 - tags: the vectune run id, folder and spec hash, the `--set` overrides, the gate decision
   (`vectune.gate`: passed / failed) and its reasons;
@@ -146,11 +147,17 @@ def _metrics(manifest: dict, found) -> Iterable[tuple[str, float, int]]:
         for out, value in (info.get("outputs") or {}).items():
             if _numeric(value):  # an output's own `seconds` is not the stage's
                 yield f"{key}.{'output_seconds' if out == 'seconds' else out}", value, 0
-    for role, by_split in (found.metrics or {}).items():
+    scores = found.metrics or {}
+    for role, by_split in scores.items():
         for split, summary in by_split.items():
             for metric, value in (summary.get("metrics") or {}).items():
                 if _numeric(value):
                     yield f"{role}.{split}.{metric}", value, 0
+            bm25 = (scores.get("bm25") or {}).get(split, {}).get("metrics") or {}
+            if role != "bm25" and bm25:
+                for metric, value in (summary.get("metrics") or {}).items():
+                    if _numeric(value) and _numeric(bm25.get(metric)):
+                        yield f"{role}.{split}.over_bm25.{metric}", value - bm25[metric], 0
     for row in found.loss or []:
         step = int(row.get("step", 0))
         for key, name in (("loss", "train.loss"), ("lr", "train.learning_rate"), ("grad_norm", "train.grad_norm")):

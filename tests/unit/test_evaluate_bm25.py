@@ -184,3 +184,21 @@ def test_a_torn_cache_file_is_scored_again(tiny):
     path.write_text(path.read_text()[:40])
     result, cached = bm25_scored(spec, DomainData(spec), "test")
     assert not cached and len(built) == 2 and result.metrics["mrr@10"] == pytest.approx(1.0)
+
+
+def test_the_printed_table_shows_bm25_and_the_gain_over_it(tiny_beir):
+    """`vectune evaluate` without --json: BM25's row beside the model's, then the gain line."""
+    from vectune import _console as console
+    from vectune.commands.evaluate import _show
+
+    spec = tiny_beir.load()
+    summary = {"split": "test", "num_queries": 2, "metrics": {"ndcg@10": 0.645, "recall@100": 0.95, "mrr@10": 0.6}}
+    bm25 = {"split": "test", "num_queries": 2, "metrics": {"ndcg@10": 0.683, "recall@100": 0.9213, "mrr@10": 0.647}}
+    result = {"run_id": "r", "run_dir": "/runs/r", "base": summary, "bm25": bm25,
+              "over_bm25": gains_over({"base": summary}, bm25)}
+    with console.out.capture() as captured:
+        _show(spec, result)
+    text = captured.get()
+    rows = {line.split()[1]: line for line in text.splitlines() if line.split()[1:2] in (["base"], ["bm25"])}
+    assert "0.6450" in rows["base"] and all(v in rows["bm25"] for v in ("0.6830", "0.9213", "0.6470"))
+    assert "base over BM25: ndcg@10 -0.0380, recall@100 +0.0287, mrr@10 -0.0470" in text

@@ -18,6 +18,7 @@ import pytest
 from vectune.data import DomainData
 from vectune.embed import Encoder, encoder_config
 from vectune.evaluate import Evaluation, score_run
+from vectune.evaluate.bm25 import rank
 from vectune.evaluate.gate import decide
 from vectune.mine.audit import score_report
 from vectune.pipeline import save_evaluation
@@ -66,6 +67,12 @@ def run_dir(tmp_path_factory, make_slice):
             means, per_query = score_run(labels.qrels, ranking, spec.evaluate.metrics)
             outputs.update(means)
         save_evaluation(run, role, Evaluation("test", role, "fp", means, len(qids), 0.1, per_query))
+    # BM25 beside them, as the evaluate stage scores it: Qdrant Edge's, in a real throwaway shard
+    with run.stage("evaluate:bm25:test") as outputs:
+        ranking = rank([(doc_ids, doc_texts)], {q: labels.queries[q] for q in qids}, spec.bm25, spec.evaluate.depth)
+        means, per_query = score_run(labels.qrels, ranking, spec.evaluate.metrics)
+        outputs.update(means)
+    save_evaluation(run, "bm25", Evaluation("test", "bm25", "bm25-fp", means, len(qids), 0.1, per_query))
     metrics = run.read_json("metrics.json")
     run.record("gate", {**decide(spec.evaluate.gate, metrics["base"]["test"]["metrics"],
                                  metrics["tuned"]["test"]["metrics"]).to_dict(), "split": "test"})
@@ -105,6 +112,23 @@ def test_report_numbers_match_metrics_json(run_dir):
     if tuned[q]["ndcg@10"] != base[q]["ndcg@10"]:
         assert (f'<td class="num">{base[q]["ndcg@10"]:.4f}</td>'
                 f'<td class="num">{tuned[q]["ndcg@10"]:.4f}</td>') in page and f"<tr><th>{q}</th><td>" in page
+
+
+def test_report_shows_bm25_beside_the_models_and_their_gains_over_it(run_dir):
+    page = render_report(run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    names = ("mrr@10", "ndcg@10", "recall@100")
+    bm25 = metrics["bm25"]["test"]["metrics"]
+    assert bm25["ndcg@10"] > 0  # a real ranking of the slice
+    cells = "".join(f'<td class="num">{bm25[m]:.4f}</td>' for m in names)
+    assert f"<tr><th>bm25</th>{cells}</tr>" in page
+    for role in ("base", "tuned"):
+        values = metrics[role]["test"]["metrics"]
+        cells = "".join(f'<td class="num">{values[m] - bm25[m]:.4f}</td>' for m in names)
+        assert f"<tr><th>{role} - bm25</th>{cells}</tr>" in page, role
+    # the models first, the baseline after them, whatever order metrics.json holds them in
+    assert page.index("<tr><th>base</th>") < page.index("<tr><th>tuned</th>") < page.index("<tr><th>bm25</th>")
+    assert "the gate never decides on it" in page
 
 
 def test_report_numbers_read_plainly():

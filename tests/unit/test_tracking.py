@@ -71,3 +71,31 @@ def test_a_failed_run_is_logged_with_what_it_has(tiny_beir, monkeypatch):
     assert json.loads((run.dir / "manifest.json").read_text())["tracking"] == [record]
     # the default local store keeps its artifacts beside the runs, not in the working folder
     assert (tiny_beir.root.parent / "runs" / "mlflow-artifacts").is_dir()
+
+
+def test_bm25_and_each_models_gain_over_it_are_logged(tiny_beir, monkeypatch):
+    """BM25's scores (`bm25.<split>.<metric>`), each model's gain over it
+    (`<role>.<split>.over_bm25.<metric>`), its stage and its settings as parameters."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    spec = _spec(tiny_beir, "bm25.k=0.9")
+    run = Run.create(spec, "r2")
+    with run.stage("evaluate:bm25:test") as outputs:
+        outputs.update({"ndcg@10": 0.68, "recall@100": 0.92}, cached=True)
+    run.write_json("metrics.json", {
+        "base": {"test": {"metrics": {"ndcg@10": 0.645, "recall@100": 0.95, "mrr@10": 0.6}}},
+        "tuned": {"test": {"metrics": {"ndcg@10": 0.73, "recall@100": 0.96}}},
+        "bm25": {"test": {"metrics": {"ndcg@10": 0.68, "recall@100": 0.92}}}})
+
+    record = tracking.log_run(spec, run)
+
+    found = mlflow.MlflowClient(tracking_uri=record["uri"]).get_run(record["run_id"])
+    metrics = found.data.metrics
+    assert metrics["bm25.test.ndcg_at_10"] == 0.68 and metrics["bm25.test.recall_at_100"] == 0.92
+    assert metrics["tuned.test.over_bm25.ndcg_at_10"] == pytest.approx(0.05)
+    assert metrics["base.test.over_bm25.ndcg_at_10"] == pytest.approx(-0.035)
+    assert metrics["base.test.over_bm25.recall_at_100"] == pytest.approx(0.03)
+    assert "base.test.over_bm25.mrr_at_10" not in metrics  # BM25 has no mrr@10 here: no gain to state
+    assert not any(name.startswith("bm25.test.over_bm25") for name in metrics)
+    assert metrics["stage.evaluate.bm25.test.ndcg_at_10"] == 0.68 and metrics["stage.evaluate.bm25.test.cached"] == 1.0
+    params = found.data.params
+    assert float(params["bm25.k"]) == 0.9 and params["bm25.language"] == "english"

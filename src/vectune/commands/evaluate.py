@@ -11,10 +11,20 @@ from vectune.commands._options import JsonOpt, RunOpt, SetOpt, SpecArg, VerboseO
 def _show(spec, result: dict) -> None:
     role = "model" if "model" in result else "base"
     summary = result[role]
+    rows = {role: summary["metrics"]}
+    if "bm25" in result:
+        rows["bm25"] = result["bm25"]["metrics"]
     console.out.print(console.metrics_table(
-        f"{spec.name}: {summary['split']} split, {summary['num_queries']} queries", {role: summary["metrics"]},
-        spec.evaluate.metrics))
+        f"{spec.name}: {summary['split']} split, {summary['num_queries']} queries", rows, spec.evaluate.metrics))
+    show_over_bm25(result.get("over_bm25"), spec.evaluate.metrics)
     console.out.print(f"run {result['run_id']}: {result['run_dir']}/metrics.json", markup=False)
+
+
+def show_over_bm25(gains: dict | None, metrics: list[str]) -> None:
+    """One line per model: its gain over BM25 on each metric (`vectune evaluate` and `vectune run`)."""
+    for role, by_metric in (gains or {}).items():
+        console.out.print(f"{role} over BM25: " + ", ".join(f"{m} {by_metric[m]:+.4f}" for m in metrics
+                                                           if m in by_metric), markup=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -9,6 +9,7 @@ from rich.markup import escape
 
 from vectune import _console as console
 from vectune.commands._options import JsonOpt, RunOpt, SetOpt, SpecArg, VerboseOpt, WaitOpt, run
+from vectune.commands.evaluate import show_over_bm25
 from vectune.stages import Stage
 
 
@@ -48,9 +49,10 @@ def register(app: typer.Typer) -> None:
 def _print_run(spec, result: dict) -> None:
     evals = result.get("evaluate")
     if evals:
-        rows = {role: evals[role]["metrics"] for role in ("base", "champion", "tuned") if role in evals}
+        rows = {role: evals[role]["metrics"] for role in ("base", "champion", "tuned", "bm25") if role in evals}
         console.out.print(console.metrics_table(f"{spec.name}: {spec.evaluate.split} split", rows,
                                                 spec.evaluate.metrics))
+        show_over_bm25(evals.get("over_bm25"), spec.evaluate.metrics)
     gate = result.get("gate")
     if gate:
         verdict = "[green]passed[/]" if gate["passed"] else "[red]failed[/]"

@@ -67,22 +67,31 @@ def _kv(items: dict) -> str:
 
 
 # -- sections -------------------------------------------------------------------------
+#: the order of the metrics table's rows; BM25 (`vectune.evaluate.bm25`) is the baseline to beat
+_ROLES = ("base", "champion", "tuned", "model", "bm25")
+
+
 def _metrics(a: RunArtifacts) -> str:
     if not a.metrics:
         return _missing("evaluation")
     parts = []
     for split in a.splits():
-        rows = {role: by[split]["metrics"] for role, by in a.metrics.items() if split in by}
+        found = {role: by[split]["metrics"] for role, by in a.metrics.items() if split in by}
+        rows = {r: found[r] for r in sorted(found, key=lambda r: (_ROLES.index(r) if r in _ROLES else len(_ROLES)))}
         names = sorted({m for v in rows.values() for m in v})
         table_rows = [[role] + [vals.get(m, "-") for m in names] for role, vals in rows.items()]
-        if "base" in rows and "tuned" in rows:
-            table_rows.append(["tuned - base"] + [rows["tuned"][m] - rows["base"][m]
-                                                  if m in rows["tuned"] and m in rows["base"] else "-"
-                                                  for m in names])
+        for model, other in [("tuned", "base")] + [(r, "bm25") for r in rows if r != "bm25"]:
+            if model in rows and other in rows:
+                table_rows.append([f"{model} - {other}"] + [rows[model][m] - rows[other][m]
+                                                           if m in rows[model] and m in rows[other] else "-"
+                                                           for m in names])
         queries = {role: by[split].get("num_queries") for role, by in a.metrics.items() if split in by}
         parts.append(f"<h3>{_e(split)} split</h3>"
                      f"<p>queries: {_e(', '.join(f'{r} {n}' for r, n in queries.items()))}</p>"
                      + _table(["model", *names], table_rows) + _img(plots.metric_bars(split, rows), f"{split} metrics"))
+    if "bm25" in a.metrics:
+        parts.append("<p>bm25: Qdrant's BM25 (qdrant-edge, the spec's <code>bm25</code> settings) over the "
+                     "same corpus and queries, reported beside the models; the gate never decides on it.</p>")
     return "".join(parts)
 
 
@@ -208,7 +217,7 @@ def _lineage(a: RunArtifacts) -> str:
 
 
 SECTIONS: list[tuple[str, Callable[[RunArtifacts], str]]] = [
-    ("Metrics: base vs tuned", _metrics),
+    ("Metrics: base, tuned and BM25", _metrics),
     ("Per-query changes", _per_query),
     ("Gate decision", _gate),
     ("Training", _train),

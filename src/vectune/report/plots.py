@@ -12,7 +12,7 @@ matplotlib.use("Agg")  # headless: reports are written by jobs and CI without a 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-_COLORS = {"base": "#8c8c8c", "tuned": "#1f77b4", "model": "#2ca02c"}
+_COLORS = {"base": "#8c8c8c", "tuned": "#1f77b4", "model": "#2ca02c", "bm25": "#ff7f0e"}
 
 
 def _png(fig) -> str:
