@@ -91,6 +91,63 @@ def test_figures_agree_with_an_independent_computation(sl, first):
     assert ours["ndcg@10"] > 0.6
 
 
+def independent_bm25(sl) -> dict[str, float]:
+    """BM25 from Qdrant's tokenizer alone: each document's and query's terms and weights from
+    `qdrant_edge.Bm25` (Edge's defaults, what an unset `bm25:` section means), the IDF
+    ln(1 + (N - n + 0.5) / (n + 0.5)) counted here over the slice, the dot product ranked with
+    plain Python and scored with pytrec_eval: no Edge shard, no vectune code."""
+    import math
+
+    import pytrec_eval
+    from qdrant_edge import Bm25
+
+    bm25 = Bm25()
+    docs = {}
+    for line in sl.corpus_path.read_text(encoding="utf-8").splitlines():
+        d = json.loads(line)
+        v = bm25.embed_document((d.get("title", "") + " " + d.get("text", "")).strip())
+        docs[d["_id"]] = dict(zip(v.indices, v.values))
+    df: dict[int, int] = {}
+    for terms in docs.values():
+        for t in terms:
+            df[t] = df.get(t, 0) + 1
+    idf = {t: math.log(1 + (len(docs) - n + 0.5) / (n + 0.5)) for t, n in df.items()}
+    qrels = sl.qrels["test"]
+    run = {}
+    for qid in qrels:
+        terms = bm25.embed_query(sl.queries[qid]).indices
+        scores = {d: sum(idf[t] * w[t] for t in terms if t in w) for d, w in docs.items()}
+        top = sorted((d for d, s in scores.items() if s > 0), key=lambda d: -scores[d])[:100]
+        run[qid] = {d: scores[d] for d in top}
+    res = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.100"}).evaluate(run)
+    return {"ndcg@10": float(np.mean([res[q]["ndcg_cut_10"] for q in qrels])),
+            "recall@100": float(np.mean([res[q]["recall_100"] for q in qrels]))}
+
+
+def test_bm25_is_measured_beside_the_model(sl, first):
+    """Qdrant's BM25 on the same split, in the result, the run folder and the manifest, with
+    the model's gain over it; its figures agree with the independent computation above."""
+    spec, result = first
+    bm25 = result["bm25"]
+    assert bm25["model"] == "bm25" and bm25["split"] == "test" and bm25["num_queries"] == 60
+    assert set(bm25["metrics"]) == set(METRICS) and all(0.0 <= v <= 1.0 for v in bm25["metrics"].values())
+    theirs = independent_bm25(sl)
+    for name in ("ndcg@10", "recall@100"):
+        assert abs(bm25["metrics"][name] - theirs[name]) <= TOLERANCE, (name, bm25["metrics"][name], theirs[name])
+    # sanity floors: SciFact suits BM25 (0.68 nDCG@10 over all 5,183 documents, more among 300)
+    assert bm25["metrics"]["ndcg@10"] > 0.6 and bm25["metrics"]["recall@100"] > 0.9
+    base = result["base"]["metrics"]
+    assert result["over_bm25"] == {"base": pytest.approx({m: base[m] - bm25["metrics"][m] for m in METRICS})}
+
+    run_dir = Path(result["run_dir"])
+    assert json.loads((run_dir / "metrics.json").read_text())["bm25"]["test"] == bm25
+    per_query = json.loads((run_dir / "per_query" / "bm25-test.json").read_text())
+    assert set(per_query) == set(sl.qrels["test"])
+    assert np.mean([v["ndcg@10"] for v in per_query.values()]) == pytest.approx(bm25["metrics"]["ndcg@10"])
+    stage = json.loads((run_dir / "manifest.json").read_text())["stages"]["evaluate:bm25:test"]
+    assert stage["status"] == "done" and stage["outputs"] == {**bm25["metrics"], "cached": False}
+
+
 @pytest.mark.slow  # CI time: bf16's cache key and spec are unit-tested; its ranking runs with --run-slow, as int8's
 def test_bf16_encoding_ranks_like_fp32_in_its_own_cache(sl, first):
     """model.precision bf16 (autocast): vectors within cosine 0.9999 of fp32, the same figures
@@ -170,12 +227,15 @@ def test_metrics_and_manifest_are_written(sl, first):
     assert stage["status"] == "done" and stage["outputs"] == summary["metrics"] and stage["seconds"] > 0
 
 
-def test_second_evaluation_encodes_nothing(sl, first):
+def test_second_evaluation_encodes_nothing(sl, first, monkeypatch):
     from vectune.embed import Encoder, encoder_config
     from vectune.embed.cache import EmbeddingCache
     from vectune.cli import app
+    from vectune.evaluate import bm25
 
     spec, result = first
+    # BM25's scores come from the cache too: building its index again would fail the command
+    monkeypatch.setattr(bm25, "rank", lambda *a, **kw: pytest.fail("BM25 ranked again despite its cached scores"))
     model_path = json.loads((Path(result["run_dir"]) / "manifest.json").read_text())["models"]["base"]["path"]
     cfg = encoder_config(spec, model_path, role="document")
     store = Path(cfg.cache_dir) / "store" / "vectors.npy"
@@ -189,6 +249,9 @@ def test_second_evaluation_encodes_nothing(sl, first):
     again = json.loads(out.stdout)
     assert again["run_id"] != result["run_id"]
     assert again["base"]["metrics"] == result["base"]["metrics"]
+    assert again["bm25"]["metrics"] == result["bm25"]["metrics"] and again["over_bm25"] == result["over_bm25"]
+    stage = json.loads((Path(again["run_dir"]) / "manifest.json").read_text())["stages"]["evaluate:bm25:test"]
+    assert stage["status"] == "done" and stage["outputs"]["cached"] is True
 
     # nothing new was encoded: no vector was added, so the store was not rewritten
     after = os.stat(store)

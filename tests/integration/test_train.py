@@ -244,4 +244,4 @@ def test_gate_blocks_a_worse_model(mined):
     assert "refused" in page.lower() or "failed" in page.lower()
     assert page.count("data:image/png;base64,") >= 3 and "http://" not in page and "https://" not in page
     metrics = run.read_json("metrics.json")
-    assert set(metrics) == {"base", "tuned"}
+    assert set(metrics) == {"base", "tuned", "bm25"}  # BM25 is scored beside the models, never gated on
