@@ -354,12 +354,30 @@ def _gate_stage(spec: Spec, run: Run, evaluations: dict) -> dict:
     with run.stage("gate", {"metrics": evaluations}) as outputs:
         outputs.update(decision.to_dict())
     record = {**decision.to_dict(), "split": spec.evaluate.split, "summary": decision.summary()}
+    summary = run.stage_info("train").get("outputs", {})
+    record["validation_vs_test"] = _validation_vs_test(summary, evaluations, spec.evaluate.gate.metric, split)
     run.record("gate", record)
     tuned = run.manifest["models"]["tuned"]["path"]
-    summary = run.stage_info("train").get("outputs", {})
     write_card(Path(tuned), spec, base_model_path(spec), summary,
                metrics={r: evaluations[r]["metrics"] for r in ("base", "tuned")})
     return record
+
+
+def _validation_vs_test(train: dict, evaluations: dict, metric: str, split: str) -> dict | None:
+    """The base and the kept model on the validation queries beside the same models on the
+    gate's split: choices made on validation carry over only if the two agree."""
+    val = train.get("validation") or {}
+    if not val.get("base"):
+        return None
+    out = {"metric": metric, "validation_queries": val.get("queries"), "validation_docs": val.get("docs"),
+           "sampled": val.get("sampled"), "split": split,
+           "base": {"validation": val["base"].get(metric), "test": evaluations["base"]["metrics"].get(metric)},
+           "tuned": {"validation": (val.get("kept") or {}).get(metric),
+                     "test": evaluations["tuned"]["metrics"].get(metric)}}
+    log.info("validation vs %s (%s): base %.4f vs %.4f, tuned %.4f vs %.4f (%s validation queries over %s documents)",
+             split, metric, out["base"]["validation"], out["base"]["test"], out["tuned"]["validation"] or float("nan"),
+             out["tuned"]["test"], out["validation_queries"], out["validation_docs"])
+    return out
 
 
 def run(spec: Spec, *, run_id: str | None = None, from_stage: str | None = None, only: str | None = None,
