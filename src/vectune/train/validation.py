@@ -41,10 +41,20 @@ def retrieval_scores(model, vset: dict, metrics, batch_size: int = 64, precision
     qids, dids = list(vset["queries"]), list(vset["corpus"])
     q = _vectors(model, [vset["queries"][i] for i in qids], batch_size, precision, progress)
     d = _vectors(model, [vset["corpus"][i] for i in dids], batch_size, precision, progress)
-    scores = q @ d.T
     k = min(_cutoff(metrics), len(dids))
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    run = {qid: {dids[j]: float(scores[i, j]) for j in top[i]} for i, qid in enumerate(qids)}
+    search = vset.get("search") or {"mode": "dense"}
+    if search["mode"] == "dense":
+        scores = q @ d.T
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        run = {qid: {dids[j]: float(scores[i, j]) for j in top[i]} for i, qid in enumerate(qids)}
+    else:  # as served: Qdrant fuses the dense and the BM25 candidates (vectune.ranking)
+        from vectune.ranking import ScratchShard
+
+        with ScratchShard(d.shape[1], True) as shard:
+            shard.add(dids, d, vset["bm25"]["docs"])
+            ranked = shard.query(k, search["mode"], dense=q, sparse=vset["bm25"]["queries"],
+                                 fusion=search["fusion"], rrf_k=search["rrf_k"], prefetch=search["prefetch"])
+        run = dict(zip(qids, ranked))
     means, _ = score_run(vset["qrels"], run, list(metrics))
     return means
 
