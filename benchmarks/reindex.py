@@ -5,9 +5,9 @@ For each corpus (a SciFact slice and a synthetic corpus of short documents):
 (a) embed-only docs/s: the re-index's own read -> encode pipeline into a sink that drops rows;
 (b) full re-index time / embed-only time, for the load phase (read -> encode -> upsert)
     and for the whole stage (plus create, verify, alias swap); goal <= 1.10;
-(c) upsert-only points/s of vectune's writer (Ray write tasks -> Qdrant) over precomputed
-    vectors vs the best setting of qdrant-client's own `upload_points` / `upload_collection`
-    called in one process; goal >= 1.0;
+(c) upsert-only points/s of vectune's writer (Ray write tasks -> the owner actor -> Qdrant Edge)
+    over precomputed vectors vs plain `EdgeShard.update(upsert_points)` in one process, at the
+    best batch size; goal >= 1.0;
 (d) peak RSS of the driver plus every Ray process (psutil, sampled every 0.2 s) per
     phase, and the full re-index of the synthetic corpus repeated at a fifth of its size:
     the peak should not grow with the corpus (`memory_scaling`);
@@ -134,7 +134,7 @@ class PeakRSS:
         out: dict[str, float] = {}
         for rss, name in self.by_pid.values():
             role = ("driver" if name == "driver" else "encoder_actor" if "Encoder" in name
-                    else "writer" if "EmbeddedOwner" in name else "other_worker" if name.startswith("ray::")
+                    else "writer" if "StoreOwner" in name else "other_worker" if name.startswith("ray::")
                     else "ray_system")
             out[role] = max(out.get(role, 0.0), round(rss / 2**20, 1))
         return out
@@ -369,28 +369,27 @@ def _vectors_dataset(spec_path: Path):
         add, batch_format="numpy", num_cpus=0.1).materialize()
 
 
-def _fresh_collection(client, name: str) -> None:
-    from qdrant_client import models
+def _fresh_collection(store, name: str) -> None:
+    from vectune.index.store import Layout
 
-    client.create_collection(name, vectors_config=models.VectorParams(size=DIM, distance=models.Distance.COSINE),
-                             hnsw_config=models.HnswConfigDiff(m=0))
+    store.create(name, Layout(size=DIM, distance="cosine"), stamp={"bench": True})
 
 
 def upsert_only(spec_path: Path, work: Path, batch_sizes: list[int], upsert_batch: int, repeat: int) -> dict:
-    """vectune's writer vs qdrant-client's upload helpers, same vectors, same engine folder.
+    """vectune's writer vs plain Qdrant Edge upserts in one process, same vectors, same folder kind.
 
-    Both start from the same columns (doc ids, vectors, payload fields). The baseline is
-    timed twice: the upload call alone (points built beforehand, untimed: its best case)
-    and building the points plus the upload (what a caller has to do). vectune's writer
-    switches the store to WAL (`fast_commits`); the best baseline setting is run once more
-    on such a store, so the ratio can be split into the store's part and the writer's.
+    Both start from the same columns (doc ids, vectors, payload fields). vectune's path is what
+    `reindex` does on the embedded engine: Ray write tasks prepare requests and send them to the
+    owner actor, which holds the shard. The baseline is `EdgeShard.update(upsert_points(...))`
+    called in this process, timed twice: the update calls alone (points built beforehand,
+    untimed: its best case) and building the points plus the updates (what a caller has to do).
     """
     import ray
-    from qdrant_client import QdrantClient, models
+    import qdrant_edge as qe
 
-    from vectune.index.client import Target
     from vectune.index.points import point_id
-    from vectune.index.writer import WRITE_TASK_CPUS, QdrantDatasink, fast_commits, start_owner
+    from vectune.index.store import Target
+    from vectune.index.writer import WRITE_TASK_CPUS, StoreDatasink, start_owner
 
     ds = _vectors_dataset(spec_path)
     n = ds.count()
@@ -404,63 +403,47 @@ def upsert_only(spec_path: Path, work: Path, batch_sizes: list[int], upsert_batc
             owner = start_owner(where)
             _fresh_collection(owner, "bench")
             start = time.perf_counter()
-            sink = QdrantDatasink("bench", where=where, owner=owner.actor, batch_size=upsert_batch, payload=fields)
+            sink = StoreDatasink("bench", handle=owner, batch_size=upsert_batch, payload=fields)
             ds.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_TASK_CPUS}, concurrency=2)
             ours.append(time.perf_counter() - start)
             busy.append(ray.get(owner.actor.stats.remote())["busy_seconds"] / ours[-1])
-            assert owner.count("bench", exact=True).count == n
+            assert owner.count("bench") == n
             owner.close()
             shutil.rmtree(where.path, ignore_errors=True)
 
     rows = [r for b in ds.iter_batches(batch_format="numpy", batch_size=4096)
             for r in zip(b["doc_id"], b["title"], b["text"], b["embedding"])]
 
-    def baseline(method: str, bs: int, wal: bool) -> tuple[float, float]:
-        path = work / f"q-{method}-{bs}-{'wal' if wal else 'default'}"
-        client = QdrantClient(path=str(path))
-        _fresh_collection(client, "bench")
-        if wal:  # the same store settings vectune's writer uses (vectune.index.writer.fast_commits)
-            assert fast_commits(client, "bench")
+    def baseline(bs: int) -> tuple[float, float]:
+        path = work / f"q-edge-{bs}"
+        shard = qe.EdgeShard.create(str(path), qe.EdgeConfig(
+            vectors={"dense": qe.EdgeVectorParams(size=DIM, distance=qe.Distance.Cosine)}))
         built = time.perf_counter()
-        if method == "upload_points":
-            points = [models.PointStruct(id=point_id(d), vector=v.tolist(),
-                                         payload={"doc_id": str(d), "title": str(t), "text": str(x)})
-                      for d, t, x, v in rows]
-            start = time.perf_counter()
-            client.upload_points("bench", points, batch_size=bs, wait=True)
-        else:
-            ids = [point_id(d) for d, *_ in rows]
-            vectors = np.stack([v for *_, v in rows])
-            payload = [{"doc_id": str(d), "title": str(t), "text": str(x)} for d, t, x, _ in rows]
-            start = time.perf_counter()
-            client.upload_collection("bench", vectors=vectors, payload=payload, ids=ids, batch_size=bs, wait=True)
+        points = [qe.Point(point_id(d), {"dense": v.tolist()}, {"doc_id": str(d), "title": str(t), "text": str(x)})
+                  for d, t, x, v in rows]
+        start = time.perf_counter()
+        for a in range(0, len(points), bs):
+            shard.update(qe.UpdateOperation.upsert_points(points[a:a + bs]))
         end = time.perf_counter()
-        assert client.count("bench", exact=True).count == n
-        client.close()
+        assert shard.count(qe.CountRequest(exact=True)) == n
+        shard.close()
         shutil.rmtree(path, ignore_errors=True)
         return round(n / (end - start), 1), round(n / (end - built), 1)
 
-    upload_only, with_build = {}, {}
-    for method in ("upload_points", "upload_collection"):
-        for bs in batch_sizes:
-            key = f"{method}(batch_size={bs})"
-            upload_only[key], with_build[key] = baseline(method, bs, wal=False)
-    best = max(upload_only, key=upload_only.get)
+    upsert_alone, with_build = {}, {}
+    for bs in batch_sizes:
+        key = f"edge_upsert(batch_size={bs})"
+        upsert_alone[key], with_build[key] = baseline(bs)
+    best = max(upsert_alone, key=upsert_alone.get)
     best_built = max(with_build, key=with_build.get)
-    # the best setting again on a store switched to WAL as vectune's writer does: what is left
-    # of the ratio is the writer itself (Ray write tasks + the owner actor), not the store
-    method, bs = best.split("(batch_size=")
-    wal_only, wal_built = baseline(method, int(bs.rstrip(")")), wal=True)
     rate = n / min(ours)
     return {"points": n, "store": str(work), "vectune_points_per_s": round(rate, 1),
             "vectune_seconds": [round(x, 2) for x in ours],
             "owner_busy_fraction": [round(x, 3) for x in busy],
-            "qdrant_client_upload_only": upload_only, "qdrant_client_build_and_upload": with_build,
-            "best_upload_only": best, "ratio_vs_best_upload_only": round(rate / upload_only[best], 3),
-            "best_build_and_upload": best_built,
-            "ratio_vs_best_build_and_upload": round(rate / with_build[best_built], 3),
-            "best_upload_only_wal_store": wal_only,
-            "ratio_vs_best_upload_only_wal_store": round(rate / wal_only, 3),
+            "edge_upsert_only": upsert_alone, "edge_build_and_upsert": with_build,
+            "best_upsert_only": best, "ratio_vs_best_upsert_only": round(rate / upsert_alone[best], 3),
+            "best_build_and_upsert": best_built,
+            "ratio_vs_best_build_and_upsert": round(rate / with_build[best_built], 3),
             **mem.mib()}
 
 
@@ -624,7 +607,7 @@ def main() -> None:
                          "disk measures what the default `<runs>/qdrant` store sees.")
     ap.add_argument("--ray-niceness", type=int, default=0,
                     help="Niceness of Ray workers (Ray's default is 15). 0 puts them on par with the in-process "
-                         "qdrant-client baseline on a shared machine.")
+                         "Qdrant Edge baseline on a shared machine.")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "reindex.json")
     ap.add_argument("--one", nargs=2, metavar=("KIND", "N"), help=argparse.SUPPRESS)
     ap.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)

@@ -76,3 +76,17 @@ def other_model(tmp: Path) -> str:
         (dst / "model.safetensors").symlink_to(src / "model.safetensors")
         (dst / "variant.txt").write_text("not the model that built the collection\n")
     return str(dst)
+
+
+def server_stand_in(url: str = "http://qdrant-stand-in:6333"):
+    """A `ServerStore` whose client is qdrant-client's local mode in memory: the stand-in for a
+    Qdrant server in tests (no server binary exists on this machine). Local mode emulates the
+    server's API in-process (collections, aliases, metadata, named dense and sparse vectors,
+    prefetch and fusion); vectune itself never uses it. Built through the class, not the spec:
+    the test seam stays in the tests."""
+    from qdrant_client import QdrantClient
+
+    from vectune.index.server import ServerStore
+    from vectune.index.store import Target
+
+    return ServerStore(Target(url=url), QdrantClient(location=":memory:"))

@@ -12,6 +12,11 @@ Points:
     `index.upsert`: after each upsert request. `{"after": N}` raises on the N-th request of
         a process; `"mode": "hang"` hangs there instead (after touching `"marker"`, a file
         a test waits for before killing the process).
+    `index.alias`: in the embedded engine's alias swap, after the new record is written to its
+        temporary file and fsynced, before the rename that publishes it. `index.verify`: in a
+        full build, after the load and the index build, before verification. Both pause: they
+        touch `"marker"` and wait until the file `"release"` exists (for ever without one: a test
+        kills the process there), or raise with `"mode": "raise"`.
     `train.step`: after each optimizer step. `{"at": N, "marker": PATH}` raises once at
         step N in the worker of rank `"rank"` (default 1, or 0 with one worker); the marker
         records that it happened, so a restarted worker goes on. `"mode": "kill"` SIGKILLs
@@ -74,6 +79,15 @@ def hit(point: str, **where) -> None:
             while True:  # until the test kills the process
                 time.sleep(1)
         raise RuntimeError(f"injected failure after {_counts[point]} upsert batches ({ENV})")
+    if point in ("index.alias", "index.verify"):
+        if cfg.get("mode") == "raise":
+            raise RuntimeError(f"injected failure at {point} ({ENV})")
+        if cfg.get("marker"):
+            Path(cfg["marker"]).write_text(json.dumps(where))
+        release = Path(cfg["release"]) if cfg.get("release") else None
+        while release is None or not release.exists():  # until released, or killed
+            time.sleep(0.1)
+        return
     if point == "train.step":
         world = int(where.get("world", 1))
         rank = int(cfg.get("rank", min(1, world - 1)))

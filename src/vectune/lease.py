@@ -39,7 +39,7 @@ class LeaseHeld(VectuneError):
 def lease_path(spec: Spec) -> Path:
     """The lease file of the spec's alias in the spec's Qdrant."""
     from vectune.index import collections as cols
-    from vectune.index.client import target
+    from vectune.index.store import target
     from vectune.runs import runs_folder
 
     where = target(spec).describe()

@@ -551,11 +551,11 @@ def rollback(spec: Spec, *, to: str | None = None, wait: float = 0.0) -> dict:
     from vectune.lease import alias_lease
 
     with alias_lease(spec, "rollback", wait=wait):
-        client = connect(spec)
+        store = connect(spec)
         try:
-            return collections.rollback(client, spec, to)
+            return collections.rollback(store, spec, to)
         finally:
-            client.close()
+            store.close()
 
 
 def tune(spec: Spec, *, run_id: str | None = None) -> dict:

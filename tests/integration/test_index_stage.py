@@ -1,5 +1,5 @@
 """The re-index stage for real: a 240-document SciFact slice, the packaged model, a local
-Ray and the embedded Qdrant engine on tmpfs."""
+Ray and the embedded engine (Qdrant Edge) on tmpfs."""
 
 from __future__ import annotations
 
@@ -60,10 +60,15 @@ def test_reindex_builds_verifies_stamps_and_promotes(spec, sliced, first):
         assert stamp["state"] == "ready" and stamp["dimension"] == 384 and stamp["spec_hash"] == spec.digest()
         assert stamp["model_fingerprint"] == first["model"]["fingerprint"]
         assert stamp["corpus_count"] == N_DOCS and stamp["promoted"]
-        ids = {p.payload["doc_id"] for p in client.scroll("slice", limit=1000, with_payload=["doc_id"])[0]}
+        assert stamp["hnsw"] == {"m": spec.index.hnsw.m, "ef_construct": spec.index.hnsw.ef_construct,
+                                 "ef": spec.index.hnsw.ef}
+        ids = {r.payload["doc_id"] for page in client.scroll("slice__a1", ["doc_id"]) for r in page}
         assert ids == set(sliced.doc_ids)
-        info = client.get_collection("slice__a1")
-        assert info.config.params.vectors.distance.value == "Cosine"
+        layout = client.layout("slice__a1")
+        assert (layout.size, layout.distance, layout.dense_name) == (384, "cosine", "dense")
+        record = client.version_record("slice__a1")  # Edge: the index was built after the load, and recorded
+        assert record["index"]["points"] == N_DOCS and first["index"]["points"] == N_DOCS
+        assert first["timings"]["index"] >= 0
     finally:
         client.close()
 
@@ -80,7 +85,7 @@ def test_search_finds_the_labelled_documents(spec, sliced, first):
                                encoder_config(spec, first["model"]["path"], role="query", cache=False))
         hit = 0
         for qid, vec in zip(qids, vectors):
-            top = client.query_points("slice", query=vec.tolist(), limit=10, with_payload=["doc_id"]).points
+            top = client.search("slice", vec.tolist(), 10, ["doc_id"])
             hit += bool({p.payload["doc_id"] for p in top} & set(qrels[qid]))
     finally:
         client.close()
@@ -110,7 +115,7 @@ def test_failure_midway_keeps_the_alias_and_a_rerun_completes_without_duplicates
     try:
         assert cols.live_collection(client, "slice") == "slice__a1"  # never the unfinished one
         assert cols.read_stamp(client, "slice__a2")["state"] == "building"
-        partial = client.count("slice__a2", exact=True).count
+        partial = client.count("slice__a2")
         assert partial == 3 * INDEX["batch_size"]
     finally:
         client.close()
@@ -125,7 +130,7 @@ def test_failure_midway_keeps_the_alias_and_a_rerun_completes_without_duplicates
     client = _client(spec)
     try:
         assert cols.live_collection(client, "slice") == "slice__a2"
-        ids = [p.id for p in client.scroll("slice__a2", limit=1000)[0]]
+        ids = [r.id for page in client.scroll("slice__a2") for r in page]
         assert len(ids) == len(set(ids)) == N_DOCS
     finally:
         client.close()
@@ -163,22 +168,21 @@ def test_unreachable_server_fails_fast_and_leaves_the_alias(spec, sliced, first,
     server = load_spec(path)
     client = _client(spec)
     live = cols.live_collection(client, "slice")
-    before = {c.name for c in client.get_collections().collections}
+    before = set(client.collections())
     client.close()
     with pytest.raises(IndexingError, match="cannot reach Qdrant at http://127.0.0.1:1 after 2 attempt"):
         reindex(server, run_id="u1")
     client = _client(spec)
     try:
         assert cols.live_collection(client, "slice") == live
-        assert {c.name for c in client.get_collections().collections} == before
+        assert set(client.collections()) == before
     finally:
         client.close()
 
 
 def test_verification_rejects_wrong_vectors_missing_and_foreign_points(spec, first):
-    from qdrant_client import models
-
     from vectune.data import DomainData
+    from vectune.index.store import Layout
     from vectune.index.verify import verify
 
     data = DomainData(spec)
@@ -186,29 +190,31 @@ def test_verification_rejects_wrong_vectors_missing_and_foreign_points(spec, fir
     client = _client(spec)
     try:
         source = cols.live_collection(client, "slice")
-        client.create_collection("slice__bad", vectors_config=models.VectorParams(
-            size=384, distance=models.Distance.COSINE))
-        points = client.scroll(source, limit=1000, with_payload=True, with_vectors=True)[0]
-        client.upsert("slice__bad", [models.PointStruct(id=p.id, vector=p.vector, payload=p.payload) for p in points])
+        client.create("slice__bad", Layout(size=384, distance="cosine"), stamp={})
+        points = [r for page in client.scroll(source, ["doc_id", "title", "text", "text_hash"]) for r in page]
+        ids = [p.id for p in points]
+        stored = {r.id: r.vector for r in client.retrieve(source, ids, vectors=True)}
+        vectors = np.asarray([stored[i] for i in ids], dtype=np.float32)
+        client.upsert("slice__bad", ids, vectors, [p.payload for p in points])
         assert verify(client, "slice__bad", spec, data, path, seed="x")["points"] == N_DOCS
 
         rng = np.random.default_rng(0)
-        noisy = [models.PointStruct(id=p.id, vector=rng.normal(size=384).tolist(), payload=p.payload) for p in points]
-        client.upsert("slice__bad", noisy)
+        client.upsert("slice__bad", ids, rng.normal(size=(len(ids), 384)).astype(np.float32),
+                      [p.payload for p in points])
         with pytest.raises(IndexingError, match="does not match a fresh embedding"):
             verify(client, "slice__bad", spec, data, path, seed="x")
 
         doc = points[0].payload["doc_id"]
-        client.delete("slice__bad", points_selector=models.PointIdsList(points=[point_id(doc)]))
+        client.delete("slice__bad", [point_id(doc)])
         with pytest.raises(IndexingError, match=f"holds {N_DOCS - 1} points but the corpus has {N_DOCS}"):
             verify(client, "slice__bad", spec, data, path, seed="x")
 
-        client.upsert("slice__bad", [models.PointStruct(id=point_id("not-a-doc"), vector=[1.0] * 384,
-                                                        payload={"doc_id": "not-a-doc"})])
+        client.upsert("slice__bad", [point_id("not-a-doc")], np.ones((1, 384), dtype=np.float32),
+                      [{"doc_id": "not-a-doc"}])
         with pytest.raises(IndexingError, match="ids do not match the corpus"):
             verify(client, "slice__bad", spec, data, path, seed="x")
     finally:
-        client.delete_collection("slice__bad")
+        client.drop("slice__bad")
         client.close()
 
 
@@ -236,7 +242,7 @@ def test_an_int8_collection_is_stamped_and_searched_in_int8(spec, sliced, first)
     try:
         stamp = cols.read_stamp(client, "slice__i8")
         assert stamp["precision"] == "int8" and cols.live_collection(client, "slice") == "slice__i8"
-        top = client.query_points("slice", query=vectors["int8"].tolist(), limit=1).points[0]
+        top = client.search("slice", vectors["int8"].tolist(), 1)[0]
         assert result["hits"][0]["score"] == pytest.approx(top.score, abs=1e-6)
     finally:
         client.close()

@@ -1,23 +1,28 @@
-"""Index stage pieces without Ray: ids, the client factory, stamps, alias swaps,
-retention, rollback and the search model check, on a real in-memory Qdrant."""
+"""Index stage pieces without Ray: ids, the store factory, the embedded engine's folder (Qdrant
+Edge: shard folders, version records, the alias record), stamps, alias swaps, retention, rollback
+and the search model check. Versions and rollback run on both engines; a server is stood in for
+by qdrant-client's local mode (`testdata.server_stand_in`: no Qdrant server exists here)."""
 
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import time
 import uuid
 
 import numpy as np
 import pytest
-from qdrant_client import QdrantClient, models
+from testdata import server_stand_in
 
 from vectune.errors import IndexingError, ModelError, SpecError
 from vectune.index import collections as cols
-from vectune.index.client import Secret, Target, embedded_path, open_target, target
-from vectune.index.points import id_checksum, point_id
+from vectune.index.edge import DiskFull, EdgeStore, OldStoreError
 from vectune.index.live import query_model
-from vectune.index.writer import fast_commits, upsert_columns
+from vectune.index.points import id_checksum, point_id
+from vectune.index.server import ServerStore
+from vectune.index.store import Hnsw, Layout, Secret, Target, embedded_path, open_store, target
+from vectune.index.writer import upsert_columns
 from vectune.spec import Spec
 
 KEY = "sk-vectune-unit-3b9f1e77"
@@ -71,164 +76,275 @@ def test_refused_server_gets_bounded_retries_then_a_clear_error(grpc):
                    api_key=Secret(KEY))
     start = time.perf_counter()
     with pytest.raises(IndexingError) as info:
-        open_target(where)
+        open_store(where)
     elapsed = time.perf_counter() - start
     assert "cannot reach Qdrant at http://127.0.0.1:1 after 3 attempt(s)" in str(info.value)
     assert KEY not in str(info.value)
     assert 1.4 < elapsed < 20  # backoff 0.5 + 1.0 s, then it gives up
 
 
-def test_held_embedded_folder_is_a_clear_error(tmp_path):
-    first = open_target(Target(path=str(tmp_path / "q")))
+# -- the embedded engine's folder ---------------------------------------------------------
+def test_embedded_store_lays_out_one_shard_and_one_record_per_version(tmp_path):
+    store = open_store(Target(path=str(tmp_path / "q")))
+    assert isinstance(store, EdgeStore)
+    store.create("docs__r1", Layout(size=4, distance="cosine", hnsw=Hnsw(m=24, ef_construct=150, ef=96)),
+                 stamp={"base": "docs", "state": "building"})
+    store.upsert("docs__r1", [point_id("a")], np.ones((1, 4), dtype=np.float32), [{"doc_id": "a"}])
+    built = store.build_index("docs__r1", Hnsw(m=24, ef_construct=150, ef=96))
+    store.swap_alias("docs", "docs__r1")
+    store.close()
+    root = tmp_path / "q"
+    assert json.loads((root / "vectune-store.json").read_text())["engine"] == "qdrant-edge-py"
+    version = json.loads((root / "collections" / "docs__r1" / "version.json").read_text())
+    assert (root / "collections" / "docs__r1" / "shard" / "edge_config.json").is_file()  # an Edge shard
+    assert version["vectune"] == {"base": "docs", "state": "building"}  # the stamp, beside the shard
+    assert version["vectors"] == {"dense": {"size": 4, "distance": "cosine", "on_disk": False}}
+    assert version["hnsw"] == {"m": 24, "ef_construct": 150, "ef": 96, "on_disk": False}
+    assert version["index"]["points"] == 1 and version["index"]["seconds"] == built["seconds"]
+    assert json.loads((root / "aliases" / "docs.json").read_text())["collection"] == "docs__r1"
+    again = open_store(Target(path=str(root)))  # readers resolve the alias on every open
     try:
-        with pytest.raises(IndexingError, match="open in another process"):
-            # portalocker locks per open file description, so a second open in-process is refused too
-            open_target(Target(path=str(tmp_path / "q")))
+        assert again.alias("docs") == "docs__r1" and again.count("docs__r1") == 1
+        assert again.layout("docs__r1").hnsw.ef == 96
+    finally:
+        again.close()
+
+
+def test_a_shard_is_opened_by_one_store_at_a_time(tmp_path):
+    first = open_store(Target(path=str(tmp_path / "q")))
+    first.create("c", Layout(size=4, distance="cosine"), stamp={})
+    second = open_store(Target(path=str(tmp_path / "q")))
+    try:
+        with pytest.raises(IndexingError, match="is open in another process"):
+            second.count("c")  # Edge locks a shard's WAL per open; a second open waits for the first to close
+        assert second.collections() == ["c"] and second.read_stamp("c") == {}  # records need no shard
+        first.close()
+        assert second.count("c") == 0
     finally:
         first.close()
+        second.close()
+
+
+def test_an_alias_swap_killed_before_its_rename_leaves_the_old_record(tmp_path):
+    """The new record is written to a temp file and fsynced, then renamed over the old one: a
+    writer that dies in between leaves the old alias in place (the drill with a real SIGKILL is
+    in tests/integration/test_reliability.py), and the next swap clears its temp file."""
+    from vectune import _faults
+
+    store = open_store(Target(path=str(tmp_path / "q")))
+    try:
+        for name in ("docs__a", "docs__b"):
+            store.create(name, Layout(size=4, distance="cosine"), stamp={})
+        store.swap_alias("docs", "docs__a")
+        _faults.switch(**{"index.alias": {"mode": "raise"}})
+        try:
+            with pytest.raises(RuntimeError, match="injected failure at index.alias"):
+                store.swap_alias("docs", "docs__b")
+        finally:
+            _faults.clear()
+        assert store.alias("docs") == "docs__a"
+        stale = tmp_path / "q" / "aliases" / ".docs.json.999.deadbeef.tmp"  # as a SIGKILLed writer leaves it
+        stale.write_text("{")
+        assert store.alias("docs") == "docs__a"  # readers never look at temp files
+        assert store.swap_alias("docs", "docs__b") == "docs__a"
+        assert not stale.exists() and store.alias("docs") == "docs__b"
+        with pytest.raises(IndexingError, match="no collection 'docs__c'"):
+            store.swap_alias("docs", "docs__c")
+    finally:
+        store.close()
+
+
+def test_an_older_vectunes_store_is_recognised_and_left_alone(tmp_path):
+    """A folder qdrant-client's local mode wrote (vectune before Qdrant Edge): a clear error with
+    the command that rebuilds the index, exit code 2, every file left as it was."""
+    from qdrant_client import QdrantClient, models
+
+    old = tmp_path / "qdrant"
+    client = QdrantClient(path=str(old))  # how an older vectune kept its embedded store
+    client.create_collection("docs__r1", vectors_config=models.VectorParams(size=4, distance=models.Distance.COSINE))
+    client.close()
+    before = {p: p.stat().st_mtime_ns for p in old.rglob("*")}
+    assert (old / "meta.json").is_file() and list(old.glob("collection/*/storage.sqlite"))
+    with pytest.raises(OldStoreError) as info:
+        open_store(Target(path=str(old)), spec_source="specs/docs.yaml")
+    message = str(info.value)
+    assert info.value.exit_code == 2 and isinstance(info.value, IndexingError)
+    assert str(old) in message and "older vectune" in message and "Nothing was changed or deleted" in message
+    assert f"vectune reindex specs/docs.yaml --full --set index.qdrant.path={old}-edge" in message
+    assert {p: p.stat().st_mtime_ns for p in old.rglob("*")} == before
+    assert pickle.loads(pickle.dumps(info.value)).args == info.value.args  # survives a Ray actor
+
+
+def test_writes_refuse_a_nearly_full_disk_instead_of_dying(tmp_path, monkeypatch):
+    """Edge writes through memory-mapped files: on a full disk the process dies of SIGBUS. Every
+    write checks the free space first (the real full disk is drilled in test_reliability.py)."""
+    from vectune.index import edge
+
+    store = open_store(Target(path=str(tmp_path / "q")))
+    try:
+        store.create("c", Layout(size=4, distance="cosine"), stamp={})
+        store.upsert("c", [point_id("a")], np.ones((1, 4), dtype=np.float32), [{"doc_id": "a"}])
+        monkeypatch.setattr(edge, "free_bytes", lambda folder: 10 << 20)
+        with pytest.raises(DiskFull, match="not enough free space .* 10 MiB free"):
+            store.upsert("c", [point_id("b")], np.ones((1, 4), dtype=np.float32), [{"doc_id": "b"}])
+        with pytest.raises(DiskFull, match="build the index of c"):
+            store.build_index("c", Hnsw())
+        monkeypatch.undo()
+        assert store.count("c") == 1
+    finally:
+        store.close()
+
+
+def test_memory_is_a_temporary_folder_gone_on_close():
+    store = open_store(Target(path=":memory:"))
+    root = store.root
+    store.create("c", Layout(size=4, distance="cosine"), stamp={})
+    assert root.is_dir()
+    store.close()
+    assert not root.exists()
 
 
 # -- writing ----------------------------------------------------------------------------
-def _make(client, name, dim=4, stamp=None):
-    client.create_collection(name, vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
-                             metadata={cols.STAMP_KEY: stamp} if stamp else None)
+@pytest.fixture(params=["edge", "server"])
+def store(request, tmp_path):
+    s = open_store(Target(path=str(tmp_path / "q"))) if request.param == "edge" else server_stand_in()
+    yield s
+    s.close()
 
 
-def test_upsert_columns_overwrites_on_rerun():
-    client = QdrantClient(location=":memory:")
-    _make(client, "c")
+def _make(store, name, dim=4, stamp=None):
+    store.create(name, Layout(size=dim, distance="cosine"), stamp=stamp or {})
+
+
+def test_upsert_columns_overwrites_on_rerun(store):
+    _make(store, "c")
     columns = {"doc_id": np.array(["a", "b", "c"]), "title": np.array(["A", "B", "C"]),
                "text": np.array(["x", "y", "z"]), "embedding": np.eye(3, 4, dtype=np.float32)}
-    assert upsert_columns(client, "c", columns, batch_size=2, payload=["doc_id", "title"]) == 3
-    upsert_columns(client, "c", columns, batch_size=2, payload=["doc_id", "title"])
-    assert client.count("c", exact=True).count == 3
-    point = client.retrieve("c", [point_id("b")], with_payload=True)[0]
+    assert upsert_columns(store, "c", columns, batch_size=2, payload=["doc_id", "title"]) == 3
+    upsert_columns(store, "c", columns, batch_size=2, payload=["doc_id", "title"])
+    assert store.count("c") == 3
+    point = store.retrieve("c", [point_id("b")], ["doc_id", "title", "text"])[0]
     assert point.payload == {"doc_id": "b", "title": "B"}  # only the payload fields asked for
 
 
-def test_embedded_store_commits_through_a_wal_and_keeps_every_point(tmp_path):
-    """On disk the writer switches the collection's SQLite store to WAL + synchronous=NORMAL
-    (no fsync per point); the points are all there when the folder is opened again."""
-    import sqlite3
-
-    client = QdrantClient(path=str(tmp_path / "q"))
-    _make(client, "c")
+def test_embedded_store_keeps_every_point_across_a_reopen(tmp_path):
+    store = open_store(Target(path=str(tmp_path / "q")))
+    _make(store, "c")
     n = 300
     columns = {"doc_id": np.array([f"d{i}" for i in range(n)]),
                "embedding": np.random.default_rng(0).normal(size=(n, 4)).astype(np.float32)}
-    assert upsert_columns(client, "c", columns, batch_size=64, payload=["doc_id"]) == n
-    client.close()
-    (store,) = (tmp_path / "q").rglob("storage.sqlite")
-    with sqlite3.connect(store) as conn:  # the writer switched it; WAL is a property of the file: it persists
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    again = QdrantClient(path=str(tmp_path / "q"))
-    assert fast_commits(again, "c")  # an on-disk store reports it is (still) in WAL mode
-    assert again.count("c", exact=True).count == n
-    got = again.retrieve("c", [point_id("d7")], with_vectors=True)[0]
-    want, have = columns["embedding"][7], np.asarray(got.vector)
-    assert float(want @ have / np.linalg.norm(want) / np.linalg.norm(have)) > 0.99999  # the same direction
-    again.close()
+    assert upsert_columns(store, "c", columns, batch_size=64, payload=["doc_id"]) == n
+    store.close()
+    again = open_store(Target(path=str(tmp_path / "q")))
+    try:
+        assert again.count("c") == n
+        got = again.retrieve("c", [point_id("d7")], vectors=True)[0]
+        want, have = columns["embedding"][7], np.asarray(got.vector)
+        assert float(want @ have / np.linalg.norm(want) / np.linalg.norm(have)) > 0.99999  # the same direction
+    finally:
+        again.close()
 
 
-def test_fast_commits_leaves_memory_and_unknown_collections_alone():
-    client = QdrantClient(location=":memory:")
-    _make(client, "c")
-    assert fast_commits(client, "c") is False  # no SQLite store in memory
-    assert fast_commits(client, "nope") is False
-
-
-def test_upsert_fault_point_fires_after_n_batches(monkeypatch):
+def test_upsert_fault_point_fires_after_n_batches(store):
     from vectune import _faults
 
-    client = QdrantClient(location=":memory:")
-    _make(client, "c")
+    _make(store, "c")
     columns = {"doc_id": np.array([str(i) for i in range(10)]), "embedding": np.ones((10, 4), dtype=np.float32)}
     _faults.switch(**{"index.upsert": {"after": 3}})
     try:
         with pytest.raises(RuntimeError, match="injected failure after 3"):
-            upsert_columns(client, "c", columns, batch_size=2, payload=["doc_id"])
+            upsert_columns(store, "c", columns, batch_size=2, payload=["doc_id"])
     finally:
         _faults.clear()
-    assert client.count("c", exact=True).count == 6  # three batches landed before it
+    assert store.count("c") == 6  # three batches landed before it
 
 
-# -- versions, alias, retention, rollback ----------------------------------------------
-def _versions(client, spec, n):
+# -- versions, alias, retention, rollback (both engines) ------------------------------
+def _versions(store, spec, n):
     names = []
     for i in range(n):
         name = cols.collection_name(spec, f"r{i}")
         # a hub model (no folder to check) and 4-d cosine vectors, as the collections hold
-        _make(client, name, stamp={"base": "docs", "run_id": f"r{i}", "state": "ready", "created": f"2026-01-0{i + 1}",
-                                    "model_fingerprint": f"hub:model-{i}", "dimension": 4, "distance": "cosine"})
+        _make(store, name, stamp={"base": "docs", "run_id": f"r{i}", "state": "ready", "created": f"2026-01-0{i + 1}",
+                                  "model_fingerprint": f"hub:model-{i}", "dimension": 4, "distance": "cosine"})
         names.append(name)
     return names
 
 
-def test_swap_is_one_atomic_call_and_keeps_previous(tmp_path):
+def test_swap_is_one_atomic_step_and_keeps_previous(store, tmp_path):
     spec = _spec(tmp_path, keep=1)
-    client = QdrantClient(location=":memory:")
-    a, b = _versions(client, spec, 2)
-    assert cols.swap_alias(client, "docs", a) is None
-    assert cols.swap_alias(client, "docs", b) == a
-    assert cols.live_collection(client, "docs") == b
-    assert [x.alias_name for x in client.get_aliases().aliases] == ["docs"]  # delete + create, one alias
+    a, b = _versions(store, spec, 2)
+    assert cols.swap_alias(store, "docs", a) is None
+    assert cols.swap_alias(store, "docs", b) == a
+    assert cols.live_collection(store, "docs") == b
+    if isinstance(store, ServerStore):  # delete + create in one call: one alias
+        assert [x.alias_name for x in store.client.get_aliases().aliases] == ["docs"]
 
 
-def test_alias_cannot_shadow_a_collection(tmp_path):
-    client = QdrantClient(location=":memory:")
-    _make(client, "docs")
+def test_alias_cannot_shadow_a_collection(store):
+    _make(store, "docs")
     with pytest.raises(IndexingError, match="cannot be an alias"):
-        cols.swap_alias(client, "docs", "docs")
+        cols.swap_alias(store, "docs", "docs")
 
 
-def test_versions_ignore_collections_vectune_did_not_make(tmp_path):
+def test_versions_ignore_collections_vectune_did_not_make(store, tmp_path):
     spec = _spec(tmp_path)
-    client = QdrantClient(location=":memory:")
-    _versions(client, spec, 2)
-    _make(client, "docs__handmade")  # no stamp
-    _make(client, "other__r0", stamp={"base": "other", "state": "ready"})
-    assert [v.name for v in cols.versions(client, spec)] == ["docs__r1", "docs__r0"]
+    _versions(store, spec, 2)
+    _make(store, "docs__handmade")  # no stamp
+    _make(store, "other__r0", stamp={"base": "other", "state": "ready"})
+    assert [v.name for v in cols.versions(store, spec)] == ["docs__r1", "docs__r0"]
 
 
-def test_retention_keeps_n_previous_and_never_the_live_one(tmp_path):
+def test_retention_keeps_n_previous_and_never_the_live_one(store, tmp_path):
     spec = _spec(tmp_path, keep=1)
-    client = QdrantClient(location=":memory:")
-    names = _versions(client, spec, 4)
-    cols.update_stamp(client, names[1], state="building")  # a crashed run: never kept
+    names = _versions(store, spec, 4)
+    cols.update_stamp(store, names[1], state="building")  # a crashed run: never kept
     for name in (names[0], names[2], names[3]):
-        cols.promote(client, spec, name)
-    deleted = cols.retain(client, spec, names[3])
+        cols.promote(store, spec, name)
+    deleted = cols.retain(store, spec, names[3])
     assert sorted(deleted) == [names[0], names[1]]
-    assert {c.name for c in client.get_collections().collections} == {names[2], names[3]}
-    assert cols.live_collection(client, "docs") == names[3]
+    assert set(store.collections()) == {names[2], names[3]}
+    assert cols.live_collection(store, "docs") == names[3]
 
 
-def test_rollback_goes_back_one_version_at_a_time(tmp_path):
+def test_rollback_goes_back_one_version_at_a_time(store, tmp_path):
     spec = _spec(tmp_path, keep=3)
-    client = QdrantClient(location=":memory:")
-    names = _versions(client, spec, 3)
+    names = _versions(store, spec, 3)
     for name in names:
-        cols.promote(client, spec, name)
-    first = cols.rollback(client, spec)
+        cols.promote(store, spec, name)
+    first = cols.rollback(store, spec)
     assert (first["previous"], first["live"]) == (names[2], names[1])
-    assert cols.read_stamp(client, names[2])["state"] == "rolled_back"
-    second = cols.rollback(client, spec)
+    assert cols.read_stamp(store, names[2])["state"] == "rolled_back"
+    second = cols.rollback(store, spec)
     assert second["live"] == names[0]  # further back, not toggling to names[2]
     with pytest.raises(IndexingError, match="no previous verified collection"):
-        cols.rollback(client, spec)
-    assert cols.rollback(client, spec, to="r2")["live"] == names[2]
+        cols.rollback(store, spec)
+    assert cols.rollback(store, spec, to="r2")["live"] == names[2]
 
 
-def test_rollback_refuses_an_unverified_collection(tmp_path):
+def test_rollback_refuses_an_unverified_collection(store, tmp_path):
     spec = _spec(tmp_path)
-    client = QdrantClient(location=":memory:")
-    names = _versions(client, spec, 2)
-    cols.promote(client, spec, names[0])
-    cols.update_stamp(client, names[1], state="failed")
+    names = _versions(store, spec, 2)
+    cols.promote(store, spec, names[0])
+    cols.update_stamp(store, names[1], state="failed")
     with pytest.raises(IndexingError, match="not a verified collection"):
-        cols.rollback(client, spec, to=names[1])
+        cols.rollback(store, spec, to=names[1])
     with pytest.raises(IndexingError, match="no previous verified"):
-        cols.rollback(client, spec)
+        cols.rollback(store, spec)
+
+
+def test_rollback_refuses_a_damaged_version(store, tmp_path):
+    """A version whose points lost their vectors (a truncated segment file on Edge) is never served."""
+    spec = _spec(tmp_path)
+    names = _versions(store, spec, 2)
+    for name in names:
+        store.upsert(name, [point_id("a")], np.ones((1, 4), dtype=np.float32), [{"doc_id": "a"}])
+    cols.promote(store, spec, names[0])
+    cols.promote(store, spec, names[1])
+    store.upsert(names[0], [point_id("b")], np.ones((1, 4), dtype=np.float32), [{}])  # a point without doc_id
+    with pytest.raises(IndexingError, match="damaged: 1 of its 2 points have no doc_id"):
+        cols.rollback(store, spec)
+    assert cols.live_collection(store, "docs") == names[1]
 
 
 # -- the search model check -------------------------------------------------------------

@@ -1,18 +1,20 @@
 """Incremental sync pieces without Ray: when a live collection may be synced in place, the
-content hashes points carry, and the stored side of the diff, on a real in-memory Qdrant."""
+content hashes points carry, and the stored side of the diff, on both engines (Qdrant Edge, and
+qdrant-client's local mode standing in for a server: `testdata.server_stand_in`)."""
 
 from __future__ import annotations
 
+import uuid
+
 import numpy as np
 import pytest
-from qdrant_client import QdrantClient, models
+from testdata import server_stand_in
 
-from vectune.errors import IndexingError
 from vectune.index import collections as cols
-from vectune.index.points import (add_content_hash, content_hashes, doc_keys, hash_hex, payload_fields, point_id,
-                                  point_keys)
+from vectune.index.points import add_content_hash, content_hashes, doc_keys, hash_hex, payload_fields, point_id
 from vectune.index.stage import vector_settings
-from vectune.index.sync import delete_points, stored_index, unchanged_since_stamp
+from vectune.index.store import Layout, Target, open_store
+from vectune.index.sync import delete_points, gone_points, stored_hashes, unchanged_since_stamp
 from vectune.index.writer import upsert_columns
 from vectune.spec import Spec
 
@@ -64,6 +66,7 @@ def test_old_unverified_or_tampered_collections_are_rebuilt(tmp_path):
     wanted = vector_settings(spec, "fp1")
     assert "no collection is live" in cols.full_build_reason(None, wanted)
     assert "stamp format 1: its points carry no text hashes" in cols.full_build_reason(_stamp(spec, format=1), wanted)
+    assert "stamp format 2: its vector is unnamed" in cols.full_build_reason(_stamp(spec, format=2), wanted)
     assert "'failed', not a verified one" in cols.full_build_reason(_stamp(spec, state="failed"), wanted)
     assert cols.full_build_reason(_stamp(spec), wanted, size=768) == (
         "vector size: the live collection holds 768-d vectors, its stamp says 384")
@@ -89,7 +92,7 @@ def test_content_hash_sees_title_and_text_apart():
 
 def test_document_keys_are_the_point_ids_high_half():
     ids = ["4983", "d1", "ü-7"]
-    assert np.array_equal(doc_keys(ids), point_keys([point_id(d) for d in ids]))
+    assert doc_keys(ids).tolist() == [uuid.UUID(point_id(d)).int >> 64 for d in ids]
     assert len(set(doc_keys(ids))) == 3
 
 
@@ -98,40 +101,32 @@ def test_payload_always_carries_doc_id_and_text_hash(tmp_path):
 
 
 # -- the stored side of the diff ---------------------------------------------------------
-def _store(client, docs: dict[str, str | None]) -> None:
-    client.create_collection("c", vectors_config=models.VectorParams(size=2, distance=models.Distance.COSINE))
+@pytest.fixture(params=["edge", "server"])
+def store(request, tmp_path):
+    s = open_store(Target(path=str(tmp_path / "q"))) if request.param == "edge" else server_stand_in()
+    yield s
+    s.close()
+
+
+def _store(store, docs: dict[str, str | None]) -> None:
+    store.create("c", Layout(size=2, distance="cosine"), stamp={})
     ids = list(docs)
     columns = {"doc_id": np.array(ids), "embedding": np.ones((len(ids), 2), dtype=np.float32),
                "text_hash": np.array([h or "" for h in docs.values()], dtype=object)}
-    upsert_columns(client, "c", columns, batch_size=2, payload=["doc_id", "text_hash"])
+    upsert_columns(store, "c", columns, batch_size=2, payload=["doc_id", "text_hash"])
 
 
-def test_stored_index_sorts_keys_and_names_what_left_the_corpus(monkeypatch):
-    import vectune.index.sync as sync
-
-    monkeypatch.setattr(sync, "_PAGE", 2)  # several scroll pages on a small collection
-    client = QdrantClient(location=":memory:")
+def test_stored_hashes_answer_per_block_and_gone_points_stream_by_page(store):
     hashes = {"a": "00000000000000ff", "b": "0000000000000001", "c": None, "gone": "0000000000000002"}
-    _store(client, hashes)
-    keys, stored, gone = stored_index(client, "c", {"a", "b", "c", "new"})
-    assert gone == [point_id("gone")]
-    assert list(keys) == sorted(keys) and len(keys) == 3
-    by_key = dict(zip(keys.tolist(), stored.tolist()))
-    assert by_key[int(doc_keys(["a"])[0])] == 255 and by_key[int(doc_keys(["b"])[0])] == 1
-    assert by_key[int(doc_keys(["c"])[0])] == 0  # no hash stored: never equal, so rewritten
+    _store(store, hashes)
+    asked = [point_id(d) for d in ("a", "b", "c", "new")]
+    got = stored_hashes(store, "c", asked)
+    assert got == {point_id("a"): 255, point_id("b"): 1, point_id("c"): 0}  # no hash stored: 0, never equal
+    corpus = {"a", "b", "c", "new"}
+    assert gone_points(store, "c", corpus, page=1) == [point_id("gone")]  # one point a page
+    assert gone_points(store, "c", corpus | {"gone"}, page=3) == []
 
-    assert delete_points(client, "c", gone) == 1
-    assert client.count("c", exact=True).count == 3
-    assert delete_points(client, "c", gone) == 1  # idempotent: a re-run deletes nothing more
-    assert client.count("c", exact=True).count == 3
-
-
-def test_stored_index_refuses_a_key_collision(monkeypatch):
-    import vectune.index.sync as sync
-
-    client = QdrantClient(location=":memory:")
-    _store(client, {"a": "0000000000000001", "b": "0000000000000002"})
-    # a real 64-bit collision cannot be found for a test (2**32 ids on average): every key is made 0 instead
-    monkeypatch.setattr(sync, "point_keys", lambda ids: np.zeros(len(ids), dtype=np.uint64))
-    with pytest.raises(IndexingError, match="share a 64-bit key"):
-        stored_index(client, "c", {"a", "b"})
+    assert delete_points(store, "c", [point_id("gone")]) == 1
+    assert store.count("c") == 3
+    assert delete_points(store, "c", [point_id("gone")]) == 1  # idempotent: a re-run deletes nothing more
+    assert store.count("c") == 3

@@ -1,13 +1,14 @@
-"""The index stage: re-embed the corpus into a new Qdrant collection, verify it, swap the
-alias atomically, keep old versions for rollback.
+"""The index stage: re-embed the corpus into a new collection version, verify it, swap the
+alias atomically, keep old versions for rollback, or sync the live version in place.
 
-Qdrant is reached through one factory (`connect`) for the embedded engine (development,
-small corpora) and a server (production). `stage.reindex` is the stage; `live` answers
-queries against the collection the alias serves; `collections` owns versions and aliases.
+Every module reaches Qdrant through one interface (`store.Store`), opened by one factory
+(`store.connect`): Qdrant Edge in-process for an embedded folder (development, one machine;
+`edge.py`) or a Qdrant server (production; `server.py`). `stage.reindex` is the stage; `live`
+answers queries against the version the alias serves; `collections` owns versions and aliases.
 """
 
-from vectune.index.client import connect
 from vectune.index.live import list_collections, search, serving_model
 from vectune.index.stage import promoted_model, reindex
+from vectune.index.store import connect
 
 __all__ = ["connect", "list_collections", "promoted_model", "reindex", "search", "serving_model"]

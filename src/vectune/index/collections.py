@@ -1,10 +1,10 @@
 """Collection versions behind one alias: names, stamps, the atomic swap, retention, rollback.
 
-Each re-index builds `<base>__<run_id>`; readers query the alias. A collection's stamp
-(collection metadata under the `vectune` key, kept by the embedded engine and by the
-server) says which model and spec built it and where it is in its life:
-`building` -> `ready` (verified) -> possibly `rolled_back`; `failed` when verification
-refused it. The alias only ever moves in one `update_collection_aliases` call.
+Each re-index builds `<base>__<run_id>`; readers query the alias. A collection's stamp (the
+version record beside an Edge shard, a server collection's metadata under `vectune`) says which
+model and spec built it and where it is in its life: `building` -> `ready` (verified) -> possibly
+`rolled_back`; `failed` when verification refused it. The alias only ever moves in one atomic
+step of the store (`Store.swap_alias`). Everything here goes through `vectune.index.store.Store`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from vectune.spec import Spec
 
 log = logging.getLogger(__name__)
 
-STAMP_KEY = "vectune"
 SEP = "__"
 
 
@@ -41,22 +40,19 @@ def collection_name(spec: Spec, run_id: str) -> str:
 
 
 # -- stamps ---------------------------------------------------------------------------
-def read_stamp(client, name: str) -> dict | None:
+def read_stamp(store, name: str) -> dict | None:
     """The vectune stamp of a collection, or None (not ours, or not stamped)."""
-    metadata = client.get_collection(name).config.metadata or {}
-    stamp = metadata.get(STAMP_KEY)
-    return dict(stamp) if isinstance(stamp, dict) else None
+    return store.read_stamp(name)
 
 
-def write_stamp(client, name: str, stamp: dict) -> None:
-    """Replace the stamp (metadata merges top-level keys, so the whole dict is rewritten)."""
-    client.update_collection(name, metadata={STAMP_KEY: stamp})
+def write_stamp(store, name: str, stamp: dict) -> None:
+    store.write_stamp(name, stamp)
 
 
-def update_stamp(client, name: str, **changes) -> dict:
-    stamp = read_stamp(client, name) or {}
+def update_stamp(store, name: str, **changes) -> dict:
+    stamp = store.read_stamp(name) or {}
     stamp.update(changes)
-    write_stamp(client, name, stamp)
+    store.write_stamp(name, stamp)
     return stamp
 
 
@@ -64,8 +60,9 @@ def update_stamp(client, name: str, **changes) -> dict:
 #: what a build would write now can be synced in place (`vectune.index.sync`)
 SYNC_FIELDS = ("format", "model_fingerprint", "precision", "int8_recipe", "document_prefix", "max_seq_length",
                "normalize", "distance", "payload")
-#: stamp format 2: every point carries a `text_hash` payload (format 1 did not)
-FORMAT = 2
+#: stamp format 3: named vectors, `dense` (and optionally a `bm25` sparse one); format 2 had one
+#: unnamed vector; format 1 points carried no `text_hash` payload
+FORMAT = 3
 
 
 def full_build_reason(stamp: dict | None, wanted: dict, *, size: int | None = None,
@@ -82,8 +79,9 @@ def full_build_reason(stamp: dict | None, wanted: dict, *, size: int | None = No
     for key in SYNC_FIELDS:
         if stamp.get(key) != wanted.get(key):
             if key == "format":
-                return (f"the live collection has stamp format {stamp.get(key)}: its points carry no text hashes "
-                        "to diff against")
+                why = ("its points carry no text hashes to diff against" if (stamp.get(key) or 1) < 2 else
+                       "its vector is unnamed; collections are now built with a named `dense` vector")
+                return f"the live collection has stamp format {stamp.get(key)}: {why}"
             what = "model" if key == "model_fingerprint" else key
             return f"{what} changed: live {stamp.get(key)!r}, now {wanted.get(key)!r}"
     if size is not None and size != stamp.get("dimension"):
@@ -94,31 +92,17 @@ def full_build_reason(stamp: dict | None, wanted: dict, *, size: int | None = No
 
 
 # -- aliases --------------------------------------------------------------------------
-def live_collection(client, alias: str) -> str | None:
+def live_collection(store, alias: str) -> str | None:
     """The collection `alias` points at, or None."""
-    for a in client.get_aliases().aliases:
-        if a.alias_name == alias:
-            return a.collection_name
-    return None
+    return store.alias(alias)
 
 
-def swap_alias(client, alias: str, collection: str) -> str | None:
-    """Point `alias` at `collection` in ONE atomic call (delete + create); returns the
-    collection it pointed at before."""
-    from qdrant_client import models
-
-    previous = live_collection(client, alias)
-    if previous == collection:
-        return previous
-    if previous is None and client.collection_exists(alias):
+def swap_alias(store, alias: str, collection: str) -> str | None:
+    """Point `alias` at `collection` in one atomic step; returns the collection it pointed at before."""
+    previous = store.alias(alias)
+    if previous is None and store.exists(alias):
         raise IndexingError(f"a collection is named {alias!r}, so it cannot be an alias; rename it or set index.alias")
-    ops = []
-    if previous is not None:
-        ops.append(models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias)))
-    ops.append(models.CreateAliasOperation(
-        create_alias=models.CreateAlias(collection_name=collection, alias_name=alias)))
-    client.update_collection_aliases(change_aliases_operations=ops)
-    return previous
+    return store.swap_alias(alias, collection)
 
 
 # -- versions -------------------------------------------------------------------------
@@ -140,20 +124,21 @@ class Version:
         return asdict(self)
 
 
-def versions(client, spec: Spec, *, count: bool = True) -> list[Version]:
-    """Every stamped `<base>__*` collection, newest first (by creation)."""
+def versions(store, spec: Spec, *, count: bool = True) -> list[Version]:
+    """Every stamped `<base>__*` collection, newest first (by creation). With `count`, each one's
+    point count; None for one another process holds (an Edge shard a sync is writing)."""
     base = base_name(spec)
-    live = live_collection(client, alias_name(spec))
+    live = live_collection(store, alias_name(spec))
     out = []
-    for c in client.get_collections().collections:
-        if not c.name.startswith(base + SEP):
+    for name in store.collections():
+        if not name.startswith(base + SEP):
             continue
-        stamp = read_stamp(client, c.name)
+        stamp = store.read_stamp(name)
         if stamp is None or stamp.get("base") != base:
             continue  # not built by vectune for this base: never touched
         out.append(Version(
-            name=c.name, run_id=stamp.get("run_id", c.name[len(base) + len(SEP):]), state=stamp.get("state", "?"),
-            live=c.name == live, points=client.count(c.name, exact=True).count if count else None,
+            name=name, run_id=stamp.get("run_id", name[len(base) + len(SEP):]), state=stamp.get("state", "?"),
+            live=name == live, points=_count(store, name) if count else None,
             created=stamp.get("created"), promoted=stamp.get("promoted"),
             model_fingerprint=stamp.get("model_fingerprint"), model_path=stamp.get("model_path"),
         ))
@@ -161,18 +146,26 @@ def versions(client, spec: Spec, *, count: bool = True) -> list[Version]:
     return out
 
 
-def promote(client, spec: Spec, collection: str) -> str | None:
+def _count(store, name: str) -> int | None:
+    try:
+        return store.count(name)
+    except IndexingError as exc:
+        log.warning("cannot count %s: %s", name, exc)
+        return None
+
+
+def promote(store, spec: Spec, collection: str) -> str | None:
     """Swap the alias to `collection` and stamp when; returns the previous live one."""
-    previous = swap_alias(client, alias_name(spec), collection)
-    update_stamp(client, collection, promoted=now(), state="ready")
+    previous = swap_alias(store, alias_name(spec), collection)
+    update_stamp(store, collection, promoted=now(), state="ready")
     return previous
 
 
-def retain(client, spec: Spec, live: str) -> list[str]:
+def retain(store, spec: Spec, live: str) -> list[str]:
     """Keep `index.keep` previous ready collections (most recently live first) and delete
     the other versions older than `live`. Never deletes the live collection, nor a
     collection newer than it (another re-index may be building it)."""
-    all_versions = versions(client, spec, count=False)
+    all_versions = versions(store, spec, count=False)
     current = next((v for v in all_versions if v.name == live), None)
     if current is None:
         return []
@@ -183,23 +176,20 @@ def retain(client, spec: Spec, live: str) -> list[str]:
     deleted = []
     for v in others:
         if v.name not in keep:
-            client.delete_collection(v.name)
+            store.drop(v.name)
             deleted.append(v.name)
     if deleted:
         log.info("deleted old collections: %s", ", ".join(deleted))
     return deleted
 
 
-def vector_params(client, name: str) -> tuple[int | None, str | None]:
-    """(vector size, distance name lower-cased) of a collection's single unnamed vector."""
-    vectors = client.get_collection(name).config.params.vectors
-    if isinstance(vectors, dict):  # named vectors: not a layout vectune builds
-        return None, None
-    distance = getattr(vectors.distance, "value", vectors.distance)
-    return vectors.size, str(distance).lower()
+def vector_params(store, name: str) -> tuple[int | None, str | None]:
+    """(dense vector size, distance name lower-cased) of a collection."""
+    layout = store.layout(name)
+    return layout.size, layout.distance
 
 
-def incompatibilities(client, name: str, *, serving: str | None = None) -> list[str]:
+def incompatibilities(store, name: str, *, serving: str | None = None) -> list[str]:
     """Why `name` cannot serve the readers of the alias (empty: it can).
 
     Its vectors must have the size and distance its stamp says, its stamped model must be
@@ -211,8 +201,8 @@ def incompatibilities(client, name: str, *, serving: str | None = None) -> list[
 
     from vectune.embed.models import model_limits
 
-    stamp = read_stamp(client, name) or {}
-    size, distance = vector_params(client, name)
+    stamp = store.read_stamp(name) or {}
+    size, distance = vector_params(store, name)
     out = []
     if size is None or stamp.get("dimension") != size:
         out.append(f"{name} holds vectors of size {size}, its stamp says {stamp.get('dimension')}")
@@ -227,28 +217,28 @@ def incompatibilities(client, name: str, *, serving: str | None = None) -> list[
             if dim is not None and size is not None and dim != size:
                 out.append(f"its stamped model {model} gives {dim}-d vectors, the collection holds {size}-d")
     if serving is not None and serving != name:
-        live_size, live_distance = vector_params(client, serving)
+        live_size, live_distance = vector_params(store, serving)
         if (size, distance) != (live_size, live_distance):
             out.append(f"readers of the alias send {live_size}-d {live_distance} queries (as {serving} serves), "
                        f"{name} holds {size}-d {distance} vectors")
     return out
 
 
-def rollback_target(client, spec: Spec, to: str | None = None) -> tuple[str, str]:
+def rollback_target(store, spec: Spec, to: str | None = None) -> tuple[str, str]:
     """(live collection, the collection to roll back to): verified, and compatible with
     what queries the alias (see `incompatibilities`); ModelError (exit 2) otherwise."""
     alias = alias_name(spec)
-    live = live_collection(client, alias)
+    live = live_collection(store, alias)
     if live is None:
         raise IndexingError(f"alias {alias!r} points at no collection: nothing to roll back")
-    vs = versions(client, spec, count=False)
+    vs = versions(store, spec, count=False)
     if to is not None:
         match = next((v for v in vs if to in (v.name, v.run_id)), None)
         if match is None:
             raise IndexingError(f"no collection {to!r} of {base_name(spec)!r}; see `vectune collections`")
         if match.state not in ("ready", "rolled_back"):
             raise IndexingError(f"{match.name} is {match.state}, not a verified collection: refusing to serve it")
-        problems = incompatibilities(client, match.name, serving=live)
+        problems = incompatibilities(store, match.name, serving=live)
         if problems:
             raise ModelError(f"refusing to point alias {alias!r} at {match.name}: " + "; ".join(problems))
         return live, match.name
@@ -259,7 +249,7 @@ def rollback_target(client, spec: Spec, to: str | None = None) -> tuple[str, str
                             f"{spec.index.keep})")
     refused = []
     for candidate in candidates:
-        problems = incompatibilities(client, candidate.name, serving=live)
+        problems = incompatibilities(store, candidate.name, serving=live)
         if not problems:
             if refused:
                 log.warning("rollback skips %s", "; ".join(refused))
@@ -268,15 +258,18 @@ def rollback_target(client, spec: Spec, to: str | None = None) -> tuple[str, str
     raise ModelError(f"no previous collection of alias {alias!r} can serve its readers: " + "; ".join(refused))
 
 
-def rollback(client, spec: Spec, to: str | None = None) -> dict:
+def rollback(store, spec: Spec, to: str | None = None) -> dict:
     """Point the alias back at the previous verified collection (or `to`).
 
     The collection rolled back from is stamped `rolled_back`, so a second rollback goes
     one further back instead of toggling between two versions.
     """
-    live, target = rollback_target(client, spec, to)
+    live, target = rollback_target(store, spec, to)
     if target == live:
         return {"alias": alias_name(spec), "live": live, "previous": live, "changed": False}
-    promote(client, spec, target)
-    update_stamp(client, live, state="rolled_back", rolled_back=now())
+    from vectune.index.verify import check_integrity
+
+    check_integrity(store, target)  # its shard loads, and every point has its vector and doc_id
+    promote(store, spec, target)
+    update_stamp(store, live, state="rolled_back", rolled_back=now())
     return {"alias": alias_name(spec), "live": target, "previous": live, "changed": True}

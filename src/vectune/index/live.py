@@ -19,16 +19,16 @@ from vectune.runtime import WORKER_ENV
 from vectune.embed import encode_texts, encoder_config, model_fingerprint, resolve_model
 from vectune.errors import IndexingError, ModelError
 from vectune.index import collections as cols
-from vectune.index.client import connect
+from vectune.index.store import connect
 from vectune.spec import Spec
 
 
-def _live(client, spec: Spec) -> tuple[str, dict]:
+def _live(store, spec: Spec) -> tuple[str, dict]:
     alias = cols.alias_name(spec)
-    live = cols.live_collection(client, alias)
+    live = cols.live_collection(store, alias)
     if live is None:
         raise IndexingError(f"alias {alias!r} points at no collection yet: run `vectune reindex` first")
-    stamp = cols.read_stamp(client, live)
+    stamp = cols.read_stamp(store, live)
     if stamp is None:
         raise IndexingError(f"{live} (behind alias {alias!r}) carries no vectune stamp: cannot tell its model")
     return live, stamp
@@ -62,41 +62,41 @@ def search(spec: Spec, text: str, *, k: int = 10, model: str | None = None, forc
         raise ModelError("the query text is empty")
     for key, value in WORKER_ENV.items():  # offline, no progress bars: this runs in the CLI process
         os.environ.setdefault(key, value)
-    client = connect(spec)
+    store = connect(spec)
     try:
-        live, stamp = _live(client, spec)
+        live, stamp = _live(store, spec)
         path, fp = query_model(stamp, model, force=force)
         # queries are embedded the way the collection's documents were (its stamped precision;
         # collections stamped before vectune recorded a precision were built in fp32)
         precision = stamp.get("precision") or "fp32"
         vector = encode_texts([text], encoder_config(spec, path, role="query", cache=False, precision=precision))[0]
-        size, _ = cols.vector_params(client, live)
+        size, _ = cols.vector_params(store, live)
         if size != len(vector) or stamp.get("dimension") != size:
             raise ModelError(f"{live} (behind alias {cols.alias_name(spec)!r}) holds vectors of size {size} "
                              f"(stamped {stamp.get('dimension')}), but {path} embeds queries as {len(vector)}-d "
                              "vectors: this collection cannot be searched with this model")
-        hits = client.query_points(cols.alias_name(spec), query=vector.tolist(), limit=k,
-                                   with_payload=["doc_id", "title"]).points
+        # the collection the alias resolved to, whose stamp chose the model: a swap meanwhile cannot mix them
+        hits = store.search(live, vector.tolist(), k, ["doc_id", "title"], ef=(stamp.get("hnsw") or {}).get("ef"))
     finally:
-        client.close()
+        store.close()
     return {
         "alias": cols.alias_name(spec), "collection": live, "query": text,
         "model": {"path": path, "fingerprint": fp, "stamped": stamp.get("model_fingerprint"),
                   "precision": precision, "forced": fp != stamp.get("model_fingerprint")},
-        "hits": [{"rank": i + 1, "doc_id": (h.payload or {}).get("doc_id"), "score": round(float(h.score), 6),
-                  "title": (h.payload or {}).get("title", "")} for i, h in enumerate(hits)],
+        "hits": [{"rank": i + 1, "doc_id": h.payload.get("doc_id"), "score": round(h.score, 6),
+                  "title": h.payload.get("title", "")} for i, h in enumerate(hits)],
     }
 
 
 def serving_model(spec: Spec) -> dict | None:
     """The model stamped on the collection behind the spec's alias: {collection, run_id,
     path, fingerprint}; None when the alias serves nothing (yet)."""
-    client = connect(spec)
+    store = connect(spec)
     try:
-        live = cols.live_collection(client, cols.alias_name(spec))
-        stamp = cols.read_stamp(client, live) if live else None
+        live = cols.live_collection(store, cols.alias_name(spec))
+        stamp = cols.read_stamp(store, live) if live else None
     finally:
-        client.close()
+        store.close()
     if not stamp:
         return None
     return {"collection": live, "run_id": stamp.get("run_id"), "path": stamp.get("model_path"),
@@ -105,10 +105,10 @@ def serving_model(spec: Spec) -> dict | None:
 
 def list_collections(spec: Spec) -> dict:
     """Every version of the spec's collection, newest first, and which one is live."""
-    client = connect(spec)
+    store = connect(spec)
     try:
-        versions = cols.versions(client, spec)
-        live = cols.live_collection(client, cols.alias_name(spec))
+        versions = cols.versions(store, spec)
+        live = cols.live_collection(store, cols.alias_name(spec))
     finally:
-        client.close()
+        store.close()
     return {"alias": cols.alias_name(spec), "live": live, "collections": [v.to_dict() for v in versions]}

@@ -58,11 +58,7 @@ def add_content_hash(batch: dict) -> dict:
 
 
 def doc_keys(doc_ids) -> np.ndarray:
-    """64-bit keys of document ids (the high half of their point ids), for sorted lookups."""
+    """64-bit keys of document ids (the high half of their point ids): a seeded, uniform order
+    for choosing a sample of documents that merges across blocks."""
     return np.fromiter((uuid.uuid5(POINT_NAMESPACE, str(d)).int >> 64 for d in doc_ids), dtype=np.uint64,
                        count=len(doc_ids))
-
-
-def point_keys(point_ids) -> np.ndarray:
-    """The same keys from point ids (uuid strings) as Qdrant returns them."""
-    return np.fromiter((uuid.UUID(str(p)).int >> 64 for p in point_ids), dtype=np.uint64, count=len(point_ids))

@@ -5,8 +5,8 @@ Same vector settings as the live collection's stamp: sync it in place (`sync.py`
 the added, changed and removed documents are written). Otherwise, or with `--full`, build
 a new collection, verify it, then move the alias to it in one atomic call:
 
-    corpus (Ray Data, in blocks) -> encoder actors -> write tasks -> Qdrant `<base>__<run_id>`
-    -> restore HNSW, wait green -> verify -> swap alias -> drop old versions
+    corpus (Ray Data, in blocks) -> encoder actors -> write tasks -> a new version `<base>__<run_id>`
+    -> build HNSW once over the loaded points -> verify -> swap alias -> drop old versions
 
 The corpus never comes to the driver. A failure anywhere before the swap leaves the
 alias where it was; re-running the same run id resumes: point ids derive from document
@@ -21,6 +21,7 @@ import re
 import time
 from pathlib import Path
 
+from vectune import _faults
 from vectune.data import DomainData
 from vectune.embed import compact_cache, embed_dataset, encoder_config, model_fingerprint, plan_actors, resolve_model
 from vectune.embed.dataset import expects_encoding
@@ -31,7 +32,7 @@ from vectune.precision import resolved
 from vectune.progress import track
 from vectune.index import collections as cols
 from vectune.index import sync
-from vectune.index.client import MEMORY, Target, open_target, target
+from vectune.index.store import MEMORY, Store, Target, hnsw, layout, open_store, target
 from vectune.index.points import add_content_hash, payload_fields
 from vectune.runs import Run
 from vectune.spec import Spec
@@ -39,7 +40,6 @@ from vectune.spec import Spec
 log = logging.getLogger(__name__)
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-_DISTANCE = {"cosine": "Cosine", "dot": "Dot", "euclid": "Euclid"}
 
 
 # -- choosing the model -----------------------------------------------------------------
@@ -107,28 +107,28 @@ def reindex(spec: Spec, run: Run, model_path: str, *, full: bool = False) -> dic
     probe = None
     try:
         with run.stage("reindex", inputs) as outputs:
-            probe = open_target(where)  # fail fast (server down, embedded folder held) before Ray starts
+            # fail fast (server down, an older vectune's folder) before Ray starts
+            probe = open_store(where, spec_source=str(spec.source) if spec.source else None)
             live, reason = ((None, "--full asked for a new collection" if before.get("name") != name else
                              f"resuming the full build of {name}") if full else _sync_plan(probe, spec, fingerprint))
             quick = live is not None and sync.unchanged_since_stamp(cols.read_stamp(probe, live), data.corpus.sha256)
             entry = {**entry, "name": live or name, "mode": "full" if live is None else "incremental",
                      "reason": reason, "state": "building" if live is None else "syncing"}
             run.record("collection", entry)
-            if quick:
+            if quick:  # no Ray: the driver counts and checks the ids itself
                 record = _synced(entry, sync.check_unchanged(probe, live, spec, data, run.id))
-            elif live is not None:
-                # the driver writes a sync itself, through this client: no owner actor, no second open
-                with ray_session(spec.runtime):
-                    record = _synced(entry, sync.sync(probe, where, spec, data, run.id, live, model))
             else:
-                probe.close()  # the embedded engine's owner actor opens the folder next
+                probe.close()  # the embedded engine's owner actor opens the shards next
                 probe = None
                 with ray_session(spec.runtime):
-                    client = _client(where)
+                    store = _stage_store(where, spec)
                     try:
-                        record = {**entry, **_build(client, where, spec, run, data, name, model)}
+                        if live is not None:
+                            record = _synced(entry, sync.sync(store, spec, data, run.id, live, model))
+                        else:
+                            record = {**entry, **_build(store, spec, run, data, name, model)}
                     finally:
-                        client.close()
+                        store.close()
             outputs.update({k: record[k] for k in ("name", "mode", "points", "seconds", "previous", "added",
                                                    "updated", "deleted", "unchanged")})
     except BaseException as exc:
@@ -153,14 +153,13 @@ def vector_settings(spec: Spec, fingerprint: str) -> dict:
             "normalize": spec.model.normalize, "distance": spec.index.distance, "payload": payload_fields(spec)}
 
 
-def _sync_plan(client, spec: Spec, fingerprint: str) -> tuple[str | None, str | None]:
+def _sync_plan(store, spec: Spec, fingerprint: str) -> tuple[str | None, str | None]:
     """(live collection to sync in place, None) or (None, why a full build)."""
-    live = cols.live_collection(client, cols.alias_name(spec))
+    live = cols.live_collection(store, cols.alias_name(spec))
     if live is None:
         return None, f"alias {cols.alias_name(spec)!r} serves no collection yet"
-    vectors = client.get_collection(live).config.params.vectors
-    size, distance = (vectors.size, vectors.distance.value) if hasattr(vectors, "size") else (None, None)
-    reason = cols.full_build_reason(cols.read_stamp(client, live), vector_settings(spec, fingerprint),
+    size, distance = cols.vector_params(store, live)
+    reason = cols.full_build_reason(cols.read_stamp(store, live), vector_settings(spec, fingerprint),
                                     size=size, distance=distance)
     if reason is not None:
         log.info("full build: %s", reason)
@@ -176,107 +175,116 @@ def _synced(entry: dict, record: dict) -> dict:
             "seconds": record["seconds"], "timings": record["timings"], "sync": record}
 
 
-def _client(where: Target):
-    """The driver's client: direct for a server; through the owner actor for the embedded engine."""
+def _stage_store(where: Target, spec: Spec) -> Store:
+    """The stage's store: a server's client in the driver; for the embedded engine, the owner
+    actor that holds it for the whole stage (its shards' pages and index build stay there)."""
     if not where.embedded:
-        return open_target(where)
+        return open_store(where)
     from vectune.index.writer import start_owner
 
     try:
-        return start_owner(where)
+        return start_owner(where, str(spec.source) if spec.source else None)
     except IndexingError:
         raise
     except Exception as exc:  # noqa: BLE001 - an actor that died opening the folder
-        raise IndexingError(f"cannot start the embedded Qdrant owner for {where.path}: {exc}") from None
+        raise IndexingError(f"cannot start the embedded Qdrant owner for {where.path}: {root_cause(exc)}") from None
 
 
-def _build(client, where: Target, spec: Spec, run: Run, data: DomainData, name: str, model: dict) -> dict:
+def _build(store: Store, spec: Spec, run: Run, data: DomainData, name: str, model: dict) -> dict:
     start = time.perf_counter()
-    idx = spec.index
     cfg = encoder_config(spec, model["path"], role="document", fingerprint=model["fingerprint"])
     # one uncached encoder on the driver: the dimension now, a fresh sample for verification later
     fresh = Encoder(encoder_config(spec, model["path"], role="document", cache=False, fingerprint=model["fingerprint"]))
     dimension = fresh.dimension
+    h = hnsw(spec)
     stamp = {
         **vector_settings(spec, model["fingerprint"]), "spec": spec.name, "base": cols.base_name(spec),
         "run_id": run.id, "spec_hash": spec.digest(), "model_path": model["path"], "dimension": dimension,
         "corpus_sha256": data.corpus.sha256, "corpus_count": data.corpus.count, "created": cols.now(),
-        "state": "building",
+        "hnsw": {"m": h.m, "ef_construct": h.ef_construct, "ef": h.ef}, "state": "building",
     }
     alias = cols.alias_name(spec)
-    live_before = cols.live_collection(client, alias)
-    resumed = _prepare(client, spec, name, stamp, live=live_before, where_embedded=where.embedded)
+    live_before = cols.live_collection(store, alias)
+    if store.where.embedded:
+        _check_space(store.where, data, dimension)
+    resumed = _prepare(store, spec, name, stamp, live=live_before)
     timings = {"prepare": round(time.perf_counter() - start, 2)}
 
     mark = time.perf_counter()
-    written = _load(client, where, spec, data, name, cfg)
+    written = _load(store, spec, data, name, cfg)
     compact_cache(cfg)  # merge the vectors the workers cached, for the next run and for search
     timings["load"] = round(time.perf_counter() - mark, 2)
     mark = time.perf_counter()
-    _restore_index(client, spec, name)
+    index = store.build_index(name, h, timeout=spec.index.green_timeout)
     timings["index"] = round(time.perf_counter() - mark, 2)
 
+    _faults.hit("index.verify", collection=name)
     mark = time.perf_counter()
     try:
-        checks = _verify(client, name, spec, data, model["path"], seed=run.id, encoder=fresh)
+        checks = _verify(store, name, spec, data, model["path"], seed=run.id, encoder=fresh)
     except IndexingError as exc:
-        cols.update_stamp(client, name, state="failed", error=str(exc)[:500])
+        cols.update_stamp(store, name, state="failed", error=str(exc)[:500])
         raise IndexingError(f"{exc}. The alias {alias!r} still points at {live_before or 'nothing'}; the new "
                             f"collection {name} is kept for inspection") from None
     timings["verify"] = round(time.perf_counter() - mark, 2)
-    cols.update_stamp(client, name, state="ready", verified=checks)
-    previous = cols.promote(client, spec, name)
-    deleted = cols.retain(client, spec, name)
+    cols.update_stamp(store, name, state="ready", verified=checks, index=index)
+    previous = cols.promote(store, spec, name)
+    deleted = cols.retain(store, spec, name)
     seconds = round(time.perf_counter() - start, 2)
     log.info("alias %s -> %s (%d points, %.1f s); previous %s", alias, name, checks["points"], seconds, previous)
     # a new collection: every point counts as added to it
     return {"name": name, "alias": alias, "state": "live", "points": checks["points"], "written": written,
             "added": checks["points"], "updated": 0, "deleted": 0, "unchanged": 0,
             "dimension": dimension, "model": model, "previous": previous, "deleted_collections": deleted,
-            "resumed": resumed, "verified": checks, "qdrant": where.describe(), "seconds": seconds,
-            "timings": timings}
+            "resumed": resumed, "verified": checks, "index": index, "qdrant": store.where.describe(),
+            "seconds": seconds, "timings": timings}
 
 
-def _prepare(client, spec: Spec, name: str, stamp: dict, *, live: str | None, where_embedded: bool) -> bool:
-    """Create the collection with HNSW off for the bulk load, or resume a half-built one.
+def _check_space(where: Target, data: DomainData, dimension: int) -> None:
+    """Refuse a build the embedded engine's disk cannot hold, before anything is encoded.
+
+    Measured on Qdrant Edge (50,000 384-d points): the loaded segment takes ~1.07x the raw vectors
+    plus the payloads, the WAL keeps ~35 MiB, and while `optimize()` writes the indexed segment both
+    exist: about 2.2x (vectors + payloads) at the peak.
+    """
+    from vectune.index.edge import DiskFull, MIN_FREE, free_bytes
+
+    try:
+        payload = Path(data.corpus.path).stat().st_size
+    except (OSError, TypeError):  # not one local file: count the vectors only
+        payload = 0
+    need = int(2.2 * (data.corpus.count * dimension * 4 + payload)) + MIN_FREE
+    folder = Path(where.path)
+    free = free_bytes(folder)
+    if free < need:
+        raise DiskFull(f"a new collection of {data.corpus.count} {dimension}-d points needs about {need / 2**20:.0f} "
+                       f"MiB under {folder} while it is built and indexed, and {free / 2**20:.0f} MiB are free: free "
+                       "some space (older versions kept for rollback: index.keep), or point index.qdrant.path at a "
+                       "larger disk")
+
+
+def _prepare(store: Store, spec: Spec, name: str, stamp: dict, *, live: str | None) -> bool:
+    """Create the collection for the bulk load (no HNSW until `build_index`), or resume a half-built one.
 
     Returns True when resuming. A leftover of this run id built from another model or
     corpus is dropped and rebuilt, unless it is live.
     """
-    from qdrant_client import models
-
-    if client.collection_exists(name):
-        old = cols.read_stamp(client, name)
+    if store.exists(name):
+        old = store.read_stamp(name)
         if old is None:
             raise IndexingError(f"collection {name} exists and was not made by vectune; use another run id")
-        same = all(old.get(k) == stamp[k] for k in ("model_fingerprint", "corpus_sha256", "dimension", "distance",
-                                                    "document_prefix", "max_seq_length", "normalize"))
+        same = all(old.get(k) == stamp[k] for k in ("format", "model_fingerprint", "corpus_sha256", "dimension",
+                                                    "distance", "document_prefix", "max_seq_length", "normalize"))
         if same:
-            log.info("resuming %s (%s, %d points so far)", name, old.get("state"), client.count(name).count)
-            cols.write_stamp(client, name, {**stamp, "created": old.get("created", stamp["created"]),
-                                            "state": "ready" if name == live else "building"})
+            log.info("resuming %s (%s, %d points so far)", name, old.get("state"), store.count(name))
+            store.write_stamp(name, {**stamp, "created": old.get("created", stamp["created"]),
+                                     "state": "ready" if name == live else "building"})
             return True
         if name == live:
             raise IndexingError(f"{name} is live and was built from another model or corpus; use a new run id")
         log.info("dropping %s: it was built from another model or corpus", name)
-        client.delete_collection(name)
-
-    idx = spec.index
-    client.create_collection(
-        name,
-        vectors_config=models.VectorParams(size=stamp["dimension"], distance=models.Distance(_DISTANCE[idx.distance]),
-                                           on_disk=idx.on_disk_vectors or None),
-        # m=0: no HNSW graph while bulk loading (it is rebuilt once, after); see _restore_index
-        hnsw_config=models.HnswConfigDiff(m=0, ef_construct=idx.hnsw.ef_construct, on_disk=idx.hnsw.on_disk),
-        shard_number=idx.shards,
-        replication_factor=idx.replication,
-        metadata={cols.STAMP_KEY: stamp},
-    )
-    if cols.read_stamp(client, name) is None:
-        client.delete_collection(name)
-        raise IndexingError("this Qdrant does not keep collection metadata (vectune's stamp); upgrade the server")
-    if not where_embedded:  # the embedded engine ignores payload indexes (and warns)
-        client.create_payload_index(name, "doc_id", models.PayloadSchemaType.KEYWORD)
+        store.drop(name)
+    store.create(name, layout(spec, stamp["dimension"]), stamp=stamp)
     return False
 
 
@@ -292,40 +300,39 @@ def corpus_vectors(spec: Spec, data: DomainData, cfg, progress=None) -> tuple:
     return embedded, blocks
 
 
-def _load(client, where: Target, spec: Spec, data: DomainData, name: str, cfg) -> int:
-    """Stream the corpus through the encoder actors into Qdrant; returns points written."""
+def _load(store: Store, spec: Spec, data: DomainData, name: str, cfg) -> int:
+    """Stream the corpus through the encoder actors into the store; returns points written."""
     from vectune.index.writer import write_dataset
 
     idx = spec.index
     try:
         with track("re-embed corpus", data.corpus.count) as counter:
             embedded, blocks = corpus_vectors(spec, data, cfg, progress=counter)
-            return write_dataset(embedded, client, where, name, batch_size=idx.batch_size,
-                                 payload=payload_fields(spec), parallel=idx.parallel, blocks=blocks)
+            return write_dataset(embedded, store, name, batch_size=idx.batch_size, payload=payload_fields(spec),
+                                 parallel=idx.parallel, blocks=blocks)
     except Exception as exc:  # noqa: BLE001 - a Ray-wrapped worker error: keep its last line
-        raise IndexingError(f"loading {name} failed: {root_cause(exc)}") from exc
+        raise IndexingError(f"loading {name} failed: {write_failure(store.where, exc)}") from exc
 
 
-def _restore_index(client, spec: Spec, name: str, *, poll: float = 0.5) -> None:
-    """Turn HNSW back on (the server builds it once, over the loaded points) and wait green."""
-    from qdrant_client import models
+def write_failure(where: Target, exc: BaseException) -> str:
+    """Why a write failed, in one line; for the embedded engine, whether its disk filled up
+    (its writer dies of SIGBUS then, and Ray only says the actor died)."""
+    reason = root_cause(exc)
+    if where.embedded and where.path:
+        from vectune.index.edge import MIN_FREE, free_bytes
 
-    h = spec.index.hnsw
-    client.update_collection(name, hnsw_config=models.HnswConfigDiff(m=h.m, ef_construct=h.ef_construct,
-                                                                       on_disk=h.on_disk))
-    deadline = time.monotonic() + spec.index.green_timeout
-    while True:
-        status = client.get_collection(name).status
-        if status == models.CollectionStatus.GREEN:
-            return
-        if status == models.CollectionStatus.RED:
-            raise IndexingError(f"Qdrant reports collection {name} as red (failed optimisation)")
-        if time.monotonic() > deadline:
-            raise IndexingError(f"collection {name} still {status} after {spec.index.green_timeout:.0f} s of indexing")
-        time.sleep(poll)
+        try:
+            free = free_bytes(Path(where.path))
+        except OSError:
+            return reason
+        if free < MIN_FREE and "DiskFull" not in reason:
+            return (f"{reason}; the disk under {where.path} has {free / 2**20:.0f} MiB free: it filled up, and "
+                    "Qdrant Edge's writer dies on a full disk. Free some space and re-run the same command "
+                    "(the build resumes)")
+    return reason
 
 
-def _verify(client, name, spec, data, model_path, *, seed, encoder):
+def _verify(store, name, spec, data, model_path, *, seed, encoder):
     from vectune.index.verify import verify
 
-    return verify(client, name, spec, data, model_path, seed=seed, encoder=encoder)
+    return verify(store, name, spec, data, model_path, seed=seed, encoder=encoder)

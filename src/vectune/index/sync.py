@@ -3,23 +3,30 @@
 When the live collection's stamp matches what a build would write now (see
 `collections.full_build_reason`), `vectune reindex` does not build a new collection:
 
-    live collection: scroll (point id, text_hash) pages -> two sorted uint64 arrays (driver)
-      + the point ids of documents gone from the corpus
-    corpus (Ray Data, in blocks): hash each document, look it up in those arrays (read tasks)
+    corpus (Ray Data, in blocks): hash each document, retrieve the stored `text_hash` of the
+      block's point ids from the live collection (read tasks; through the owner actor that
+      holds an Edge shard, or each task's own client for a server)
       -> the added and changed rows only, materialised in the object store
       -> embedded through the cache (on the driver when they fit in one Ray batch, else by the
-         encoder actors) and upserted into the live collection through the driver's client
-         (parallel write tasks for a server and more than one batch)
+         encoder actors) and upserted into the live collection (write tasks)
+    live collection: its point count before the writes; when it holds more points than the
+      corpus documents it still has, one streamed scroll of (id, doc_id) finds the points of
+      documents gone from the corpus
     -> delete the gone points -> verify -> stamp the sync
 
-The corpus never reaches the driver: it holds 16 bytes per stored point, the changed rows'
-counts and a sample of them (each block keeps its `verify_sample` smallest keys).
+Nothing proportional to the corpus is held in one process by the sync: each read task holds
+its block, the driver the changed rows' counts, a sample of them (each block keeps its
+`verify_sample` smallest keys) and the ids of the gone points. (The corpus's id set that
+`DomainData` keeps from its validation pass is read, not copied.)
 
-Readers keep querying the alias meanwhile. Each upsert replaces whole points (vector and
-payload together) and each delete removes whole points, so a reader never sees half a point,
+Readers of a server keep querying the alias meanwhile. Each upsert replaces whole points (vector
+and payload together) and each delete removes whole points, so a reader never sees half a point,
 but for the duration of the sync it may see old and new documents side by side: a changed
 document before or after its update, an added one before it lands, a removed one until the
 deletes run (after the upserts). A full build (`--full`) is a point-in-time switch instead.
+On the embedded engine the sync's owner actor holds the live shard (Qdrant Edge: one process per
+shard), so a search in another process is refused with a clear error until the sync ends; a full
+build writes a new shard and leaves the live one searchable throughout.
 
 A sync that dies at any point leaves `sync.state: running` in the stamp and the stamp's
 corpus hash untouched. The re-run diffs the corpus against what the collection holds by
@@ -38,18 +45,17 @@ import numpy as np
 from vectune.data import DomainData
 from vectune.embed import Encoder, compact_cache, embed_dataset, encoder_config, plan_actors
 from vectune.embed.dataset import expects_encoding
-from vectune.errors import IndexingError, root_cause
+from vectune.errors import IndexingError
 from vectune.index import collections as cols
-from vectune.index.client import Target
-from vectune.index.points import content_hashes, doc_keys, hash_hex, payload_fields, point_keys
+from vectune.index.points import content_hashes, doc_keys, hash_hex, payload_fields, point_id
+from vectune.index.store import PAGE, Store
 from vectune.index.verify import verify, verify_ids
-from vectune.index.writer import upsert_columns, write_dataset
+from vectune.index.writer import ActorStore, open_in_worker, upsert_columns, worker_handle, write_dataset
 from vectune.progress import track
 from vectune.spec import Spec
 
 log = logging.getLogger(__name__)
 
-_PAGE = 10_000
 _DELETE_BATCH = 1_000
 
 
@@ -60,17 +66,17 @@ def unchanged_since_stamp(stamp: dict, corpus_sha256: str) -> bool:
     return not unfinished and stamp.get("corpus_sha256") == corpus_sha256
 
 
-def check_unchanged(client, live: str, spec: Spec, data: DomainData, run_id: str) -> dict:
+def check_unchanged(store: Store, live: str, spec: Spec, data: DomainData, run_id: str) -> dict:
     """The sync of a corpus file unchanged since the last build or sync: no diff, no write;
-    the collection's count and id set are still verified. Needs no Ray."""
+    the collection's count, integrity and id set are still verified. Needs no Ray."""
     start = time.perf_counter()
-    checks = {"points": verify_ids(client, live, data), "ids_checksum": True, "sampled": 0, "min_cosine": None}
+    checks = {"points": verify_ids(store, live, data), "ids_checksum": True, "sampled": 0, "min_cosine": None}
     counts = {"added": 0, "updated": 0, "deleted": 0, "unchanged": checks["points"]}
-    return _finish(client, live, spec, data, run_id, counts, checks, written=0, start=start,
+    return _finish(store, live, spec, data, run_id, counts, checks, written=0, start=start,
                    timings={"diff": 0.0}, shortcut="the corpus file is unchanged since the last build or sync")
 
 
-def sync(client, where: Target, spec: Spec, data: DomainData, run_id: str, live: str, model: dict) -> dict:
+def sync(store: Store, spec: Spec, data: DomainData, run_id: str, live: str, model: dict) -> dict:
     """Bring collection `live` in step with the corpus: upsert the added and changed
     documents, delete the removed ones, verify, stamp. Needs Ray.
 
@@ -82,23 +88,23 @@ def sync(client, where: Target, spec: Spec, data: DomainData, run_id: str, live:
         IndexingError: a write or the verification failed. The alias never moves; the
             stamp keeps `sync.state: running` until a re-run converges.
     """
-    import ray
-
     start = time.perf_counter()
     idx = spec.index
-    cols.update_stamp(client, live, sync={"state": "running", "run_id": run_id, "started": cols.now(),
-                                          "corpus_sha256": data.corpus.sha256})
-    keys, hashes, gone = stored_index(client, live, data.corpus.ids)
-    timings = {"scroll": round(time.perf_counter() - start, 2)}
+    cols.update_stamp(store, live, sync={"state": "running", "run_id": run_id, "started": cols.now(),
+                                         "corpus_sha256": data.corpus.sha256})
+    stored = store.count(live)  # before any write: what the gone points are counted against
 
-    mark = time.perf_counter()
     blocks = max(2, -(-data.corpus.count // idx.embed_batch_size))
-    changed = changed_rows(data, ray.put((keys, hashes)), blocks=blocks).materialize()
+    changed = changed_rows(data, worker_handle(store), live, blocks=blocks).materialize()
     count = changed.count()  # known once materialised: no job
     # up to one Ray batch of changes comes to the driver once, for the counts, the sample and the write
     small = changed.take_batch(count, batch_format="numpy") if 0 < count <= idx.embed_batch_size else None
     added, updated, sample = _summary(changed if small is None else None, small, count, idx.verify_sample)
-    timings["diff"] = round(time.perf_counter() - mark, 2)
+    timings = {"diff": round(time.perf_counter() - start, 2)}
+    mark = time.perf_counter()
+    # every corpus document but the added ones is stored: any point beyond those is a gone document's
+    gone = gone_points(store, live, data.corpus.ids) if stored > data.corpus.count - added else []
+    timings["scroll"] = round(time.perf_counter() - mark, 2)
     log.info("sync %s: %d added, %d changed, %d removed of %d documents", live, added, updated, len(gone),
              data.corpus.count)
 
@@ -106,95 +112,86 @@ def sync(client, where: Target, spec: Spec, data: DomainData, run_id: str, live:
     encoder = Encoder(encoder_config(spec, model["path"], role="document", fingerprint=model["fingerprint"]),
                       remember=True)
     try:
-        written = _write(client, where, spec, live, small if small is not None else changed, count, encoder)
+        written = _write(store, spec, live, small if small is not None else changed, count, encoder)
     except Exception as exc:  # noqa: BLE001 - a Ray-wrapped worker error: keep its last line
-        raise IndexingError(f"syncing {live} failed: {root_cause(exc)}") from exc
-    deleted = delete_points(client, live, gone)
+        from vectune.index.stage import write_failure
+
+        raise IndexingError(f"syncing {live} failed: {write_failure(store.where, exc)}") from exc
+    deleted = delete_points(store, live, gone)
     timings["write"] = round(time.perf_counter() - mark, 2)
 
     mark = time.perf_counter()
     fresh = encoder.without_cache()  # the model the driver loaded to write, if it did
     try:
-        checks = verify(client, live, spec, data, model["path"], seed=run_id, encoder=fresh, sample=sample)
+        checks = verify(store, live, spec, data, model["path"], seed=run_id, encoder=fresh, sample=sample)
     except IndexingError as exc:
         raise IndexingError(f"{exc}. The sync of {live} did not converge; re-run `vectune reindex`, or "
                             "`vectune reindex --full` to build a new collection") from None
     timings["verify"] = round(time.perf_counter() - mark, 2)
     counts = {"added": added, "updated": updated, "deleted": deleted,
               "unchanged": data.corpus.count - added - updated}
-    return _finish(client, live, spec, data, run_id, counts, checks, written=written + deleted, start=start,
+    return _finish(store, live, spec, data, run_id, counts, checks, written=written + deleted, start=start,
                    timings=timings)
 
 
-def _finish(client, live, spec, data, run_id, counts, checks, *, written, start, timings, shortcut=None) -> dict:
+def _finish(store, live, spec, data, run_id, counts, checks, *, written, start, timings, shortcut=None) -> dict:
     seconds = round(time.perf_counter() - start, 2)
     record = {"state": "done", "run_id": run_id, "finished": cols.now(), **counts, "written": written,
               "corpus_sha256": data.corpus.sha256, "corpus_count": data.corpus.count, "seconds": seconds}
     if shortcut:
         record["shortcut"] = shortcut
-    cols.update_stamp(client, live, sync=record, corpus_sha256=data.corpus.sha256, corpus_count=data.corpus.count,
+    cols.update_stamp(store, live, sync=record, corpus_sha256=data.corpus.sha256, corpus_count=data.corpus.count,
                       spec_hash=spec.digest(), verified=checks)
     log.info("synced %s in place: %s (%.1f s)", live, ", ".join(f"{v} {k}" for k, v in counts.items()), seconds)
     return {**record, "verified": checks, "timings": timings}
 
 
 # -- the diff ---------------------------------------------------------------------------
-def stored_index(client, name: str, corpus_ids: set[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(keys, text hashes) of the stored points, sorted by key, and the ids of points whose
-    document left the corpus. One scroll of two short payload fields, no vectors."""
-    keys, hashes, gone = [], [], []
-    offset = None
-    while True:
-        points, offset = client.scroll(name, limit=_PAGE, offset=offset, with_payload=["doc_id", "text_hash"],
-                                       with_vectors=False)
-        ids, page = [], []
-        for p in points:
-            payload = p.payload or {}
-            if payload.get("doc_id") not in corpus_ids:
-                gone.append(str(p.id))
-                continue
-            ids.append(p.id)
-            page.append(int(payload.get("text_hash") or "0", 16))  # no hash: rewritten
-        keys.append(point_keys(ids))
-        hashes.append(np.asarray(page, dtype=np.uint64))
-        if offset is None:
-            break
-    k, h = np.concatenate(keys), np.concatenate(hashes)
-    order = np.argsort(k, kind="stable")
-    k, h = k[order], h[order]
-    if len(k) > 1 and bool(np.any(k[1:] == k[:-1])):
-        raise IndexingError(f"{name}: two stored documents share a 64-bit key (a hash collision); "
-                            "run `vectune reindex --full`")
-    return k, h, gone
+def stored_hashes(store: Store, name: str, point_ids: list[str]) -> dict[str, int]:
+    """{point id: stored content hash} of those of `point_ids` the collection holds (0 for a point
+    without a hash: never equal to a document's, so it is rewritten)."""
+    got = store.retrieve(name, point_ids, ["text_hash"])
+    return {r.id: int(r.payload.get("text_hash") or "0", 16) for r in got}
 
 
-def changed_rows(data: DomainData, stored_ref, *, blocks: int):
+def gone_points(store: Store, name: str, corpus_ids, *, page: int = PAGE) -> list[str]:
+    """Point ids of the collection whose `doc_id` is not in the corpus, by one streamed scroll."""
+    gone = []
+    for records in store.scroll(name, ["doc_id"], page=page):
+        gone += [r.id for r in records if r.payload.get("doc_id") not in corpus_ids]
+    return gone
+
+
+def changed_rows(data: DomainData, handle, name: str, *, blocks: int):
     """The corpus rows that are new or whose content hash changed (lazy Dataset, columns
-    doc_id, title, text, text_hash, change)."""
+    doc_id, title, text, text_hash, change). `handle`: `writer.worker_handle` of the store."""
     return data.corpus_dataset(blocks=blocks).map_batches(
-        _changed, fn_kwargs={"stored": stored_ref}, batch_format="numpy", num_cpus=0.1)
+        _changed, fn_kwargs={"handle": handle, "name": name}, batch_format="numpy", num_cpus=0.1)
 
 
-_STORED: dict = {}
+_STORES: dict = {}
 
 
-def _changed(batch: dict, *, stored) -> dict:
-    import ray
+def _worker_store(handle) -> Store:
+    """This worker's store for `handle`: the owner actor's proxy, or a server's client opened once
+    per worker process and reused."""
+    if isinstance(handle, ActorStore):
+        return handle
+    key = handle.describe()
+    if key not in _STORES:
+        _STORES.clear()
+        _STORES[key] = open_in_worker(handle)[0]
+    return _STORES[key]
 
-    key = stored.hex()
-    if key not in _STORED:  # once per worker process: the arrays stay in the object store
-        _STORED.clear()
-        _STORED[key] = ray.get(stored)
-    stored_keys, stored_hashes = _STORED[key]
+
+def _changed(batch: dict, *, handle, name: str) -> dict:
     doc_ids = np.asarray(batch["doc_id"], dtype=object)
-    keys = doc_keys(doc_ids)
+    pids = [point_id(d) for d in doc_ids]
     hashes = content_hashes(batch["title"], batch["text"])
-    if len(stored_keys):
-        pos = np.minimum(np.searchsorted(stored_keys, keys), len(stored_keys) - 1)
-        found = stored_keys[pos] == keys
-        same = found & (stored_hashes[pos] == hashes)
-    else:
-        found = same = np.zeros(len(keys), dtype=bool)
+    stored = stored_hashes(_worker_store(handle), name, pids) if len(pids) else {}
+    found = np.fromiter((p in stored for p in pids), dtype=bool, count=len(pids))
+    same = found & np.fromiter((stored.get(p, -1) == int(h) for p, h in zip(pids, hashes)), dtype=bool,
+                               count=len(pids))
     keep = ~same
     return {"doc_id": doc_ids[keep], "title": np.asarray(batch["title"], dtype=object)[keep],
             "text": np.asarray(batch["text"], dtype=object)[keep], "text_hash": hash_hex(hashes[keep]),
@@ -227,14 +224,13 @@ def _summary(changed, small: dict | None, count: int, k: int) -> tuple[int, int,
 
 
 # -- applying it ------------------------------------------------------------------------
-def _write(client, where: Target, spec: Spec, live: str, changed, count: int, encoder: Encoder) -> int:
+def _write(store: Store, spec: Spec, live: str, changed, count: int, encoder: Encoder) -> int:
     """Embed and upsert the changed rows; returns the points written.
 
-    `client` is the driver's own; `changed` the rows as one batch on the driver (up to one
-    Ray batch of them), or their Dataset. The driver encodes a batch itself (it loads the
-    model to verify anyway): no actor pool to start. A Dataset goes through the encoder
-    actors, then to a server from parallel write tasks, or to the embedded engine from the
-    driver (one process may open it; Ray Data keeps encoding while the driver upserts).
+    `changed` is the rows as one batch on the driver (up to one Ray batch of them), or their
+    Dataset. The driver encodes a batch itself (it loads the model to verify anyway): no actor
+    pool to start. A Dataset goes through the encoder actors, then to the store from write tasks
+    (to a server in parallel, to an Edge shard through the actor that holds it).
     """
     if count == 0:
         return 0
@@ -244,27 +240,20 @@ def _write(client, where: Target, spec: Spec, live: str, changed, count: int, en
     with track("sync changed documents", count) as counter:
         if isinstance(changed, dict):
             encoder.progress = counter
-            batches = [{**changed, "embedding": encoder.encode([str(t) for t in changed["text"]])}]
+            batch = {**changed, "embedding": encoder.encode([str(t) for t in changed["text"]])}
+            written = upsert_columns(store, live, batch, batch_size=idx.batch_size, payload=payload)
         else:
             plan = plan_actors(idx.concurrency, idx.num_gpus)
             embedded = embed_dataset(changed, cfg, plan, batch_size=idx.embed_batch_size, keep=tuple(payload),
                                      progress=counter, preload=expects_encoding(cfg, count))
-            if not where.embedded:
-                written = write_dataset(embedded, client, where, live, batch_size=idx.batch_size, payload=payload,
-                                        parallel=idx.parallel, blocks=max(1, changed.num_blocks()))
-                compact_cache(cfg)
-                return written
-            batches = embedded.iter_batches(batch_size=idx.embed_batch_size, batch_format="numpy")
-        written = sum(upsert_columns(client, live, b, batch_size=idx.batch_size, payload=payload) for b in batches)
+            written = write_dataset(embedded, store, live, batch_size=idx.batch_size, payload=payload,
+                                    parallel=idx.parallel, blocks=max(1, changed.num_blocks()))
     compact_cache(cfg)
     return written
 
 
-def delete_points(client, name: str, point_ids: list[str]) -> int:
-    """Delete points by id in batches, waiting for each; returns how many were asked for."""
-    from qdrant_client import models
-
+def delete_points(store: Store, name: str, point_ids: list[str]) -> int:
+    """Delete points by id in batches; returns how many were asked for."""
     for start in range(0, len(point_ids), _DELETE_BATCH):
-        chunk = point_ids[start:start + _DELETE_BATCH]
-        client.delete(name, points_selector=models.PointIdsList(points=chunk), wait=True)
+        store.delete(name, point_ids[start:start + _DELETE_BATCH])
     return len(point_ids)

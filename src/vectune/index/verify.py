@@ -1,18 +1,22 @@
 """Checks a new collection passes before the alias may move to it.
 
 1. its point count equals the corpus document count;
-2. its point ids are exactly the corpus ids (an order-free checksum over a scroll of ids
+2. every point has its dense vector and its `doc_id` (`check_integrity`: counts the engine
+   answers from its own storage, so a truncated or corrupted segment file, which Qdrant Edge
+   may load without complaint and then serve points without vectors, is refused);
+3. its point ids are exactly the corpus ids (an order-free checksum over a scroll of ids
    only, constant memory), so there is no duplicate, stale or missing point;
-3. a sample of points is present with the right `doc_id`;
-4. their stored vectors match a fresh embedding of the same documents (cosine > 0.999),
+4. a sample of points is present with the right `doc_id`;
+5. their stored vectors match a fresh embedding of the same documents (cosine > 0.999),
    computed on the driver without the embedding cache, so a stale cache or a mix-up of
    models cannot pass.
 """
 
 from __future__ import annotations
 
+import hashlib
+import heapq
 import logging
-import random
 
 import numpy as np
 
@@ -20,24 +24,42 @@ from vectune.data import DomainData
 from vectune.embed import Encoder, encode_texts, encoder_config
 from vectune.errors import IndexingError
 from vectune.index.points import id_checksum, point_id
+from vectune.index.store import DENSE, PAGE, Store
 from vectune.spec import Spec
 
 log = logging.getLogger(__name__)
 
 MIN_COSINE = 0.999
-_SCROLL_PAGE = 10_000
 
 
-def scroll_ids(client, name: str):
+def scroll_ids(store: Store, name: str, *, page: int = PAGE):
     """Every point id of a collection, page by page (no payloads, no vectors)."""
-    offset = None
-    while True:
-        points, offset = client.scroll(name, limit=_SCROLL_PAGE, offset=offset, with_payload=False,
-                                       with_vectors=False)
-        for p in points:
-            yield p.id
-        if offset is None:
-            return
+    for records in store.scroll(name, None, page=page):
+        for r in records:
+            yield r.id
+
+
+def check_integrity(store: Store, name: str) -> int:
+    """The point count of `name`, after checking that its storage loads and every point has its
+    dense vector and its `doc_id` payload; IndexingError otherwise."""
+    points = store.count(name)
+    with_vector = store.count(name, has_vector=DENSE)
+    if with_vector != points:
+        raise IndexingError(f"{name} is damaged: {points - with_vector} of its {points} points have no stored "
+                            "vector (a truncated or corrupted segment file?)")
+    with_doc = store.count(name, has_field="doc_id")
+    if with_doc != points:
+        raise IndexingError(f"{name} is damaged: {points - with_doc} of its {points} points have no doc_id payload")
+    return points
+
+
+def sample_ids(ids, k: int, seed: str) -> list[str]:
+    """`k` ids drawn from `ids` (any iterable, read once), uniformly and reproducibly for `seed`,
+    holding only k of them: the k smallest keyed hashes of (seed, id)."""
+    def key(d: str) -> bytes:
+        return hashlib.blake2b(f"{seed}\x1f{d}".encode(), digest_size=8).digest()
+
+    return sorted(heapq.nsmallest(k, (str(d) for d in ids), key=key), key=key)
 
 
 def _pick_rows(batch: dict, wanted: frozenset) -> dict:
@@ -53,7 +75,7 @@ def sample_texts(data: DomainData, doc_ids: list[str]) -> dict[str, str]:
     return {str(r["doc_id"]): str(r["text"]) for r in ds.take_all()}
 
 
-def verify(client, name: str, spec: Spec, data: DomainData, model_path: str, *, seed: str,
+def verify(store: Store, name: str, spec: Spec, data: DomainData, model_path: str, *, seed: str,
            encoder: Encoder | None = None, sample: dict[str, str] | None = None) -> dict:
     """Raise IndexingError unless collection `name` holds exactly the corpus, embedded by
     `model_path`. Returns what was checked.
@@ -67,14 +89,12 @@ def verify(client, name: str, spec: Spec, data: DomainData, model_path: str, *, 
     give the same floats again), so only the sampled documents it did not compute, e.g. ones
     it found in the cache, are encoded again.
     """
-    expected = data.corpus.count
-    got = verify_ids(client, name, data)
-    ids = (random.Random(seed).sample(sorted(data.corpus.ids), min(spec.index.verify_sample, expected))
-           if sample is None else list(sample))
+    got = verify_ids(store, name, data)
+    ids = sample_ids(data.corpus.ids, spec.index.verify_sample, seed) if sample is None else list(sample)
     if not ids:
         log.info("verified %s: %d points, ids match, no vector to sample", name, got)
         return {"points": got, "ids_checksum": True, "sampled": 0, "min_cosine": None}
-    points = client.retrieve(name, [point_id(d) for d in ids], with_payload=["doc_id"], with_vectors=True)
+    points = store.retrieve(name, [point_id(d) for d in ids], ["doc_id"], vectors=True)
     by_doc = {p.payload.get("doc_id"): p for p in points}
     missing = [d for d in ids if d not in by_doc]
     if missing:
@@ -87,6 +107,9 @@ def verify(client, name: str, spec: Spec, data: DomainData, model_path: str, *, 
         again = encode_texts([texts[d] for d in redo], cfg, encoder=encoder if encoder is not None else Encoder(cfg))
         known.update(zip(redo, again))
     fresh = np.asarray([known[d] for d in ids], dtype=np.float32)
+    empty = [d for d in ids if by_doc[d].vector is None]
+    if empty:
+        raise IndexingError(f"{name}: sampled documents {empty[:5]} have no stored vector")
     stored = np.asarray([by_doc[d].vector for d in ids], dtype=np.float32)
     cos = np.sum(_unit(fresh) * _unit(stored), axis=1)
     worst = int(np.argmin(cos))
@@ -99,14 +122,16 @@ def verify(client, name: str, spec: Spec, data: DomainData, model_path: str, *, 
             "encoded_again": len(redo)}
 
 
-def verify_ids(client, name: str, data: DomainData) -> int:
-    """The point count of `name`, after checking that its point ids are exactly the corpus ids."""
+def verify_ids(store: Store, name: str, data: DomainData) -> int:
+    """The point count of `name`, after checking its integrity and that its point ids are exactly
+    the corpus ids."""
     expected = data.corpus.count
-    got = client.count(name, exact=True).count
+    got = store.count(name)
     if got != expected:
         raise IndexingError(f"{name} holds {got} points but the corpus has {expected} documents")
+    check_integrity(store, name)
     want = id_checksum(point_id(d) for d in data.corpus.ids)
-    have = id_checksum(scroll_ids(client, name))
+    have = id_checksum(scroll_ids(store, name))
     if want != have:
         raise IndexingError(f"{name} holds {have[0]} points whose ids do not match the corpus document ids")
     return got

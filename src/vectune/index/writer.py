@@ -1,13 +1,14 @@
-"""Writing embedded documents to Qdrant from Ray workers, in batches.
+"""Writing embedded documents to the store from Ray workers, in batches.
 
-A server takes upserts from many Ray write tasks at once, each with its own client.
-The embedded engine can be opened by one process only, so one actor (`EmbeddedOwner`)
-owns its client for the whole stage: write tasks turn their blocks into upsert requests
-and send them to it, and the driver talks to it through `ActorClient`, which looks like a
-`QdrantClient`.
+A server takes upserts from many Ray write tasks at once, each with its own client. Qdrant Edge
+lets one process open a shard, so for the embedded engine one actor (`StoreOwner`) holds the
+store for the whole stage: write tasks turn their blocks into upsert requests and send them to it
+(at most two in flight per task, so memory stays bounded whatever the corpus), read tasks ask it
+for stored hashes, and the driver talks to it through `ActorStore`, which is a `Store`. The shard's
+pages, its HNSW build and its WAL live in that one process (the writer), not in the driver.
 
-Point ids are uuid5 of the document ids, so writing the same document twice overwrites
-it: a re-run of a half-written collection ends with exactly one point per document.
+Point ids are uuid5 of the document ids, so writing the same document twice overwrites it: a
+re-run of a half-written collection ends with exactly one point per document.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from vectune import _faults
-from vectune.index.client import Target, open_target
+from vectune.index.store import PAGE, Record, Store, Target, open_store, pages
 from vectune.index.points import point_id
 
 #: write tasks only move bytes (the owner actor or the server does the work): a CPU
@@ -50,96 +51,76 @@ def prepare(columns: dict[str, Any], *, batch_size: int, payload: list[str]) -> 
     return chunks
 
 
-def fast_commits(client, collection: str) -> bool:
-    """Put an embedded collection's store in WAL mode with synchronous=NORMAL; True if it is.
-
-    The embedded engine keeps each collection in SQLite and commits once per point. In the
-    default rollback-journal mode with synchronous=FULL every commit waits for the disk
-    (fsync), which caps an on-disk store at ~1k points/s. In WAL mode with NORMAL, a commit
-    is an append to the log, synced at checkpoints: still atomic and durable across a crash
-    of the process (a killed re-index); an OS crash or power cut can lose the last commits,
-    never corrupt the file, and the verify step would catch the missing points before any
-    alias moved. A server (`url:`) or `:memory:` has no such store: nothing to do.
-    """
-    local = getattr(client, "_client", None)
-    try:
-        name = getattr(local, "aliases", {}).get(collection, collection)
-        conn = local.collections[name].storage.storage  # qdrant_client.local: LocalCollection -> sqlite3
-    except (AttributeError, KeyError, TypeError):
-        return False
-    try:  # both are no-ops when already set: cheap enough to run once per block
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        conn.execute("PRAGMA synchronous=NORMAL")
-    except Exception as exc:  # noqa: BLE001 - an unusual store keeps its defaults, slower but correct
-        log.debug("embedded store of %s keeps its journal mode: %s", collection, exc)
-        return False
-    return str(mode).lower() == "wal"
-
-
-def apply(client, collection: str, chunks: list[dict]) -> int:
-    """Upsert prepared requests, one `Batch` each, waiting for each to be applied."""
-    from qdrant_client import models
-
-    fast_commits(client, collection)
+def apply(store: Store, collection: str, chunks: list[dict]) -> int:
+    """Upsert prepared requests, one store call each."""
     written = 0
     for chunk in chunks:
-        # built from our own well-typed columns: skip pydantic's per-float validation (~7% of an upsert)
-        batch = models.Batch.model_construct(ids=chunk["ids"], vectors=chunk["vectors"].tolist(),
-                                             payloads=chunk["payloads"])
-        client.upsert(collection, points=batch, wait=True)
-        written += len(chunk["ids"])
+        written += store.upsert(collection, chunk["ids"], chunk["vectors"], chunk["payloads"], chunk.get("sparse"))
         _faults.hit("index.upsert")
     return written
 
 
-def upsert_columns(client, collection: str, columns: dict[str, Any], *, batch_size: int, payload: list[str]) -> int:
+def upsert_columns(store: Store, collection: str, columns: dict[str, Any], *, batch_size: int,
+                   payload: list[str]) -> int:
     """Upsert a block of (doc_id, embedding, payload fields) in requests of `batch_size` points.
 
-    `client` is a `QdrantClient`, or the driver's `ActorClient` of the embedded engine, whose
-    owner actor then applies the requests. Returns the number of points written.
+    `store` is any `Store`; through an `ActorStore` the owner actor applies the whole block in
+    one call. Returns the number of points written.
     """
     chunks = prepare(columns, batch_size=batch_size, payload=payload)
-    if isinstance(client, ActorClient):
-        return _get(client.actor.upsert.remote(collection, chunks))
-    return apply(client, collection, chunks)
+    if isinstance(store, ActorStore):
+        return _get(store.actor.upsert_chunks.remote(collection, chunks))
+    return apply(store, collection, chunks)
 
 
-def write_dataset(embedded, client, where: Target, collection: str, *, batch_size: int, payload: list[str],
+def write_dataset(embedded, store: Store, collection: str, *, batch_size: int, payload: list[str],
                   parallel: int, blocks: int) -> int:
-    """Stream a Dataset of (doc_id, embedding, payload fields) into `collection` with Ray
-    write tasks; returns the points written. `client` is the driver's (see `upsert_columns`)."""
-    owner = getattr(client, "actor", None)
-    sink = QdrantDatasink(collection, where=where, owner=owner, batch_size=batch_size, payload=payload)
+    """Stream a Dataset of (doc_id, embedding, payload fields) into `collection` with Ray write
+    tasks; returns the points written. `store` is the driver's (see `worker_handle`)."""
+    handle = worker_handle(store)
+    sink = StoreDatasink(collection, handle=handle, batch_size=batch_size, payload=payload)
     # the embedded engine applies one request at a time: two tasks keep it fed, more only queue
-    concurrency = max(1, min(blocks, 2 if owner is not None else parallel))
+    concurrency = max(1, min(blocks, 2 if isinstance(handle, ActorStore) else parallel))
     embedded.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_TASK_CPUS}, concurrency=concurrency)
     return int(getattr(sink, "written", 0) or 0)
+
+
+def worker_handle(store: Store):
+    """What a Ray task needs to reach the driver's store: the owner actor's `ActorStore`, or the
+    server's `Target` (each task opens its own client)."""
+    return store if isinstance(store, ActorStore) else store.where
+
+
+def open_in_worker(handle) -> tuple[Store, bool]:
+    """(a store for this Ray task, whether the task must close it) from `worker_handle`'s value."""
+    if isinstance(handle, ActorStore):
+        return handle, False
+    return open_store(handle), True
 
 
 def _plain(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-class EmbeddedOwner:
-    """Ray actor that owns the embedded engine's client for the duration of a stage.
+class StoreOwner:
+    """Ray actor that holds the embedded engine's store for the duration of a stage.
 
-    `call` runs any `QdrantClient` method (the driver's view, see `ActorClient`);
-    `upsert` takes blocks from the write tasks. The actor runs calls one at a time,
-    which is what the embedded engine needs.
+    `call` runs any `Store` method (the driver's view, see `ActorStore`); `upsert_chunks` takes
+    blocks from the write tasks. The actor runs calls one at a time, which is what Edge needs.
     """
 
-    def __init__(self, where: Target):
-        self.client = open_target(where)
+    def __init__(self, where: Target, spec_source: str | None = None):
+        self.store = open_store(where, spec_source=spec_source)
         self.busy = 0.0  # seconds spent applying upserts: near the load's wall time = the engine is the bottleneck
         self.points = 0
 
     def call(self, method: str, *args, **kwargs):
-        return getattr(self.client, method)(*args, **kwargs)
+        return getattr(self.store, method)(*args, **kwargs)
 
-    def upsert(self, collection: str, chunks: list[dict]) -> int:
+    def upsert_chunks(self, collection: str, chunks: list[dict]) -> int:
         start = time.perf_counter()
         try:
-            written = apply(self.client, collection, chunks)
+            written = apply(self.store, collection, chunks)
         finally:
             self.busy += time.perf_counter() - start
         self.points += written
@@ -149,46 +130,52 @@ class EmbeddedOwner:
         return {"busy_seconds": round(self.busy, 3), "points": self.points}
 
     def close(self) -> None:
-        self.client.close()
+        self.store.close()
 
 
-class ActorClient:
-    """The driver's `QdrantClient`-like view of an `EmbeddedOwner` actor."""
+class ActorStore:
+    """The driver's (and Ray tasks') `Store` view of a `StoreOwner` actor; picklable."""
 
-    def __init__(self, actor):
+    def __init__(self, actor, where: Target):
         self.actor = actor
+        self.where = where
 
     def __getattr__(self, method: str):
-        import ray
+        if method.startswith("_"):
+            raise AttributeError(method)
+        actor = self.actor
 
         def call(*args, **kwargs):
-            return ray.get(self.actor.call.remote(method, *args, **kwargs))
+            return _get(actor.call.remote(method, *args, **kwargs))
 
         return call
+
+    def scroll(self, name: str, fields: Sequence[str] | None = None, *, page: int = PAGE) -> Iterator[list[Record]]:
+        return pages(self.scroll_page, name, fields, page)
 
     def close(self) -> None:
         import ray
 
         try:
-            ray.get(self.actor.close.remote())
+            _get(self.actor.close.remote())
         finally:
             ray.kill(self.actor)
 
 
-def start_owner(where: Target) -> ActorClient:
+def start_owner(where: Target, spec_source: str | None = None) -> ActorStore:
     """Start the embedded engine's owner actor on this node (the folder is local to it)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     node = ray.get_runtime_context().get_node_id()
     # num_cpus=0: the actor mostly waits for blocks; reserving a CPU would starve the encoders
-    actor = ray.remote(EmbeddedOwner).options(
+    actor = ray.remote(StoreOwner).options(
         num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False),
         max_restarts=0,
-    ).remote(where)
-    client = ActorClient(actor)
-    client.get_collections()  # surfaces an open failure (a held lock) here, as IndexingError
-    return client
+    ).remote(where, spec_source)
+    store = ActorStore(actor, where)
+    store.describe()  # surfaces an open failure (an older vectune's folder) here
+    return store
 
 
 def _datasink_base():
@@ -197,14 +184,13 @@ def _datasink_base():
     return Datasink
 
 
-class QdrantDatasink(_datasink_base()):
-    """Ray Data sink: each write task upserts its blocks, to a server directly or
-    through the embedded engine's owner actor."""
+class StoreDatasink(_datasink_base()):
+    """Ray Data sink: each write task upserts its blocks, to a server directly or through the
+    embedded engine's owner actor."""
 
-    def __init__(self, collection: str, *, where: Target, owner=None, batch_size: int, payload: list[str]):
+    def __init__(self, collection: str, *, handle, batch_size: int, payload: list[str]):
         self.collection = collection
-        self.where = where
-        self.owner = owner  # an EmbeddedOwner actor handle, or None for a server
+        self.handle = handle  # an ActorStore, or a server's Target
         self.batch_size = batch_size
         self.payload = list(payload)
 
@@ -213,24 +199,25 @@ class QdrantDatasink(_datasink_base()):
 
         written = 0
         pending: deque = deque()  # owner calls in flight: the next block is prepared meanwhile
-        client = None if self.owner is not None else open_target(self.where)
+        owner = self.handle.actor if isinstance(self.handle, ActorStore) else None
+        store = None if owner is not None else open_store(self.handle)
         try:
             for block in blocks:
                 columns = BlockAccessor.for_block(block).to_batch_format("numpy")
                 if not len(columns["doc_id"]):
                     continue
                 chunks = prepare(columns, batch_size=self.batch_size, payload=self.payload)
-                if client is not None:
-                    written += apply(client, self.collection, chunks)
+                if store is not None:
+                    written += apply(store, self.collection, chunks)
                     continue
-                pending.append(self.owner.upsert.remote(self.collection, chunks))
+                pending.append(owner.upsert_chunks.remote(self.collection, chunks))
                 if len(pending) > 1:
                     written += _get(pending.popleft())
             while pending:
                 written += _get(pending.popleft())
         finally:
-            if client is not None:
-                client.close()
+            if store is not None:
+                store.close()
         return written
 
     def on_write_complete(self, write_result) -> None:
@@ -240,7 +227,15 @@ class QdrantDatasink(_datasink_base()):
         return "QdrantUpsert"
 
 
-def _get(ref) -> int:
+def _get(ref):
+    """The result of an actor call; vectune's own errors raised in the actor come back as themselves."""
     import ray
 
-    return ray.get(ref)
+    from vectune.errors import VectuneError
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, VectuneError):
+            raise exc.cause from None
+        raise

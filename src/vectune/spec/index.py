@@ -13,9 +13,11 @@ _NAME = re.compile(r"^[A-Za-z0-9_-]{1,180}$")  # + "__<run id>" (<= 66) within Q
 
 
 class QdrantSpec(Section):
-    """Where Qdrant is: the embedded engine (`path`, development) or a server (`url`)."""
+    """Where Qdrant is: the embedded engine (Qdrant Edge in-process, `path`) or a server (`url`)."""
 
-    path: str | None = Field(None, description="Embedded engine folder; `:memory:` for tests. Default <runs>/qdrant.")
+    path: str | None = Field(None, description="Embedded engine (Qdrant Edge) folder: one shard per collection "
+                                               "version, the alias and stamps beside them; `:memory:` for a "
+                                               "temporary one. Default <runs>/qdrant.")
     url: str | None = None
     api_key_env: str | None = Field(None, description="Name of the environment variable holding the API key.")
     prefer_grpc: bool = False
@@ -32,8 +34,12 @@ class QdrantSpec(Section):
 
 
 class HnswSpec(Section):
-    m: int = Field(16, ge=0, le=1024)
-    ef_construct: int = Field(100, ge=4, le=100_000)
+    """The HNSW index, built once after the bulk load (both engines) and searched with `ef`."""
+
+    m: int = Field(16, ge=0, le=1024, description="Edges per node of the graph.")
+    ef_construct: int = Field(100, ge=4, le=100_000, description="Candidates kept while building the graph.")
+    ef: int | None = Field(None, ge=1, le=100_000, description="Candidates kept while searching (`hnsw_ef`); "
+                                                                "unset: the engine's default.")
     on_disk: bool = False
 
 

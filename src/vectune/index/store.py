@@ -1,0 +1,268 @@
+"""The one store interface every index module uses, and the factory that opens it from the spec.
+
+Two engines stand behind it:
+
+- the embedded engine (`index.qdrant.path`, default `<runs>/qdrant`): Qdrant Edge, Qdrant's own
+  engine in-process (`vectune.index.edge`). Edge has shards, not collections: vectune gives each
+  collection version its own shard folder, keeps the alias as a small record replaced atomically
+  and the stamp in a version record beside the shard. One process may open a shard at a time.
+- a Qdrant server (`index.qdrant.url`, `vectune.index.server`): collections, aliases and
+  collection metadata of the server itself, through qdrant-client; many Ray workers write at once.
+
+Both build the same layout: a named dense vector `dense` (size, distance) and, optionally, a named
+sparse vector `bm25` with the IDF modifier (Qdrant computes the IDF from the collection), so a
+query can prefetch both and fuse them (`hybrid`).
+
+The server's API key is read from the environment variable the spec names (`api_key_env`); it is
+never written to the spec, a log, an error or the manifest.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Protocol, Sequence
+
+import numpy as np
+
+from vectune._redact import redact
+from vectune.errors import Problem, SpecError
+from vectune.spec import Spec
+
+MEMORY = ":memory:"
+#: the named vectors of every collection vectune builds
+DENSE = "dense"
+SPARSE = "bm25"
+#: points per page of a scroll: bounded memory whatever the collection's size
+PAGE = 10_000
+
+
+class Secret:
+    """A value that never prints: repr, str and pickled logs show `***`."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret(***)"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where Qdrant is and how to talk to it; picklable, so Ray workers can open it too.
+
+    Attributes:
+        url: a server URL, or None for the embedded engine.
+        path: the embedded engine's folder (or `:memory:`), or None for a server.
+        api_key: the server key, masked in every repr; None when the spec names none.
+        api_key_env: the environment variable it came from (named in messages).
+    """
+
+    url: str | None = None
+    path: str | None = None
+    prefer_grpc: bool = False
+    timeout: float = 30.0
+    retries: int = 3
+    api_key_env: str | None = None
+    api_key: Secret | None = field(default=None, repr=False)
+
+    @property
+    def embedded(self) -> bool:
+        return self.url is None
+
+    def describe(self) -> str:
+        """Where this is, for messages and the manifest (never the key)."""
+        return redact(self.url) if self.url else f"embedded engine at {self.path}"
+
+
+@dataclass(frozen=True)
+class Hnsw:
+    """HNSW settings: built with `m` and `ef_construct`, searched with `ef` (None: the engine's default)."""
+
+    m: int = 16
+    ef_construct: int = 100
+    ef: int | None = None
+    on_disk: bool = False
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The vectors of a collection version.
+
+    Attributes:
+        size: the dense vector's dimension.
+        distance: `cosine`, `dot` or `euclid`.
+        sparse: whether it has the `bm25` sparse vector (IDF modifier).
+        dense_name: the dense vector's name: `dense`; "" for an unnamed one (collections an older
+            vectune built on a server).
+    """
+
+    size: int
+    distance: str
+    sparse: bool = False
+    hnsw: Hnsw = Hnsw()
+    on_disk: bool = False
+    shards: int = 1
+    replication: int = 1
+    dense_name: str = DENSE
+
+
+@dataclass(frozen=True)
+class Sparse:
+    """A sparse vector: non-zero dimensions and their weights (e.g. `qdrant_edge.Bm25` output)."""
+
+    indices: list[int]
+    values: list[float]
+
+
+@dataclass(frozen=True)
+class Record:
+    """A stored point: its id (uuid string), the payload fields asked for, its dense vector if asked."""
+
+    id: str
+    payload: dict
+    vector: list[float] | None = None
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A point a query found, with its score."""
+
+    id: str
+    score: float
+    payload: dict
+
+
+class Store(Protocol):
+    """What the index stage, sync, verify, rollback, search and `collections` use of Qdrant.
+
+    A collection is one version `<base>__<run id>`; an alias names the version readers query.
+    Every method that takes a collection name also takes an alias where it reads (search).
+    """
+
+    where: Target
+
+    def describe(self) -> str: ...
+
+    # -- versions ------------------------------------------------------------------------
+    def collections(self) -> list[str]: ...
+    def exists(self, name: str) -> bool: ...
+    def create(self, name: str, layout: Layout, *, stamp: dict) -> None: ...
+    def drop(self, name: str) -> None: ...
+    def layout(self, name: str) -> Layout: ...
+    def read_stamp(self, name: str) -> dict | None: ...
+    def write_stamp(self, name: str, stamp: dict) -> None: ...
+
+    # -- the alias -------------------------------------------------------------------------
+    def alias(self, alias: str) -> str | None: ...
+    def swap_alias(self, alias: str, collection: str) -> str | None: ...
+
+    # -- points ------------------------------------------------------------------------------
+    def upsert(self, name: str, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict],
+               sparse: Sequence[Sparse] | None = None) -> int: ...
+    def delete(self, name: str, ids: Sequence[str]) -> None: ...
+    def count(self, name: str, *, has_vector: str | None = None, has_field: str | None = None) -> int: ...
+    def scroll_page(self, name: str, fields: Sequence[str] | None, offset: str | None,
+                    limit: int) -> tuple[list[Record], str | None]: ...
+    def scroll(self, name: str, fields: Sequence[str] | None = None, *, page: int = PAGE) -> Iterator[list[Record]]: ...
+    def retrieve(self, name: str, ids: Sequence[str], fields: Sequence[str] | None = None, *,
+                 vectors: bool = False) -> list[Record]: ...
+
+    # -- queries and the index ---------------------------------------------------------------
+    def search(self, name: str, vector: Sequence[float], k: int, fields: Sequence[str] | None = None, *,
+               ef: int | None = None) -> list[Hit]: ...
+    def hybrid(self, name: str, dense: Sequence[float], sparse: Sparse, k: int, fields: Sequence[str] | None = None,
+               *, fusion: str = "rrf", prefetch: int = 100, ef: int | None = None) -> list[Hit]: ...
+    def build_index(self, name: str, hnsw: Hnsw, *, timeout: float = 3600.0) -> dict: ...
+    def close(self) -> None: ...
+
+
+def pages(scroll_page, name: str, fields, page: int) -> Iterator[list[Record]]:
+    """Every point of a collection, `page` at a time, from a `scroll_page` callable."""
+    offset = None
+    while True:
+        records, offset = scroll_page(name, fields, offset, page)
+        if records:
+            yield records
+        if offset is None:
+            return
+
+
+FUSIONS = ("rrf", "dbsf")
+#: reciprocal rank fusion: 1 / (RRF_K + rank) summed over the prefetched lists, on both engines
+RRF_K = 60
+
+
+# -- the factory ------------------------------------------------------------------------------
+def target(spec: Spec) -> Target:
+    """The spec's Qdrant location, with the API key read from its environment variable."""
+    q = spec.index.qdrant
+    if q.url:
+        key = None
+        if q.api_key_env:
+            value = os.environ.get(q.api_key_env)
+            if not value:
+                raise SpecError(str(spec.source or "<spec>"), [Problem(
+                    "index.qdrant.api_key_env",
+                    f"environment variable {q.api_key_env} is not set (it should hold the Qdrant API key)")])
+            key = Secret(value)
+        return Target(url=q.url, prefer_grpc=q.prefer_grpc, timeout=q.timeout, retries=q.retries,
+                      api_key_env=q.api_key_env, api_key=key)
+    return Target(path=embedded_path(spec), timeout=q.timeout, retries=q.retries)
+
+
+def embedded_path(spec: Spec) -> str:
+    """`index.qdrant.path` resolved against the spec's folder, or `<runs>/qdrant`."""
+    path = spec.index.qdrant.path
+    if path == MEMORY:
+        return MEMORY
+    if path:
+        return spec.resolve(path, data=False)
+    runs = spec.runs_root()
+    if "://" in runs:
+        raise SpecError(str(spec.source or "<spec>"), [Problem(
+            "index.qdrant", f"runs are stored at {runs}, which the embedded Qdrant engine cannot use; "
+                            "set index.qdrant.path to a local folder or index.qdrant.url to a server")])
+    return str(Path(runs) / "qdrant")
+
+
+def open_store(where: Target, *, spec_source: str | None = None) -> Store:
+    """The store at `where`: Qdrant Edge in this process for a path, a server's client for a url
+    (checked to answer, with bounded retries).
+
+    Raises:
+        IndexingError: the server cannot be reached or refuses the key; the embedded folder
+            cannot be made. OldStoreError (exit 2): the folder holds an older vectune's store.
+    """
+    if where.embedded:
+        from vectune.index.edge import EdgeStore
+
+        return EdgeStore(where, spec_source=spec_source)
+    from vectune.index.server import ServerStore
+
+    return ServerStore.open(where)
+
+
+def connect(spec: Spec) -> Store:
+    """The spec's store (see `open_store`); close it when done."""
+    return open_store(target(spec), spec_source=str(spec.source) if spec.source else None)
+
+
+def layout(spec: Spec, size: int, *, sparse: bool = False) -> Layout:
+    """The layout a build of this spec creates, for `size`-d vectors."""
+    idx = spec.index
+    return Layout(size=size, distance=idx.distance, sparse=sparse, hnsw=hnsw(spec), on_disk=idx.on_disk_vectors,
+                  shards=idx.shards, replication=idx.replication)
+
+
+def hnsw(spec: Spec) -> Hnsw:
+    h = spec.index.hnsw
+    return Hnsw(m=h.m, ef_construct=h.ef_construct, ef=h.ef, on_disk=h.on_disk)

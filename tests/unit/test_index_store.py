@@ -1,0 +1,145 @@
+"""The store interface, the same tests on both engines: Qdrant Edge in a real shard folder, and a
+server, for which qdrant-client's local mode stands in (`testdata.server_stand_in`: no Qdrant
+server binary exists on this machine, and local mode emulates the server's API in-process; it is
+used only as that stand-in). Dense and BM25 sparse vectors, fused queries, the alias, stamps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from testdata import server_stand_in
+
+from vectune.errors import IndexingError
+from vectune.index.points import point_id
+from vectune.index.store import DENSE, SPARSE, Hnsw, Layout, Sparse, Target
+
+DOCS = {
+    "d1": "Aspirin lowers the risk of heart attack in older adults.",
+    "d2": "Vitamin C does not cure the common cold.",
+    "d3": "Adults need seven hours of sleep each night.",
+    "d4": "Coffee drinkers live longer in cohort studies.",
+    "d5": "Low dose aspirin and bleeding risk in the elderly.",
+    "d6": "Cold water swimming and the immune system.",
+}
+
+
+@pytest.fixture(params=["edge", "server"])
+def store(request, tmp_path):
+    if request.param == "edge":
+        from vectune.index.edge import EdgeStore
+
+        s = EdgeStore(Target(path=str(tmp_path / "qdrant")))
+    else:
+        s = server_stand_in()
+    yield s
+    s.close()
+
+
+def _vectors(n: int, dim: int = 8, seed: int = 0) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _bm25():
+    from qdrant_edge import Bm25
+
+    return Bm25()
+
+
+def _fill(store, name: str, *, sparse: bool = False, stamp: dict | None = None) -> tuple[list[str], np.ndarray]:
+    store.create(name, Layout(size=8, distance="cosine", sparse=sparse), stamp=stamp or {"base": "docs"})
+    ids = [point_id(d) for d in DOCS]
+    vectors = _vectors(len(DOCS))
+    bm25 = _bm25()
+    sparse_vectors = ([Sparse(list(v.indices), list(v.values)) for v in map(bm25.embed_document, DOCS.values())]
+                      if sparse else None)
+    payloads = [{"doc_id": d, "text": t} for d, t in DOCS.items()]
+    assert store.upsert(name, ids, vectors, payloads, sparse_vectors) == len(DOCS)
+    return ids, vectors
+
+
+def test_versions_are_created_listed_stamped_and_dropped(store):
+    store.create("docs__r1", Layout(size=8, distance="dot", sparse=True), stamp={"base": "docs", "state": "building"})
+    store.create("docs__r2", Layout(size=8, distance="cosine"), stamp={"base": "docs"})
+    assert store.collections() == ["docs__r1", "docs__r2"]
+    assert store.exists("docs__r1") and not store.exists("docs__r3")
+    layout = store.layout("docs__r1")
+    assert (layout.size, layout.distance, layout.sparse, layout.dense_name) == (8, "dot", True, DENSE)
+    assert not store.layout("docs__r2").sparse
+    assert store.read_stamp("docs__r1") == {"base": "docs", "state": "building"}
+    store.write_stamp("docs__r1", {"base": "docs", "state": "ready", "nested": {"a": [1, 2]}})
+    assert store.read_stamp("docs__r1") == {"base": "docs", "state": "ready", "nested": {"a": [1, 2]}}
+    store.drop("docs__r1")
+    assert store.collections() == ["docs__r2"]
+
+
+def test_points_are_written_counted_read_and_deleted(store):
+    ids, vectors = _fill(store, "c")
+    assert store.count("c") == len(DOCS)
+    assert store.count("c", has_vector=DENSE) == len(DOCS)
+    assert store.count("c", has_field="doc_id") == len(DOCS) and store.count("c", has_field="title") == 0
+    got = {r.id: r for r in store.retrieve("c", [ids[1], ids[0], point_id("missing")], ["doc_id"], vectors=True)}
+    assert set(got) == {ids[0], ids[1]} and got[ids[1]].payload == {"doc_id": "d2"}  # only the fields asked for
+    assert np.allclose(got[ids[1]].vector, vectors[1], atol=1e-6)
+    assert store.retrieve("c", [ids[0]])[0].vector is None  # no vector unless asked
+    # the same ids again overwrite: one point per id
+    store.upsert("c", ids[:2], vectors[:2], [{"doc_id": "d1", "text": "new"}, {"doc_id": "d2", "text": "new"}])
+    assert store.count("c") == len(DOCS)
+    assert store.retrieve("c", [ids[0]], ["text"])[0].payload == {"text": "new"}
+    store.delete("c", ids[:2])
+    store.delete("c", ids[:2])  # idempotent
+    assert store.count("c") == len(DOCS) - 2
+
+
+def test_scroll_streams_bounded_pages_of_every_point(store):
+    ids, _ = _fill(store, "c")
+    pages = list(store.scroll("c", ["doc_id"], page=4))
+    assert [len(p) for p in pages] == [4, 2]
+    assert sorted(r.id for p in pages for r in p) == sorted(ids)
+    assert {r.payload["doc_id"] for p in pages for r in p} == set(DOCS)
+    assert all(r.payload == {} for p in store.scroll("c", None, page=10) for r in p)  # ids only
+
+
+def test_the_alias_moves_in_one_step_and_search_follows_it(store):
+    ids, vectors = _fill(store, "docs__a")
+    store.create("docs__b", Layout(size=8, distance="cosine"), stamp={"base": "docs"})
+    store.upsert("docs__b", ids[:1], vectors[:1], [{"doc_id": "only"}])
+    assert store.alias("docs") is None
+    assert store.swap_alias("docs", "docs__a") is None
+    hits = store.search("docs", vectors[2], 3, ["doc_id"], ef=64)
+    assert hits[0].id == ids[2] and hits[0].payload == {"doc_id": "d3"}
+    assert hits[0].score == pytest.approx(1.0, abs=1e-5) and hits[0].score >= hits[1].score >= hits[2].score
+    assert store.swap_alias("docs", "docs__b") == "docs__a"
+    assert store.alias("docs") == "docs__b"
+    assert [h.payload["doc_id"] for h in store.search("docs", vectors[2], 3, ["doc_id"])] == ["only"]
+    assert store.swap_alias("docs", "docs__b") == "docs__b"  # already there: nothing to do
+
+
+@pytest.mark.parametrize("fusion", ["rrf", "dbsf"])
+def test_hybrid_query_fuses_dense_and_bm25_candidates_in_the_engine(store, fusion):
+    ids, vectors = _fill(store, "c", sparse=True)
+    query = _bm25().embed_query("aspirin risk")
+    sparse = Sparse(list(query.indices), list(query.values))
+    # the dense query points at d4 (coffee); BM25 ranks the two aspirin documents first
+    hits = store.hybrid("c", vectors[3], sparse, 3, ["doc_id"], fusion=fusion, prefetch=4)
+    found = [h.payload["doc_id"] for h in hits]
+    assert len(hits) == 3 and hits[0].score >= hits[1].score >= hits[2].score
+    # both lists reach the top 3: the dense query's best match and a document BM25 ranks first
+    assert "d4" in found and {"d1", "d5"} & set(found)
+    assert all(h.id in ids for h in hits)
+    if fusion == "rrf":  # 1/(k + rank) summed over the two lists, k=60: at most 2/61
+        assert hits[0].score <= 2 / 61 + 1e-6
+    with pytest.raises(ValueError, match="fusion"):
+        store.hybrid("c", vectors[0], sparse, 3, fusion="max")
+    store.create("dense_only", Layout(size=8, distance="cosine"), stamp={})
+    with pytest.raises(IndexingError, match=f"no `{SPARSE}` sparse vector"):
+        store.hybrid("dense_only", vectors[0], sparse, 3)
+
+
+def test_the_index_is_built_after_the_load_and_searches_the_same(store):
+    ids, vectors = _fill(store, "c")
+    before = [h.id for h in store.search("c", vectors[0], 3)]
+    built = store.build_index("c", Hnsw(m=16, ef_construct=100, ef=32))
+    assert built["m"] == 16 and built["ef_construct"] == 100 and built["seconds"] >= 0
+    assert [h.id for h in store.search("c", vectors[0], 3)] == before
+    assert store.count("c") == len(DOCS)
