@@ -28,11 +28,31 @@ QUERY_BATCH = 256
 SparseLists = tuple[list[int], list[float]]
 
 
+def engine_version() -> str:
+    """The installed qdrant-edge-py: its tokenizer and scoring are part of BM25's identity."""
+    from importlib.metadata import version
+
+    return version("qdrant-edge-py")
+
+
+def bm25_model(settings) -> "qdrant_edge.Bm25":
+    """Qdrant's BM25 with the spec's settings (the `bm25` section)."""
+    import qdrant_edge as qe
+
+    stemmer = (qe.SnowballParams(getattr(qe.SnowballLanguage, settings.language.title()))
+               if settings.stemmer == "snowball" else qe.DisabledStemmer())
+    stopwords = (getattr(qe.Language, settings.language.title()) if settings.stopwords == "language"
+                 else qe.StopwordsSet(languages=set(), custom=set()))
+    return qe.Bm25(qe.Bm25Config(
+        k=settings.k, b=settings.b, avg_len=settings.avg_len, language=settings.language,
+        tokenizer=getattr(qe.TokenizerType, settings.tokenizer.title()), lowercase=settings.lowercase,
+        ascii_folding=settings.ascii_folding, stopwords=stopwords, stemmer=stemmer,
+        min_token_len=settings.min_token_len, max_token_len=settings.max_token_len))
+
+
 def bm25_vectors(settings, texts: Sequence[str], *, query: bool = False) -> list[SparseLists]:
     """Qdrant's BM25 vectors of `texts` (documents, or queries with `query=True`) under the
     spec's `bm25` section, as plain lists."""
-    from vectune.evaluate.bm25 import bm25_model
-
     model = bm25_model(settings)
     embed = model.embed_query if query else model.embed_document
     out = []

@@ -10,50 +10,22 @@ what the encoders read), streamed from the corpus in bounded batches.
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 from vectune.evaluate.metrics import score_run
 from vectune.evaluate.stage import Evaluation
+from vectune.ranking import ScratchShard, bm25_model, bm25_vectors, engine_version  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
-    from qdrant_edge import Bm25
-
     from vectune.data import DomainData
     from vectune.spec import Spec
     from vectune.spec.bm25 import Bm25Spec
 
 log = logging.getLogger(__name__)
 
-#: the sparse vector's name, as a hybrid collection would name it
-VECTOR = "bm25"
 #: documents read, embedded and upserted at a time (bounds what the driver holds)
 BATCH = 1000
-#: queries planned together in one `query_batch`
-QUERY_BATCH = 256
-
-
-def engine_version() -> str:
-    """The installed qdrant-edge-py: its tokenizer and scoring are part of BM25's identity."""
-    from importlib.metadata import version
-
-    return version("qdrant-edge-py")
-
-
-def bm25_model(settings: Bm25Spec) -> Bm25:
-    """Qdrant's BM25 with the spec's settings (the `bm25` section)."""
-    import qdrant_edge as qe
-
-    stemmer = (qe.SnowballParams(getattr(qe.SnowballLanguage, settings.language.title()))
-               if settings.stemmer == "snowball" else qe.DisabledStemmer())
-    stopwords = (getattr(qe.Language, settings.language.title()) if settings.stopwords == "language"
-                 else qe.StopwordsSet(languages=set(), custom=set()))
-    return qe.Bm25(qe.Bm25Config(
-        k=settings.k, b=settings.b, avg_len=settings.avg_len, language=settings.language,
-        tokenizer=getattr(qe.TokenizerType, settings.tokenizer.title()), lowercase=settings.lowercase,
-        ascii_folding=settings.ascii_folding, stopwords=stopwords, stemmer=stemmer,
-        min_token_len=settings.min_token_len, max_token_len=settings.max_token_len))
 
 
 def rank(documents: Iterable[tuple[Sequence[str], Sequence[str]]], queries: dict[str, str], settings: Bm25Spec,
@@ -70,31 +42,12 @@ def rank(documents: Iterable[tuple[Sequence[str], Sequence[str]]], queries: dict
         query id -> {document id: score}; a query without a term the corpus has (all
         stopwords, say) retrieves nothing.
     """
-    import qdrant_edge as qe
-
-    model = bm25_model(settings)
-    ids: list[str] = []  # point id -> document id (the ids only, as the corpus check keeps them)
-    with tempfile.TemporaryDirectory(prefix="vectune-bm25-") as folder:
-        # no write-ahead log: the shard lives for one ranking and is never reopened
-        shard = qe.EdgeShard.create(folder, qe.EdgeConfig(
-            sparse_vectors={VECTOR: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)}, wal_enabled=False))
-        try:
-            for doc_ids, texts in documents:
-                points = [qe.Point(len(ids) + i, {VECTOR: model.embed_document(text)}) for i, text in enumerate(texts)]
-                ids.extend(str(d) for d in doc_ids)
-                if points:
-                    shard.update(qe.UpdateOperation.upsert_points(points))
-            qids = list(queries)
-            run: dict[str, dict[str, float]] = {}
-            for start in range(0, len(qids), QUERY_BATCH):
-                chunk = qids[start:start + QUERY_BATCH]
-                requests = [qe.QueryRequest(limit=k, query=qe.Query.Nearest(model.embed_query(queries[q]), using=VECTOR))
-                            for q in chunk]
-                for qid, hits in zip(chunk, shard.query_batch(qe.QueryBatchRequest(requests))):
-                    run[qid] = {ids[hit.id]: float(hit.score) for hit in hits}
-        finally:
-            shard.close()
-    return run
+    qids = list(queries)
+    with ScratchShard(None, True) as shard:  # the ids only are kept, as the corpus check keeps them
+        for doc_ids, texts in documents:
+            shard.add(doc_ids, sparse=bm25_vectors(settings, texts))
+        ranked = shard.query(k, "bm25", sparse=bm25_vectors(settings, [queries[q] for q in qids], query=True))
+    return dict(zip(qids, ranked))
 
 
 def corpus_batches(data: DomainData, size: int = BATCH) -> Iterable[tuple[list[str], list[str]]]:
