@@ -14,7 +14,8 @@ from pathlib import Path
 from vectune.data import DomainData
 from vectune.embed import model_fingerprint, resolve_model
 from vectune.embed.models import check_sequence_lengths
-from vectune.evaluate import Evaluation, evaluate_model, gains_over
+from vectune.evaluate import Evaluation, gains_over
+from vectune.evaluate.scores import scored
 from vectune.runs import Run, base_model_path, record_lineage
 from vectune.runtime import ray_session
 from vectune.spec import Spec
@@ -57,8 +58,8 @@ def evaluate(spec: Spec, *, model: str | None = None, split: str | None = None, 
     with ray_session(spec.runtime):
         spec = resolve_precision(spec, run)
         with run.stage(f"evaluate:{role}:{split}") as outputs:
-            result = evaluate_model(spec, data, path, split)
-            outputs.update(result.metrics)
+            result, cached = scored(spec, data, path, split)  # every mode, kept across runs
+            outputs.update(result.metrics, cached=cached, mode=result.mode)
         bm25 = _bm25_stage(spec, run, data, split)
     save_evaluation(run, role, result)
     return {"run_id": run.id, "run_dir": str(run.dir), role: result.summary(), "bm25": bm25,
@@ -269,7 +270,10 @@ def _champion(spec: Spec, run: Run, *, against: str | None = None) -> dict:
         else:
             out = {"against": "live", "path": live["path"], "fingerprint": model_fingerprint(live["path"]),
                    "label": f"live model of {live['collection']}" + (f" (run {live['run_id']})" if live["run_id"] else ""),
-                   "collection": live["collection"], "run_id": live["run_id"]}
+                   "collection": live["collection"], "run_id": live["run_id"],
+                   # as it is served now: hybrid only where its collection holds the BM25 vectors
+                   "mode": spec.search.mode if live.get("sparse") else "dense"}
+    out.setdefault("mode", spec.search.mode)  # the base model, as the spec would serve it
     run.record(key, out)
     return out
 
@@ -290,7 +294,7 @@ def _preflight(run: Run) -> dict | None:
 def _evaluate_stage(spec: Spec, run: Run, data: DomainData, *, force: bool) -> dict:
     """The base, the champion (when it is not the base) and the tuned model on the eval split.
     Models other than this run's tuned one are scored once across runs (evaluate/scores.py)."""
-    from vectune.evaluate.scores import scored, scores_digest
+    from vectune.evaluate.scores import scores_digest
 
     split = spec.evaluate.split
     tuned = run.manifest.get("models", {}).get("tuned")
@@ -305,7 +309,10 @@ def _evaluate_stage(spec: Spec, run: Run, data: DomainData, *, force: bool) -> d
         models.insert(1, ("champion", champion["path"]))
     out = {}
     for role, path in models:
-        inputs = {"spec": scores_digest(spec), "model": model_fingerprint(path)}
+        # each model in the mode it is (or would be) served: the champion as served now (a
+        # live collection without sparse vectors is dense-only), the others as the spec serves
+        mode = champion.get("mode", "dense") if role == "champion" else spec.search.mode
+        inputs = {"spec": scores_digest(spec), "model": model_fingerprint(path), "mode": mode}
         key = f"evaluate:{role}:{split}"
         saved = (run.read_json("metrics.json") or {}).get(role, {}).get(split)
         if not force and run.is_done(key, inputs) and saved and run.path("per_query", f"{role}-{split}.json").exists():
@@ -313,7 +320,8 @@ def _evaluate_stage(spec: Spec, run: Run, data: DomainData, *, force: bool) -> d
             continue
         with run.stage(key, inputs) as outputs:
             result, cached = scored(spec, data, path, split)
-            outputs.update(result.metrics, cached=cached)
+            result = result.in_mode(mode)
+            outputs.update(result.metrics, cached=cached, mode=mode)
         save_evaluation(run, role, result)
         out[role] = result.summary()
     out["bm25"] = _bm25_stage(spec, run, data, split, force=force)
@@ -356,6 +364,8 @@ def _gate_stage(spec: Spec, run: Run, evaluations: dict) -> dict:
     record = {**decision.to_dict(), "split": spec.evaluate.split, "summary": decision.summary()}
     summary = run.stage_info("train").get("outputs", {})
     record["validation_vs_test"] = _validation_vs_test(summary, evaluations, spec.evaluate.gate.metric, split)
+    # what was compared: each side in the mode it is (the champion) or would be (the tuned) served
+    record["served"] = {role: evaluations[role].get("mode", "dense"), "tuned": evaluations["tuned"].get("mode", "dense")}
     run.record("gate", record)
     tuned = run.manifest["models"]["tuned"]["path"]
     write_card(Path(tuned), spec, base_model_path(spec), summary,

@@ -224,7 +224,8 @@ def test_metrics_and_manifest_are_written(sl, first):
     for package in ("python", "vectune", "ray", "torch", "sentence-transformers", "pytrec-eval-terrier"):
         assert manifest["packages"].get(package), package
     stage = manifest["stages"]["evaluate:base:test"]
-    assert stage["status"] == "done" and stage["outputs"] == summary["metrics"] and stage["seconds"] > 0
+    assert stage["status"] == "done" and stage["seconds"] > 0
+    assert stage["outputs"] == {**summary["metrics"], "cached": False, "mode": "dense"}
 
 
 def test_second_evaluation_encodes_nothing(sl, first, monkeypatch):
@@ -297,3 +298,29 @@ def test_actors_load_the_model_at_start_only_when_they_will_encode(sl, first):
     for cache, preload in ((True, False), (False, True)):
         ds, _ = embedded_corpus(spec, data, model_path, plan_actors(None), batch_size=1024, cache=cache)
         assert ds._logical_plan.dag.fn_constructor_kwargs["preload"] is preload
+
+
+def test_every_served_mode_is_ranked_and_the_served_one_is_reported(sl, first):
+    """Dense and hybrid are both ranked (hybrid: the same vectors fused with Qdrant's BM25 by
+    the engine); `metrics` are the spec's mode's, and a spec serving hybrid reads the cached
+    scores of the same model in that mode instead of ranking again."""
+    from vectune import pipeline
+    from vectune.evaluate import stage
+
+    spec, result = first
+    base = result["base"]
+    assert base["mode"] == "dense" and set(base["modes"]) == {"dense", "hybrid"}
+    assert base["metrics"] == base["modes"]["dense"]
+    dense, hybrid = base["modes"]["dense"], base["modes"]["hybrid"]
+    assert hybrid != dense and all(0.0 < v <= 1.0 for v in hybrid.values())
+    # fusion brings BM25's documents in: recall@100 of hybrid is at least that of either alone
+    assert hybrid["recall@100"] >= min(dense["recall@100"], result["bm25"]["metrics"]["recall@100"]) - 1e-9
+
+    def must_not_rank(*args, **kwargs):
+        raise AssertionError("the cached scores hold every mode: nothing to rank again")
+
+    hybrid_spec = spec.derived(search=spec.search.model_copy(update={"mode": "hybrid"}))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(stage, "rank_modes", must_not_rank)
+        again = pipeline.evaluate(hybrid_spec)
+    assert again["base"]["mode"] == "hybrid" and again["base"]["metrics"] == hybrid

@@ -2,6 +2,6 @@
 
 from vectune.evaluate.bm25 import gains_over
 from vectune.evaluate.metrics import score_run
-from vectune.evaluate.stage import Evaluation, evaluate_model, retrieve
+from vectune.evaluate.stage import Evaluation, evaluate_model, rank_modes
 
-__all__ = ["Evaluation", "evaluate_model", "gains_over", "retrieve", "score_run"]
+__all__ = ["Evaluation", "evaluate_model", "gains_over", "rank_modes", "score_run"]

@@ -21,18 +21,25 @@ log = logging.getLogger(__name__)
 
 
 def scores_digest(spec: Spec) -> str:
-    """What changes a model's scores on a split: the data and model sections, and of the
-    evaluate section its metrics and depth (not the gate, nor how the work is spread)."""
+    """What changes a model's scores on a split: the data and model sections, of the evaluate
+    section its metrics and depth, the fusion and BM25 settings hybrid ranks with and the
+    engine's version (not the gate, nor how the work is spread, nor which mode is served:
+    every mode is kept)."""
     import hashlib
 
     from vectune.embed.encoder import precision_identity
     from vectune.precision import resolved
 
+    from vectune.ranking import engine_version
+
     spec = resolved(spec)  # the digest keys the resolved precision, never `auto`
     dump = spec.canonical()
     evaluate = {k: dump["evaluate"][k] for k in ("metrics", "k")}
     model = dump["model"] | {"precision": precision_identity(spec.model.precision)}  # int8 with its recipe
-    blob = json.dumps({"data": dump["data"], "model": model, "evaluate": evaluate}, sort_keys=True)
+    # every served mode is ranked: hybrid's fusion and its BM25 half change those scores
+    search = {k: v for k, v in dump["search"].items() if k != "mode"}
+    blob = json.dumps({"data": dump["data"], "model": model, "evaluate": evaluate, "search": search,
+                       "bm25": dump["bm25"], "engine": f"qdrant-edge-py {engine_version()}"}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -54,8 +61,9 @@ def _load(path: Path | None) -> Evaluation | None:
         return None
     try:
         saved = json.loads(path.read_text())
-        return Evaluation(per_query=saved.pop("per_query"), **{k: saved[k] for k in (
-            "split", "model", "fingerprint", "metrics", "num_queries", "seconds")})
+        return Evaluation(per_query=saved.pop("per_query"), mode=saved.get("mode", "dense"),
+                          modes=saved.get("modes_full") or {}, **{k: saved[k] for k in (
+                              "split", "model", "fingerprint", "metrics", "num_queries", "seconds")})
     except (ValueError, KeyError, TypeError) as exc:  # a torn write: score again
         log.warning("ignoring the cached scores %s (%s)", path, exc)
         return None
@@ -66,7 +74,8 @@ def _save(path: Path | None, result: Evaluation) -> None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({**result.summary(), "seconds": result.seconds, "per_query": result.per_query}))
+    tmp.write_text(json.dumps({**result.summary(), "seconds": result.seconds, "per_query": result.per_query,
+                               "modes_full": result.modes}))
     os.replace(tmp, path)
 
 
@@ -75,8 +84,8 @@ def scored(spec: Spec, data: DomainData, model_path: str, split: str) -> tuple[E
     fingerprint = model_fingerprint(model_path)
     path = _path(spec, fingerprint, split)
     cached = _load(path)
-    if cached is not None:
-        return cached, True
+    if cached is not None and spec.search.mode in cached.modes:
+        return cached.in_mode(spec.search.mode), True
     result = evaluate_model(spec, data, model_path, split)
     _save(path, result)
     return result, False

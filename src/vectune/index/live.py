@@ -90,17 +90,18 @@ def search(spec: Spec, text: str, *, k: int = 10, model: str | None = None, forc
 
 def serving_model(spec: Spec) -> dict | None:
     """The model stamped on the collection behind the spec's alias: {collection, run_id,
-    path, fingerprint}; None when the alias serves nothing (yet)."""
+    path, fingerprint, sparse (it holds BM25 vectors)}; None when the alias serves nothing (yet)."""
     store = connect(spec)
     try:
         live = cols.live_collection(store, cols.alias_name(spec))
         stamp = cols.read_stamp(store, live) if live else None
+        sparse = store.layout(live).sparse if stamp else False
     finally:
         store.close()
     if not stamp:
         return None
     return {"collection": live, "run_id": stamp.get("run_id"), "path": stamp.get("model_path"),
-            "fingerprint": stamp.get("model_fingerprint")}
+            "fingerprint": stamp.get("model_fingerprint"), "sparse": sparse}
 
 
 def list_collections(spec: Spec) -> dict:
