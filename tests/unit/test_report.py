@@ -175,3 +175,26 @@ def test_write_report_default_path_and_cli(run_dir, tmp_path):
     assert out.read_text() == (run_dir / "report.html").read_text()
     bad = CliRunner().invoke(app, ["report", str(tmp_path / "nowhere")])
     assert bad.exit_code == 2 and "not a vectune run folder" in bad.output
+
+
+def test_report_shows_every_learning_rate_beside_the_starting_model(run_dir, tmp_path):
+    """train/settings.json as the train stage writes it: each rate's curve in the plot and the
+    table, why it stopped, the starting model's score and the verdict."""
+    import shutil
+
+    d = tmp_path / "run"
+    shutil.copytree(run_dir, d)
+    settings = {"primary": "ndcg@10", "base": {"ndcg@10": 0.7391},
+                "settings": [{"learning_rate": 5e-5, "steps_run": 50, "stopped": "ran its budget",
+                              "curve": [{"step": 13, "ndcg@10": 0.7551}, {"step": 26, "ndcg@10": 0.7951}]},
+                             {"learning_rate": 1.5e-5, "steps_run": 13,
+                              "stopped": "stopped at step 13: behind an earlier learning rate there",
+                              "curve": [{"step": 13, "ndcg@10": 0.7402}]}],
+                "chosen": {"learning_rate": 5e-5, "step": 26, "weight": 0.75, "beats_base": True}}
+    (d / "train").mkdir(exist_ok=True)
+    (d / "train" / "settings.json").write_text(json.dumps(settings))
+    page = render_report(d)
+    assert "start (before step 1)" in page and "0.7391" in page
+    assert page.count("lr 5e-05") >= 3 and "lr 1.5e-05" in page  # two rows of 5e-5 and the kept line
+    assert "behind an earlier learning rate" in page and "beats the starting model" in page
+    assert len(_images(page)) > len(_images(render_report(run_dir)))  # the validation plot joined

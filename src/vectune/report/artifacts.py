@@ -40,6 +40,8 @@ class RunArtifacts:
         audit: `mine/mine_audit.json`.
         validation: `train/validation.jsonl`: each checkpoint's score on the validation queries.
         interpolation: `train/interpolation.json`: the base/tuned mixing curve and the weight kept.
+        settings: `train/settings.json`: every learning rate tried, its validation curve and why it
+            stopped, the starting model's score, and what was kept.
     """
 
     dir: Path
@@ -51,6 +53,7 @@ class RunArtifacts:
     validation: list[dict] | None = None
     interpolation: dict | None = None
     triples: list[dict] | None = None
+    settings: dict | None = None
 
     @classmethod
     def read(cls, run_dir: str | Path) -> "RunArtifacts":
@@ -64,7 +67,8 @@ class RunArtifacts:
         return cls(dir=d, manifest=_json(d / "manifest.json") or {}, metrics=_json(d / "metrics.json"),
                    per_query=per_query, loss=_jsonl(d / "train" / "loss.jsonl"),
                    audit=_json(d / "mine" / "mine_audit.json"), validation=_jsonl(d / "train" / "validation.jsonl"),
-                   interpolation=_json(d / "train" / "interpolation.json"), triples=_triples(d / "mine" / "triples.parquet"))
+                   interpolation=_json(d / "train" / "interpolation.json"), triples=_triples(d / "mine" / "triples.parquet"),
+                   settings=_json(d / "train" / "settings.json"))
 
     def query_text(self, split: str, qid: str) -> str:
         """The text of a query of `split` (from `per_query/queries-<split>.json`), or ''."""

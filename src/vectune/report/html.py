@@ -123,19 +123,32 @@ def _per_query(a: RunArtifacts, metric: str = GAIN_METRIC) -> str:
 
 def _train(a: RunArtifacts) -> str:
     info = a.manifest.get("stages", {}).get("train")
-    if not a.loss and not info:
+    if not a.loss and not info and not a.settings:
         return _missing("train stage")
     parts = []
     if info:
         outputs = {k: v for k, v in (info.get("outputs") or {}).items()}
         parts.append(_kv({"status": info.get("status"), "seconds": info.get("seconds"), **outputs}))
     parts.append(_img(plots.loss_curve(a.loss), "training loss") if a.loss else _missing("loss log"))
-    if a.validation or a.interpolation:
-        metric = (a.interpolation or {}).get("primary") or next(
+    if a.validation or a.interpolation or a.settings:
+        metric = (a.settings or {}).get("primary") or (a.interpolation or {}).get("primary") or next(
             (k for k in (a.validation or [{}])[0] if k != "step"), "ndcg@10")
         parts.append("<h3>validation on held-out training queries</h3>")
-        parts.append(_img(plots.validation_curves(a.validation, a.interpolation, metric),
-                          "validation per checkpoint and per mixing weight"))
+        parts.append(_img(plots.validation_curves(a.validation, a.interpolation, metric, a.settings),
+                          "validation per checkpoint of each learning rate, and per mixing weight"))
+        if a.settings and a.settings.get("settings"):
+            base = (a.settings.get("base") or {}).get(metric)
+            rows = [["start (before step 1)", "", base, ""]]
+            for s in a.settings["settings"]:
+                for c in s.get("curve") or []:
+                    rows.append([f"lr {s['learning_rate']:g}", c["step"], c.get(metric), s.get("stopped", "")])
+            parts.append(_table(["setting", "step", f"validation {metric}", "ended"], rows))
+            chosen = a.settings.get("chosen") or {}
+            verdict = ("beats the starting model" if chosen.get("beats_base") else
+                       "does not beat the starting model: the run stopped before the gate"
+                       if chosen.get("beats_base") is False else "")
+            parts.append(f"<p>kept: lr {_e(chosen.get('learning_rate'))}, step {_e(chosen.get('step'))}, "
+                         f"tuned weight {_e(chosen.get('weight'))}; {_e(verdict)}</p>")
         if a.interpolation:
             curve = a.interpolation.get("curve") or []
             names = [k for k in (curve[0] if curve else {}) if k != "weight"]

@@ -60,13 +60,28 @@ def loss_curve(rows: list[dict]) -> str:
     return _png(fig)
 
 
-def validation_curves(checkpoints: list[dict] | None, mixing: dict | None, metric: str) -> str:
-    """Validation `metric` per checkpoint step (left) and per base/tuned mixing weight (right)."""
+def validation_curves(checkpoints: list[dict] | None, mixing: dict | None, metric: str,
+                      settings: dict | None = None) -> str:
+    """Validation `metric` per checkpoint step (left: one curve per learning rate tried, the
+    starting model's score as a line) and per base/tuned mixing weight (right)."""
     fig, axes = plt.subplots(1, 2, figsize=(8.0, 3.0))
     left, right = axes
-    rows = [r for r in checkpoints or [] if r.get(metric) is not None]
-    if rows:
-        left.plot([r["step"] for r in rows], [r[metric] for r in rows], "o-", color=_COLORS["tuned"])
+    tried = (settings or {}).get("settings") or []
+    if tried:
+        for i, s in enumerate(tried):
+            rows = [r for r in s.get("curve") or [] if r.get(metric) is not None]
+            if rows:
+                early = s.get("stopped") not in (None, "ran its budget")
+                left.plot([r["step"] for r in rows], [r[metric] for r in rows], "o-",
+                          label=f"lr {s['learning_rate']:g}" + (" (stopped early)" if early else ""))
+        base = (settings.get("base") or {}).get(metric)
+        if base is not None:
+            left.axhline(base, ls="--", color="#444", lw=1, label=f"start: {base:.4f}")
+        left.legend(fontsize=7)
+    else:
+        rows = [r for r in checkpoints or [] if r.get(metric) is not None]
+        if rows:
+            left.plot([r["step"] for r in rows], [r[metric] for r in rows], "o-", color=_COLORS["tuned"])
     left.set_xlabel("checkpoint step")
     left.set_ylabel(f"validation {metric}")
     curve = (mixing or {}).get("curve") or []
