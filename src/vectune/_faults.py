@@ -11,7 +11,8 @@ through its signatures. Unset, or with no file, `hit` does nothing.
 Points:
     `index.upsert`: after each upsert request. `{"after": N}` raises on the N-th request of
         a process; `"mode": "hang"` hangs there instead (after touching `"marker"`, a file
-        a test waits for before killing the process).
+        a test waits for before killing the process), until the file `"release"` exists if
+        one is named (then every later request goes on).
     `index.alias`: in the embedded engine's alias swap, after the new record is written to its
         temporary file and fsynced, before the rename that publishes it. `index.verify`: in a
         full build, after the load and the index build, before verification. Both pause: they
@@ -76,8 +77,10 @@ def hit(point: str, **where) -> None:
         if cfg.get("mode") == "hang":
             if cfg.get("marker"):
                 Path(cfg["marker"]).write_text(str(_counts[point]))
-            while True:  # until the test kills the process
-                time.sleep(1)
+            release = Path(cfg["release"]) if cfg.get("release") else None
+            while release is None or not release.exists():  # until the test kills the process, or releases it
+                time.sleep(0.2)
+            return
         raise RuntimeError(f"injected failure after {_counts[point]} upsert batches ({ENV})")
     if point in ("index.alias", "index.verify"):
         if cfg.get("mode") == "raise":

@@ -67,21 +67,15 @@ def _kill_when(proc: subprocess.Popen, ready, what: str, limit: float = 600) -> 
 
 
 def _alias(store: Path):
-    from qdrant_client import QdrantClient
+    """(the alias's collection, every version) of the embedded store: records only, so no shard
+    a killed process may still hold is opened."""
+    from vectune.index.store import Target, open_store
 
-    deadline = time.monotonic() + 90
-    while True:  # the killed process's lock on the embedded store frees as it goes
-        try:
-            client = QdrantClient(path=str(store))
-            break
-        except RuntimeError:
-            assert time.monotonic() < deadline
-            time.sleep(1)
+    opened = open_store(Target(path=str(store)))
     try:
-        aliases = {a.alias_name: a.collection_name for a in client.get_aliases().aliases}
-        return aliases.get("slice"), {c.name for c in client.get_collections().collections}
+        return opened.alias("slice"), set(opened.collections())
     finally:
-        client.close()
+        opened.close()
 
 
 def test_killed_driver_resumes_training_and_reindex_under_the_same_run_id(spec_path, tmp_path, shm):

@@ -49,8 +49,8 @@ def test_a_killed_sync_reruns_to_the_new_corpus_and_reports_what_it_did(sliced, 
         assert cols.live_collection(client, "slice") == "slice__c1"  # readers kept their collection
         stamp = cols.read_stamp(client, "slice__c1")
         assert stamp["sync"]["state"] == "running" and stamp["sync"]["run_id"] == "c2"
-        half = {p.payload["doc_id"]: p.payload["text"] for p in
-                client.scroll("slice__c1", limit=1000, with_payload=["doc_id", "text"])[0]}
+        half = {r.payload["doc_id"]: r.payload["text"] for page in client.scroll("slice__c1", ["doc_id", "text"])
+                for r in page}
     finally:
         client.close()
     assert len(half) == N_DOCS  # the deletes come after the upserts: nothing was deleted yet
@@ -64,8 +64,8 @@ def test_a_killed_sync_reruns_to_the_new_corpus_and_reports_what_it_did(sliced, 
 
     client = _open(sliced)
     try:
-        stored = {p.payload["doc_id"]: p.payload["text"] for p in
-                  client.scroll("slice", limit=1000, with_payload=["doc_id", "text"])[0]}
+        stored = {r.payload["doc_id"]: r.payload["text"] for page in client.scroll("slice__c1", ["doc_id", "text"])
+                  for r in page}
         assert cols.read_stamp(client, "slice__c1")["sync"]["state"] == "done"
     finally:
         client.close()

@@ -65,11 +65,11 @@ def _alias(spec_path) -> str | None:
     from vectune.index import connect
     from vectune.index import collections as cols
 
-    client = connect(load_spec(spec_path))
+    store = connect(load_spec(spec_path))
     try:
-        return cols.live_collection(client, "slice")
+        return cols.live_collection(store, "slice")
     finally:
-        client.close()
+        store.close()
 
 
 @pytest.fixture(scope="module")

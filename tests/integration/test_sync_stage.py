@@ -1,6 +1,6 @@
 """Incremental sync for real: a 160-document SciFact slice whose corpus file changes between
 re-indexes (documents added, rewritten, removed), the packaged model, a local Ray and the
-embedded Qdrant engine on tmpfs. Each result is compared with what a full rebuild of the
+embedded engine (Qdrant Edge) on tmpfs. Each result is compared with what a full rebuild of the
 same corpus, in another store and with a cold embedding cache, holds."""
 
 from __future__ import annotations
@@ -75,11 +75,13 @@ def _change(sliced, scifact, *, modified: int, added: int, removed: int, seed: i
 
 def _points(spec) -> dict[str, tuple[np.ndarray, dict]]:
     """doc_id -> (unit vector, payload) of every point behind the spec's alias."""
-    client = connect(spec)
+    store = connect(spec)
     try:
-        points = client.scroll(cols.alias_name(spec), limit=10_000, with_payload=True, with_vectors=True)[0]
+        live = cols.live_collection(store, cols.alias_name(spec))
+        ids = [r.id for page in store.scroll(live) for r in page]
+        points = store.retrieve(live, ids, ["doc_id", "title", "text", "text_hash"], vectors=True)
     finally:
-        client.close()
+        store.close()
     out = {}
     for p in points:
         v = np.asarray(p.vector, dtype=np.float32)
@@ -118,7 +120,7 @@ def test_first_reindex_is_a_full_build_with_text_hashes(spec, first):
     client = connect(spec)
     try:
         stamp = cols.read_stamp(client, first["name"])
-        point = client.scroll(first["name"], limit=1, with_payload=True)[0][0]
+        point = next(iter(client.scroll(first["name"], ["text_hash"], page=1)))[0]
     finally:
         client.close()
     assert stamp["format"] == cols.FORMAT and stamp["precision"] == "fp32"

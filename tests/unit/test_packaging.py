@@ -250,7 +250,7 @@ def test_qdrant_server_image_is_compatible_with_the_locked_client():
 
 
 def test_qdrant_client_compatibility_check_is_on():
-    source = (REPO / "src" / "vectune" / "index" / "client.py").read_text()
+    source = (REPO / "src" / "vectune" / "index" / "server.py").read_text()
     assert "check_compatibility=True" in source and "check_compatibility=False" not in source
 
 

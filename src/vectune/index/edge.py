@@ -419,7 +419,8 @@ class EdgeStore:
         return _hits(self._call(name, "run a hybrid query", lambda s: s.query(request)))
 
     def build_index(self, name: str, hnsw: Hnsw, *, timeout: float = 3600.0) -> dict:
-        """Build HNSW over what was loaded (`optimize()`, blocking) and record it in the version record.
+        """Build HNSW over what was loaded (`optimize()`, blocking), record it in the version record,
+        and close the shard, so the next reader (verification) loads it from disk.
 
         Needs about the shard's size again in free space while the optimised segment is written."""
         qe = _edge()
@@ -442,6 +443,8 @@ class EdgeStore:
         self._call(name, "build the index", lambda s: s.optimize())
         self._call(name, "flush", lambda s: s.flush())
         info = self._call(name, "describe the shard", lambda s: s.info())
+        # closed: whatever reads it next (verification first) loads it from its files, as a reader will
+        self._shards.pop(name).close()
         built = {"built": _now(), "seconds": round(time.perf_counter() - start, 2), "points": info.points_count,
                  "indexed_vectors": info.indexed_vectors_count, "segments": info.segments_count,
                  "m": hnsw.m, "ef_construct": hnsw.ef_construct, "ef": hnsw.ef}
@@ -455,7 +458,9 @@ class EdgeStore:
         for shard in shards.values():
             try:
                 shard.close()
-            except Exception as exc:  # noqa: BLE001 - closing the others matters more
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # noqa: BLE001 - a panicked shard; closing the others matters more
                 log.warning("closing a Qdrant Edge shard: %s", _reason(exc))
         if self._temporary:
             shutil.rmtree(self.root, ignore_errors=True)

@@ -27,7 +27,7 @@ from vectune.embed import compact_cache, embed_dataset, encoder_config, model_fi
 from vectune.embed.dataset import expects_encoding
 from vectune.embed.encoder import Encoder
 from vectune.runtime import ray_session
-from vectune.errors import IndexingError, Problem, SpecError, root_cause
+from vectune.errors import IndexingError, Problem, SpecError, VectuneError, root_cause
 from vectune.precision import resolved
 from vectune.progress import track
 from vectune.index import collections as cols
@@ -317,6 +317,9 @@ def _load(store: Store, spec: Spec, data: DomainData, name: str, cfg) -> int:
 def write_failure(where: Target, exc: BaseException) -> str:
     """Why a write failed, in one line; for the embedded engine, whether its disk filled up
     (its writer dies of SIGBUS then, and Ray only says the actor died)."""
+    own = _own_error(exc)
+    if own is not None:  # vectune's own message, not what Ray appended to it on the way
+        return f"{type(own).__name__}: {own}"[:1000]
     reason = root_cause(exc)
     if where.embedded and where.path:
         from vectune.index.edge import MIN_FREE, free_bytes
@@ -330,6 +333,17 @@ def write_failure(where: Target, exc: BaseException) -> str:
                     "Qdrant Edge's writer dies on a full disk. Free some space and re-run the same command "
                     "(the build resumes)")
     return reason
+
+
+def _own_error(exc: BaseException | None) -> BaseException | None:
+    """The vectune error a Ray-wrapped chain carries, as raised (not Ray's copy of it), or None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, VectuneError) and type(exc).__module__.startswith("vectune"):
+            return exc
+        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+    return None
 
 
 def _verify(store, name, spec, data, model_path, *, seed, encoder):

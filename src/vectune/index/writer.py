@@ -21,6 +21,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from vectune import _faults
+from vectune.errors import root_cause
 from vectune.index.store import PAGE, Record, Store, Target, open_store, pages
 from vectune.index.points import point_id
 
@@ -158,6 +159,8 @@ class ActorStore:
 
         try:
             _get(self.actor.close.remote())
+        except Exception as exc:  # noqa: BLE001 - an owner that died (its shards' locks went with it)
+            log.warning("the embedded engine's owner did not close cleanly: %s", root_cause(exc))
         finally:
             ray.kill(self.actor)
 
