@@ -1,5 +1,6 @@
 """The mine audit: counts, what each guard dropped, score distributions (with histogram
-bins on shared edges, for a later report), and a check of the output itself."""
+bins on shared edges, for a later report), what the fallback did and its estimated
+false-negative rate, how the row budget was spent, and a check of the output itself."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections import Counter
 
 import numpy as np
 
+from vectune.mine.budget import budget_report, spread
 from vectune.mine.select import GUARDS, normalise
 
 PERCENTILES = (5, 25, 50, 75, 95)
@@ -54,11 +56,86 @@ def score_report(positive: list[float], negative: list[float], difference: list[
     }
 
 
-def build_audit(spec, labels, pairs, positives: dict, shown: dict, texts: dict, choices: dict, rows: dict,
+def _mean(values) -> float | None:
+    return round(float(np.mean(values)), 6) if len(values) else None
+
+
+def fallback_report(spec, choices: dict) -> dict:
+    """The `fallback` block: rows whose window came out empty, what the deeper search gave
+    them, the bands it used and refused, and the estimated false-negative rate of its
+    negatives beside that of the ordinary ones (the same estimator on the same bands)."""
+    fb = spec.mine.fallback
+    rows = list(choices.items())
+    judgements = list({id(c): c for c in choices.values()}.values())
+    tried = [c.fallback for c in judgements if c.fallback is not None]
+    bands = [b for f in tried for b in f.bands]
+    emptied_rows = Counter(c.window_emptied_by for _, c in rows if c.window_emptied_by)
+    by_query: dict[str, list] = {}
+    for (q, _), c in rows:
+        by_query.setdefault(q, []).append(c)
+    emptied_queries = Counter(Counter(c.window_emptied_by for c in cs).most_common(1)[0][0]
+                              for cs in by_query.values() if all(c.window_emptied_by for c in cs))
+    taken = [c for _, c in rows if c.from_fallback]
+    fb_estimates = [e for c in taken for e in c.estimates[len(c.ids) - c.from_fallback:] if e is not None]
+    ordinary = [e for _, c in rows for e in c.estimates[: len(c.ids) - c.from_fallback] if e is not None]
+    used = [b for b in bands if b.status == "used"]
+    refused = [b for b in bands if b.status == "refused"]
+    dropped = Counter()
+    for f in tried:
+        dropped.update(f.dropped)
+    return {
+        "enabled": fb.enabled, "depth": fb.depth, "band": fb.band,
+        "max_false_negative_rate": fb.max_false_negative_rate, "label_recall": fb.label_recall,
+        "estimator": "labelled positives per other document in the negative's band of ranks, "
+                     "x (1 - label_recall) / label_recall",
+        "windows_emptied": {"rows": int(sum(emptied_rows.values())), "queries": int(sum(emptied_queries.values())),
+                            "queries_with_an_emptied_row": int(sum(any(c.window_emptied_by for c in cs)
+                                                                   for cs in by_query.values())),
+                            "by_guard": {"rows": dict(emptied_rows.most_common()),
+                                         "queries": dict(emptied_queries.most_common())}},
+        "rows_with_fallback_negatives": len(taken),
+        "queries_with_fallback_negatives": int(sum(any(c.from_fallback for c in cs) for cs in by_query.values())),
+        "rows_refused_by_cap": int(sum(c.emptied_by == "fallback_cap" for _, c in rows)),
+        "rows_nothing_found": int(sum(c.fallback is not None and not c.ids and not c.fallback.refused
+                                      for _, c in rows)),
+        "negatives": int(sum(c.from_fallback for c in taken)),
+        "rank": describe([r for c in taken for r in c.ranks[len(c.ids) - c.from_fallback:]]),
+        "candidates": int(sum(f.considered for f in tried)),
+        "dropped": {name: int(dropped.get(name, 0)) for name in GUARDS},
+        "bands": {"visited": len(bands), "used": len(used), "refused": len(refused),
+                  "empty": int(sum(b.status == "empty" for b in bands)),
+                  "refused_survivors": int(sum(b.survivors for b in refused)),
+                  "refused_estimate": describe([b.estimate for b in refused])},
+        "labelled_positive_density_of_used_bands": (
+            round(sum(b.labelled for b in used) / sum(b.candidates for b in used), 6) if used else None),
+        "false_negative_rate": {"fallback": _mean(fb_estimates),
+                                "fallback_max": round(max(fb_estimates), 6) if fb_estimates else None,
+                                "ordinary": _mean(ordinary)},
+    }
+
+
+def output_report(spec, rows: dict) -> dict:
+    """The `output` block: rows, queries, positives per query and negatives per row, as
+    written to triples.parquet (the train stage then holds out its validation queries)."""
+    per_query = Counter(rows["query_id"])
+    n_neg = [len(x) for x in rows["negative_ids"]]
+    fallback = rows["fallback_negatives"]
+    return {
+        "rows": len(rows["query_id"]), "queries": len(per_query),
+        "positives_per_query": spread(per_query.values()),
+        "negatives_per_row": spread(n_neg, exact_up_to=spec.mine.num_negatives),
+        "rows_with_hard_negatives": int(sum(n > 0 for n in n_neg)),
+        "rows_with_fallback_negatives": int(sum(f > 0 for f in fallback)),
+        "negatives": {"window": int(sum(n_neg) - sum(fallback)), "fallback": int(sum(fallback))},
+    }
+
+
+def build_audit(spec, labels, plan, positives: dict, shown: dict, texts: dict, choices: dict, rows: dict,
                 cache: dict, clock: dict) -> dict:
     """The audit of one mine (the stage adds run, model and path entries).
 
     Args:
+        plan: the pairs mined (`budget.PairPlan`).
         positives: every labelled positive per mined query; shown: click-log shown documents.
         texts: document texts the stage fetched (positives and chosen negatives at least).
         choices: `select.Choice` per (query id, positive id) row; rows: the output columns.
@@ -73,7 +150,8 @@ def build_audit(spec, labels, pairs, positives: dict, shown: dict, texts: dict, 
         for name, n in c.dropped.items():
             dropped[name] += n
     dup_examples = [{"query_id": q, "doc_id": d}
-                    for q, c in {q: c for (q, _), c in choices.items()}.items() for d in c.duplicates][:20]
+                    for q, c in {q: c for (q, _), c in choices.items()}.items()
+                    for d in c.duplicates + (c.fallback.duplicates if c.fallback else [])][:20]
     n_neg = [len(x) for x in rows["negative_ids"]]
     pos_scores = rows["positive_score"]
     neg_scores = [s for ss in rows["negative_scores"] for s in ss]
@@ -104,7 +182,7 @@ def build_audit(spec, labels, pairs, positives: dict, shown: dict, texts: dict, 
         "pairs_in": labels.num_pairs,
         "labels_dropped": dict(labels.dropped),
         "queries_mined": len(by_query),
-        "pairs_mined": len(pairs),
+        "pairs_mined": len(plan.pairs),
         "triples_out": len(rows["query_id"]),
         "negatives_out": int(sum(n_neg)),
         "queries_short": int(sum(min(len(c.ids) for c in cs) < m.num_negatives for cs in by_query.values())),
@@ -121,7 +199,13 @@ def build_audit(spec, labels, pairs, positives: dict, shown: dict, texts: dict, 
         "duplicates_of_positives": {"dropped": dropped["duplicate_of_positive"], "examples": dup_examples},
         "shown": {"candidates": int(sum(len(s) for s in shown.values())),
                   "negatives": int(sum(c.from_shown for c in choices.values()))},
-        "checks": {"negatives_equal_to_positive": int(equal), "negatives_labelled_positive": int(labelled)},
+        "checks": {"negatives_equal_to_positive": int(equal), "negatives_labelled_positive": int(labelled),
+                   "fallback_negatives_above_cap": int(sum(
+                       e is not None and e > m.fallback.max_false_negative_rate
+                       for c in choices.values() for e in c.estimates[len(c.ids) - c.from_fallback:]))},
+        "fallback": fallback_report(spec, choices),
+        "budget": budget_report(spec, labels, plan),
+        "output": output_report(spec, rows),
         "scores": score_report(pos_scores, neg_scores, diff),
         "embedding_cache": {
             "enabled": bool(folder),
@@ -135,7 +219,8 @@ def build_audit(spec, labels, pairs, positives: dict, shown: dict, texts: dict, 
             "embed_and_search": round(t["search"] - t["queries"], 2),
             "candidates": round(t["candidates"] - t["search"], 2),
             "select": round(t["select"] - t["candidates"], 2),
-            "texts_and_write": round(t["write"] - t["select"], 2),
+            "fallback": round(t["fallback"] - t["select"], 2),
+            "texts_and_write": round(t["write"] - t["fallback"], 2),
             "total": round(time.perf_counter() - t["start"], 2),
         },
     }
@@ -153,28 +238,51 @@ _ADVICE = {
     "duplicate_of_negative": "de-duplicate the corpus",
     "window": "lower mine.range_min",
     "no_candidates": "check the corpus: the search found no candidates",
+    "fallback_cap": "the fallback found deeper candidates but among too many labelled positives: raise "
+                    "mine.fallback.max_false_negative_rate, or mine.fallback.label_recall where the labels are "
+                    "known to be near complete",
 }
+
+#: what the fallback adds to the advice on a guard that emptied windows
+_DEEPER = {True: "; or let the fallback search deeper (mine.fallback.depth)",
+           False: "; or set mine.fallback.enabled: true (negatives from deeper ranks for emptied rows)"}
 
 
 def preflight(audit: dict) -> dict:
     """What the train stage is about to get from this mine, checked before it starts.
 
     Returns:
-        `share` (of mined queries with at least one hard negative), `low` (below
-        LOW_SHARE), the guard that emptied most queries with its figures, and a message.
+        `share` (of mined queries with at least one hard negative, the fallback's
+        included), `low` (below LOW_SHARE), the guard that emptied most queries with its
+        figures, the fallback's share and estimated false-negative rate, and a message.
     """
     mined = audit.get("queries_mined", 0)
     share = audit.get("share_of_queries_with_negatives", 1.0 if mined else 0.0)
     emptied = (audit.get("emptied_by") or {}).get("queries") or {}
     guard = max(emptied, key=emptied.get) if emptied else None
-    message = (f"{audit.get('queries_with_negatives', 0)} of {mined} mined queries ({share:.0%}) have hard "
-               f"negatives; {audit.get('rows_without_negatives', 0)} of {audit.get('triples_out', 0)} rows have none")
+    fb = audit.get("fallback") or {}
+    rescued = fb.get("queries_with_fallback_negatives", 0)
+    rate = (fb.get("false_negative_rate") or {})
+    message = f"{audit.get('queries_with_negatives', 0)} of {mined} mined queries ({share:.0%}) have hard negatives"
+    if rescued:
+        ordinary = rate.get("ordinary")
+        message += (f" ({rescued} of them from the fallback, {fb.get('depth')} ranks deeper: estimated "
+                    f"false-negative rate {rate.get('fallback') or 0:.3f}"
+                    + (f" against {ordinary:.3f} in ordinary windows" if ordinary is not None else "") + ")")
+    message += f"; {audit.get('rows_without_negatives', 0)} of {audit.get('triples_out', 0)} rows have none"
     if guard:
         dropped = (audit.get("dropped") or {}).get(guard)
         figures = f"{guard} emptied {emptied[guard]} queries"
-        if dropped is not None and guard in (audit.get("dropped") or {}):
+        if guard == "fallback_cap":
+            figures += (f" (its bands above {fb.get('max_false_negative_rate')} held "
+                        f"{(fb.get('bands') or {}).get('refused_survivors', 0):,} candidates)")
+        elif dropped is not None and guard in (audit.get("dropped") or {}):
             figures += f" and dropped {dropped:,} of {audit.get('candidates', 0):,} candidates"
-        message += f"; {figures} (reference: {audit.get('reference', 'weakest')}); to mine more, " + \
-            _ADVICE.get(guard, "loosen that guard")
+        advice = _ADVICE.get(guard, "loosen that guard")
+        if guard in GUARDS or guard == "window":
+            advice += _DEEPER[bool(fb.get("enabled", False))]
+        message += f"; {figures} (reference: {audit.get('reference', 'weakest')}); to mine more, " + advice
     return {"share": share, "low": share < LOW_SHARE, "guard": guard,
-            "queries_emptied": emptied.get(guard, 0) if guard else 0, "message": message}
+            "queries_emptied": emptied.get(guard, 0) if guard else 0,
+            "queries_from_fallback": rescued, "fallback_false_negative_rate": rate.get("fallback"),
+            "message": message}

@@ -4,8 +4,9 @@ Top to bottom: read and cap the training labels; embed the queries (driver, cach
 the corpus (Ray Data encoder pool, cached); exact top-k search in Ray tasks; one light
 pass over the corpus for the candidates' text hashes (and the positives' texts, and
 cross-encoder scores when one is set); choose the negatives on the driver
-(`vectune.mine.select`); one light pass for the chosen negatives' texts; write
-`mine/triples.parquet` and `mine/mine_audit.json`.
+(`vectune.mine.select`); for the queries with a row whose window came out empty, a deeper
+search and one light pass for the new candidates (`vectune.mine.fallback`); one light pass
+for the chosen negatives' texts; write `mine/triples.parquet` and `mine/mine_audit.json`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ from vectune.embed import (EmbeddingCache, Encoder, encode_texts, encoder_config
                            resolve_model)
 from vectune.errors import Problem, SpecError
 from vectune.mine.audit import build_audit
+from vectune.mine.budget import natural as _natural
+from vectune.mine.budget import pair_cap, plan_pairs, select_pairs
 from vectune.mine.candidates import ExactScorer, pair_scores, search_corpus
+from vectune.mine.fallback import complete_rows
 from vectune.mine.lookup import DocFacts, gather
 from vectune.mine.select import QueryCandidates, choose_rows
 from vectune.precision import resolved
@@ -52,11 +56,13 @@ SCHEMA = pa.schema([
     ("negative_ids", pa.list_(pa.string())),
     ("negatives", pa.list_(pa.string())),
     ("negative_scores", pa.list_(pa.float32())),
+    # added with the fallback (triples written before lack them; the train stage needs none)
+    ("positive_rank", pa.int32()),  # the positive's place in its query's round-robin order
+    ("fallback_negatives", pa.int32()),  # how many of the negatives (the last ones) the fallback gave
+    ("negative_ranks", pa.list_(pa.int32())),  # each negative's rank in the query's search (-1: shown only)
 ])
 
-
-def _natural(value: str):
-    return (0, int(value), "") if value.isdigit() else (1, 0, value)
+__all__ = ["AUDIT", "SCHEMA", "TRIPLES", "mine", "pair_cap", "select_pairs", "stage_inputs", "training_labels"]
 
 
 def training_labels(spec: Spec, data: DomainData) -> Labels:
@@ -76,56 +82,6 @@ def stage_inputs(spec: Spec, data: DomainData) -> dict:
         "files": data.file_hashes(),
         "model": model_fingerprint(resolve_model(spec.model.base, spec.base_dir)),
     }
-
-
-#: `mine.max_pairs: auto` mines this much more than the training budget's rows, for the
-#: validation queries the train stage holds out and batches the no-duplicates sampler leaves
-_AUTO_SLACK = 1.15
-
-
-def pair_cap(spec: Spec) -> int | None:
-    """`mine.max_pairs` as a number: `auto` is what `train.max_steps` batches can use."""
-    cap = spec.mine.max_pairs
-    if cap == "auto":
-        t = spec.train
-        return None if t.max_steps is None else math.ceil(t.max_steps * t.batch_size * _AUTO_SLACK)
-    return cap
-
-
-def select_pairs(spec: Spec, labels: Labels) -> list[tuple[str, str]]:
-    """The (query id, positive id) pairs to mine, after the seeded caps.
-
-    `max_queries` draws queries uniformly; `max_pairs` then takes pairs round-robin across
-    the queries (each query's positives shuffled, higher grades first), so every query
-    keeps about the same number of pairs: uniform sampling over pairs would hand most of
-    the budget to the few queries with hundreds of positives.
-    """
-    m = spec.mine
-    rng = np.random.default_rng(m.seed)
-    qids = sorted(labels.qrels, key=_natural)
-    if m.max_queries and len(qids) > m.max_queries:
-        keep = set(rng.choice(len(qids), size=m.max_queries, replace=False).tolist())
-        qids = [q for i, q in enumerate(qids) if i in keep]
-    cap = pair_cap(spec)
-    total = sum(len(labels.qrels[q]) for q in qids)
-    if not cap or total <= cap:
-        return [(q, d) for q in qids for d in sorted(labels.qrels[q], key=_natural)]
-    order = [qids[i] for i in rng.permutation(len(qids))]
-    queues = {}
-    for q in order:
-        docs = sorted(labels.qrels[q], key=_natural)
-        shuffled = [docs[i] for i in rng.permutation(len(docs))]
-        queues[q] = sorted(shuffled, key=lambda d: -labels.qrels[q][d])  # stable: grade, then shuffled
-    chosen: set[tuple[str, str]] = set()
-    depth = 0
-    while len(chosen) < cap:
-        for q in order:
-            if depth < len(queues[q]):
-                chosen.add((q, queues[q][depth]))
-                if len(chosen) == cap:
-                    break
-        depth += 1
-    return [(q, d) for q in qids for d in sorted(labels.qrels[q], key=_natural) if (q, d) in chosen]
 
 
 def mine(spec: Spec, data: DomainData, run: Run, *, force: bool = False) -> dict:
@@ -162,7 +118,8 @@ def _mine(spec: Spec, data: DomainData, run: Run) -> dict:
         clock[name] = time.perf_counter()
 
     labels = training_labels(spec, data)
-    pairs = select_pairs(spec, labels)
+    plan = plan_pairs(spec, labels)
+    pairs = plan.pairs
     qids = list(dict.fromkeys(q for q, _ in pairs))
     qindex = {q: i for i, q in enumerate(qids)}
     # every labelled positive guards, and so do documents graded below `min_relevance`
@@ -182,47 +139,74 @@ def _mine(spec: Spec, data: DomainData, run: Run) -> dict:
     queries = encode_texts([labels.queries[q] for q in qids], q_cfg, encoder=q_encoder)
     lap("queries")
     depth = {q: m.range_max + len(positives[q]) for q in qids}
-    top, d_cfg, embedded_by = search_corpus(spec, data, model_path, queries, max(depth.values()) + _SLACK)
+    k = max(depth.values()) + _SLACK
+    # without an embedding cache a second search would encode the corpus again: search as
+    # deep as the fallback may need at once (with a cache, only its queries search again)
+    ahead = m.fallback.enabled and not d_cfg.cache_dir
+    top, d_cfg, embedded_by = search_corpus(spec, data, model_path, queries,
+                                            k + m.fallback.depth if ahead else k)
     lap("search")
 
     # 2. one light pass: text hashes of every candidate, texts of positives and shown documents
-    pool = {}
-    for q in qids:
-        row_ids, row_scores = top.ids[qindex[q]], top.scores[qindex[q]]
-        ok = [i for i, d in enumerate(row_ids) if d != "" and np.isfinite(row_scores[i])]
-        pool[q] = ([str(row_ids[i]) for i in ok], np.asarray(row_scores, dtype=np.float32)[ok])
+    pool = {q: _ranked(top, qindex[q], k) for q in qids}
     extra = {d for q in qids for d in positives[q] + shown[q]}
     wanted = {d for ids, _ in pool.values() for d in ids} | extra
     blocks = max(2, math.ceil(data.corpus.count / m.batch_size))
-    cross = _cross_plan(spec, qids, labels, pool, positives, shown) if m.cross_encoder else None
+    cross = _cross_plan(spec, [labels.queries[q] for q in qids], {
+        qindex[q]: pool[q][0] + positives[q] + shown[q] for q in qids}) if m.cross_encoder else None
     facts = gather(data, wanted, extra, prefix=d_cfg.prefix, blocks=blocks, cross=cross)
     lap("candidates")
 
     # 3. exact scores, the candidates of each query cut to its depth, then the choice
     score = _Scores(facts, queries, qindex, d_cfg, extra, cross is not None)
-    choices, positive_scores = {}, {}
+    choices, positive_scores, cands = {}, {}, {}
     for q in qids:
-        ids, search_scores = pool[q]
-        bi = score.bi_encoder(q, ids, search_scores)
-        # ties (the same text scores the same) broken by id, so the cut never depends on order
-        order = sorted(range(len(ids)), key=lambda i: (-bi[i], ids[i]))[: depth[q]]
-        ids = [ids[i] for i in order]
+        ids, scores = score.ranking(q, *pool[q], depth[q])
         pos = score(q, positives[q])
         positive_scores.update({(q, p): float(v) for p, v in zip(positives[q], pos)})
-        qc = QueryCandidates(
+        cands[q] = qc = QueryCandidates(
             query_id=q, positive_ids=positives[q], positive_keys=[facts.keys[p] for p in positives[q]],
-            positive_scores=pos, ids=ids, scores=score(q, ids, bi[order]), keys=[facts.keys[d] for d in ids],
+            positive_scores=pos, ids=ids, scores=scores, keys=[facts.keys[d] for d in ids],
             shown_ids=shown[q], shown_scores=score(q, shown[q]), shown_keys=[facts.keys[d] for d in shown[q]],
         )
         for p, choice in choose_rows(m, qc, rows_of[q]).items():
             choices[(q, p)] = choice
     lap("select")
 
-    # 4. texts of the chosen negatives only, then the rows
+    # 4. the fallback: a deeper ranking for the queries with a row whose window is empty
+    needy = [q for q in qids if any(not choices[(q, p)].ids for p in rows_of[q])] if m.fallback.enabled else []
+    if needy:
+        log.info("mine: %d queries have rows without negatives: searching %d ranks deeper", len(needy),
+                 m.fallback.depth)
+        deep = top if ahead else search_corpus(spec, data, model_path, queries[[qindex[q] for q in needy]],
+                                               k + m.fallback.depth)[0]
+        row_of = {q: qindex[q] for q in needy} if ahead else {q: i for i, q in enumerate(needy)}
+        deep_pool = {q: _ranked(deep, row_of[q], k + m.fallback.depth) for q in needy}
+        if m.cross_encoder:  # the cross-encoder scores each new (query, candidate) pair
+            todo = {qindex[q]: [d for d in deep_pool[q][0] if (qindex[q], d) not in facts.cross] for q in needy}
+            more = _cross_plan(spec, cross["queries"], todo)
+            new = set(more["pairs"])
+        else:
+            more, new = None, {d for ids, _ in deep_pool.values() for d in ids} - set(facts.keys)
+        if new:
+            found = gather(data, new, set(), prefix=d_cfg.prefix, blocks=blocks, cross=more)
+            facts.keys.update(found.keys)
+            facts.vkeys.update(found.vkeys)
+            facts.cross.update(found.cross)
+        for q in needy:
+            qc = cands[q]
+            qc.deep_ids, qc.deep_scores = score.ranking(q, *deep_pool[q], depth[q] + m.fallback.depth)
+            qc.deep_keys, qc.deep_start = [facts.keys[d] for d in qc.deep_ids], depth[q]
+    for q in qids:
+        choices.update({(q, p): c for p, c in complete_rows(m, cands[q], {p: choices[(q, p)] for p in rows_of[q]}
+                                                             ).items()})
+    lap("fallback")
+
+    # 5. texts of the chosen negatives only, then the rows
     need = {d for c in choices.values() for d in c.ids} - set(facts.texts)
     if need:
         facts.texts.update(gather(data, need, need, prefix=d_cfg.prefix, blocks=blocks).texts)
-    rows = _rows(pairs, labels, facts, choices, positive_scores)
+    rows = _rows(plan, labels, facts, choices, positive_scores)
     _write_parquet(rows, run.path(*TRIPLES))
     lap("write")
 
@@ -232,20 +216,27 @@ def _mine(spec: Spec, data: DomainData, run: Run) -> dict:
         "run_id": run.id, "triples": str(run.path(*TRIPLES)),
         "model": {"path": model_path, "fingerprint": d_cfg.fingerprint, "cross_encoder": m.cross_encoder},
         "corpus_vectors": embedded_by, "exact_scores": score.exact.enabled,
-        **build_audit(spec, labels, pairs, positives, shown, facts.texts, choices, rows, cache, clock),
+        **build_audit(spec, labels, plan, positives, shown, facts.texts, choices, rows, cache, clock),
     }
     run.write_json("/".join(AUDIT), audit)
     return audit
 
 
-def _cross_plan(spec, qids, labels, pool, positives, shown) -> dict:
-    """Which (document, query) pairs the cross-encoder scores during the candidate pass."""
+def _ranked(top, row: int, k: int) -> tuple[list[str], np.ndarray]:
+    """Row `row` of a search's ranking, its first `k` real hits: ids and search scores."""
+    row_ids, row_scores = top.ids[row][:k], top.scores[row][:k]
+    ok = [i for i, d in enumerate(row_ids) if d != "" and np.isfinite(row_scores[i])]
+    return [str(row_ids[i]) for i in ok], np.asarray(row_scores, dtype=np.float32)[ok]
+
+
+def _cross_plan(spec, query_texts: list[str], candidates: dict[int, list[str]]) -> dict:
+    """Which (document, query index) pairs the cross-encoder scores during a corpus pass."""
     path = spec.resolve(spec.mine.cross_encoder, data=False)
     pairs: dict[str, list[int]] = {}
-    for i, q in enumerate(qids):
-        for d in dict.fromkeys(pool[q][0] + positives[q] + shown[q]):
+    for i, docs in candidates.items():
+        for d in dict.fromkeys(docs):
             pairs.setdefault(d, []).append(i)
-    return {"model": path, "pairs": pairs, "queries": [labels.queries[q] for q in qids],
+    return {"model": path, "pairs": pairs, "queries": query_texts,
             "batch_size": spec.model.batch_size, "actors": plan_actors(spec.mine.concurrency, spec.mine.num_gpus)}
 
 
@@ -259,6 +250,15 @@ class _Scores:
         self.exact = ExactScorer(d_cfg, queries)
         self.d_cfg, self.extra = d_cfg, sorted(extra)
         self._vectors = None
+
+    def ranking(self, q: str, ids: list[str], search_scores: np.ndarray, depth: int) -> tuple[list[str], np.ndarray]:
+        """Candidates re-ranked by their exact bi-encoder scores and cut to `depth`, with
+        the scores the guards use (the cross-encoder's when one is set)."""
+        bi = self.bi_encoder(q, ids, search_scores)
+        # ties (the same text scores the same) broken by id, so the cut never depends on order
+        order = sorted(range(len(ids)), key=lambda i: (-bi[i], ids[i]))[:depth]
+        ranked = [ids[i] for i in order]
+        return ranked, self(q, ranked, bi[order])
 
     def bi_encoder(self, q: str, ids: list[str], fallback: np.ndarray | None = None) -> np.ndarray:
         qi = self.qindex[q]
@@ -281,9 +281,9 @@ class _Scores:
         return bi if bi is not None else self.bi_encoder(q, ids)
 
 
-def _rows(pairs, labels, facts, choices, positive_scores) -> dict[str, list]:
+def _rows(plan, labels, facts, choices, positive_scores) -> dict[str, list]:
     cols: dict[str, list] = {name: [] for name in SCHEMA.names}
-    for q, p in pairs:
+    for q, p in plan.pairs:
         c = choices[(q, p)]
         cols["query_id"].append(q)
         cols["query"].append(labels.queries[q])
@@ -294,6 +294,9 @@ def _rows(pairs, labels, facts, choices, positive_scores) -> dict[str, list]:
         cols["negative_ids"].append(list(c.ids))
         cols["negatives"].append([facts.texts[d] for d in c.ids])
         cols["negative_scores"].append(list(c.scores))
+        cols["positive_rank"].append(plan.positive_rank[(q, p)])
+        cols["fallback_negatives"].append(c.from_fallback)
+        cols["negative_ranks"].append(list(c.ranks))
     return cols
 
 

@@ -24,7 +24,42 @@ are the same (`margin` is its `absolute_margin`):
    `seed`, then pairs are taken round-robin (each query's positives shuffled, higher grades
    first), so a query with a thousand positives does not crowd out the rest.
    `max_pairs: auto` caps the pairs at what the training budget uses (train.max_steps x
-   train.batch_size, plus the validation queries' pairs).
+   train.batch_size, plus the validation queries' pairs). Each row records `positive_rank`:
+   its positive's place in its query's round-robin order (0: the first taken), so training
+   can trade positives per query for queries; the audit's `budget` says how a cap was
+   spent (queries, positives per query) and `output` what came out.
+6. `fallback` (on by default): a row whose window the guards emptied (with many positives
+   per query, every candidate above a weak positive falls inside the margin) gets its
+   negatives from further down the ranking: ranks `range_max + P` up to
+   `range_max + P + fallback.depth`, under the same guards (the same reference; `range_min`
+   is not applied again, those ranks are already far below the window). The fallback
+   window is the first `range_max - range_min` survivors, taken as in 4; the rows record
+   how many of their negatives came from it (`fallback_negatives`) and each negative's rank.
+   Rows whose window is not empty are never touched, so single-positive data is unchanged
+   but for its rare emptied rows.
+
+   Deep candidates are likelier to be unlabelled positives than a hard negative should be,
+   so each is audited. The ranking is cut into bands of `fallback.band` ranks; in each band
+   the labelled positives of the query (and copies of their text) are counted: the labels
+   are a sample of the relevant documents, so where labelled positives are dense the
+   unlabelled ones are too. If the labels hold a share `label_recall` of the relevant
+   documents at those ranks, a band of N documents holding L labelled positives holds
+   about L (1 - label_recall) / label_recall unlabelled ones among its N - L other
+   documents, hence the estimated false-negative rate of a negative taken from it:
+
+       estimate = L / (N - L) * (1 - label_recall) / label_recall
+
+   (at the default 0.5: one unlabelled positive for each labelled one). It needs no model
+   and no test split: only the training labels and the ranking the mine already has, with
+   or without a cross-encoder. Bands whose estimate is above
+   `fallback.max_false_negative_rate` are refused (the walk goes deeper; a row whose every
+   band with survivors is refused gets none and is reported as emptied by `fallback_cap`).
+   The audit reports the estimate over the fallback negatives, over the ordinary ones (the
+   same bands, for comparison), and the bands used, refused and empty.
+
+   Costs: for the queries that need it only, a second search `depth` deeper (read from the
+   embedding cache when it holds the corpus), one light pass for the new candidates' text
+   hashes, and with a cross-encoder its scores of those candidates.
 
 Click logs (`data.train.format: clicks`): shown-but-unclicked documents are candidates
 too; they pass the same guards but not the rank window, and are taken first.
@@ -37,6 +72,25 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from vectune.spec._base import Section
+
+
+class FallbackSpec(Section):
+    """Negatives from deeper ranks for rows whose window the guards emptied, with an audited
+    false-negative rate (see the module docstring, step 6)."""
+
+    enabled: bool = Field(True, description="Give rows whose window the guards emptied negatives from deeper ranks.")
+    depth: int = Field(
+        1000, ge=1, le=100_000,
+        description="Ranks searched below the ordinary depth (range_max + the query's positives) for such rows.")
+    band: int = Field(
+        100, ge=5, le=100_000, description="Width in ranks of the bands the false-negative rate is estimated on.")
+    max_false_negative_rate: float = Field(
+        0.1, ge=0.0, le=1.0,
+        description="Bands whose estimated false-negative rate is above this are not used (the walk goes deeper).")
+    label_recall: float = Field(
+        0.5, gt=0.0, le=1.0,
+        description="Assumed share of the relevant documents at a band's ranks that the labels hold (the "
+                    "estimate's assumption: 0.5, one unlabelled positive for each labelled one).")
 
 
 class MineSpec(Section):
@@ -68,6 +122,7 @@ class MineSpec(Section):
     reference: Literal["pair", "weakest"] = Field(
         "pair", description="Margin guards compare with the row's own positive (`pair`) or the query's weakest (`weakest`)."
     )
+    fallback: FallbackSpec = Field(default_factory=FallbackSpec)
     batch_size: int = Field(1024, ge=1, le=1 << 20, description="Documents per Ray Data batch (encode and search).")
     concurrency: int | None = Field(
         None, ge=1, le=4096, description="Encoder actors (one model copy each); sized to the cluster's CPUs when unset."
