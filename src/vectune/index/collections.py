@@ -59,7 +59,7 @@ def update_stamp(store, name: str, **changes) -> dict:
 #: stamp fields that decide the vectors and payloads: a live collection whose stamp matches
 #: what a build would write now can be synced in place (`vectune.index.sync`)
 SYNC_FIELDS = ("format", "model_fingerprint", "precision", "int8_recipe", "document_prefix", "max_seq_length",
-               "normalize", "distance", "payload")
+               "normalize", "distance", "payload", "sparse")
 #: stamp format 3: named vectors, `dense` (and optionally a `bm25` sparse one); format 2 had one
 #: unnamed vector; format 1 points carried no `text_hash` payload
 FORMAT = 3

@@ -401,8 +401,9 @@ class EdgeStore:
         return _hits(self._call(name, "search", lambda s: s.query(request)))
 
     def hybrid(self, name: str, dense: Sequence[float], sparse: Sparse, k: int, fields: Sequence[str] | None = None,
-               *, fusion: str = "rrf", prefetch: int = 100, ef: int | None = None) -> list[Hit]:
-        """Dense and `bm25` sparse candidates (`prefetch` each), fused in the engine (RRF k=60, or DBSF)."""
+               *, fusion: str = "rrf", prefetch: int = 100, ef: int | None = None,
+               rrf_k: int = RRF_K) -> list[Hit]:
+        """Dense and `bm25` sparse candidates (`prefetch` each), fused in the engine (RRF with `rrf_k`, or DBSF)."""
         qe = _edge()
         if fusion not in FUSIONS:
             raise ValueError(f"fusion {fusion!r}: choose from {FUSIONS}")
@@ -415,7 +416,7 @@ class EdgeStore:
                                     params=self._params(name, ef)),
                         qe.Prefetch(limit=prefetch, query=qe.Query.Nearest(
                             qe.SparseVector(list(sparse.indices), [float(v) for v in sparse.values]), using=SPARSE))],
-            query=qe.Fusion.Rrf(k=RRF_K) if fusion == "rrf" else qe.Fusion.Dbsf())
+            query=qe.Fusion.Rrf(k=rrf_k) if fusion == "rrf" else qe.Fusion.Dbsf())
         return _hits(self._call(name, "run a hybrid query", lambda s: s.query(request)))
 
     def build_index(self, name: str, hnsw: Hnsw, *, timeout: float = 3600.0) -> dict:

@@ -75,17 +75,48 @@ def search(spec: Spec, text: str, *, k: int = 10, model: str | None = None, forc
             raise ModelError(f"{live} (behind alias {cols.alias_name(spec)!r}) holds vectors of size {size} "
                              f"(stamped {stamp.get('dimension')}), but {path} embeds queries as {len(vector)}-d "
                              "vectors: this collection cannot be searched with this model")
+        mode = spec.search.mode
+        ef = (stamp.get("hnsw") or {}).get("ef")
         # the collection the alias resolved to, whose stamp chose the model: a swap meanwhile cannot mix them
-        hits = store.search(live, vector.tolist(), k, ["doc_id", "title"], ef=(stamp.get("hnsw") or {}).get("ef"))
+        if mode == "hybrid":
+            sparse = _query_bm25(spec, store, live, stamp, text)
+            hits = store.hybrid(live, vector.tolist(), sparse, k, ["doc_id", "title"], fusion=spec.search.fusion,
+                                prefetch=max(spec.search.prefetch, k), ef=ef, rrf_k=spec.search.rrf_k)
+        else:
+            hits = store.search(live, vector.tolist(), k, ["doc_id", "title"], ef=ef)
     finally:
         store.close()
     return {
-        "alias": cols.alias_name(spec), "collection": live, "query": text,
+        "alias": cols.alias_name(spec), "collection": live, "query": text, "mode": mode,
         "model": {"path": path, "fingerprint": fp, "stamped": stamp.get("model_fingerprint"),
                   "precision": precision, "forced": fp != stamp.get("model_fingerprint")},
         "hits": [{"rank": i + 1, "doc_id": h.payload.get("doc_id"), "score": round(h.score, 6),
                   "title": h.payload.get("title", "")} for i, h in enumerate(hits)],
     }
+
+
+def _query_bm25(spec: Spec, store, live: str, stamp: dict, text: str):
+    """The query's BM25 vector, made with the settings the collection's documents were: the
+    spec's `bm25` section must be the one stamped on it (else the terms would not match)."""
+    from vectune.index.points import sparse_identity
+    from vectune.index.store import Sparse
+    from vectune.ranking import bm25_vectors
+
+    stamped = stamp.get("sparse")
+    if not stamped or not store.layout(live).sparse:
+        raise IndexingError(f"{live} (behind alias {cols.alias_name(spec)!r}) holds no BM25 vectors, so it cannot "
+                            "serve search.mode: hybrid; re-index with index.sparse: bm25, or search with "
+                            "--set search.mode=dense")
+    wanted = sparse_identity(spec.derived(index=spec.index.model_copy(update={"sparse": "bm25"})))
+    if stamped != wanted:
+        changed = sorted(k for k in set(stamped.get("bm25", {})) | set(wanted["bm25"])
+                         if stamped.get("bm25", {}).get(k) != wanted["bm25"].get(k))
+        what = f"bm25.{', bm25.'.join(changed)}" if changed else f"the engine ({stamped.get('engine')} vs {wanted['engine']})"
+        raise ModelError(f"{live} was indexed with other BM25 settings ({what} differ from the spec's): a query "
+                         "tokenized differently would not match its vectors; re-index (`vectune reindex --full`) "
+                         "or set the stamped values")
+    (indices, values), = bm25_vectors(spec.bm25, [text], query=True)
+    return Sparse(list(indices), list(values))
 
 
 def serving_model(spec: Spec) -> dict | None:

@@ -62,3 +62,25 @@ def doc_keys(doc_ids) -> np.ndarray:
     for choosing a sample of documents that merges across blocks."""
     return np.fromiter((uuid.uuid5(POINT_NAMESPACE, str(d)).int >> 64 for d in doc_ids), dtype=np.uint64,
                        count=len(doc_ids))
+
+
+def sparse_identity(spec) -> dict | None:
+    """What decides the BM25 vectors (None without them): the tokenizer and scoring settings
+    and the engine that computes them. Stamped on the collection: a query embedded under other
+    settings would not match the stored vectors, so search refuses it, and sync rebuilds."""
+    if spec.index.sparse != "bm25":
+        return None
+    from vectune.ranking import engine_version
+
+    return {"bm25": spec.bm25.model_dump(mode="json"), "engine": f"qdrant-edge-py {engine_version()}"}
+
+
+def bm25_settings(spec):
+    """The `bm25` section when points carry BM25 vectors (`index.sparse: bm25`), else None."""
+    return spec.bm25 if spec.index.sparse == "bm25" else None
+
+
+def kept_columns(spec) -> tuple[str, ...]:
+    """Columns carried past the encoder to the writers: the payload, and the text its BM25
+    vector is made from when points carry one."""
+    return tuple(dict.fromkeys([*payload_fields(spec), *(["text"] if spec.index.sparse == "bm25" else [])]))

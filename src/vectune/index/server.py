@@ -230,8 +230,9 @@ class ServerStore:
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
 
     def hybrid(self, name: str, dense: Sequence[float], sparse: Sparse, k: int, fields: Sequence[str] | None = None,
-               *, fusion: str = "rrf", prefetch: int = 100, ef: int | None = None) -> list[Hit]:
-        """Dense and `bm25` sparse candidates (`prefetch` each), fused by the server (RRF k=60, or DBSF)."""
+               *, fusion: str = "rrf", prefetch: int = 100, ef: int | None = None,
+               rrf_k: int = RRF_K) -> list[Hit]:
+        """Dense and `bm25` sparse candidates (`prefetch` each), fused by the server (RRF with `rrf_k`, or DBSF)."""
         from qdrant_client import models
 
         if fusion not in FUSIONS:
@@ -246,8 +247,8 @@ class ServerStore:
                       models.Prefetch(query=models.SparseVector(indices=list(sparse.indices),
                                                                 values=[float(v) for v in sparse.values]),
                                       using=SPARSE, limit=prefetch)],
-            # RRF with k=60, as on Edge (the server's own default k differs)
-            query=(models.RrfQuery(rrf=models.Rrf(k=RRF_K)) if fusion == "rrf"
+            # RRF's k given explicitly, as on Edge (the server's own default k differs)
+            query=(models.RrfQuery(rrf=models.Rrf(k=rrf_k)) if fusion == "rrf"
                    else models.FusionQuery(fusion=models.Fusion.DBSF))).points
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
 

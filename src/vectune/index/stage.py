@@ -33,7 +33,7 @@ from vectune.progress import track
 from vectune.index import collections as cols
 from vectune.index import sync
 from vectune.index.store import MEMORY, Store, Target, hnsw, layout, open_store, target
-from vectune.index.points import add_content_hash, payload_fields
+from vectune.index.points import add_content_hash, bm25_settings, kept_columns, payload_fields, sparse_identity
 from vectune.runs import Run
 from vectune.spec import Spec
 
@@ -150,7 +150,8 @@ def vector_settings(spec: Spec, fingerprint: str) -> dict:
     return {"format": cols.FORMAT, "model_fingerprint": fingerprint, "precision": spec.model.precision,
             "int8_recipe": int8_recipe(spec.model.precision),
             "document_prefix": spec.model.document_prefix, "max_seq_length": spec.model.max_seq_length,
-            "normalize": spec.model.normalize, "distance": spec.index.distance, "payload": payload_fields(spec)}
+            "normalize": spec.model.normalize, "distance": spec.index.distance, "payload": payload_fields(spec),
+            "sparse": sparse_identity(spec)}
 
 
 def _sync_plan(store, spec: Spec, fingerprint: str) -> tuple[str | None, str | None]:
@@ -284,7 +285,7 @@ def _prepare(store: Store, spec: Spec, name: str, stamp: dict, *, live: str | No
             raise IndexingError(f"{name} is live and was built from another model or corpus; use a new run id")
         log.info("dropping %s: it was built from another model or corpus", name)
         store.drop(name)
-    store.create(name, layout(spec, stamp["dimension"]), stamp=stamp)
+    store.create(name, layout(spec, stamp["dimension"], sparse=spec.index.sparse == "bm25"), stamp=stamp)
     return False
 
 
@@ -295,7 +296,7 @@ def corpus_vectors(spec: Spec, data: DomainData, cfg, progress=None) -> tuple:
     # enough blocks that every encoder actor gets work, each a Ray batch `encode` can sort
     blocks = max(plan.actors * 2, math.ceil(data.corpus.count / idx.embed_batch_size))
     ds = data.corpus_dataset(blocks=blocks).map_batches(add_content_hash, batch_format="numpy", num_cpus=0.1)
-    embedded = embed_dataset(ds, cfg, plan, batch_size=idx.embed_batch_size, keep=tuple(payload_fields(spec)),
+    embedded = embed_dataset(ds, cfg, plan, batch_size=idx.embed_batch_size, keep=kept_columns(spec),
                              progress=progress, preload=expects_encoding(cfg, data.corpus.count))
     return embedded, blocks
 
@@ -309,7 +310,7 @@ def _load(store: Store, spec: Spec, data: DomainData, name: str, cfg) -> int:
         with track("re-embed corpus", data.corpus.count) as counter:
             embedded, blocks = corpus_vectors(spec, data, cfg, progress=counter)
             return write_dataset(embedded, store, name, batch_size=idx.batch_size, payload=payload_fields(spec),
-                                 parallel=idx.parallel, blocks=blocks)
+                                 parallel=idx.parallel, blocks=blocks, bm25=bm25_settings(spec))
     except Exception as exc:  # noqa: BLE001 - a Ray-wrapped worker error: keep its last line
         raise IndexingError(f"loading {name} failed: {write_failure(store.where, exc)}") from exc
 

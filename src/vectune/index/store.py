@@ -36,6 +36,9 @@ DENSE = "dense"
 SPARSE = "bm25"
 #: points per page of a scroll: bounded memory whatever the collection's size
 PAGE = 10_000
+#: reciprocal rank fusion's default constant: 1 / (RRF_K + rank) summed over the prefetched lists,
+#: on both engines (the spec's `search.rrf_k`)
+RRF_K = 60
 
 
 class Secret:
@@ -180,7 +183,8 @@ class Store(Protocol):
     def search(self, name: str, vector: Sequence[float], k: int, fields: Sequence[str] | None = None, *,
                ef: int | None = None) -> list[Hit]: ...
     def hybrid(self, name: str, dense: Sequence[float], sparse: Sparse, k: int, fields: Sequence[str] | None = None,
-               *, fusion: str = "rrf", prefetch: int = 100, ef: int | None = None) -> list[Hit]: ...
+               *, fusion: str = "rrf", prefetch: int = 100, ef: int | None = None,
+               rrf_k: int = RRF_K) -> list[Hit]: ...
     def build_index(self, name: str, hnsw: Hnsw, *, timeout: float = 3600.0) -> dict: ...
     def close(self) -> None: ...
 
@@ -197,8 +201,6 @@ def pages(scroll_page, name: str, fields, page: int) -> Iterator[list[Record]]:
 
 
 FUSIONS = ("rrf", "dbsf")
-#: reciprocal rank fusion: 1 / (RRF_K + rank) summed over the prefetched lists, on both engines
-RRF_K = 60
 
 
 # -- the factory ------------------------------------------------------------------------------

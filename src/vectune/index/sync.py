@@ -47,7 +47,7 @@ from vectune.embed import Encoder, compact_cache, embed_dataset, encoder_config,
 from vectune.embed.dataset import expects_encoding
 from vectune.errors import IndexingError
 from vectune.index import collections as cols
-from vectune.index.points import content_hashes, doc_keys, hash_hex, payload_fields, point_id
+from vectune.index.points import bm25_settings, content_hashes, doc_keys, hash_hex, kept_columns, payload_fields, point_id
 from vectune.index.store import PAGE, Store
 from vectune.index.verify import verify, verify_ids
 from vectune.index.writer import ActorStore, open_in_worker, upsert_columns, worker_handle, write_dataset
@@ -241,13 +241,14 @@ def _write(store: Store, spec: Spec, live: str, changed, count: int, encoder: En
         if isinstance(changed, dict):
             encoder.progress = counter
             batch = {**changed, "embedding": encoder.encode([str(t) for t in changed["text"]])}
-            written = upsert_columns(store, live, batch, batch_size=idx.batch_size, payload=payload)
+            written = upsert_columns(store, live, batch, batch_size=idx.batch_size, payload=payload,
+                                     bm25=bm25_settings(spec))
         else:
             plan = plan_actors(idx.concurrency, idx.num_gpus)
-            embedded = embed_dataset(changed, cfg, plan, batch_size=idx.embed_batch_size, keep=tuple(payload),
+            embedded = embed_dataset(changed, cfg, plan, batch_size=idx.embed_batch_size, keep=kept_columns(spec),
                                      progress=counter, preload=expects_encoding(cfg, count))
             written = write_dataset(embedded, store, live, batch_size=idx.batch_size, payload=payload,
-                                    parallel=idx.parallel, blocks=max(1, changed.num_blocks()))
+                                    parallel=idx.parallel, blocks=max(1, changed.num_blocks()), bm25=bm25_settings(spec))
     compact_cache(cfg)
     return written
 

@@ -32,13 +32,20 @@ WRITE_TASK_CPUS = 0.05
 log = logging.getLogger(__name__)
 
 
-def prepare(columns: dict[str, Any], *, batch_size: int, payload: list[str]) -> list[dict]:
-    """Split a block into upsert requests: point ids, vectors (an ndarray slice) and payloads.
+def prepare(columns: dict[str, Any], *, batch_size: int, payload: list[str], bm25=None) -> list[dict]:
+    """Split a block into upsert requests: point ids, vectors (an ndarray slice), payloads and,
+    with `bm25` settings (the spec's section), each document's BM25 vector made from its `text`.
 
     Runs in the write tasks, so the single embedded-engine owner only applies requests.
     """
     doc_ids = [str(d) for d in columns["doc_id"]]
     vectors = np.asarray(columns["embedding"], dtype=np.float32)
+    sparse = None
+    if bm25 is not None:
+        from vectune.index.store import Sparse
+        from vectune.ranking import bm25_vectors
+
+        sparse = [Sparse(list(i), list(v)) for i, v in bm25_vectors(bm25, [str(t) for t in columns["text"]])]
     fields = [f for f in payload if f in columns and f != "doc_id"]
     chunks = []
     for start in range(0, len(doc_ids), batch_size):
@@ -48,6 +55,7 @@ def prepare(columns: dict[str, Any], *, batch_size: int, payload: list[str]) -> 
             "vectors": vectors[start:stop],
             "payloads": [{"doc_id": doc_ids[i], **{f: _plain(columns[f][i]) for f in fields}}
                          for i in range(start, stop)],
+            **({"sparse": sparse[start:stop]} if sparse is not None else {}),
         })
     return chunks
 
@@ -62,24 +70,24 @@ def apply(store: Store, collection: str, chunks: list[dict]) -> int:
 
 
 def upsert_columns(store: Store, collection: str, columns: dict[str, Any], *, batch_size: int,
-                   payload: list[str]) -> int:
+                   payload: list[str], bm25=None) -> int:
     """Upsert a block of (doc_id, embedding, payload fields) in requests of `batch_size` points.
 
     `store` is any `Store`; through an `ActorStore` the owner actor applies the whole block in
     one call. Returns the number of points written.
     """
-    chunks = prepare(columns, batch_size=batch_size, payload=payload)
+    chunks = prepare(columns, batch_size=batch_size, payload=payload, bm25=bm25)
     if isinstance(store, ActorStore):
         return _get(store.actor.upsert_chunks.remote(collection, chunks))
     return apply(store, collection, chunks)
 
 
 def write_dataset(embedded, store: Store, collection: str, *, batch_size: int, payload: list[str],
-                  parallel: int, blocks: int) -> int:
+                  parallel: int, blocks: int, bm25=None) -> int:
     """Stream a Dataset of (doc_id, embedding, payload fields) into `collection` with Ray write
     tasks; returns the points written. `store` is the driver's (see `worker_handle`)."""
     handle = worker_handle(store)
-    sink = StoreDatasink(collection, handle=handle, batch_size=batch_size, payload=payload)
+    sink = StoreDatasink(collection, handle=handle, batch_size=batch_size, payload=payload, bm25=bm25)
     # the embedded engine applies one request at a time: two tasks keep it fed, more only queue
     concurrency = max(1, min(blocks, 2 if isinstance(handle, ActorStore) else parallel))
     embedded.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_TASK_CPUS}, concurrency=concurrency)
@@ -191,8 +199,9 @@ class StoreDatasink(_datasink_base()):
     """Ray Data sink: each write task upserts its blocks, to a server directly or through the
     embedded engine's owner actor."""
 
-    def __init__(self, collection: str, *, handle, batch_size: int, payload: list[str]):
+    def __init__(self, collection: str, *, handle, batch_size: int, payload: list[str], bm25=None):
         self.collection = collection
+        self.bm25 = bm25  # the spec's bm25 section when points carry BM25 vectors
         self.handle = handle  # an ActorStore, or a server's Target
         self.batch_size = batch_size
         self.payload = list(payload)
@@ -209,7 +218,7 @@ class StoreDatasink(_datasink_base()):
                 columns = BlockAccessor.for_block(block).to_batch_format("numpy")
                 if not len(columns["doc_id"]):
                     continue
-                chunks = prepare(columns, batch_size=self.batch_size, payload=self.payload)
+                chunks = prepare(columns, batch_size=self.batch_size, payload=self.payload, bm25=self.bm25)
                 if store is not None:
                     written += apply(store, self.collection, chunks)
                     continue

@@ -48,6 +48,9 @@ class IndexSpec(Section):
     collection: str | None = Field(None, description="Base collection name; defaults to the spec `name`.")
     alias: str | None = Field(None, description="Alias readers query; defaults to the collection name.")
     distance: Literal["cosine", "dot", "euclid"] = "cosine"
+    sparse: Literal["none", "bm25"] = Field(
+        "none", description="bm25: store Qdrant's BM25 sparse vector (the `bm25` section's settings, `idf` modifier) "
+                            "beside the dense one in every point, for search.mode: hybrid.")
     hnsw: HnswSpec = Field(default_factory=HnswSpec)
     on_disk_vectors: bool = False
     shards: int = Field(1, ge=1, le=1024)

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, PrivateAttr, field_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from vectune.spec._base import Section
 from vectune.spec.bm25 import Bm25Spec
@@ -47,6 +47,13 @@ class Spec(Section):
     _overrides: dict = PrivateAttr(default_factory=dict)
     #: fields a run resolved (`vectune.precision`): dotted key -> (requested, resolved)
     _requested: dict = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _served(self) -> "Spec":
+        if self.search.mode == "hybrid" and self.index.sparse != "bm25":
+            raise ValueError("search.mode: hybrid fuses BM25 with the dense vectors, so every point needs its BM25 "
+                             "vector: set index.sparse: bm25 (or search.mode: dense)")
+        return self
 
     @field_validator("name")
     @classmethod
