@@ -84,6 +84,10 @@ def test_output_contract(baseline, slice_):
     assert a["queries_in"] == a["queries_mined"] == 30
     assert a["negatives_out"] == sum(len(r["negative_ids"]) for r in baseline.rows)
     assert a["rows_short"] == sum(len(r["negative_ids"]) < 20 for r in baseline.rows)
+    # no margins: no window comes out empty, so the fallback gives nothing
+    assert a["fallback"]["windows_emptied"]["rows"] == 0 and a["fallback"]["negatives"] == 0
+    assert a["output"]["rows"] == pairs and a["output"]["queries"] == 30
+    assert a["budget"]["capped"] is False and a["budget"]["spent"]["pairs"] == pairs
     corpus = {json.loads(x)["_id"]: json.loads(x) for x in slice_.corpus_path.read_text().splitlines()}
     for r in baseline.rows[:20]:
         assert r["positive_id"] in slice_.qrels["train"][r["query_id"]]
@@ -94,6 +98,10 @@ def test_output_contract(baseline, slice_):
         for d, text in zip(r["negative_ids"], r["negatives"]):
             assert text == f"{corpus[d]['title']} {corpus[d]['text']}".strip()
         assert r["negative_scores"] == sorted(r["negative_scores"], reverse=True)
+        assert r["fallback_negatives"] == 0 and len(r["negative_ranks"]) == len(r["negative_ids"])
+        assert r["negative_ranks"] == sorted(r["negative_ranks"])  # bi-encoder scores: rank order
+    for q, docs in slice_.qrels["train"].items():  # each query's positives in round-robin order
+        assert sorted(r["positive_rank"] for r in baseline.rows if r["query_id"] == q) == list(range(len(docs)))
     scores = a["scores"]
     assert scores["positive"]["count"] == pairs and scores["negative"]["count"] == a["negatives_out"]
     assert sum(scores["histogram"]["negative"]) == a["negatives_out"]
@@ -108,7 +116,8 @@ def test_duplicate_of_a_positive_never_comes_out_as_negative(baseline, slice_):
     a = baseline.audit
     assert {"query_id": q0, "doc_id": dup} in a["duplicates_of_positives"]["examples"]
     assert a["dropped"]["duplicate_of_positive"] >= 1 and a["dropped"]["labelled_positive"] >= 30
-    assert a["checks"] == {"negatives_equal_to_positive": 0, "negatives_labelled_positive": 0}
+    assert a["checks"] == {"negatives_equal_to_positive": 0, "negatives_labelled_positive": 0,
+                           "fallback_negatives_above_cap": 0}
     positives = {}
     for r in baseline.rows:
         positives.setdefault(r["query_id"], set()).add(normalise(r["positive"]))
@@ -214,7 +223,10 @@ def test_click_logs(baseline, slice_):
     assert {r["query_id"] for r in clicked.rows} == set(queries)
 
 
-def test_cross_encoder_rescores(baseline, slice_, tmp_path_factory):
+@pytest.fixture(scope="module")
+def cross_encoder(tmp_path_factory) -> Path:
+    """A real CrossEncoder (MiniLM body, a fresh one-logit head), saved as a local folder;
+    128 tokens keep its pass short on a CPU."""
     import torch
     from sentence_transformers import CrossEncoder
 
@@ -222,9 +234,14 @@ def test_cross_encoder_rescores(baseline, slice_, tmp_path_factory):
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("cross") / "ce"
-    # a real CrossEncoder (MiniLM body, a fresh one-logit head), saved as a local folder;
-    # 128 tokens keep its pass short on a CPU
     CrossEncoder(resolve_model("all-MiniLM-L6-v2"), num_labels=1, max_length=128).save(str(folder))
+    return folder
+
+
+def test_cross_encoder_rescores(baseline, slice_, cross_encoder):
+    from sentence_transformers import CrossEncoder
+
+    folder = cross_encoder
     ce = _mine(slice_.spec_path, cross_encoder=str(folder), max_queries=4, range_max=6, num_negatives=3)
     a = ce.audit
     assert a["score_source"] == "cross-encoder" and a["queries_mined"] == 4
@@ -238,6 +255,71 @@ def test_cross_encoder_rescores(baseline, slice_, tmp_path_factory):
             got = model.predict([(r["query"], t) for t in r["negatives"]], show_progress_bar=False)
             assert np.allclose(r["negative_scores"], got, atol=1e-4)
     assert a["checks"]["negatives_equal_to_positive"] == 0
+
+
+def test_cross_encoder_judges_the_fallback_too(ray_local, slice_, cross_encoder):
+    """Two queries whose window can only hold copies of a positive: each gets a labelled
+    document whose text is the query's own (it scores highest) and `range_max + P - 1`
+    copies of it, so every candidate of the window is a positive or a copy of one. The
+    fallback's deeper candidates are scored by the cross-encoder too, and its bands count
+    the copies as labelled positives."""
+    from sentence_transformers import CrossEncoder
+
+    from vectune.data.corpus import doc_text
+
+    range_max, queries = 3, sorted(slice_.qrels["train"])[:2]
+    records = [json.loads(x) for x in slice_.corpus_path.read_text(encoding="utf-8").splitlines()]
+    qrels, copies = {}, {}
+    for q in queries:
+        qrels[q] = {**slice_.qrels["train"][q], f"echo-{q}": 1}
+        copies[q] = [f"echo-{q}-{i}" for i in range(range_max + len(qrels[q]) - 1)]
+        records += [{"_id": d, "title": "", "text": slice_.queries[q]} for d in [f"echo-{q}", *copies[q]]]
+    (slice_.root / "corpus_echo.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    from testdata import write_qrels
+
+    write_qrels(slice_.root / "qrels" / "echo.tsv", qrels)
+    spec = load_spec(slice_.spec_path, overrides={
+        "data.corpus": {"path": "corpus_echo.jsonl"}, "data.train": {"path": "qrels/echo.tsv"},
+        "mine.cross_encoder": str(cross_encoder), "mine.range_max": range_max, "mine.num_negatives": 2,
+        "mine.relative_margin": None, "mine.fallback.depth": 40, "mine.fallback.band": 10})
+    run = Run.create(spec)
+    mined = Mined(spec, run, mine(spec, DomainData(spec), run))
+    fb = mined.audit["fallback"]
+    assert mined.audit["score_source"] == "cross-encoder"
+    assert fb["windows_emptied"]["rows"] == len(mined.rows) == sum(len(d) for d in qrels.values())
+    assert set(fb["windows_emptied"]["by_guard"]["rows"]) <= {"duplicate_of_positive", "labelled_positive"}
+    assert fb["rows_with_fallback_negatives"] == len(mined.rows)
+    assert fb["bands"]["refused"] > 0  # the first band, full of the copies, is refused
+    assert mined.audit["checks"] == {"negatives_equal_to_positive": 0, "negatives_labelled_positive": 0,
+                                     "fallback_negatives_above_cap": 0}
+    model = CrossEncoder(str(cross_encoder))
+    text = {r["_id"]: doc_text(r.get("title"), r.get("text")) for r in records}
+    for r in mined.rows:
+        q = r["query_id"]
+        assert r["fallback_negatives"] == len(r["negative_ids"]) == 2
+        assert not set(r["negative_ids"]) & (set(qrels[q]) | set(copies[q]))
+        depth = range_max + len(qrels[q])
+        assert depth <= min(r["negative_ranks"]) and max(r["negative_ranks"]) < depth + 40
+        got = model.predict([(r["query"], text[d]) for d in r["negative_ids"]], show_progress_bar=False)
+        assert np.allclose(r["negative_scores"], got, atol=1e-4)
+
+
+def test_fallback_leaves_single_positive_data_almost_unchanged(baseline, slice_):
+    """SciFact's shape (about one positive per query), the shipped guards: the fallback only
+    touches rows whose window came out empty, and there are few of them."""
+    shipped = {"num_negatives": 3, "range_min": 0, "range_max": 100, "relative_margin": 0.05}
+    on = _mine(slice_.spec_path, **shipped)
+    off = _mine(slice_.spec_path, **shipped, **{"fallback.enabled": False})
+    emptied = {k for k, negs in off.row_negatives.items() if not negs}
+    changed = {k for k, negs in on.row_negatives.items() if negs != off.row_negatives[k]}
+    assert changed == emptied and on.audit["fallback"]["rows_with_fallback_negatives"] == len(emptied)
+    assert len(changed) <= 0.05 * len(on.rows), (len(changed), len(on.rows))
+    # a narrower window on the same data empties more rows; the fallback still touches only those
+    narrow = {**shipped, "range_max": 10}
+    on, off = _mine(slice_.spec_path, **narrow), _mine(slice_.spec_path, **narrow, **{"fallback.enabled": False})
+    emptied = {k for k, negs in off.row_negatives.items() if not negs}
+    assert {k for k, negs in on.row_negatives.items() if negs != off.row_negatives[k]} == emptied
+    assert all(on.row_negatives[k] for k in emptied) or on.audit["fallback"]["rows_nothing_found"]
 
 
 def test_cli_summary_and_json(baseline, slice_):
