@@ -30,6 +30,12 @@ from vectune.train.plan import plan, validation_docs, validation_set
 log = logging.getLogger("vectune")
 
 
+def _compare_modes_task(**kwargs):
+    from vectune.train.validation import compare_modes
+
+    return compare_modes(**kwargs)
+
+
 def _choose_weight_task(**kwargs):
     from vectune.train.validation import choose_weight
 
@@ -214,6 +220,17 @@ def train(spec: Spec, run: Run, base_model: str, *, preflight: dict | None = Non
                         "(%s %.4f, best tuned %.4f): the tuned model is the starting model",
                         len(p.held), primary, base_scores[primary], kept[primary])
     dim = _check_dimension(base_model, str(out))
+    modes = None
+    if vset:  # what validation says about serving dense or hybrid, beside BM25 alone
+        task = ray.remote(_compare_modes_task).options(num_cpus=t.cpus_per_worker, num_gpus=t.gpus_per_worker or 0)
+        paths = {"base": base_model, **({"tuned": str(out)} if beats else {})}
+        with track(f"compare served modes on validation ({len(paths)} models)", len(paths), unit="models"):
+            modes = ray.get(task.remote(paths=paths, vset={**vset, "search": spec.search.model_dump()},
+                                        metrics=metrics, threads=threads,
+                                        max_seq_length=t.max_seq_length or m.max_seq_length, precision=t.precision))
+        log.info("validation by mode (%s): %s; bm25 %.4f", primary, "; ".join(
+            f"{role} " + ", ".join(f"{mode} {v[primary]:.4f}" for mode, v in r.items())
+            for role, r in modes.items() if role != "bm25"), modes["bm25"][primary])
     name = "" if chosen_setting == 0 else f"-{chosen_setting + 1}"
     history = [json.loads(line) for line in run.path("train", f"loss{name}.jsonl").read_text().splitlines() if line]
     seconds = [h["seconds"] for h in history if h.get("seconds") is not None]
@@ -230,7 +247,7 @@ def train(spec: Spec, run: Run, base_model: str, *, preflight: dict | None = Non
         "checkpoint": {"step": _step_of(picked), "validation": {k: chosen_metrics.get(f"eval_val_{k}")
                                                                   for k in metrics} if vset else None},
         "interpolation": mix, "preflight": preflight,
-        "validation": {**(vinfo or {}), "base": base_scores, "kept": kept, "beats_base": beats},
+        "validation": {**(vinfo or {}), "base": base_scores, "kept": kept, "beats_base": beats, "modes": modes},
         "settings": tried,
     }
     run.write_json("train/settings.json", {"primary": primary, "base": base_scores, "settings": tried,
@@ -260,12 +277,14 @@ def _validation(spec: Spec, held: frozenset[str], table) -> tuple[dict, dict]:
     ids, sampled = validation_docs(data.corpus.ids, labelled, t.validation_docs, t.seed)
     texts = data.documents(set(ids))
     vset = validation_set(set(held), queries, qrels, texts, (m.query_prefix, m.document_prefix))
-    if spec.search.mode != "dense":  # ranked as served: BM25 vectors of the raw texts, made once here
-        from vectune.ranking import bm25_vectors
+    # BM25 vectors of the raw texts, made once here: checkpoints are ranked as served
+    # (`search`, when it is hybrid), and the kept model is compared across modes at the end
+    from vectune.ranking import bm25_vectors
 
+    vset["bm25"] = {"docs": bm25_vectors(spec.bm25, [texts[d] for d in vset["corpus"]]),
+                    "queries": bm25_vectors(spec.bm25, [queries[q] for q in vset["queries"]], query=True)}
+    if spec.search.mode != "dense":
         vset["search"] = spec.search.model_dump()
-        vset["bm25"] = {"docs": bm25_vectors(spec.bm25, [texts[d] for d in vset["corpus"]]),
-                        "queries": bm25_vectors(spec.bm25, [queries[q] for q in vset["queries"]], query=True)}
     info = {"queries": len(vset["queries"]), "docs": len(vset["corpus"]), "corpus": data.corpus.count,
             "sampled": sampled, "labelled": sum(len(v) for v in vset["qrels"].values()), "mode": spec.search.mode}
     log.info("validation: %d held-out training queries rank %s (%d labelled), %s", info["queries"],

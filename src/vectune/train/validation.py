@@ -35,28 +35,71 @@ def _vectors(model, texts: list[str], batch_size: int, precision: str, progress=
 
 def retrieval_scores(model, vset: dict, metrics, batch_size: int = 64, precision: str = "fp32",
                      progress=None) -> dict[str, float]:
-    """Mean metrics of `model` ranking the validation corpus for the validation queries
-    (`precision: bf16` encodes under autocast, as training ran). `progress` is ticked by
-    text encoded."""
-    qids, dids = list(vset["queries"]), list(vset["corpus"])
-    q = _vectors(model, [vset["queries"][i] for i in qids], batch_size, precision, progress)
-    d = _vectors(model, [vset["corpus"][i] for i in dids], batch_size, precision, progress)
-    k = min(_cutoff(metrics), len(dids))
-    search = vset.get("search") or {"mode": "dense"}
-    if search["mode"] == "dense":
-        scores = q @ d.T
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        run = {qid: {dids[j]: float(scores[i, j]) for j in top[i]} for i, qid in enumerate(qids)}
-    else:  # as served: Qdrant fuses the dense and the BM25 candidates (vectune.ranking)
-        from vectune.ranking import ScratchShard
+    """Mean metrics of `model` ranking the validation corpus for the validation queries, in
+    the served mode (`vset["search"]`; dense without it). `precision: bf16` encodes under
+    autocast, as training ran. `progress` is ticked by text encoded."""
+    mode = (vset.get("search") or {}).get("mode", "dense")
+    return mode_scores(model, vset, metrics, (mode,), batch_size, precision, progress)[mode]
 
-        with ScratchShard(d.shape[1], True) as shard:
-            shard.add(dids, d, vset["bm25"]["docs"])
-            ranked = shard.query(k, search["mode"], dense=q, sparse=vset["bm25"]["queries"],
-                                 fusion=search["fusion"], rrf_k=search["rrf_k"], prefetch=search["prefetch"])
-        run = dict(zip(qids, ranked))
-    means, _ = score_run(vset["qrels"], run, list(metrics))
-    return means
+
+def mode_scores(model, vset: dict, metrics, modes=("dense", "hybrid", "bm25"), batch_size: int = 64,
+                precision: str = "fp32", progress=None) -> dict[str, dict[str, float]]:
+    """Mean metrics of `model` on the validation set in each of `modes` (mode -> metrics),
+    from one encoding: dense exactly in numpy; hybrid and bm25 (needing `vset["bm25"]`) in a
+    scratch Qdrant Edge shard (`vectune.ranking`), fused as the spec's `search` section says."""
+    qids, dids = list(vset["queries"]), list(vset["corpus"])
+    needs_dense = any(m != "bm25" for m in modes)
+    q = d = None
+    if needs_dense:
+        q = _vectors(model, [vset["queries"][i] for i in qids], batch_size, precision, progress)
+        d = _vectors(model, [vset["corpus"][i] for i in dids], batch_size, precision, progress)
+    k = min(_cutoff(metrics), len(dids))
+    search = {"fusion": "rrf", "rrf_k": 60, "prefetch": 100, **(vset.get("search") or {})}
+    out = {}
+    shard = None
+    try:
+        for mode in modes:
+            if mode == "dense":
+                scores = q @ d.T
+                top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+                run = {qid: {dids[j]: float(scores[i, j]) for j in top[i]} for i, qid in enumerate(qids)}
+            else:  # as served: Qdrant ranks BM25 and fuses it with the dense candidates
+                from vectune.ranking import ScratchShard
+
+                if shard is None:
+                    shard = ScratchShard(d.shape[1] if d is not None else None, True)
+                    shard.add(dids, d, vset["bm25"]["docs"])
+                ranked = shard.query(k, mode, dense=q, sparse=vset["bm25"]["queries"], fusion=search["fusion"],
+                                     rrf_k=search["rrf_k"], prefetch=search["prefetch"])
+                run = dict(zip(qids, ranked))
+            out[mode], _ = score_run(vset["qrels"], run, list(metrics))
+    finally:
+        if shard is not None:
+            shard.close()
+    return out
+
+
+def compare_modes(paths: dict[str, str], vset: dict, metrics, threads: int | None = None,
+                  max_seq_length: int | None = None, precision: str = "fp32") -> dict[str, dict]:
+    """Each model (role -> path) on the validation set in every mode: what validation says
+    about serving dense or hybrid, beside BM25 alone (the same for every model)."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    if threads:
+        torch.set_num_threads(threads)
+    out = {}
+    for role, path in paths.items():
+        model = SentenceTransformer(path, device="cpu" if not torch.cuda.is_available() else None)
+        if max_seq_length:
+            model.max_seq_length = max_seq_length
+        model.eval()
+        modes = ("dense", "hybrid", "bm25") if not out else ("dense", "hybrid")
+        out[role] = mode_scores(model, vset, metrics, modes, precision=precision)
+    first = next(iter(out.values()))
+    bm25 = first.pop("bm25")
+    return {**{role: {m: {k: round(float(v), 6) for k, v in scores.items()} for m, scores in r.items()}
+               for role, r in out.items()}, "bm25": {k: round(float(v), 6) for k, v in bm25.items()}}
 
 
 def _evaluator_base():
