@@ -53,7 +53,7 @@ class Bands:
 
 
 def choose_fallback(spec: MineSpec, c: QueryCandidates, choice: Choice, *, reference: np.float32,
-                    rng: np.random.Generator) -> Choice:
+                    rng: np.random.Generator, bands: Bands | None = None) -> Choice:
     """The row's negatives from the deeper ranking, band by band, when its window was empty.
 
     Candidates at ranks `deep_start` onwards (and not judged by the window already) pass
@@ -61,9 +61,10 @@ def choose_fallback(spec: MineSpec, c: QueryCandidates, choice: Choice, *, refer
     window unless its estimate is above `fallback.max_false_negative_rate`; the walk stops
     once the window holds `range_max - range_min` survivors. Then `sampling` picks as for
     the ordinary window. Returns the choice with the fallback's negatives (or none).
+    `bands`: the deeper ranking's, when the caller has them already (one per query).
     """
     fb = spec.fallback
-    bands = Bands(c.deep_ids, c.deep_keys, c, fb.band, fb.label_recall)
+    bands = bands or Bands(c.deep_ids, c.deep_keys, c, fb.band, fb.label_recall)
     judged = set(c.ids) | set(c.shown_ids)
     ranks = [r for r in range(c.deep_start, len(c.deep_ids)) if c.deep_ids[r] not in judged]
     seen, dropped, duplicates = set(choice.survivor_keys), Counter(), []
@@ -103,16 +104,17 @@ def complete_rows(spec: MineSpec, c: QueryCandidates, choices: dict[str, Choice]
     fallback's negatives. A choice shared by rows (`reference: weakest`) stays shared."""
     fb = spec.fallback
     ordinary = Bands(c.ids, c.keys, c, fb.band, fb.label_recall)
+    deep = Bands(c.deep_ids, c.deep_keys, c, fb.band, fb.label_recall) if fb.enabled and c.deep_ids else None
     done: dict[int, Choice] = {}
     out = {}
     for p, choice in choices.items():
         if id(choice) not in done:
             shared = spec.reference == "weakest"
-            if choice.ids or not (fb.enabled and c.deep_ids):
+            if choice.ids or deep is None:
                 done[id(choice)] = replace(choice, estimates=[ordinary.estimate_at(r) for r in choice.ranks])
             else:
                 done[id(choice)] = choose_fallback(
                     spec, c, choice, reference=reference_score(c, None if shared else p),
-                    rng=row_rng(spec, c.query_id, None if shared else p, "fallback"))
+                    rng=row_rng(spec, c.query_id, None if shared else p, "fallback"), bands=deep)
         out[p] = done[id(choice)]
     return out
