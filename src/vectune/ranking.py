@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import qdrant_edge
 
 DENSE = "dense"
 SPARSE = "bm25"

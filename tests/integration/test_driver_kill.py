@@ -69,7 +69,8 @@ def _kill_when(proc: subprocess.Popen, ready, what: str, limit: float = 600) -> 
 def _alias(store: Path):
     """(the alias's collection, every version) of the embedded store: records only, so no shard
     a killed process may still hold is opened."""
-    from vectune.index.store import Target, open_store
+    from vectune.index.store import Target
+    from vectune.index.engines import open_store
 
     opened = open_store(Target(path=str(store)))
     try:

@@ -239,7 +239,8 @@ def test_nothing_is_written_outside_the_runs_folder(tiny_beir, tmp_path):
 # -- drills on the embedded engine (Qdrant Edge), with real processes and real kills -----------
 _SWAP = """
 import sys
-from vectune.index.store import Target, open_store
+from vectune.index.store import Target
+from vectune.index.engines import open_store
 
 store = open_store(Target(path=sys.argv[1]))
 if sys.argv[2] == "loop":  # swap back and forth until killed, saying so after the first round
@@ -257,7 +258,8 @@ else:
 _READ = """
 import json, sys, time
 from pathlib import Path
-from vectune.index.store import Target, open_store
+from vectune.index.store import Target
+from vectune.index.engines import open_store
 
 seen = {}
 stop = Path(sys.argv[2])
@@ -274,7 +276,8 @@ print(json.dumps(seen))
 
 
 def _two_versions(folder: Path) -> None:
-    from vectune.index.store import Layout, Target, open_store
+    from vectune.index.store import Layout, Target
+    from vectune.index.engines import open_store
 
     store = open_store(Target(path=str(folder)))
     try:
@@ -299,7 +302,9 @@ def test_a_writer_killed_mid_alias_swap_leaves_the_old_alias_and_the_next_swap_s
     import os
     import signal
 
-    from vectune.index.store import Target, open_store
+    from vectune.index.store import Target
+
+    from vectune.index.engines import open_store
 
     folder = tmp_path / "qdrant"
     _two_versions(folder)
@@ -460,7 +465,8 @@ def test_a_truncated_segment_file_is_refused_by_verify_and_the_alias_stays(drill
     """Drill: a new version is built, then one of its segment files is truncated before
     verification loads it (the re-index is paused there): verification refuses it, the version
     is stamped failed, and the alias keeps serving v1."""
-    from vectune.index.store import Target, open_store
+    from vectune.index.store import Target
+    from vectune.index.engines import open_store
 
     proc, _, release = _paused(drilled, tmp_path, "v2", {"index.verify": {}})
     shard = Path(drilled.spec["index"]["qdrant"]["path"]) / "collections" / "slice__v2" / "shard"
@@ -519,3 +525,27 @@ def test_a_full_disk_mid_reindex_is_a_clear_error_and_the_live_version_is_untouc
     result = json.loads(resumed.stdout)
     assert result["resumed"] is True and result["points"] == N_DRILL and result["previous"] == "slice__v1"
     assert _live(drilled) == "slice__v3"
+
+
+def test_an_older_vectunes_store_is_refused_with_exit_2_and_left_alone(tiny_beir, tmp_path):
+    """Drill: `index.qdrant.path` holds what an older vectune wrote (qdrant-client's local mode).
+    Every command that opens the store exits 2 before anything starts, names the folder and the
+    command that rebuilds it, and changes nothing in it."""
+    from qdrant_client import QdrantClient, models
+
+    old = tmp_path / "qdrant"
+    client = QdrantClient(path=str(old))  # how an older vectune kept its embedded store
+    client.create_collection("tiny__r1", vectors_config=models.VectorParams(size=384, distance=models.Distance.COSINE))
+    client.create_alias("tiny__r1", "tiny")
+    client.close()
+    before = {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in old.rglob("*")}
+    spec = _spec(tiny_beir, tmp_path, index={"qdrant": {"path": str(old)}})
+    for command in (("reindex", spec, "--run-id", "new"), ("collections", spec), ("search", spec, "aspirin"),
+                    ("rollback", spec)):
+        out = vectune(*command, "--json", timeout=300)
+        assert out.returncode == 2, (command, out.stderr[-2000:])
+        error = json.loads(out.stdout)
+        assert error["kind"] == "OldStoreError" and str(old) in error["error"], error
+        assert f"vectune reindex {spec} --full --set index.qdrant.path={old}-edge" in error["error"]
+        assert "Traceback" not in out.stderr
+    assert {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in old.rglob("*")} == before

@@ -8,7 +8,8 @@ import math
 
 import pytest
 
-from vectune.evaluate.bm25 import bm25_model, gains_over, rank
+from vectune.evaluate.bm25 import gains_over, rank
+from vectune.ranking import bm25_model
 from vectune.spec.bm25 import Bm25Spec
 
 PLAIN = Bm25Spec(stopwords="none", stemmer="none")  # tokens are the words as written, lower-cased

@@ -21,7 +21,8 @@ from vectune.index.edge import DiskFull, EdgeStore, OldStoreError
 from vectune.index.live import query_model
 from vectune.index.points import id_checksum, point_id
 from vectune.index.server import ServerStore
-from vectune.index.store import Hnsw, Layout, Secret, Target, embedded_path, open_store, target
+from vectune.index.store import Hnsw, Layout, Secret, Target, embedded_path, target
+from vectune.index.engines import open_store
 from vectune.index.writer import upsert_columns
 from vectune.spec import Spec
 

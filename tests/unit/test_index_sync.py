@@ -13,7 +13,8 @@ from testdata import server_stand_in
 from vectune.index import collections as cols
 from vectune.index.points import add_content_hash, content_hashes, doc_keys, hash_hex, payload_fields, point_id
 from vectune.index.stage import vector_settings
-from vectune.index.store import Layout, Target, open_store
+from vectune.index.store import Layout, Target
+from vectune.index.engines import open_store
 from vectune.index.sync import delete_points, gone_points, stored_hashes, unchanged_since_stamp
 from vectune.index.writer import upsert_columns
 from vectune.spec import Spec

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 from vectune.evaluate.metrics import score_run
 from vectune.evaluate.stage import Evaluation
-from vectune.ranking import ScratchShard, bm25_model, bm25_vectors, engine_version  # noqa: F401 (re-exported)
+from vectune.ranking import ScratchShard, bm25_vectors
 
 if TYPE_CHECKING:
     from vectune.data import DomainData

@@ -97,7 +97,7 @@ def bm25_digest(spec: Spec, data: DomainData) -> str:
     section its metrics and depth."""
     import hashlib
 
-    from vectune.evaluate.bm25 import engine_version
+    from vectune.ranking import engine_version
 
     dump = spec.canonical()
     blob = json.dumps({"data": dump["data"], "corpus": data.corpus.sha256, "bm25": dump["bm25"],

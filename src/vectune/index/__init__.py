@@ -2,13 +2,13 @@
 alias atomically, keep old versions for rollback, or sync the live version in place.
 
 Every module reaches Qdrant through one interface (`store.Store`), opened by one factory
-(`store.connect`): Qdrant Edge in-process for an embedded folder (development, one machine;
+(`engines.connect`): Qdrant Edge in-process for an embedded folder (development, one machine;
 `edge.py`) or a Qdrant server (production; `server.py`). `stage.reindex` is the stage; `live`
 answers queries against the version the alias serves; `collections` owns versions and aliases.
 """
 
 from vectune.index.live import list_collections, search, serving_model
 from vectune.index.stage import promoted_model, reindex
-from vectune.index.store import connect
+from vectune.index.engines import connect
 
 __all__ = ["connect", "list_collections", "promoted_model", "reindex", "search", "serving_model"]

@@ -19,7 +19,7 @@ from vectune.runtime import WORKER_ENV
 from vectune.embed import encode_texts, encoder_config, model_fingerprint, resolve_model
 from vectune.errors import IndexingError, ModelError
 from vectune.index import collections as cols
-from vectune.index.store import connect
+from vectune.index.engines import connect
 from vectune.spec import Spec
 
 

@@ -27,12 +27,13 @@ from vectune.embed import compact_cache, embed_dataset, encoder_config, model_fi
 from vectune.embed.dataset import expects_encoding
 from vectune.embed.encoder import Encoder
 from vectune.runtime import ray_session
-from vectune.errors import IndexingError, Problem, SpecError, VectuneError, root_cause
+from vectune.errors import IndexingError, Problem, SpecError, root_cause
 from vectune.precision import resolved
 from vectune.progress import track
 from vectune.index import collections as cols
 from vectune.index import sync
-from vectune.index.store import MEMORY, Store, Target, hnsw, layout, open_store, target
+from vectune.index.store import MEMORY, Store, Target, hnsw, layout, target
+from vectune.index.engines import open_store
 from vectune.index.points import add_content_hash, bm25_settings, kept_columns, payload_fields, sparse_identity
 from vectune.runs import Run
 from vectune.spec import Spec
@@ -303,7 +304,7 @@ def corpus_vectors(spec: Spec, data: DomainData, cfg, progress=None) -> tuple:
 
 def _load(store: Store, spec: Spec, data: DomainData, name: str, cfg) -> int:
     """Stream the corpus through the encoder actors into the store; returns points written."""
-    from vectune.index.writer import write_dataset
+    from vectune.index.writer import write_dataset, write_failure
 
     idx = spec.index
     try:
@@ -313,38 +314,6 @@ def _load(store: Store, spec: Spec, data: DomainData, name: str, cfg) -> int:
                                  parallel=idx.parallel, blocks=blocks, bm25=bm25_settings(spec))
     except Exception as exc:  # noqa: BLE001 - a Ray-wrapped worker error: keep its last line
         raise IndexingError(f"loading {name} failed: {write_failure(store.where, exc)}") from exc
-
-
-def write_failure(where: Target, exc: BaseException) -> str:
-    """Why a write failed, in one line; for the embedded engine, whether its disk filled up
-    (its writer dies of SIGBUS then, and Ray only says the actor died)."""
-    own = _own_error(exc)
-    if own is not None:  # vectune's own message, not what Ray appended to it on the way
-        return f"{type(own).__name__}: {own}"[:1000]
-    reason = root_cause(exc)
-    if where.embedded and where.path:
-        from vectune.index.edge import MIN_FREE, free_bytes
-
-        try:
-            free = free_bytes(Path(where.path))
-        except OSError:
-            return reason
-        if free < MIN_FREE and "DiskFull" not in reason:
-            return (f"{reason}; the disk under {where.path} has {free / 2**20:.0f} MiB free: it filled up, and "
-                    "Qdrant Edge's writer dies on a full disk. Free some space and re-run the same command "
-                    "(the build resumes)")
-    return reason
-
-
-def _own_error(exc: BaseException | None) -> BaseException | None:
-    """The vectune error a Ray-wrapped chain carries, as raised (not Ray's copy of it), or None."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, VectuneError) and type(exc).__module__.startswith("vectune"):
-            return exc
-        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
-    return None
 
 
 def _verify(store, name, spec, data, model_path, *, seed, encoder):

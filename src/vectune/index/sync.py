@@ -114,7 +114,7 @@ def sync(store: Store, spec: Spec, data: DomainData, run_id: str, live: str, mod
     try:
         written = _write(store, spec, live, small if small is not None else changed, count, encoder)
     except Exception as exc:  # noqa: BLE001 - a Ray-wrapped worker error: keep its last line
-        from vectune.index.stage import write_failure
+        from vectune.index.writer import write_failure
 
         raise IndexingError(f"syncing {live} failed: {write_failure(store.where, exc)}") from exc
     deleted = delete_points(store, live, gone)

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from collections import deque
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from vectune import _faults
-from vectune.errors import root_cause
-from vectune.index.store import PAGE, Record, Store, Target, open_store, pages
+from vectune.errors import VectuneError, root_cause
+from vectune.index.store import PAGE, Record, Store, Target, pages
+from vectune.index.engines import open_store
 from vectune.index.points import point_id
 
 #: write tasks only move bytes (the owner actor or the server does the work): a CPU
@@ -251,3 +253,35 @@ def _get(ref):
         if isinstance(exc.cause, VectuneError):
             raise exc.cause from None
         raise
+
+
+def write_failure(where: Target, exc: BaseException) -> str:
+    """Why a write failed, in one line; for the embedded engine, whether its disk filled up
+    (its writer dies of SIGBUS then, and Ray only says the actor died)."""
+    own = _own_error(exc)
+    if own is not None:  # vectune's own message, not what Ray appended to it on the way
+        return f"{type(own).__name__}: {own}"[:1000]
+    reason = root_cause(exc)
+    if where.embedded and where.path:
+        from vectune.index.edge import MIN_FREE, free_bytes
+
+        try:
+            free = free_bytes(Path(where.path))
+        except OSError:
+            return reason
+        if free < MIN_FREE and "DiskFull" not in reason:
+            return (f"{reason}; the disk under {where.path} has {free / 2**20:.0f} MiB free: it filled up, and "
+                    "Qdrant Edge's writer dies on a full disk. Free some space and re-run the same command "
+                    "(the build resumes)")
+    return reason
+
+
+def _own_error(exc: BaseException | None) -> BaseException | None:
+    """The vectune error a Ray-wrapped chain carries, as raised (not Ray's copy of it), or None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, VectuneError) and type(exc).__module__.startswith("vectune"):
+            return exc
+        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+    return None
