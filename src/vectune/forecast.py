@@ -166,7 +166,9 @@ def forecast(spec, data, stages: list[str], model_path: str) -> dict:
         # the first learning rate runs its budget; a later one runs at least to its first
         # checkpoint and at most the whole budget: half of it is the estimate
         runs = 1 + 0.5 * (rates - 1)
-        scoring = val_texts * d * (1 + runs * t.checkpoints + max(0, len(t.interpolation) - 2))
+        # the starting model before step 1, each checkpoint, the mixing weights not yet scored,
+        # and the served modes compared at the end (the starting and the kept model)
+        scoring = val_texts * d * (1 + runs * t.checkpoints + max(0, len(t.interpolation) - 2) + 2)
         out["stages"]["train"] = {
             "size": f"{steps} steps of {t.batch_size} rows ({negatives} hard negatives)"
                     + (f" for each of {rates} learning rates (later ones stop early when behind)" if rates > 1 else "")
