@@ -536,7 +536,8 @@ def test_an_older_vectunes_store_is_refused_with_exit_2_and_left_alone(tiny_beir
     old = tmp_path / "qdrant"
     client = QdrantClient(path=str(old))  # how an older vectune kept its embedded store
     client.create_collection("tiny__r1", vectors_config=models.VectorParams(size=384, distance=models.Distance.COSINE))
-    client.create_alias("tiny__r1", "tiny")
+    client.update_collection_aliases(change_aliases_operations=[models.CreateAliasOperation(
+        create_alias=models.CreateAlias(collection_name="tiny__r1", alias_name="tiny"))])
     client.close()
     before = {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in old.rglob("*")}
     spec = _spec(tiny_beir, tmp_path, index={"qdrant": {"path": str(old)}})
