@@ -116,7 +116,9 @@ def test_failure_midway_keeps_the_alias_and_a_rerun_completes_without_duplicates
         assert cols.live_collection(client, "slice") == "slice__a1"  # never the unfinished one
         assert cols.read_stamp(client, "slice__a2")["state"] == "building"
         partial = client.count("slice__a2")
-        assert partial == 3 * INDEX["batch_size"]
+        # whole requests only; the owner may apply one more request already in flight from the
+        # other write task before the failure stops the load
+        assert 3 * INDEX["batch_size"] <= partial < N_DOCS and partial % INDEX["batch_size"] == 0
     finally:
         client.close()
     run = Run.open(spec, "a2")
