@@ -81,7 +81,7 @@ def measure(x: np.ndarray, q: np.ndarray, truth: np.ndarray, m: int, ef_construc
     info = shard.info()
     result = {"m": m, "ef_construct": ef_construct, "points": len(x), "upsert_s": round(upsert, 2),
               "optimize_s": round(build, 2), "indexed": info.indexed_vectors_count, "segments": info.segments_count,
-              "disk_mib": round(sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20, 1),
+              "disk_mib": round(sum(f.stat().st_blocks * 512 for f in folder.rglob("*") if f.is_file()) / 2**20, 1),
               "search": []}
     for ef in efs:
         params = qe.SearchParams(hnsw_ef=ef) if ef else None
