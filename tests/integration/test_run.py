@@ -35,7 +35,7 @@ from vectune.spec import load_spec
 pytestmark = pytest.mark.ray
 
 STRONG = {"epochs": 3, "learning_rate": 1e-4}
-LIGHT = {"epochs": 1, "learning_rate": 1e-5}
+LIGHT = {"epochs": 1, "learning_rate": 2e-5}
 
 
 @pytest.fixture(scope="module")
