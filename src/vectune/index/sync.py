@@ -12,7 +12,7 @@ When the live collection's stamp matches what a build would write now (see
     live collection: its point count before the writes; when it holds more points than the
       corpus documents it still has, one streamed scroll of (id, doc_id) finds the points of
       documents gone from the corpus
-    -> delete the gone points -> verify -> stamp the sync
+    -> delete the gone points -> let the engine index what changed -> verify -> stamp the sync
 
 Nothing proportional to the corpus is held in one process by the sync: each read task holds
 its block, the driver the changed rows' counts, a sample of them (each block keeps its
@@ -48,7 +48,7 @@ from vectune.embed.dataset import expects_encoding
 from vectune.errors import IndexingError
 from vectune.index import collections as cols
 from vectune.index.points import bm25_settings, content_hashes, doc_keys, hash_hex, kept_columns, payload_fields, point_id
-from vectune.index.store import PAGE, Store
+from vectune.index.store import PAGE, Hnsw, Store, hnsw
 from vectune.index.verify import verify, verify_ids
 from vectune.index.writer import ActorStore, open_in_worker, upsert_columns, worker_handle, write_dataset
 from vectune.progress import track
@@ -119,6 +119,12 @@ def sync(store: Store, spec: Spec, data: DomainData, run_id: str, live: str, mod
         raise IndexingError(f"syncing {live} failed: {write_failure(store.where, exc)}") from exc
     deleted = delete_points(store, live, gone)
     timings["write"] = round(time.perf_counter() - mark, 2)
+    mark = time.perf_counter()
+    # the changes sit in an unindexed segment (searched exactly) until the engine optimises: Edge only
+    # does when asked, and indexes or vacuums only what crossed its thresholds, so this is cheap
+    index = store.build_index(live, _built_with(store, live, spec), timeout=idx.green_timeout) \
+        if written + deleted else None
+    timings["index"] = round(time.perf_counter() - mark, 2)
 
     mark = time.perf_counter()
     fresh = encoder.without_cache()  # the model the driver loaded to write, if it did
@@ -131,17 +137,26 @@ def sync(store: Store, spec: Spec, data: DomainData, run_id: str, live: str, mod
     counts = {"added": added, "updated": updated, "deleted": deleted,
               "unchanged": data.corpus.count - added - updated}
     return _finish(store, live, spec, data, run_id, counts, checks, written=written + deleted, start=start,
-                   timings=timings)
+                   timings=timings, index=index)
 
 
-def _finish(store, live, spec, data, run_id, counts, checks, *, written, start, timings, shortcut=None) -> dict:
+def _built_with(store: Store, live: str, spec: Spec) -> Hnsw:
+    """The HNSW settings `live` was built with (its stamp), so a sync never changes them."""
+    h = (cols.read_stamp(store, live) or {}).get("hnsw") or {}
+    now = hnsw(spec)
+    return Hnsw(m=h.get("m", now.m), ef_construct=h.get("ef_construct", now.ef_construct), ef=h.get("ef", now.ef),
+                on_disk=now.on_disk)
+
+
+def _finish(store, live, spec, data, run_id, counts, checks, *, written, start, timings, shortcut=None,
+            index=None) -> dict:
     seconds = round(time.perf_counter() - start, 2)
     record = {"state": "done", "run_id": run_id, "finished": cols.now(), **counts, "written": written,
               "corpus_sha256": data.corpus.sha256, "corpus_count": data.corpus.count, "seconds": seconds}
     if shortcut:
         record["shortcut"] = shortcut
     cols.update_stamp(store, live, sync=record, corpus_sha256=data.corpus.sha256, corpus_count=data.corpus.count,
-                      spec_hash=spec.digest(), verified=checks)
+                      spec_hash=spec.digest(), verified=checks, **({"index": index} if index else {}))
     log.info("synced %s in place: %s (%.1f s)", live, ", ".join(f"{v} {k}" for k, v in counts.items()), seconds)
     return {**record, "verified": checks, "timings": timings}
 
