@@ -242,7 +242,8 @@ class EdgeStore:
         return (self._dir(name) / "version.json").is_file()
 
     def create(self, name: str, layout: Layout, *, stamp: dict) -> None:
-        """A new version: its record (with the stamp) first, then an empty shard beside it."""
+        """A new version: an empty shard, then its record (with the stamp) beside it. The record
+        makes it exist: a create killed before it leaves a folder the next create replaces."""
         qe = _edge()
         folder = self._dir(name)
         if self.exists(name):
@@ -252,12 +253,6 @@ class EdgeStore:
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
         h = layout.hnsw
-        write_json(folder / "version.json", {
-            "name": name, "created": _now(), "engine": {"qdrant_edge": engine_version()},
-            "vectors": {DENSE: {"size": layout.size, "distance": layout.distance, "on_disk": layout.on_disk}},
-            "sparse_vectors": {SPARSE: {"modifier": "idf"}} if layout.sparse else {},
-            "hnsw": {"m": h.m, "ef_construct": h.ef_construct, "ef": h.ef, "on_disk": h.on_disk},
-            "index": None, "vectune": stamp})
         cold = qe.Memory.Cold
         config = qe.EdgeConfig(
             vectors={DENSE: qe.EdgeVectorParams(size=layout.size, distance=getattr(qe.Distance,
@@ -273,6 +268,12 @@ class EdgeStore:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             raise IndexingError(f"cannot create the shard of {name}: {_reason(exc)}") from None
+        write_json(folder / "version.json", {
+            "name": name, "created": _now(), "engine": {"qdrant_edge": engine_version()},
+            "vectors": {DENSE: {"size": layout.size, "distance": layout.distance, "on_disk": layout.on_disk}},
+            "sparse_vectors": {SPARSE: {"modifier": "idf"}} if layout.sparse else {},
+            "hnsw": {"m": h.m, "ef_construct": h.ef_construct, "ef": h.ef, "on_disk": h.on_disk},
+            "index": None, "vectune": stamp})
 
     def drop(self, name: str) -> None:
         shard = self._shards.pop(name, None)
