@@ -254,3 +254,48 @@ def test_model_export_prints_where_the_variant_went_and_how_long_it_took(monkeyp
     as_json = CliRunner().invoke(app, ["model", "export", "/models/tuned", "--json"])
     assert json.loads(as_json.stdout)["path"] == result["path"]
     assert CliRunner().invoke(app, ["model", "export", "m", "--precision", "fp16"]).exit_code == 2
+
+
+def _echo_graph(path: Path) -> Path:
+    """A graph whose `last_hidden_state` is its input ids as floats, [batch, tokens, 1]."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "tokens"])
+    mask = helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "tokens"])
+    out = helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "tokens", 1])
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [2])
+    nodes = [helper.make_node("Cast", ["input_ids"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["attention_mask", "attention_mask"], ["unused"]),
+             helper.make_node("Unsqueeze", ["f", "axes"], ["last_hidden_state"])]
+    graph = helper.make_graph(nodes, "echo", [ids, mask], [out], initializer=[axes])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize("padding", ["right", "left"])
+def test_a_batch_runs_in_calls_cut_to_their_rows_unless_padded_on_the_left(tmp_path, padding):
+    pytest.importorskip("onnxruntime")
+    import torch
+
+    lengths = [3, 9, 2, 9, 5]
+    ids = np.zeros((5, 9), dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        cols = slice(0, n) if padding == "right" else slice(9 - n, 9)
+        ids[row, cols] = 100 * (row + 1) + np.arange(n)
+        mask[row, cols] = 1
+    session = int8.Session(_echo_graph(tmp_path / "echo.onnx"), threads=1, token_budget=18)
+    calls = []
+    run = session.session.run
+    session.session = type("Counting", (), {"run": lambda self, out, feed: calls.append(feed["input_ids"].shape)
+                                            or run(out, feed)})()
+    hidden = session({"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)})
+    got = hidden["last_hidden_state"].numpy()[..., 0]
+    np.testing.assert_array_equal(got * mask, ids * mask)  # every row's tokens where they came from
+    if padding == "right":  # two 9-token rows, then 5 + 3 + 2 (3 x 5 <= 18), each call as wide as its longest
+        assert calls == [(2, 9), (3, 5)]
+    else:
+        assert calls == [(5, 9)]
