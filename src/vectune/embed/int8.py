@@ -84,7 +84,6 @@ import os
 import time
 from pathlib import Path
 
-from vectune.embed import _int8_build
 from vectune.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -96,8 +95,8 @@ META = "vectune_int8.json"
 #: time; 4: static, smoothed, calibrated, batched
 RECIPE = 4
 #: the graph's format: QDQ, activations uint8 per tensor (static ranges), weights int8 per
-#: output channel, SmoothQuant (its alpha) before every MatMul with a weight
-FORMAT = f"qdq-u8s8-perchannel-sq{_int8_build.ALPHA}"
+#: output channel, SmoothQuant alpha 0.8 before every MatMul with a weight
+FORMAT = "qdq-u8s8-perchannel-sq0.8"
 #: libraries whose versions are part of the identity (the export, the optimizer, the quantizer, the kernels)
 LIBRARIES = ("torch", "transformers", "onnx", "onnxruntime")
 #: seconds an actor waits for another process's build of the same variant
@@ -292,7 +291,7 @@ def _lock(path: Path):
 def _build(model_path: str, fingerprint: str, folder: Path, ident: dict) -> None:
     import platform
 
-    from vectune.embed import int8_check
+    from vectune.embed import _int8_build, int8_check
     from vectune.embed._calibration import calibration_texts
     from vectune.precision import cpu_info
 
@@ -394,16 +393,12 @@ class Session:
                 if name in features}
         if "token_type_ids" in self.inputs and "token_type_ids" not in feed:
             feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
-        mask = feed["attention_mask"]
-        lengths = mask.sum(axis=1).astype(int)
+        lengths = feed["attention_mask"].sum(axis=1).astype(int)
+        hidden = None
         # Static ranges: a row's output does not depend on the rows run with it, so the batch
         # is cut into runs of similar lengths, each only as wide as its longest row: less
         # padding, and runs small enough to stay in cache (measured faster than one call).
-        # A tokenizer that pads on the left cannot be cut so: its batch runs as it came.
-        right_padded = all(mask[i, :n].all() for i, n in enumerate(lengths))
-        plan = runs(lengths, self.token_budget) if right_padded else [(list(range(len(lengths))), mask.shape[1])]
-        hidden = None
-        for rows, width in plan:
+        for rows, width in runs(lengths, self.token_budget):
             out = self.session.run(None, {k: v[rows, :width] for k, v in feed.items()})[0]
             if hidden is None:
                 hidden = np.zeros((len(lengths), feed["input_ids"].shape[1], out.shape[-1]), dtype=np.float32)
