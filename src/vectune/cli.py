@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
-from vectune.commands import _options, evaluate, index, jobs, mine, runs, spec, train, tune
+from vectune.commands import _options, evaluate, index, jobs, mine, model, runs, spec, train, tune
 
 
 class _Group(TyperGroup):
@@ -74,7 +74,7 @@ def _main(
 ) -> None:
     pass  # the options above act through their callbacks
 
-for _module in (spec, evaluate, mine, train, index, runs, jobs, tune):
+for _module in (spec, evaluate, mine, train, index, runs, jobs, tune, model):
     _module.register(app)
 
 

@@ -265,3 +265,21 @@ def resolved(spec):
     if spec.model.precision != "auto" and spec.train.precision != "auto":
         return spec
     return resolve_spec(spec)[0]
+
+
+def int8_fallback(spec, verdict):
+    """(`spec` encoding in fp32, the Choice that says why) when `verdict`
+    (`vectune.embed.int8_check.check_int8`) finds the model's int8 variant more than
+    `model.int8_tolerance` below fp32; (`spec`, None) when int8 stays (the verdict passed,
+    or the spec does not encode in int8). Said once as a warning; the Choice is what the run
+    records under `precision` (`Choice.to_dict`)."""
+    if spec.model.precision != "int8" or verdict.ok:
+        return spec, None
+    cpu = cpu_info()
+    choice = Choice("model.precision", "int8", "fp32", "cpu", cpu.kind, cpu.native_bf16,
+                    f"int8 measured below tolerance, fp32 instead: {verdict.reason}")
+    _warn_once(f"model.precision int8 -> fp32: {verdict.reason}")
+    resolved = spec.model_copy(update={"model": spec.model.model_copy(update={"precision": "fp32"})})
+    resolved._source = spec._source
+    resolved._requested = {**spec._requested, "model.precision": ("int8", "fp32")}
+    return resolved, choice

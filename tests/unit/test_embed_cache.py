@@ -34,7 +34,7 @@ def test_an_int8_cache_is_keyed_by_its_recipe(monkeypatch):
     from vectune.embed.encoder import precision_identity
 
     config = EncoderConfig(model_path="/m", fingerprint="fp", cache_root="/cache", precision="int8")
-    assert precision_identity("fp32") == "fp32" and precision_identity("int8") == f"int8-r{int8.RECIPE}"
+    assert precision_identity("fp32") == "fp32" and precision_identity("int8") == f"int8-{int8.tag()}"
     before = config.cache_dir
     monkeypatch.setattr(int8, "RECIPE", int8.RECIPE + 1)
     assert config.cache_dir != before

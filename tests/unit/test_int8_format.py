@@ -1,9 +1,9 @@
-"""int8 on CPUs without VNNI (issue 28, item 7).
+"""int8 on CPUs without VNNI (issue 28, item 7; issue 31 for the static recipe 4).
 
 There ONNX Runtime's u8 x s8 kernels sum pairs of products into int16 with saturation
 (VPMADDUBSW): every int8 session asks ONNX Runtime for its exact U8U8 kernels on such CPUs
 (`session.x64quantprecision`), so every CPU kind computes the same vectors and shares one
-identity (recipe 3; recipe 2's vectors, saturated on such CPUs, are never reused). The
+identity (`r4-<key>`; older recipes' vectors are never reused). The
 CPU is faked with /proc/cpuinfo texts of real machines (`vectune.precision.CPUINFO`); the
 emulated AVX2 run is in tests/integration/test_int8.py.
 """
@@ -94,11 +94,11 @@ def test_unknown_flags_are_not_assumed_exact(monkeypatch, tmp_path):
     assert not int8.exact_u8s8()
 
 
-def test_every_cpu_kind_has_one_int8_identity_and_recipe_2_is_never_reused(monkeypatch, tmp_path):
-    """Every CPU computes the same int8 vectors now (exact products everywhere), so the identity
-    is the same on all of them (a mixed cluster shares its caches); recipe 2's vectors, saturated
-    where there was no VNNI, are never reused: a collection stamped with it is rebuilt, not synced,
-    on every CPU kind, and its cache key is another."""
+def test_every_cpu_kind_has_one_int8_identity_and_an_older_recipe_is_never_reused(monkeypatch, tmp_path):
+    """Every CPU computes the same int8 vectors (exact products everywhere), so the identity is
+    the same on all of them (a mixed cluster shares its caches); a collection stamped with
+    another variant (recipe 3's `3`, or another recipe's or library version's tag) is rebuilt,
+    not synced, on every CPU kind, and its cache key is another."""
     from vectune.embed import EncoderConfig, int8
     from vectune.embed.encoder import int8_recipe, precision_identity
     from vectune.index import collections as cols
@@ -113,16 +113,16 @@ def test_every_cpu_kind_has_one_int8_identity_and_recipe_2_is_never_reused(monke
         _fake(monkeypatch, tmp_path, cpu)
         stamp = {**vector_settings(spec, "fp1"), "dimension": 384, "state": "ready"}
         seen.add((precision_identity("int8"), int8_recipe("int8"), config.cache_dir, stamp["int8_recipe"]))
-        recipe2 = {**stamp, "int8_recipe": 2}  # what every int8 collection built before carries
-        assert cols.full_build_reason(recipe2, vector_settings(spec, "fp1")) == \
-            f"int8_recipe changed: live 2, now {int8.RECIPE}"
+        recipe3 = {**stamp, "int8_recipe": 3}  # what every int8 collection built before recipe 4 carries
+        assert cols.full_build_reason(recipe3, vector_settings(spec, "fp1")) == \
+            f"int8_recipe changed: live 3, now {int8.tag()!r}"
         assert cols.full_build_reason(stamp, vector_settings(spec, "fp1")) is None
-    assert len(seen) == 1 and int8.RECIPE == 3
+    assert len(seen) == 1 and int8.RECIPE == 4
     (identity, recipe, cache, stamped), = seen
-    monkeypatch.setattr(int8, "RECIPE", 2)  # the cache folder keys the recipe: recipe 2's is another
+    monkeypatch.setattr(int8, "RECIPE", 5)  # the cache folder keys the recipe: another recipe's is another
     assert EncoderConfig(model_path="/m", fingerprint="fp", cache_root="/cache", precision="int8").cache_dir != cache
     monkeypatch.undo()
-    assert identity == "int8-r3" and recipe == stamped == 3 and isinstance(recipe, int)
+    assert identity == f"int8-{int8.tag()}" and recipe == stamped == int8.tag() and recipe.startswith("r4-")
     assert cache == EncoderConfig(model_path="/m", fingerprint="fp", cache_root="/cache", precision="int8").cache_dir
 
 
@@ -153,7 +153,7 @@ def test_sessions_ask_for_exact_products_only_where_int8_products_saturate(monke
     model.ir_version = 8
     onnx.save(model, tmp_path / "tiny.onnx")
     _fake(monkeypatch, tmp_path, cpu)
-    options = int8._Session(tmp_path / "tiny.onnx", threads=1).session.get_session_options()
+    options = int8.Session(tmp_path / "tiny.onnx", threads=1).session.get_session_options()
     if option is None:
         with pytest.raises(RuntimeError, match="does not have configuration"):
             options.get_session_config_entry(int8.X64_QUANT_PRECISION)

@@ -40,22 +40,26 @@ def _warn_once(message: str) -> None:
     log.warning(message)
 
 
-def int8_recipe(precision: str) -> int | None:
-    """The int8 graph's recipe version for precision int8 (None otherwise): part of the vectors'
-    identity, since another recipe gives other vectors (cache keys, collection stamps, scores).
-    The same on every CPU: the recipe includes exact int8 products where a CPU lacks VNNI
+def int8_recipe(precision: str) -> str | None:
+    """The int8 variant's tag for precision int8 (None otherwise): `r4-<key>`, where the key
+    hashes the recipe, the graph's format, the calibration sample and the library versions
+    that build it (`vectune.embed.int8.identity`). Part of the vectors' identity, since any of
+    them gives other vectors (cache keys, collection stamps, score digests). The same on every
+    CPU kind: where a CPU lacks VNNI the variant runs ONNX Runtime's exact kernels
     (`vectune.embed.int8`), so every CPU kind computes the same vectors."""
     if precision != "int8":
         return None
-    from vectune.embed.int8 import RECIPE
+    from vectune.embed.int8 import tag
 
-    return RECIPE
+    return tag()
 
 
-def precision_identity(precision: str) -> str:
-    """`precision` as the embedding cache keys it: int8 with its recipe (`int8-r3`)."""
-    recipe = int8_recipe(precision)
-    return precision if recipe is None else f"{precision}-r{recipe}"
+def precision_identity(precision: str, int8_tag: str | None = None) -> str:
+    """`precision` as the embedding cache keys it: int8 with its variant's tag
+    (`int8-r4-<key>`; `int8_tag`, a stamped one, instead of this installation's)."""
+    if precision != "int8":
+        return precision
+    return f"int8-{int8_tag or int8_recipe(precision)}"
 
 
 @dataclass(frozen=True)
@@ -72,25 +76,30 @@ class EncoderConfig:
     device: str | None = None
     threads: int | None = None
     precision: str = "fp32"
-    #: where int8 graphs go when the model folder is read-only (the runs storage's cache)
+    #: where int8 variants go when the model folder is read-only or packaged (default: the
+    #: user's cache, `vectune.embed.int8.user_cache`)
     int8_root: str | None = None
+    #: the int8 variant to use (a stamped `int8_recipe`); None: this installation's
+    int8_tag: str | None = None
 
     @property
     def cache_dir(self) -> str | None:
         if not self.cache_root:
             return None
         key = cache_key(self.fingerprint, max_seq_length=self.max_seq_length, prefix=self.prefix,
-                        normalize=self.normalize, precision=precision_identity(self.precision))
+                        normalize=self.normalize, precision=precision_identity(self.precision, self.int8_tag))
         return str(Path(self.cache_root) / key)
 
 
 
 def encoder_config(spec, model_path: str, *, role: str, cache: bool = True, fingerprint: str | None = None,
-                   precision: str | None = None) -> EncoderConfig:
+                   precision: str | None = None, int8_tag: str | None = None) -> EncoderConfig:
     """Build the config for `role` ("query" or "document") from the spec's model section.
 
     `fingerprint` is the model's, when the caller has it already (one re-index computes it once).
-    `precision` overrides the spec's (search embeds queries as the collection was built).
+    `precision` overrides the spec's (search embeds queries as the collection was built), and
+    `int8_tag` picks the int8 variant (a collection's stamped `int8_recipe`) over this
+    installation's.
     """
     m = spec.model
     prefix = m.query_prefix if role == "query" else m.document_prefix
@@ -105,7 +114,7 @@ def encoder_config(spec, model_path: str, *, role: str, cache: bool = True, fing
         cache_root=str(Path(spec.runs_root()) / "_cache" / "embeddings") if cache and local else None,
         threads=spec.runtime.torch_threads,
         precision=precision or _resolved_precision(spec),
-        int8_root=str(Path(spec.runs_root()) / "_cache" / "int8") if local else None,
+        int8_tag=int8_tag,
     )
 
 
@@ -192,6 +201,7 @@ class Encoder:
                 precision=self.config.precision,
                 cache_root=self.config.int8_root,
                 fingerprint=self.config.fingerprint,
+                int8_tag=self.config.int8_tag,
             )
         return self._model
 

@@ -1,88 +1,117 @@
-"""`model.precision: int8`: the model's transformer as an int8 ONNX Runtime graph on CPUs.
+"""`model.precision: int8`: the model's transformer as a static int8 ONNX Runtime graph on CPUs.
 
-Built locally from the model folder, once per model (no network): the transformer is
-exported to ONNX with eager attention, fused by ONNX Runtime's transformer optimizer
-(attention, GELU, skip-layer-norm) where it knows the architecture, and its MatMul weights
-quantized to int8 per output channel (dynamic quantization: activations are quantized on
-the fly), except the feed-forward down-projections: their input is the GELU output, whose
-outliers one activation scale per tensor serves badly. Measured on 200 SciFact abstracts with
-the tuned SciFact model: every MatMul quantized, cosine to fp32 0.9957 (mean); the
-down-projections kept in fp32, 0.9989, for ~4% of the speed; per-tensor quantization of every
-op, ~0.93.
+(Figures and the reasons for the recipe: "Measured", at the end of this docstring.)
 
-The graph is written beside the model (`<model>/onnx/model_qint8.onnx` plus
-`vectune_int8.json`, which records what it was built from), so a tuned model travels with
-its int8 variant and a service that loads it gets the same vectors. A packaged model (inside
-site-packages) or a folder that is not writable gets it in the runs storage's cache
-(`<runs>/_cache/int8/<fingerprint>/`) instead. Exports are serialised by a file lock, so encoder actors started together build it
-once. The folder `onnx/` is left out of the model's fingerprint: it is derived from it.
+**What the variant is** (recipe 4, built by `vectune.embed._int8_build`): the transformer
+exported to ONNX, fused by ONNX Runtime's optimizer with attention as `MultiHeadAttention`,
+smoothed (SmoothQuant, alpha 0.8), and quantized *statically* in QDQ format: every MatMul with
+a weight runs as uint8 activations x int8 weights (per output channel), the activations'
+ranges calibrated once, on a fixed sample of texts shipped with vectune
+(`vectune.embed._calibration`, its hash recorded). Fixed ranges make a text's vector
+independent of the texts batched with it, so the graph runs in length-sorted batches like
+fp32 (each cut to its own longest text and to at most `TOKEN_BUDGET` tokens).
+
+**Where it lives**, once per model and machine: beside a writable model
+(`<model>/onnx/int8-<key>/`), so a tuned model travels with its variant; for a packaged
+model (inside site-packages) or a read-only folder, in the user's cache,
+`$XDG_CACHE_HOME/vectune/int8/<fingerprint>/<key>/` (default `~/.cache/...`). `<key>` hashes
+the variant's identity (`identity()`): the recipe, the format, the calibration sample's hash
+and the versions of torch, transformers, onnx and onnxruntime it is built with. That
+identity, as `r4-<key>`, is part of the precision's identity (`int8-r4-<key>`: embedding
+cache keys, score digests, collection stamps), so vectors from another variant are never
+mixed with these. `vectune model export MODEL --precision int8` builds it ahead of time;
+otherwise the first encoder that needs it does (file lock: actors started together build it
+once). The folder `onnx/` is left out of the model's fingerprint: it is derived from it.
+
+**Quality is measured when it is built**: its vectors against fp32 on a fixed sample
+(cosine, mean and min, in `vectune_int8.json`), and nDCG@10 of both on a small packaged
+retrieval sample (`vectune.embed.int8_check`); the decisive check, nDCG@10 on a run's
+validation queries against `model.int8_tolerance`, is `int8_check.check_int8`.
+
+**CPUs without VNNI**: uint8 x int8 products saturate in ONNX Runtime's VPMADDUBSW kernels
+(AVX2, AVX-512 without VNNI; issue 28). There the session is opened with
+`session.x64quantprecision`, which turns the int8 weights into uint8 as the graph loads so
+the exact U8U8 kernels run: the same graph and, up to rounding, the same vectors as with
+VNNI, hence one identity on every CPU kind. Measured under `qemu-x86_64 -cpu Haswell` (AVX2, no
+VNNI; ONNX Runtime picks its kernels from CPUID), one abstract at 16 tokens: run as built,
+cosine 0.9941 to fp32 (saturated); with the option, 0.9983, the VNNI output's (cosine 1.0 to
+it). Its speed on a real AVX2 CPU is not measured here.
 
 At encode time the sentence-transformers model is loaded as usual (tokenizer, pooling,
-dense and normalisation modules run unchanged) and only its transformer module's network is
-swapped for the ONNX Runtime session: the same tokenisation, length sorting, batching and
-pooling as fp32.
+normalisation unchanged) and only its transformer module's network is swapped for the ONNX
+Runtime session.
 
-CPUs without VNNI (issue 28): the graph multiplies uint8 activations by int8 weights. With
-VNNI (VPDPBUSD) or AMX, ONNX Runtime's kernels sum the products in int32: exact. Without it
-(AVX2, AVX-512 without VNNI) they use VPMADDUBSW, which adds each pair of products into an
-int16 with saturation (2 x 255 x 127 > 32767), and the vectors drift: cosine to fp32 0.9960
-(min 0.9925) on an AVX2 EPYC against 0.9989 on AVX-512 VNNI. On those CPUs the session is
-opened with ONNX Runtime's `session.x64quantprecision`, which turns the int8 weights into
-uint8 as the graph loads, so its exact U8U8 kernels run: the same graph file and, up to
-rounding, the same vectors as with VNNI. Measured on 16 SciFact abstracts at 64 tokens
-(all-MiniLM-L6-v2, cosine to fp32 mean / min), natively on AVX-512 VNNI with AMX and under
-`qemu-x86_64 -cpu Haswell` (AVX2 without VNNI: ONNX Runtime picks its kernels from CPUID,
-which QEMU emulates; /proc/cpuinfo there is the host's):
+**Measured** (2026-12-05, 2 cores of an AVX-512 AMX Xeon with VNNI shared with three other
+jobs, so speeds are CPU seconds or ratios measured side by side; `benchmarks/encode.py
+--int8-recipes` repeats the comparison). Quality on the SciFact test queries (300) over a
+1,500-document slice (every labelled document, then the corpus in file order); cosine to
+fp32 over its documents and queries:
 
-| graph, session | AVX-512 VNNI (native) | Haswell AVX2 (emulated) |
-|---|---|---|
-| int8 weights (recipe 2), plain | 0.99841 / 0.99751 | 0.99656 / 0.99334: saturated |
-| int8 weights, `session.x64quantprecision` | 0.99841 / 0.99751 (same vectors) | 0.99842 / 0.99751 |
-| 7-bit int8 weights (`reduce_range`) | 0.99809 / 0.99726 | 0.99809 / 0.99723 |
-| uint8 weights (U8U8 graph) | 0.99842 / 0.99746 | 0.99842 / 0.99739 |
+| recipe | base nDCG@10 - fp32 | tuned nDCG@10 - fp32 | cosine mean / min (base) |
+|---|---|---|---|
+| 3: dynamic, `Attention` fused (Q, K, V in fp32), down-projections fp32, one text a call | -0.0053 | -0.0072 | 0.9988 / 0.9967 |
+| static, every MatMul, not smoothed (64 abstracts) | | | 0.9948 |
+| 4 without the down-projections (fp32) | -0.0004 | -0.0004 | 0.9993 / 0.9971 |
+| **4: static, smoothed, every MatMul** | **+0.0004** | **-0.0024** | 0.9981 / 0.9910 |
 
-With the option, 14 of the 16 AVX2 vectors are within 5e-8 of the VNNI ones, 2 at cosine
-0.99986 and 0.99995 (an activation rounded the other way); 7-bit weights (ONNX Runtime's
-advice for static quantization) avoid the saturation too but are further from fp32 (48
-abstracts at 256 tokens, native: 0.99848 / 0.99715 against 0.99886 / 0.99811). The option is
-not set where VNNI is: ONNX Runtime converts there too (on any x86 CPU whose U8U8 and U8S8
-kernels differ, VNNI ones included) and its U8U8 kernels encode 48 abstracts in 1.19 s
-against 0.94 s (2 threads, AVX-512 VNNI with AMX), for the same vectors. Its cost on a real
-AVX2 CPU is not measured (emulation says nothing about speed). Since every CPU kind now
-computes the same vectors, the identity is the same everywhere (a mixed cluster shares its
-caches); the recipe went from 2 to 3 so that the saturated int8 vectors AVX2 machines cached
-or indexed under recipe 2 are never reused (one rebuild of the graph and of int8 caches).
+(fp32: base 0.7584, tuned 0.8173 on this slice.) Dynamic vectors sit closer to fp32 on
+average but rank worse: static ranges are fixed per tensor, dynamic ones move with each
+text, and that reorders near ties. Smoothing's strength, alpha, was swept on 64 abstracts
+(cosine, all MatMuls): none 0.9948, 0.5 0.9851, 0.7 0.9978, 0.8 0.9981, 0.9 0.9976, 1.0
+0.9966; quantizing one group alone (alpha 0.8) shows where the rest of the error is: Q, K,
+V 0.9998, output 0.9999, up 0.9996, down 0.9986.
+
+Speed, ONNX Runtime alone, 1 thread, process CPU seconds, one run (2 threads rank them the
+same): 32 abstracts (~240 tokens) / 256 queries (~20 tokens): fp32 graph 1.96 / 1.97 in padded
+batches of 64, 1.44-1.58 / 1.2 at its best call size; recipe 4 without the down-projections
+1.10 / 0.78; **recipe 4 0.82 / 0.51** (2.4x / 3.9x the fp32 graph in batches). In another
+run, recipe 3 (one text a call) took 1.34-1.42 s on the abstracts where the fp32 graph took
+2.35 in batches of 32 (1.7x). Recipe 4 is faster and ranks closer to fp32 than recipe 3 on
+both models, so dynamic quantization is not kept. End-to-end figures (the evaluate stage,
+a re-index of short texts) are in README.md, "Encoding precision".
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import functools
+import hashlib
 import json
 import logging
 import os
 import time
 from pathlib import Path
 
+from vectune.embed import _int8_build
 from vectune.errors import ModelError
 
 log = logging.getLogger(__name__)
 
-FILE = "model_qint8.onnx"
+FILE = "model.onnx"
 META = "vectune_int8.json"
-#: bump when the export or quantization recipe changes: older graphs are rebuilt, and the
-#: vectors' identity (cache keys, collection stamps, score digests) changes with it.
-#: 3: exact int8 products on every CPU (`X64_QUANT_PRECISION` where there is no VNNI); recipe
-#: 2's vectors were saturated on such CPUs, so nothing stored under it is reused anywhere
-RECIPE = 3
-#: config.json model types ONNX Runtime's transformer optimizer fuses as BERT
-_BERT_LIKE = {"bert", "roberta", "xlm-roberta", "camembert", "distilbert", "electra", "mpnet", "deberta-v2"}
-#: seconds an actor waits for another process's export of the same model
+#: bump when the build recipe changes: older variants are rebuilt, and the vectors' identity
+#: (cache keys, collection stamps, score digests) changes with it. 3: dynamic, one text at a
+#: time; 4: static, smoothed, calibrated, batched
+RECIPE = 4
+#: the graph's format: QDQ, activations uint8 per tensor (static ranges), weights int8 per
+#: output channel, SmoothQuant (its alpha) before every MatMul with a weight
+FORMAT = f"qdq-u8s8-perchannel-sq{_int8_build.ALPHA}"
+#: libraries whose versions are part of the identity (the export, the optimizer, the quantizer, the kernels)
+LIBRARIES = ("torch", "transformers", "onnx", "onnxruntime")
+#: seconds an actor waits for another process's build of the same variant
 LOCK_TIMEOUT = 900.0
 #: ONNX Runtime session option: the int8 weights become uint8 as the graph loads and the exact
 #: U8U8 kernels run (x86 only). Set where uint8 x int8 products saturate (`exact_u8s8` false)
 X64_QUANT_PRECISION = "session.x64quantprecision"
+#: tokens (rows x longest row) per session call: a padded batch is split into runs of at most
+#: this many, each cut to its own longest text. Measured (AVX-512 AMX, process CPU seconds, 1
+#: and 2 threads alike): 32 SciFact abstracts 0.82 s at 128-512 tokens a call, 1.06 at 1,024,
+#: 1.3-1.5 as one padded batch; 256 queries of ~20 tokens 0.52 s at 128-256, 0.57 at 512, 0.73
+#: at 1,024, 0.9-1.2 as batches of 64 (smaller calls stay in cache; far smaller ones pay the
+#: call's overhead: recipe 3's one text per call)
+TOKEN_BUDGET = 256
 
 
 def exact_u8s8(cpu=None) -> bool:
@@ -112,44 +141,63 @@ def require_runtime() -> None:
                          "pip install 'vectune[int8]' (or set model.precision to fp32 or bf16)") from None
 
 
-def _transformer_folder(model_path: str) -> Path:
-    root = Path(model_path)
-    modules = root / "modules.json"
-    if modules.exists():
-        for module in json.loads(modules.read_text(encoding="utf-8")):
-            if str(module.get("type", "")).endswith("Transformer"):
-                return root / str(module.get("path", ""))
-    return root
+# -- identity ---------------------------------------------------------------------------------
+def _version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
 
-
-def _versions() -> dict:
-    import onnxruntime
-    import torch
-    import transformers
-
-    return {"onnxruntime": onnxruntime.__version__, "torch": torch.__version__.split("+")[0],
-            "transformers": transformers.__version__}
-
-
-def _wanted(fingerprint: str) -> dict:
-    return {"recipe": RECIPE, "fingerprint": fingerprint, **_versions()}
-
-
-def _current(folder: Path, want: dict) -> bool:
     try:
-        meta = json.loads((folder / META).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return (folder / FILE).exists() and all(meta.get(k) == v for k, v in want.items() if k != "onnxruntime")
+        return version(name).split("+")[0]  # torch's local build tag (+cpu, +cu124) computes the same graph
+    except PackageNotFoundError:
+        return None
+
+
+def identity() -> dict:
+    """What decides the variant's vectors, besides the model: the recipe, the format, the
+    calibration sample and the library versions it is built with (read from the installed
+    packages' metadata: nothing is imported)."""
+    from vectune.embed._calibration import CALIBRATION_HASH
+
+    return {"recipe": RECIPE, "format": FORMAT, "calibration": CALIBRATION_HASH,
+            "versions": {name: _version(name) for name in LIBRARIES}}
+
+
+def identity_key(ident: dict | None = None) -> str:
+    """A short hash of `identity()`: the variant's folder name and part of the precision's identity."""
+    blob = json.dumps(ident or identity(), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:10]
+
+
+def tag(ident: dict | None = None) -> str:
+    """`r<recipe>-<key>`: what a collection stamps as `int8_recipe`."""
+    ident = ident or identity()
+    return f"r{ident['recipe']}-{identity_key(ident)}"
+
+
+# -- where the variant lives ----------------------------------------------------------------
+def user_cache() -> Path:
+    """`$XDG_CACHE_HOME/vectune/int8` (an absolute XDG_CACHE_HOME only, as the XDG spec says),
+    else `~/.cache/vectune/int8`."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
+    return base / "vectune" / "int8"
 
 
 def _installed(model_path: str) -> bool:
     """Whether the folder is inside a Python installation (a packaged model such as the demo's):
-    its int8 graph goes to the runs cache, not into site-packages."""
+    its variant goes to the user's cache, never into site-packages."""
     import sysconfig
 
     roots = {Path(sysconfig.get_paths()[k]).resolve() for k in ("purelib", "platlib")}
     return any(Path(model_path).resolve().is_relative_to(root) for root in roots)
+
+
+def places(model_path: str, fingerprint: str, key: str, cache_root: str | None = None) -> list[Path]:
+    """Where the variant of `key` is looked for, in order, and built (the first writable):
+    beside the model unless it is packaged, then the cache (`cache_root`, else `user_cache()`)."""
+    cached = Path(cache_root or user_cache()) / fingerprint / key
+    if _installed(model_path):
+        return [cached]
+    return [Path(model_path) / "onnx" / f"int8-{key}", cached]
 
 
 def _writable(folder: Path) -> bool:
@@ -160,26 +208,66 @@ def _writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK)
 
 
-def int8_graph(model_path: str, fingerprint: str, cache_root: str | None = None) -> Path:
-    """The int8 ONNX graph of a model folder, built now if missing or stale. Returns its path."""
+def read_meta(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / META).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _current(folder: Path, fingerprint: str, ident: dict) -> bool:
+    meta = read_meta(folder)
+    return bool(meta) and (folder / FILE).exists() and meta.get("fingerprint") == fingerprint and \
+        meta.get("identity") == ident
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """A model's int8 variant on disk."""
+
+    folder: Path
+    meta: dict
+    built: bool  # by this call (False: found)
+
+    @property
+    def graph(self) -> Path:
+        return self.folder / FILE
+
+
+def variant(model_path: str, fingerprint: str, cache_root: str | None = None, *, want: str | None = None) -> Variant:
+    """The int8 variant of a model folder, built now if there is none for this installation.
+
+    `want`: a stamped tag (`r4-<key>`) to find instead of this installation's; it is never
+    built (other library versions built it), so its absence is a ModelError.
+    """
     require_runtime()
     if not Path(model_path).is_dir():
         raise ModelError(f"model.precision int8 needs a local model folder; {model_path!r} is not one")
-    want = _wanted(fingerprint)
-    cached = [Path(cache_root) / fingerprint] if cache_root else []
-    beside = [] if _installed(model_path) and cached else [Path(model_path) / "onnx"]
-    places = beside + cached
-    for folder in places:
-        if _current(folder, want):
-            return folder / FILE
-    folder = next((f for f in places if _writable(f)), None)
+    ident = identity()
+    mine = tag(ident)
+    if want and want != mine:
+        key = want.partition("-")[2]
+        for folder in places(model_path, fingerprint, key, cache_root):
+            meta = read_meta(folder)
+            if meta and (folder / FILE).exists() and meta.get("fingerprint") == fingerprint:
+                return Variant(folder, meta, built=False)
+        raise ModelError(f"the int8 variant {want} of {model_path} (what the collection was embedded with) is not on "
+                         f"this machine, and these library versions build {mine}: re-index the collection, or run "
+                         "with the versions that built it")
+    candidates = places(model_path, fingerprint, identity_key(ident), cache_root)
+    for folder in candidates:
+        if _current(folder, fingerprint, ident):
+            return Variant(folder, read_meta(folder) or {}, built=False)
+    folder = next((f for f in candidates if _writable(f)), None)
     if folder is None:
-        raise ModelError(f"model.precision int8: cannot write the int8 graph beside {model_path} "
-                         "(read-only) and no runs cache is configured")
-    with _lock(folder / ".export.lock"):
-        if not _current(folder, want):  # another process may have built it while we waited
-            _build(model_path, folder, want)
-    return folder / FILE
+        raise ModelError(f"model.precision int8: cannot write the int8 variant beside {model_path} (read-only) nor "
+                         f"under {candidates[-1].parent.parent}: set XDG_CACHE_HOME to a writable folder, or build it "
+                         "where one is writable with `vectune model export MODEL --precision int8`")
+    with _lock(folder / ".build.lock"):
+        built = not _current(folder, fingerprint, ident)  # another process may have built it while we waited
+        if built:
+            _build(model_path, fingerprint, folder, ident)
+    return Variant(folder, read_meta(folder) or {}, built=built)
 
 
 @contextlib.contextmanager
@@ -192,7 +280,7 @@ def _lock(path: Path):
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise ModelError(f"{path}: another process has been exporting the int8 model for over "
+                    raise ModelError(f"{path}: another process has been building the int8 variant for over "
                                      f"{LOCK_TIMEOUT:g} s") from None
                 time.sleep(0.5)
         try:
@@ -201,98 +289,64 @@ def _lock(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _build(model_path: str, folder: Path, want: dict) -> None:
-    import warnings
+def _build(model_path: str, fingerprint: str, folder: Path, ident: dict) -> None:
+    import platform
 
-    import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from vectune.embed import int8_check
+    from vectune.embed._calibration import calibration_texts
+    from vectune.precision import cpu_info
 
     started = time.perf_counter()
-    source = _transformer_folder(model_path)
-    config = AutoConfig.from_pretrained(source, local_files_only=True)
-    try:
-        network = AutoModel.from_pretrained(source, attn_implementation="eager", local_files_only=True).eval()
-    except Exception as exc:  # noqa: BLE001 - any load error, one message
-        raise ModelError(f"model.precision int8: cannot load {source} for export: {exc}") from None
-    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
-    sample = tokenizer(["an example sentence", "a second, longer example sentence"], padding=True,
-                       return_tensors="pt")
-    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in sample]
-
-    class Hidden(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, *tensors):
-            return self.inner(**dict(zip(names, tensors))).last_hidden_state
-
     tmp = folder / f".build-{os.getpid()}"
     tmp.mkdir(parents=True, exist_ok=True)
-    plain, fused, quantized = tmp / "model.onnx", tmp / "model_fused.onnx", tmp / FILE
-    axes = {n: {0: "batch", 1: "tokens"} for n in [*names, "last_hidden_state"]}
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        try:
-            torch.onnx.export(Hidden(network), tuple(sample[n] for n in names), str(plain), input_names=names,
-                              output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=17,
-                              dynamo=False)
-        except Exception as exc:  # noqa: BLE001
-            raise ModelError(f"model.precision int8: ONNX export of {source} failed: {exc}") from None
-    source_graph = plain
-    if config.model_type in _BERT_LIKE:
-        from onnxruntime.transformers.optimizer import optimize_model
-
-        heads, hidden = getattr(config, "num_attention_heads", 0), getattr(config, "hidden_size", 0)
-        with _quiet():
-            optimized = optimize_model(str(plain), model_type="bert", num_heads=heads, hidden_size=hidden)
-        optimized.save_model_to_file(str(fused))
-        source_graph = fused
-    kept = _down_projections(source_graph, config)
-    with _quiet():
-        quantize_dynamic(str(source_graph), str(quantized), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul"], nodes_to_exclude=kept,
-                         extra_options={"DefaultTensorType": 1})
-    os.replace(quantized, folder / FILE)
-    meta = {**want, "inputs": names, "fused": source_graph == fused, "model_type": config.model_type,
-            "fp32_matmuls": len(kept),
-            "seconds": round(time.perf_counter() - started, 1)}
-    (folder / f".{META}.tmp").write_text(json.dumps(meta, indent=1), encoding="utf-8")
-    os.replace(folder / f".{META}.tmp", folder / META)
-    for part in tmp.iterdir():
-        part.unlink(missing_ok=True)
-    tmp.rmdir()
-    log.info("int8 ONNX graph of %s built in %.1f s: %s", model_path, meta["seconds"], folder / FILE)
-
-
-def _down_projections(graph: Path, config) -> list[str]:
-    """The MatMul nodes whose weight maps the feed-forward width back to the hidden size
-    (intermediate_size x hidden_size): the layers left in fp32. Found by the weights' shape,
-    so it holds for any BERT-like architecture whatever its node names."""
-    import onnx
-
-    inner, hidden = getattr(config, "intermediate_size", None), getattr(config, "hidden_size", None)
-    if not inner or not hidden:
-        return []
-    model = onnx.load(str(graph), load_external_data=False)
-    shapes = {t.name: list(t.dims) for t in model.graph.initializer}
-    return [n.name for n in model.graph.node
-            if n.op_type == "MatMul" and len(n.input) > 1 and shapes.get(n.input[1]) == [inner, hidden]]
-
-
-@contextlib.contextmanager
-def _quiet():
-    """ONNX Runtime's tools log advice at WARNING through the root logger; keep it out of stage logs."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
     try:
-        yield
+        facts = _int8_build.build(model_path, tmp / FILE, calibration_texts(), tmp)
+        os.replace(tmp / FILE, folder / FILE)
     finally:
-        root.setLevel(level)
+        _int8_build.remove_tree(tmp)
+    checked = time.perf_counter()
+    quality = int8_check.build_checks(model_path, folder / FILE)
+    cpu = cpu_info()
+    meta = {"identity": ident, "tag": tag(ident), "fingerprint": fingerprint, "model": str(model_path),
+            **facts, "check_seconds": round(time.perf_counter() - checked, 1),
+            "seconds": round(time.perf_counter() - started, 1),
+            "built_on": {"cpu": cpu.kind, "vnni": cpu.vnni, "machine": platform.machine()}, **quality}
+    _write_meta(folder, meta)
+    log.info("int8 variant of %s built in %.1f s: %s (cosine to fp32 %.4f mean)", model_path, meta["seconds"],
+             folder / FILE, meta["quality"]["cosine_mean"])
 
 
+def _write_meta(folder: Path, meta: dict) -> None:
+    tmp = folder / f".{META}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, folder / META)
+
+
+def record_check(folder: Path, verdict: dict) -> None:
+    """Append a quality check's verdict to the variant's metadata (the last 20 are kept)."""
+    with _lock(folder / ".build.lock"):
+        meta = read_meta(folder) or {}
+        meta["checks"] = [*meta.get("checks", []), verdict][-20:]
+        _write_meta(folder, meta)
+
+
+def export(model: str, *, cache_root: str | None = None) -> dict:
+    """Build (or find) the int8 variant of `model` (a registry name, a folder or a cached hub
+    id) ahead of time. Returns where it is, whether it was built now, and in how long."""
+    from vectune.embed.models import model_fingerprint, resolve_model
+
+    path = resolve_model(model, Path.cwd())
+    started = time.perf_counter()
+    fingerprint = model_fingerprint(path)
+    found = variant(path, fingerprint, cache_root)
+    meta = found.meta
+    return {"model": path, "fingerprint": fingerprint, "precision": f"int8-{meta.get('tag', tag())}",
+            "path": str(found.graph), "built": found.built, "seconds": round(time.perf_counter() - started, 1),
+            "build_seconds": meta.get("seconds"), "step_seconds": meta.get("step_seconds"),
+            "quality": meta.get("quality"), "checks": meta.get("checks", [])}
+
+
+# -- running it ---------------------------------------------------------------------------------
 def _network_class():
     import torch
 
@@ -304,7 +358,7 @@ def _network_class():
         def __init__(self, graph: Path, config, threads: int | None = None):
             super().__init__()
             self.anchor = torch.nn.Parameter(torch.zeros(0), requires_grad=False)
-            self.runner = _Session(graph, threads)
+            self.runner = Session(graph, threads)
             self.config = config
 
         def forward(self, **features):
@@ -313,10 +367,10 @@ def _network_class():
     return OnnxNetwork
 
 
-class _Session:
-    """An ONNX Runtime session fed from tokenizer tensors."""
+class Session:
+    """An ONNX Runtime session fed from tokenizer tensors, in runs of at most `TOKEN_BUDGET` tokens."""
 
-    def __init__(self, graph: Path, threads: int | None = None):
+    def __init__(self, graph: Path, threads: int | None = None, token_budget: int = TOKEN_BUDGET):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -330,6 +384,7 @@ class _Session:
         self.session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.graph = graph
+        self.token_budget = token_budget
 
     def __call__(self, features: dict):
         import numpy as np
@@ -340,18 +395,40 @@ class _Session:
         if "token_type_ids" in self.inputs and "token_type_ids" not in feed:
             feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
         mask = feed["attention_mask"]
+        lengths = mask.sum(axis=1).astype(int)
+        # Static ranges: a row's output does not depend on the rows run with it, so the batch
+        # is cut into runs of similar lengths, each only as wide as its longest row: less
+        # padding, and runs small enough to stay in cache (measured faster than one call).
+        # A tokenizer that pads on the left cannot be cut so: its batch runs as it came.
+        right_padded = all(mask[i, :n].all() for i, n in enumerate(lengths))
+        plan = runs(lengths, self.token_budget) if right_padded else [(list(range(len(lengths))), mask.shape[1])]
         hidden = None
-        # One text at a time, cut to its own length: dynamic quantization scales activations
-        # per tensor, so in a batch a text's vector would depend on its neighbours (cosine
-        # ~0.993 between two batchings); alone, it depends on the text only, which the
-        # embedding cache, the re-index verification and search rely on. No padding is run.
-        for row in range(mask.shape[0]):
-            length = int(mask[row].sum()) or 1
-            out = self.session.run(None, {k: v[row:row + 1, :length] for k, v in feed.items()})[0]
+        for rows, width in plan:
+            out = self.session.run(None, {k: v[rows, :width] for k, v in feed.items()})[0]
             if hidden is None:
-                hidden = np.zeros((mask.shape[0], mask.shape[1], out.shape[-1]), dtype=np.float32)
-            hidden[row, :length] = out[0]
+                hidden = np.zeros((len(lengths), feed["input_ids"].shape[1], out.shape[-1]), dtype=np.float32)
+            hidden[rows, :width] = out
         return {"last_hidden_state": torch.from_numpy(hidden)}
+
+
+def runs(lengths, budget: int) -> list[tuple[list[int], int]]:
+    """Rows grouped by length (longest first) into runs of at most `budget` tokens counted with
+    padding (rows x the run's longest), each with its width; a row longer than the budget
+    runs alone."""
+    order = sorted(range(len(lengths)), key=lambda i: -int(lengths[i]))
+    out: list[tuple[list[int], int]] = []
+    rows: list[int] = []
+    width = 0
+    for i in order:
+        length = max(int(lengths[i]), 1)
+        if rows and (len(rows) + 1) * width > budget:
+            out.append((rows, width))
+            rows, width = [], 0
+        rows.append(i)
+        width = max(width, length)
+    if rows:
+        out.append((rows, width))
+    return out
 
 
 def attach(model, graph: Path, threads: int | None = None):

@@ -174,12 +174,14 @@ def model_fingerprint(path: str) -> str:
 
 
 def load_model(path: str, *, max_seq_length: int | None = None, device: str | None = None, threads: int | None = None,
-               precision: str = "fp32", cache_root: str | None = None, fingerprint: str | None = None):
+               precision: str = "fp32", cache_root: str | None = None, fingerprint: str | None = None,
+               int8_tag: str | None = None):
     """Load a SentenceTransformer from a resolved path, offline when it is a folder.
 
-    `precision` int8 swaps its transformer for the int8 ONNX Runtime graph (built beside the
-    model, or under `cache_root`, on first use: see `vectune.embed.int8`); fp16 casts the
-    weights to half (GPUs)."""
+    `precision` int8 swaps its transformer for the model's int8 ONNX Runtime variant (built
+    beside the model, or in the user's cache or under `cache_root`, on first use;
+    `int8_tag` asks for a stamped variant instead of this installation's: see
+    `vectune.embed.int8`); fp16 casts the weights to half (GPUs)."""
     if Path(path).is_dir():
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -199,8 +201,8 @@ def load_model(path: str, *, max_seq_length: int | None = None, device: str | No
     if precision == "int8":
         from vectune.embed import int8
 
-        graph = int8.int8_graph(path, fingerprint or model_fingerprint(path), cache_root)
-        int8.attach(model, graph, threads)
+        found = int8.variant(path, fingerprint or model_fingerprint(path), cache_root, want=int8_tag)
+        int8.attach(model, found.graph, threads)
     elif precision == "fp16":
         model.half()
     return model

@@ -30,6 +30,13 @@ class ModelSpec(Section):
         "auto (default): decided where the encoding runs: fp32 on CPUs, fp16 on GPUs. bf16: torch.autocast, "
         "faster only where bf16 is native (CPUs with AVX-512 BF16 or AMX, recent GPUs; elsewhere emulated, "
         "about 6x slower than fp32 on an AVX2 CPU), vectors within cosine 0.9999 of fp32. int8 (CPUs): the "
-        "transformer as an int8 ONNX Runtime graph, built once beside the model (the `int8` extra); vectors "
-        "at cosine ~0.999 of fp32. fp16 (GPUs): half weights. Figures: benchmarks/README.md.",
+        "transformer as a static int8 ONNX Runtime graph, built once per model and machine (beside the model, "
+        "else in the user's cache; the `int8` extra); vectors at cosine ~0.998 of fp32. fp16 (GPUs): half "
+        "weights. Figures: benchmarks/README.md.",
+    )
+    int8_tolerance: float = Field(
+        0.005, ge=0.0, le=1.0,
+        description="With precision int8: the largest drop of nDCG@10 against fp32, on labelled queries the "
+        "model is checked on (vectune.embed.int8_check), that int8 may cost; a model whose int8 variant "
+        "loses more is encoded in fp32, and the run records why.",
     )

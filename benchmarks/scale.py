@@ -1,0 +1,290 @@
+"""Scale: vectune's re-index, sync and search at N synthetic documents on this machine, with a tiny
+random-weight 384-d model built here, so that the pipeline, not the model, is measured (issue 30).
+
+For each size and precision, in its own process with its own local Ray (nothing carries over):
+
+- `embed_only`: the re-index's read -> encode pipeline into a sink that drops rows (cold cache);
+- `full`: `vectune reindex` into a new version, cold embedding cache, HNSW included (its build is
+  `index_seconds`, also recorded in the version record);
+- `full_cached`: the same again (`--full`, a new run id) with the cache warm: what a sync is compared with;
+- `sync_unchanged`: the corpus file untouched (the stamp's shortcut: count, integrity, id checksum);
+- `sync_no_change`: the same documents rewritten in another order (another file hash: the whole
+  streamed diff runs, nothing is written);
+- `sync_changed`: `--change` of the documents changed (half modified, a quarter removed, a quarter added);
+- each with the peak RSS of every role (driver, encoder actors, the writer = the store's owner actor,
+  other Ray workers), sampled every 0.2 s (benchmarks/reindex.py's `PeakRSS`);
+- `search`: `vectune.index.search` as the CLI calls it (loads the model each call), and what a
+  long-lived caller does (the encoder loaded and the store open once: encode the query, search the
+  shard): p50 / p95 per query over `--queries` texts;
+- `recall`: recall@10 of the engine's search (the version's `ef`) against exact search over every
+  stored vector, for 1,000 sampled queries.
+
+    python benchmarks/scale.py --sizes 100000 1000000 --precisions fp32 int8     # the issue's runs (hours)
+    python benchmarks/scale.py --sizes 2000 --precisions fp32 --out /tmp/scale.json   # a smoke run
+
+Results: benchmarks/results/scale.json (one entry per size and precision, with the CPU's flags).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+import yaml  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from reindex import PeakRSS, change_corpus, synthetic  # noqa: E402 - the same corpus and sampler as reindex.py
+
+DIM = 384
+
+
+def tiny_model(folder: Path, seed: int = 0) -> str:
+    """A 1-layer, 384-wide BERT with random weights and MiniLM's tokenizer, saved as a
+    sentence-transformers folder (mean pooling, normalised): fast to run, 384-d like the real one."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from vectune.embed import resolve_model
+
+    out = folder / "tiny-384"
+    if (out / "modules.json").exists():
+        return str(out)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("all-MiniLM-L6-v2"))
+    torch.manual_seed(seed)
+    bert = BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=DIM, num_hidden_layers=1,
+                                num_attention_heads=4, intermediate_size=DIM, max_position_embeddings=512))
+    hf = folder / "tiny-hf"
+    bert.save_pretrained(hf)
+    tokenizer.save_pretrained(hf)
+    word = models.Transformer(str(hf), max_seq_length=64)
+    SentenceTransformer(modules=[word, models.Pooling(DIM, "mean"), models.Normalize()]).save(str(out))
+    return str(out)
+
+
+def write_spec(folder: Path, model: str, precision: str, args) -> Path:
+    spec = {"version": 1, "name": "scale", "data": {"corpus": {"path": str(folder / "corpus.jsonl")}},
+            "model": {"base": model, "precision": precision, "max_seq_length": args.seq},
+            "index": {"qdrant": {"path": str(folder / "qdrant")}, "embed_batch_size": args.embed_batch,
+                      "batch_size": args.upsert_batch, "keep": 1},
+            "runtime": {"runs": str(folder / "runs")}}
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _reindex(spec_path: Path, run_id: str, *, full: bool) -> dict:
+    from vectune.index import reindex
+    from vectune.runs import Run
+    from vectune.spec import load_spec
+
+    spec = load_spec(spec_path)
+    with PeakRSS() as mem:
+        start = time.perf_counter()
+        result = reindex(spec, Run.create(spec, run_id), spec.model.base, full=full)
+        seconds = time.perf_counter() - start
+    return {"mode": result["mode"], "points": result["points"], "written": result.get("written"),
+            "seconds": round(seconds, 2), "timings": result.get("timings"),
+            "index_seconds": (result.get("index") or {}).get("seconds"), **mem.mib()}
+
+
+def _embed_only(spec_path: Path) -> dict:
+    from reindex import _CountSink
+
+    from vectune.data import DomainData
+    from vectune.embed import encoder_config
+    from vectune.index.stage import corpus_vectors
+    from vectune.index.writer import WRITE_TASK_CPUS
+    from vectune.spec import load_spec
+
+    spec = load_spec(spec_path)
+    data = DomainData(spec)
+    cfg = encoder_config(spec, spec.model.base, role="document", cache=False)
+    with PeakRSS() as mem:
+        start = time.perf_counter()
+        ds, blocks = corpus_vectors(spec, data, cfg)
+        sink = _CountSink()
+        ds.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_TASK_CPUS}, concurrency=min(blocks, 2))
+        seconds = time.perf_counter() - start
+    assert sink.rows == data.corpus.count, (sink.rows, data.corpus.count)
+    return {"docs": sink.rows, "seconds": round(seconds, 2), **mem.mib()}
+
+
+def _search(spec_path: Path, queries: list[str], args) -> dict:
+    """Per-query latency through the CLI's function and through a warm caller."""
+    from vectune.embed import Encoder, encoder_config
+    from vectune.index import collections as cols
+    from vectune.index import search
+    from vectune.index.engines import connect
+    from vectune.spec import load_spec
+
+    spec = load_spec(spec_path)
+    cold = []
+    for text in queries[:args.cold_queries]:
+        start = time.perf_counter()
+        search(spec, text, k=10)
+        cold.append(time.perf_counter() - start)
+    store = connect(spec)
+    try:
+        live = cols.live_collection(store, cols.alias_name(spec))
+        stamp = cols.read_stamp(store, live) or {}
+        encoder = Encoder(encoder_config(spec, spec.model.base, role="query", cache=False,
+                                         precision=stamp.get("precision") or "fp32"))
+        encoder.encode(queries[:1])  # loaded once, as a long-lived caller keeps it
+        warm, engine = [], []
+        for text in queries:
+            start = time.perf_counter()
+            vector = encoder.encode([text])[0]
+            mid = time.perf_counter()
+            store.search(live, vector.tolist(), 10, ["doc_id", "title"], ef=(stamp.get("hnsw") or {}).get("ef"))
+            warm.append(time.perf_counter() - start)
+            engine.append(time.perf_counter() - mid)
+    finally:
+        store.close()
+
+    def pct(xs: list[float]) -> dict:
+        ms = np.asarray(xs) * 1000
+        return {"n": len(xs), "p50_ms": round(float(np.percentile(ms, 50)), 2),
+                "p95_ms": round(float(np.percentile(ms, 95)), 2)}
+
+    return {"cli_function_per_call": pct(cold), "warm_caller_with_query_embedding": pct(warm),
+            "engine_search_only": pct(engine)}
+
+
+def _recall(spec_path: Path, queries: list[str], sample: int) -> dict:
+    """recall@10 of the store's search against exact search over every stored vector."""
+    from vectune.embed import Encoder, encoder_config
+    from vectune.index import collections as cols
+    from vectune.index.engines import connect
+    from vectune.spec import load_spec
+
+    spec = load_spec(spec_path)
+    store = connect(spec)
+    try:
+        live = cols.live_collection(store, cols.alias_name(spec))
+        stamp = cols.read_stamp(store, live) or {}
+        ids, chunks = [], []
+        for page in store.scroll(live, None):
+            got = store.retrieve(live, [r.id for r in page], vectors=True)
+            ids += [r.id for r in got]
+            chunks.append(np.asarray([r.vector for r in got], dtype=np.float32))
+        x = np.concatenate(chunks)
+        encoder = Encoder(encoder_config(spec, spec.model.base, role="query", cache=False,
+                                         precision=stamp.get("precision") or "fp32"))
+        q = np.asarray(encoder.encode(queries[:sample]), dtype=np.float32)
+        hits = 0
+        for start in range(0, len(q), 100):
+            scores = q[start:start + 100] @ x.T
+            top = np.argpartition(-scores, 10, axis=1)[:, :10]
+            for row, vector in zip(top, q[start:start + 100]):
+                want = {ids[i] for i in row}
+                got = {h.id for h in store.search(live, vector.tolist(), 10,
+                                                  ef=(stamp.get("hnsw") or {}).get("ef"))}
+                hits += len(want & got)
+    finally:
+        store.close()
+    return {"queries": len(q), "points": len(ids), "ef": (stamp.get("hnsw") or {}).get("ef"),
+            "recall@10": round(hits / (10 * len(q)), 4)}
+
+
+def one(n: int, precision: str, args) -> dict:
+    """Every measurement at one size and precision (run in a child process)."""
+    from vectune.runtime import init_ray
+    from vectune.spec.runtime import RuntimeSpec
+
+    logging.basicConfig(level=logging.WARNING)
+    init_ray(RuntimeSpec(num_cpus=args.cpus))
+    work = Path(tempfile.mkdtemp(prefix="vectune-scale-", dir=args.dir))
+    try:
+        model = tiny_model(Path(args.model_dir))
+        synthetic(work, n)
+        spec_path = write_spec(work, model, precision, args)
+        corpus = work / "corpus.jsonl"
+        rng = np.random.default_rng(0)
+        lines = corpus.read_text(encoding="utf-8").splitlines()
+        queries = [json.loads(lines[i])["title"] for i in rng.choice(len(lines), args.queries, replace=False)]
+        out: dict = {"docs": n, "precision": precision}
+        out["embed_only"] = _embed_only(spec_path)
+        out["full"] = _reindex(spec_path, "full", full=True)
+        out["full_cached"] = _reindex(spec_path, "cached", full=True)
+        out["sync_unchanged"] = _reindex(spec_path, "unchanged", full=False)
+        corpus.write_text("".join(line + "\n" for line in reversed(lines)), encoding="utf-8")
+        out["sync_no_change"] = _reindex(spec_path, "reordered", full=False)
+        out["change"] = change_corpus(corpus, args.change, seed=1)
+        out["sync_changed"] = _reindex(spec_path, "changed", full=False)
+        cached = out["full_cached"]["seconds"]
+        out["ratios_vs_full_cached"] = {k: round(out[k]["seconds"] / cached, 4)
+                                        for k in ("sync_unchanged", "sync_no_change", "sync_changed")}
+        out["ratio_full_vs_embed_only"] = round(out["full"]["seconds"] / out["embed_only"]["seconds"], 3)
+        out["search"] = _search(spec_path, queries, args)
+        out["recall"] = _recall(spec_path, queries, args.recall_queries)
+        return out
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _plain(value):
+    """numpy scalars (Ray and numpy hand some back) as plain JSON numbers."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    ap.add_argument("--precisions", nargs="+", default=["fp32", "int8"], choices=["fp32", "int8"])
+    ap.add_argument("--seq", type=int, default=32, help="model.max_seq_length")
+    ap.add_argument("--embed-batch", type=int, default=1024)
+    ap.add_argument("--upsert-batch", type=int, default=1024)
+    ap.add_argument("--change", type=float, default=0.01)
+    ap.add_argument("--queries", type=int, default=1000, help="query texts (document titles) for search and recall")
+    ap.add_argument("--cold-queries", type=int, default=5, help="calls of the CLI's search function (each loads the model)")
+    ap.add_argument("--recall-queries", type=int, default=1000)
+    ap.add_argument("--cpus", type=int, default=None)
+    ap.add_argument("--dir", default=None, help="work folder (default: the system's temp; the store is written there)")
+    ap.add_argument("--model-dir", default=str(Path(tempfile.gettempdir()) / "vectune-scale-model"))
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "scale.json")
+    ap.add_argument("--one", nargs=2, metavar=("N", "PRECISION"), help=argparse.SUPPRESS)
+    ap.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    Path(args.model_dir).mkdir(parents=True, exist_ok=True)
+    if args.one:
+        args.child_out.write_text(json.dumps(one(int(args.one[0]), args.one[1], args), default=_plain))
+        return
+
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    report = {"cpu_flags": sorted({f for f in ("avx512_bf16", "avx2") if f" {f}" in flags}), "cores": os.cpu_count(),
+              "started": time.strftime("%Y-%m-%d %H:%M:%S"), "load_at_start": os.getloadavg(), "runs": []}
+    argv = [a for a in sys.argv[1:]]
+    for n in args.sizes:
+        for precision in args.precisions:
+            with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
+                child = Path(fh.name)
+            subprocess.run([sys.executable, __file__, *argv, "--one", str(n), precision, "--child-out", str(child)],
+                           check=True)
+            report["runs"].append({**json.loads(child.read_text()), "load_after": os.getloadavg()})
+            child.unlink(missing_ok=True)
+            args.out.write_text(json.dumps(report, indent=1))
+            print(json.dumps({k: report["runs"][-1].get(k) for k in ("docs", "precision", "ratios_vs_full_cached",
+                                                                     "ratio_full_vs_embed_only", "recall")}),
+                  flush=True)
+    report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    args.out.write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
