@@ -27,6 +27,15 @@ def model_copy(tmp_path_factory):
     return str(path)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def empty_user_cache(tmp_path_factory):
+    """A user cache of the module's own: the copy has the packaged model's fingerprint, so a
+    variant of it in ~/.cache would be found instead of built."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg")))
+        yield
+
+
 @pytest.fixture(scope="module")
 def built(model_copy):
     """The variant, built once for the module, and the fingerprint it was built for."""

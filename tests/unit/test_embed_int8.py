@@ -246,8 +246,10 @@ def test_model_export_prints_where_the_variant_went_and_how_long_it_took(monkeyp
               "path": "/models/tuned/onnx/int8-0123456789/model.onnx", "built": True, "seconds": 41.3,
               "build_seconds": 41.0, "step_seconds": {"export": 9.1}, "checks": [],
               "quality": {"cosine_mean": 0.9981, "cosine_min": 0.997, "texts": 48}}
+    from vectune.embed import models
+
     seen = []
-    monkeypatch.setattr(int8, "export", lambda model: seen.append(model) or result)
+    monkeypatch.setattr(models, "export_int8", lambda model: seen.append(model) or result)
     out = CliRunner().invoke(app, ["model", "export", "/models/tuned", "--precision", "int8"])
     assert out.exit_code == 0, out.output
     assert seen == ["/models/tuned"] and "int8-0123456789/model.onnx" in out.output and "41.3 s" in out.output
@@ -299,3 +301,15 @@ def test_a_batch_runs_in_calls_cut_to_their_rows_unless_padded_on_the_left(tmp_p
         assert calls == [(2, 9), (3, 5)]
     else:
         assert calls == [(5, 9)]
+
+
+def test_a_variant_in_the_user_cache_serves_a_writable_copy_of_the_same_model(tmp_path, stub_build, monkeypatch):
+    """Same fingerprint, same weights: a copy of a model whose variant is cached is not built again."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    read_only, copy = tmp_path / "ro", tmp_path / "copy"
+    read_only.mkdir()
+    copy.mkdir()
+    writable = int8._writable
+    monkeypatch.setattr(int8, "_writable", lambda folder: not folder.is_relative_to(read_only) and writable(folder))
+    cached = int8.variant(str(read_only), "fp1")
+    assert int8.variant(str(copy), "fp1").folder == cached.folder and len(stub_build) == 1

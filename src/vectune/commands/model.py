@@ -53,9 +53,9 @@ def export(
     $XDG_CACHE_HOME/vectune/int8), measure it against fp32, and print where it went and how long it took.
     Does nothing but report when the variant is already there."""
     from vectune import _console as console
-    from vectune.embed import int8
+    from vectune.embed.models import export_int8
 
-    result = call(int8.export, model, verbose=verbose)
+    result = call(export_int8, model, verbose=verbose)
     if json_:
         console.emit_json(result)
     else:

@@ -96,12 +96,11 @@ def build(model_path: str, out: Path, texts: list[str], tmp: Path) -> dict:
     lap("export")
     fused = config.model_type in BERT_LIKE
     model = _fuse(plain, config) if fused else onnx.load(str(plain))
-    model = _with_shapes(model)
     lap("fuse")
     feeds = _feeds(tokenizer, texts, names, min(CALIBRATION_TOKENS, tokenizer.model_max_length or CALIBRATION_TOKENS))
     groups = _smooth(model, feeds)
     smoothed = tmp / "model_smoothed.onnx"
-    onnx.save(_with_shapes(model), str(smoothed))
+    onnx.save(_with_shapes(model), str(smoothed))  # the quantizer needs the fused ops' output types
     lap("smooth")
     _quantize(smoothed, tmp / "model_qdq.onnx", feeds)
     lap("calibrate_quantize")
