@@ -25,8 +25,9 @@ once). The folder `onnx/` is left out of the model's fingerprint: it is derived 
 
 **Quality is measured when it is built**: its vectors against fp32 on a fixed sample
 (cosine, mean and min, in `vectune_int8.json`), and nDCG@10 of both on a small packaged
-retrieval sample (`vectune.embed.int8_check`); the decisive check, nDCG@10 on a run's
-validation queries against `model.int8_tolerance`, is `int8_check.check_int8`.
+retrieval sample (`vectune.embed._int8_quality`); the decisive check, nDCG@10 on a run's
+validation queries against `model.int8_tolerance`, is `vectune.embed.int8_check.check_int8`.
+The session that runs a variant lives in `vectune.embed._int8_session` (re-exported here).
 
 **CPUs without VNNI**: uint8 x int8 products saturate in ONNX Runtime's VPMADDUBSW kernels
 (AVX2, AVX-512 without VNNI; issue 28). There the session is opened with
