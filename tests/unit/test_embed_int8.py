@@ -313,3 +313,20 @@ def test_a_variant_in_the_user_cache_serves_a_writable_copy_of_the_same_model(tm
     monkeypatch.setattr(int8, "_writable", lambda folder: not folder.is_relative_to(read_only) and writable(folder))
     cached = int8.variant(str(read_only), "fp1")
     assert int8.variant(str(copy), "fp1").folder == cached.folder and len(stub_build) == 1
+
+
+def test_running_a_variant_does_not_import_onnx(tmp_path):
+    """Only a build needs the onnx package; its import cost seconds in every encoder actor."""
+    pytest.importorskip("onnxruntime")
+    import subprocess
+    import sys
+
+    model = tmp_path / "m"
+    folder = model / "onnx" / f"int8-{int8.identity_key()}"
+    folder.mkdir(parents=True)
+    _echo_graph(folder / int8.FILE)
+    int8._write_meta(folder, {"identity": int8.identity(), "tag": int8.tag(), "fingerprint": "fp1"})
+    code = ("import sys; from vectune.embed import int8; v = int8.variant(sys.argv[1], 'fp1'); "
+            "int8.Session(v.graph, threads=1); print(v.built, 'onnx' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(model)], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
