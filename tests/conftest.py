@@ -28,11 +28,8 @@ from pathlib import Path  # noqa: E402
 from typing import Any, Callable  # noqa: E402
 
 import pytest  # noqa: E402
-from testdata import TINY_CORPUS, TINY_QRELS, TINY_QUERIES, TINY_SPEC, write_qrels  # noqa: E402,F401
+from testdata import SCIFACT, TINY_CORPUS, TINY_QRELS, TINY_QUERIES, TINY_SPEC, write_qrels  # noqa: E402,F401
 import yaml  # noqa: E402
-
-#: the shared BEIR SciFact copy, next to the repository (never copied into it)
-SCIFACT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scifact"
 
 
 # -- test tiers ---------------------------------------------------------------------------

@@ -13,6 +13,9 @@ from pathlib import Path
 #: the `vectune` console script of the interpreter running the tests
 VECTUNE = str(Path(sys.executable).with_name("vectune"))
 
+#: the shared BEIR SciFact copy, next to the repository (never copied into it)
+SCIFACT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scifact"
+
 
 def cli_env(**extra) -> dict:
     """The environment for a `vectune` child process: offline, and none of the test session's

@@ -81,7 +81,7 @@ def test_a_stamped_tag_keys_the_cache_it_was_built_with():
 def test_the_calibration_texts_are_fixed_and_drawn_from_no_benchmark():
     """The hash is what the identity records: it must not change by accident, and no SciFact
     text (the data vectune is scored on) is among them."""
-    from conftest import SCIFACT
+    from testdata import SCIFACT
     from vectune.embed._calibration import CALIBRATION_HASH, _digest, calibration_texts
     from vectune.embed._check_sample import check_sample
 
