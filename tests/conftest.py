@@ -79,6 +79,30 @@ def _no_warm_ray_elsewhere(request):
     yield
 
 
+#: seconds spent per tier (the folder under tests/: unit, integration, k8s, cluster), setup,
+#: call and teardown together; printed at the end of the run (CI is held to 20 minutes)
+_TIER_SECONDS: dict[str, float] = {}
+_TIER_TESTS: dict[str, int] = {}
+
+
+def pytest_runtest_logreport(report):
+    parts = Path(report.fspath).parts
+    tier = parts[parts.index("tests") + 1] if "tests" in parts[:-1] else "other"
+    tier = tier if not tier.endswith(".py") else "top"
+    _TIER_SECONDS[tier] = _TIER_SECONDS.get(tier, 0.0) + report.duration
+    if report.when == "call":
+        _TIER_TESTS[tier] = _TIER_TESTS.get(tier, 0) + 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _TIER_SECONDS:
+        return
+    terminalreporter.section("time per tier")
+    for tier, seconds in sorted(_TIER_SECONDS.items(), key=lambda kv: -kv[1]):
+        terminalreporter.write_line(f"{tier:<12} {seconds / 60:6.1f} min  ({_TIER_TESTS.get(tier, 0)} tests run)")
+    terminalreporter.write_line(f"{'all':<12} {sum(_TIER_SECONDS.values()) / 60:6.1f} min")
+
+
 def pytest_sessionfinish(session, exitstatus):
     _shutdown_ray()
 
