@@ -454,6 +454,7 @@ def _run_stages(spec: Spec, run: Run, data: DomainData, stages: list[str], force
         if "train" in stages:
             result["train"] = _train_stage(spec, run, force="train" in forced)
             _stop_unless_better(run, result)
+        spec = _int8_or_fp32(spec, run)
         if {"evaluate", "gate", "reindex"} & set(stages):
             result["lease"] = held.enter_context(alias_lease(spec, run.id, wait=wait))
         evaluations = None
@@ -480,6 +481,24 @@ def _run_stages(spec: Spec, run: Run, data: DomainData, stages: list[str], force
     run.write_json("result.json", result)
     _write_report(run)
     return result
+
+
+def _int8_or_fp32(spec: Spec, run: Run) -> Spec:
+    """The spec the stages after training use: in fp32 when the train stage measured the tuned
+    model's int8 variant more than `model.int8_tolerance` below fp32 on the validation queries
+    (recorded under `precision`, with why, through the one resolver)."""
+    from vectune.embed.int8_check import Int8Verdict
+    from vectune.precision import int8_fallback
+
+    checked = (run.stage_info("train").get("outputs") or {}).get("int8")
+    if spec.model.precision != "int8" or not checked:
+        return spec
+    fields = Int8Verdict.__dataclass_fields__
+    spec, choice = int8_fallback(spec, Int8Verdict(**{k: v for k, v in checked.items() if k in fields}))
+    if choice is not None:
+        log.warning("precision: model.precision int8 -> fp32 for the tuned model (%s)", choice.reason)
+        run.record("precision", {**(run.manifest.get("precision") or {}), choice.field: choice.to_dict()})
+    return spec
 
 
 def _stop_unless_better(run: Run, result: dict) -> None:

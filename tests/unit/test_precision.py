@@ -243,3 +243,35 @@ def test_validate_and_runs_say_what_auto_is_on_this_machine(cpu, tiny_beir):
     table = CliRunner().invoke(app, ["runs", str(tiny_beir.spec_path)], env={"COLUMNS": "250"})
     assert table.exit_code == 0, table.output
     assert "precision" in table.stdout and "fp32/fp32" in table.stdout
+
+
+def test_a_tuned_model_whose_int8_loses_on_validation_is_encoded_in_fp32_after_training(cpu, tiny_beir):
+    """The train stage records the kept model's int8 check (`check_int8` on the validation
+    queries); the stages after it read the spec from `pipeline._int8_or_fp32`: fp32 with the
+    reason on record when int8 lost more than model.int8_tolerance, int8 otherwise."""
+    from vectune import pipeline
+    from vectune.runs import Run
+
+    cpu(AMX_XEON)
+    spec = _spec(tiny_beir, **{"model.precision": "int8", "model.int8_tolerance": 0.005})
+    checked = {"sample": "validation queries", "queries": 80, "documents": 2000, "ndcg_fp32": 0.7804,
+               "ndcg_int8": 0.7712, "tolerance": 0.005, "variant": "r4-0123456789", "seconds": 41.0,
+               "drop": 0.0092, "ok": False, "date": "2026-12-05T23:00:00+0000"}
+    run = Run.create(spec, "20261205-000002-int8")
+    with run.stage("train") as outputs:
+        outputs.update(model="m", int8=checked)
+    after = pipeline._int8_or_fp32(spec, Run.open(spec, run.id))
+    assert after.model.precision == "fp32" and spec.model.precision == "int8"
+    record = Run.open(spec, run.id).manifest["precision"]["model.precision"]
+    assert (record["requested"], record["resolved"]) == ("int8", "fp32")
+    assert "0.7712 vs fp32 0.7804 on 80 validation queries" in record["reason"]
+    assert "more than model.int8_tolerance 0.005" in record["reason"]
+
+    passed = Run.create(spec, "20261205-000003-int8")
+    with passed.stage("train") as outputs:
+        outputs.update(model="m", int8={**checked, "ndcg_int8": 0.7790, "drop": 0.0014, "ok": True})
+    assert pipeline._int8_or_fp32(spec, passed).model.precision == "int8"
+    unchecked = Run.create(spec, "20261205-000004-int8")  # no validation queries: nothing measured here
+    assert pipeline._int8_or_fp32(spec, unchecked).model.precision == "int8"
+    fp32 = _spec(tiny_beir, **{"model.precision": "fp32"})
+    assert pipeline._int8_or_fp32(fp32, run) is fp32

@@ -42,6 +42,16 @@ def _choose_weight_task(**kwargs):
     return choose_weight(**kwargs)
 
 
+def _int8_check_task(path: str, vset: dict, tolerance: float, max_seq_length: int | None, threads: int) -> dict:
+    """The kept model's int8 variant (built now, beside the model, if missing) against fp32
+    on the validation queries (their texts carry the prompts already)."""
+    from vectune.embed.int8_check import check_int8
+
+    verdict = check_int8(path, vset["queries"], vset["corpus"], vset["qrels"], tolerance=tolerance,
+                         max_seq_length=max_seq_length, threads=threads, sample="validation queries")
+    return verdict.to_dict()
+
+
 def _training_qrels(data) -> dict[str, dict[str, int]] | None:
     """Every training label, for the validation qrels (None when the labels cannot be read
     here, e.g. triples copied in from elsewhere: then only the mined pairs count)."""
@@ -231,6 +241,17 @@ def train(spec: Spec, run: Run, base_model: str, *, preflight: dict | None = Non
         log.info("validation by mode (%s): %s; bm25 %.4f", primary, "; ".join(
             f"{role} " + ", ".join(f"{mode} {v[primary]:.4f}" for mode, v in r.items())
             for role, r in modes.items() if role != "bm25"), modes["bm25"][primary])
+    int8 = None
+    if vset and beats and m.precision == "int8":
+        # the model is served in int8: measure that on validation before it goes further; the
+        # pipeline encodes it in fp32 when int8 costs more than model.int8_tolerance
+        task = ray.remote(_int8_check_task).options(num_cpus=t.cpus_per_worker)
+        with track("int8 check on validation (fp32 and int8)", 1, unit="models"):
+            int8 = ray.get(task.remote(path=str(out), vset=vset, tolerance=m.int8_tolerance,
+                                       max_seq_length=m.max_seq_length, threads=threads))
+        log.info("int8 check: nDCG@10 int8 %.4f vs fp32 %.4f on %d validation queries (%+.4f, tolerance %g): %s",
+                 int8["ndcg_int8"], int8["ndcg_fp32"], int8["queries"], -int8["drop"], int8["tolerance"],
+                 "int8 kept" if int8["ok"] else "fp32 from here on")
     name = "" if chosen_setting == 0 else f"-{chosen_setting + 1}"
     history = [json.loads(line) for line in run.path("train", f"loss{name}.jsonl").read_text().splitlines() if line]
     seconds = [h["seconds"] for h in history if h.get("seconds") is not None]
@@ -248,7 +269,7 @@ def train(spec: Spec, run: Run, base_model: str, *, preflight: dict | None = Non
                                                                   for k in metrics} if vset else None},
         "interpolation": mix, "preflight": preflight,
         "validation": {**(vinfo or {}), "base": base_scores, "kept": kept, "beats_base": beats, "modes": modes},
-        "settings": tried,
+        "settings": tried, "int8": int8,
     }
     run.write_json("train/settings.json", {"primary": primary, "base": base_scores, "settings": tried,
                                            "chosen": {"learning_rate": settings[chosen_setting],
