@@ -252,6 +252,28 @@ def make_slice(scifact) -> Callable[..., Slice]:
     return make
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _user_cache(tmp_path_factory):
+    """The user's cache directory (XDG_CACHE_HOME: int8 variants of packaged models) is the
+    session's own: tests never write to the real one, and build what a clean machine builds
+    (once per session, found by every later test). Child processes inherit it."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def random_model(tmp_path_factory) -> str:
+    """A 1-layer, 384-wide BERT with random weights and MiniLM's tokenizer, as a
+    sentence-transformers folder (`vectune.embed.models.random_model`): for tests of the
+    pipeline's plumbing (resume, kills, leases, syncs), where the model's quality is not what
+    is tested; several times cheaper to encode and train than all-MiniLM-L6-v2."""
+    from vectune.embed.models import random_model
+
+    return random_model(tmp_path_factory.mktemp("random-model"))
+
+
 # -- tiny hand-made BEIR data (for loaders and malformed-input tests) -----------------
 @pytest.fixture
 def tiny_beir(tmp_path) -> Slice:

@@ -1,5 +1,5 @@
 """Incremental sync for real: a 160-document SciFact slice whose corpus file changes between
-re-indexes (documents added, rewritten, removed), the packaged model, a local Ray and the
+re-indexes (documents added, rewritten, removed), a random-weight 384-d model, a local Ray and the
 embedded engine (Qdrant Edge) on tmpfs. Each result is compared with what a full rebuild of the
 same corpus, in another store and with a cold embedding cache, holds."""
 
@@ -11,7 +11,6 @@ import random
 import numpy as np
 import pytest
 import yaml
-from testdata import other_model
 
 from vectune.errors import IndexingError
 from vectune.index import connect
@@ -24,9 +23,11 @@ INDEX = {"batch_size": 8, "embed_batch_size": 64, "keep": 1, "verify_sample": 8}
 
 
 @pytest.fixture(scope="module")
-def sliced(make_slice, shm):
+def sliced(make_slice, shm, random_model):
+    """The slice on a random-weight model: syncs are about which points change, not what the
+    model ranks (CI time)."""
     return make_slice(shm / "slice", n_docs=N_DOCS, n_queries=20, seed=3,
-                      spec={"model": {"max_seq_length": 64},
+                      spec={"model": {"max_seq_length": 64, "base": random_model},
                             "index": {**INDEX, "qdrant": {"path": str(shm / "qdrant")}}})
 
 
@@ -238,7 +239,9 @@ def test_another_distance_or_model_builds_a_new_collection(spec, sliced, first, 
     assert dot["mode"] == "full" and dot["reason"] == "distance changed: live 'cosine', now 'dot'"
     assert dot["name"] == "slice__d1" and dot["previous"] == first["name"]
 
-    other = other_model(shm)
+    from vectune.embed.models import random_model
+
+    other = random_model(shm / "other", seed=1)  # another model (another fingerprint), same dimension
     moved = reindex(spec, model=other, run_id="m1")
     assert moved["mode"] == "full" and moved["reason"].startswith("model changed")
     assert moved["name"] == "slice__m1" and moved["previous"] == "slice__d1"

@@ -231,3 +231,39 @@ def embedding_dimension(model) -> int:
     """Output dimension of a loaded SentenceTransformer (the method was renamed in v5)."""
     getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
     return int(getter())
+
+
+def random_model(folder: str | Path, *, dim: int = 384, layers: int = 1, seed: int = 0,
+                 max_seq_length: int = 64) -> str:
+    """A sentence-transformers folder (mean pooling, normalised) of a `layers`-deep, `dim`-wide
+    BERT with random weights and the packaged MiniLM's tokenizer: built locally (no network),
+    for tests and benchmarks that measure the pipeline rather than the model (same output
+    dimension as all-MiniLM-L6-v2 at the default `dim`, a fraction of its cost). Built once
+    per folder; the same seed gives the same weights and fingerprint."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import models as st_models
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    out = Path(folder) / f"random-{dim}x{layers}-{seed}"
+    if (out / "modules.json").exists():
+        return str(out)
+    hf = Path(folder) / f".random-hf-{dim}x{layers}-{seed}"
+    tokenizer = AutoTokenizer.from_pretrained(_packaged_minilm())
+    generator = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        bert = BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=dim, num_hidden_layers=layers,
+                                    num_attention_heads=max(1, dim // 96), intermediate_size=dim,
+                                    max_position_embeddings=512))
+    finally:
+        torch.random.set_rng_state(generator)
+    bert.save_pretrained(hf)
+    tokenizer.save_pretrained(hf)
+    word = st_models.Transformer(str(hf), max_seq_length=max_seq_length)
+    SentenceTransformer(modules=[word, st_models.Pooling(dim, "mean"), st_models.Normalize()],
+                        device="cpu").save(str(out))
+    import shutil
+
+    shutil.rmtree(hf, ignore_errors=True)
+    return str(out)
