@@ -52,27 +52,11 @@ DIM = 384
 
 
 def tiny_model(folder: Path, seed: int = 0) -> str:
-    """A 1-layer, 384-wide BERT with random weights and MiniLM's tokenizer, saved as a
-    sentence-transformers folder (mean pooling, normalised): fast to run, 384-d like the real one."""
-    import torch
-    from sentence_transformers import SentenceTransformer, models
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    """A 1-layer, 384-wide BERT with random weights and MiniLM's tokenizer (vectune's own
+    `random_model`, the one the tests use): fast to run, 384-d like the real one."""
+    from vectune.embed.models import random_model
 
-    from vectune.embed import resolve_model
-
-    out = folder / "tiny-384"
-    if (out / "modules.json").exists():
-        return str(out)
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model("all-MiniLM-L6-v2"))
-    torch.manual_seed(seed)
-    bert = BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=DIM, num_hidden_layers=1,
-                                num_attention_heads=4, intermediate_size=DIM, max_position_embeddings=512))
-    hf = folder / "tiny-hf"
-    bert.save_pretrained(hf)
-    tokenizer.save_pretrained(hf)
-    word = models.Transformer(str(hf), max_seq_length=64)
-    SentenceTransformer(modules=[word, models.Pooling(DIM, "mean"), models.Normalize()]).save(str(out))
-    return str(out)
+    return random_model(folder, dim=DIM, layers=1, seed=seed)
 
 
 def write_spec(folder: Path, model: str, precision: str, args) -> Path:
