@@ -295,8 +295,9 @@ def test_actors_load_the_model_at_start_only_when_they_will_encode(sl, first):
     from vectune.embed.corpus import embedded_corpus
 
     data = DomainData(spec)
+    pooled = spec.derived(runtime=spec.runtime.model_copy(update={"driver_encode_max": 0}))  # never in the driver
     for cache, preload in ((True, False), (False, True)):
-        ds, _ = embedded_corpus(spec, data, model_path, plan_actors(None), batch_size=1024, cache=cache)
+        ds, _ = embedded_corpus(pooled, data, model_path, plan_actors(None), batch_size=1024, cache=cache)
         assert ds._logical_plan.dag.fn_constructor_kwargs["preload"] is preload
 
 

@@ -118,3 +118,36 @@ def _texts(sliced) -> list[str]:
 
     return [(lambda d: f"{d['title']} {d['text']}")(json.loads(line))
             for line in sliced.corpus_path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_a_small_corpus_is_encoded_in_the_driver_with_the_pools_columns_and_vectors(sliced):
+    """Below runtime.driver_encode_max on one machine, the corpus is encoded in this process
+    (one model load, shared with the other encoders of the same model here); the rows, kept
+    columns and vectors are the actor pool's, and the progress counter ticks every document."""
+    import ray
+
+    from vectune.data import DomainData
+    from vectune.embed import encoder_config, plan_actors
+    from vectune.embed.dataset import embed_dataset, embed_here, in_driver
+    from vectune.embed.encoder import Encoder
+    from vectune.progress import track
+    from vectune.runs import base_model_path
+
+    spec = sliced.load()
+    data = DomainData(spec)
+    plan = plan_actors(None)
+    assert in_driver(spec.runtime.driver_encode_max, data.corpus.count, plan)  # 150 <= 1,000, one node
+    assert not in_driver(0, data.corpus.count, plan) and not in_driver(149, data.corpus.count, plan)
+    cfg = encoder_config(spec, base_model_path(spec), role="document", cache=False)
+    with track("encode", data.corpus.count) as counter:
+        here = embed_here(data.corpus_dataset(blocks=3), cfg, keep=("doc_id", "title"), progress=counter).take_all()
+        done, _ = ray.get(counter.read.remote())
+    pooled = embed_dataset(data.corpus_dataset(blocks=2), cfg, plan, batch_size=100, keep=("doc_id", "title")).take_all()
+    assert done == len(here) == len(pooled) == 150
+    assert set(here[0]) == set(pooled[0]) == {"doc_id", "title", "embedding"}
+    by_id = {r["doc_id"]: r for r in pooled}
+    for row in here:
+        assert row["title"] == by_id[row["doc_id"]]["title"]
+        np.testing.assert_allclose(row["embedding"], by_id[row["doc_id"]]["embedding"], atol=2e-5)
+    a, b = Encoder(cfg), Encoder(cfg)
+    assert a.model is b.model  # one load per process for the same model and settings

@@ -418,12 +418,13 @@ N_DRILL = 40
 
 
 @pytest.fixture(scope="module")
-def drilled(make_slice, tmp_path_factory, edge_disk):
+def drilled(make_slice, tmp_path_factory, edge_disk, random_model):
     """A 40-document slice whose embedded store lives on a 256 MiB tmpfs, version v1 built and
     live by `vectune reindex` in its own process. Every vector is verified (verify_sample = the
-    corpus), batches of 4 points."""
+    corpus), batches of 4 points. A random-weight model: the drills are about the store and
+    the alias, never about what ranks first (CI time: each command is a process of its own)."""
     sliced = make_slice(tmp_path_factory.mktemp("drill"), n_docs=N_DRILL, n_queries=8, seed=9, spec={
-        "model": {"max_seq_length": 64},
+        "model": {"max_seq_length": 64, "base": random_model},
         "index": {"batch_size": 4, "embed_batch_size": 16, "keep": 3, "verify_sample": N_DRILL, "lease_ttl": 4,
                   "qdrant": {"path": str(edge_disk / "qdrant")}}})
     out = vectune("reindex", sliced.spec_path, "--run-id", "v1", "--json")

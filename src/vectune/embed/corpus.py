@@ -11,7 +11,7 @@ import math
 
 from vectune.data import DomainData
 from vectune.embed.actors import ActorPlan
-from vectune.embed.dataset import embed_dataset, expects_encoding
+from vectune.embed.dataset import embed_dataset, embed_here, expects_encoding, in_driver
 from vectune.embed.encoder import encoder_config
 from vectune.spec import Spec
 
@@ -35,10 +35,13 @@ def embedded_corpus(spec: Spec, data: DomainData, model_path: str, plan: ActorPl
     """The corpus Dataset with an `embedding` column, and the encoder config used.
 
     `plan` is the stage's actor plan; `batch_size` is an upper bound: see `corpus_batching`.
+    A small corpus on one machine is encoded in this process instead (`in_driver`).
     `cache=False` skips the embedding cache (benchmarks).
     """
     cfg = encoder_config(spec, model_path, role="document", cache=cache)
     batch, blocks = corpus_batching(data.corpus.count, batch_size, plan.actors)
     ds = data.corpus_dataset(blocks=blocks)
+    if in_driver(spec.runtime.driver_encode_max, data.corpus.count, plan):
+        return embed_here(ds, cfg, keep=keep, progress=progress), cfg
     return embed_dataset(ds, cfg, plan, batch_size=batch, keep=keep, progress=progress,
                          preload=expects_encoding(cfg, data.corpus.count)), cfg

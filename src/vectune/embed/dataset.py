@@ -39,6 +39,36 @@ def embed_dataset(ds, config: EncoderConfig, plan: ActorPlan, *, batch_size: int
     )
 
 
+def in_driver(driver_encode_max: int, rows: int, plan: ActorPlan) -> bool:
+    """Whether `rows` texts are encoded in this process rather than by an actor pool: few enough
+    (`runtime.driver_encode_max`), no GPUs asked for, and Ray on one machine (where a pool of
+    1-thread actors gains nothing over one process using every core: 0.93-1.00x end to end,
+    benchmarks/encode.py, and each actor pays its own imports and model load)."""
+    if plan.gpus or rows > driver_encode_max:
+        return False
+    import ray
+
+    return sum(1 for node in ray.nodes() if node.get("Alive")) == 1
+
+
+def embed_here(ds, config: EncoderConfig, *, keep: tuple[str, ...] | None = None, progress=None):
+    """What `embed_dataset` gives (the same columns and vectors), encoded in this process: the
+    input read by Ray Data, one `Encoder` (its model shared with this process's other encoders of
+    the same model), the result a materialized Dataset. For small corpora (`in_driver`)."""
+    import pyarrow as pa
+    import ray.data
+    from ray.data.extensions import ArrowTensorArray
+
+    encoder = Encoder(config, keep=keep, progress=progress)
+    tables = []
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        out = encoder(batch)
+        vectors = np.ascontiguousarray(out.pop("embedding"), dtype=np.float32)
+        columns = {k: pa.array(v) if v.dtype.kind in "iufb" else pa.array(v.tolist()) for k, v in out.items()}
+        tables.append(pa.table({**columns, "embedding": ArrowTensorArray.from_numpy(vectors)}))
+    return ray.data.from_arrow(tables)
+
+
 def expects_encoding(config: EncoderConfig, rows: int) -> bool:
     """Whether embedding `rows` texts will run the model: no cache, or one too small to
     hold them all. A cache that may hold them leaves the model unloaded until a text is

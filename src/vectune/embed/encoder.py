@@ -135,6 +135,16 @@ def encode_sorted(encode, texts: list[str], chunk: int, progress=None) -> np.nda
     return out if out is not None else np.zeros((0, 0), dtype=np.float32)
 
 
+@functools.lru_cache(maxsize=2)
+def _shared_model(path: str, fingerprint: str, max_seq_length, device, threads, precision: str, int8_root, int8_tag):
+    """One loaded model per process for every encoder of the same model and settings (the
+    queries' and the documents' encoders of a small evaluate in the driver load it once).
+    Keyed by the model's fingerprint, so a model rewritten in place is loaded again. Encoders
+    only run inference on it; training loads its own."""
+    return load_model(path, max_seq_length=max_seq_length, device=device, threads=threads, precision=precision,
+                      cache_root=int8_root, fingerprint=fingerprint, int8_tag=int8_tag)
+
+
 def _resolved_precision(spec) -> str:
     if spec.model.precision != "auto":
         return spec.model.precision
@@ -193,16 +203,9 @@ class Encoder:
             if self.config.precision == "fp16" and not (self.config.device or "").startswith("cuda"):
                 _warn_once("model.precision fp16 encoding on a CPU: slow; fp16 is meant for GPUs (int8 or "
                            "bf16 on CPUs)")
-            self._model = load_model(
-                self.config.model_path,
-                max_seq_length=self.config.max_seq_length,
-                device=self.config.device,
-                threads=self.config.threads,
-                precision=self.config.precision,
-                cache_root=self.config.int8_root,
-                fingerprint=self.config.fingerprint,
-                int8_tag=self.config.int8_tag,
-            )
+            self._model = _shared_model(self.config.model_path, self.config.fingerprint,
+                                        self.config.max_seq_length, self.config.device, self.config.threads,
+                                        self.config.precision, self.config.int8_root, self.config.int8_tag)
         return self._model
 
     def encode(self, texts: list[str]) -> np.ndarray:

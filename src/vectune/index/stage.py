@@ -24,7 +24,7 @@ from pathlib import Path
 from vectune import _faults
 from vectune.data import DomainData
 from vectune.embed import compact_cache, embed_dataset, encoder_config, model_fingerprint, plan_actors, resolve_model
-from vectune.embed.dataset import expects_encoding
+from vectune.embed.dataset import embed_here, expects_encoding, in_driver
 from vectune.embed.encoder import Encoder
 from vectune.runtime import ray_session
 from vectune.errors import IndexingError, Problem, SpecError, root_cause
@@ -297,6 +297,8 @@ def corpus_vectors(spec: Spec, data: DomainData, cfg, progress=None) -> tuple:
     # enough blocks that every encoder actor gets work, each a Ray batch `encode` can sort
     blocks = max(plan.actors * 2, math.ceil(data.corpus.count / idx.embed_batch_size))
     ds = data.corpus_dataset(blocks=blocks).map_batches(add_content_hash, batch_format="numpy", num_cpus=0.1)
+    if in_driver(spec.runtime.driver_encode_max, data.corpus.count, plan):  # a small corpus on one machine
+        return embed_here(ds, cfg, keep=kept_columns(spec), progress=progress), blocks
     embedded = embed_dataset(ds, cfg, plan, batch_size=idx.embed_batch_size, keep=kept_columns(spec),
                              progress=progress, preload=expects_encoding(cfg, data.corpus.count))
     return embedded, blocks

@@ -31,6 +31,12 @@ class RuntimeSpec(Section):
     connect_timeout: float = Field(
         30.0, gt=0, le=3600, description="Seconds to wait for the Ray cluster at `address` to answer.")
     torch_threads: int | None = Field(None, ge=1, le=1024, description="Threads per torch process; Ray's share when unset.")
+    driver_encode_max: int = Field(
+        1000, ge=0, le=1_000_000,
+        description="A corpus of at most this many documents is encoded in the driver process (one model "
+        "load, shared with the queries' encoder) when Ray runs on one machine without GPUs for the stage, "
+        "instead of starting encoder actors that each load the model (~6 s of a small evaluate here); "
+        "0: always the actor pool.")
     tracking: Literal["none", "mlflow"] = Field(
         "none",
         description="`mlflow` (the `tracking` extra): each `vectune run` logs its parameters, per-stage "
