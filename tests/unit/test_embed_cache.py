@@ -89,8 +89,8 @@ def test_compaction_holds_one_chunk_of_vectors_not_the_store(tmp_path):
     for lo in range(0, n, 20_000):
         cache.add(rng.integers(1, 2**63, size=20_000, dtype=np.uint64), np.ones((20_000, dim), np.float32))
     tracemalloc.start()
-    try:
-        assert cache.compact(chunk=16384) == n
+    try:  # as `compact_cache` does it: a cache object opened over the pending shards, then compacted
+        assert EmbeddingCache(tmp_path).compact(chunk=16384) == n
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -58,17 +58,31 @@ class EmbeddingCache:
             self._hashes = np.load(store / "hashes.npy")
             self._vectors = np.load(store / "vectors.npy", mmap_mode="r")
         # pending shards (written since the last compaction: small, merged after every stage)
-        # are visible too, held apart from the store, whose vectors stay on disk
-        self._pending_hashes = self._pending_vectors = None
-        parts = sorted(self.pending.glob("*.npz"))
-        if parts:
-            hs, vs = [], []
-            for part in parts:
+        # are visible too, held apart from the store, whose vectors stay on disk. Only their
+        # hashes are read here; their vectors on the first lookup that needs them (a compaction
+        # never does: it streams them)
+        self._pending_parts = sorted(self.pending.glob("*.npz"))
+        self._pending_hashes = self._pending_vectors = self._pending_first = None
+        if self._pending_parts:
+            hs = []
+            for part in self._pending_parts:
                 with np.load(part) as z:
                     hs.append(z["hashes"])
-                    vs.append(z["vectors"])
-            h, first = np.unique(np.concatenate(hs), return_index=True)
-            self._pending_hashes, self._pending_vectors = h, np.concatenate(vs)[first]
+            self._pending_hashes, self._pending_first = np.unique(np.concatenate(hs), return_index=True)
+
+    def _pending(self) -> np.ndarray | None:
+        """The pending shards' vectors, in `_pending_hashes` order (read once, when first needed)."""
+        if self._pending_vectors is None and self._pending_hashes is not None:
+            vs = []
+            try:
+                for part in self._pending_parts:
+                    with np.load(part) as z:
+                        vs.append(z["vectors"])
+            except FileNotFoundError:  # merged into the store meanwhile (a compaction elsewhere)
+                self._load()
+                return self._pending() if self._pending_parts else None
+            self._pending_vectors = np.concatenate(vs)[self._pending_first]
+        return self._pending_vectors
 
     def __len__(self) -> int:
         stored = 0 if self._hashes is None else len(self._hashes)
@@ -82,13 +96,14 @@ class EmbeddingCache:
         """(found mask, vectors of the found hashes in order)."""
         found = np.zeros(len(hashes), dtype=bool)
         vectors = None
-        for known, stored in ((self._hashes, self._vectors), (self._pending_hashes, self._pending_vectors)):
+        for known, stored in ((self._hashes, lambda: self._vectors), (self._pending_hashes, self._pending)):
             if known is None or len(known) == 0:
                 continue
             pos = np.minimum(np.searchsorted(known, hashes), len(known) - 1)
             here = (known[pos] == hashes) & ~found
             if not here.any():
                 continue
+            stored = stored()
             if vectors is None:
                 vectors = np.zeros((len(hashes), stored.shape[1]), dtype=np.float32)
             vectors[here] = np.asarray(stored[pos[here]])
