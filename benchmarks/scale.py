@@ -21,6 +21,7 @@ For each size and precision, in its own process with its own local Ray (nothing 
 
     python benchmarks/scale.py --sizes 100000 1000000 --precisions fp32 int8     # the issue's runs (hours)
     python benchmarks/scale.py --sizes 2000 --precisions fp32 --out /tmp/scale.json   # a smoke run
+    python benchmarks/scale.py --sizes 1000000 --precisions fp32 --phases   # the full re-index alone
 
 Results: benchmarks/results/scale.json (one entry per size and precision, with the CPU's flags).
 """
@@ -49,6 +50,7 @@ sys.path.insert(0, str(HERE))
 from reindex import PeakRSS, change_corpus, synthetic  # noqa: E402 - the same corpus and sampler as reindex.py
 
 DIM = 384
+PHASES = ("embed_only", "syncs", "search")
 
 
 def tiny_model(folder: Path, seed: int = 0) -> str:
@@ -197,24 +199,36 @@ def one(n: int, precision: str, args) -> dict:
         synthetic(work, n)
         spec_path = write_spec(work, model, precision, args)
         corpus = work / "corpus.jsonl"
-        rng = np.random.default_rng(0)
-        lines = corpus.read_text(encoding="utf-8").splitlines()
-        queries = [json.loads(lines[i])["title"] for i in rng.choice(len(lines), args.queries, replace=False)]
-        out: dict = {"docs": n, "precision": precision}
-        out["embed_only"] = _embed_only(spec_path)
-        out["full"] = _reindex(spec_path, "full", full=True)
-        out["full_cached"] = _reindex(spec_path, "cached", full=True)
-        out["sync_unchanged"] = _reindex(spec_path, "unchanged", full=False)
-        corpus.write_text("".join(line + "\n" for line in reversed(lines)), encoding="utf-8")
-        out["sync_no_change"] = _reindex(spec_path, "reordered", full=False)
-        out["change"] = change_corpus(corpus, args.change, seed=1)
-        out["sync_changed"] = _reindex(spec_path, "changed", full=False)
-        cached = out["full_cached"]["seconds"]
-        out["ratios_vs_full_cached"] = {k: round(out[k]["seconds"] / cached, 4)
-                                        for k in ("sync_unchanged", "sync_no_change", "sync_changed")}
-        out["ratio_full_vs_embed_only"] = round(out["full"]["seconds"] / out["embed_only"]["seconds"], 3)
-        out["search"] = _search(spec_path, queries, args)
-        out["recall"] = _recall(spec_path, queries, args.recall_queries)
+        out: dict = {"docs": n, "precision": precision, "phases": args.phases}
+        want = set(args.phases)
+        # the corpus' lines are held here only for the phases that rewrite it or draw queries
+        # from it (this process is the driver whose memory is measured)
+        lines: list[str] = []
+        queries: list[str] = []
+        if want & {"syncs", "search"}:
+            rng = np.random.default_rng(0)
+            lines = corpus.read_text(encoding="utf-8").splitlines()
+            queries = [json.loads(lines[i])["title"] for i in rng.choice(len(lines), args.queries, replace=False)]
+            if "syncs" not in want:
+                lines = []
+        if "embed_only" in want:
+            out["embed_only"] = _embed_only(spec_path)
+        out["full"] = _reindex(spec_path, "full", full=True)  # every later phase needs the collection
+        if "syncs" in want:
+            out["full_cached"] = _reindex(spec_path, "cached", full=True)
+            out["sync_unchanged"] = _reindex(spec_path, "unchanged", full=False)
+            corpus.write_text("".join(line + "\n" for line in reversed(lines)), encoding="utf-8")
+            out["sync_no_change"] = _reindex(spec_path, "reordered", full=False)
+            out["change"] = change_corpus(corpus, args.change, seed=1)
+            out["sync_changed"] = _reindex(spec_path, "changed", full=False)
+            cached = out["full_cached"]["seconds"]
+            out["ratios_vs_full_cached"] = {k: round(out[k]["seconds"] / cached, 4)
+                                            for k in ("sync_unchanged", "sync_no_change", "sync_changed")}
+        if "embed_only" in want:
+            out["ratio_full_vs_embed_only"] = round(out["full"]["seconds"] / out["embed_only"]["seconds"], 3)
+        if "search" in want:
+            out["search"] = _search(spec_path, queries, args)
+            out["recall"] = _recall(spec_path, queries, args.recall_queries)
         return out
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -235,6 +249,9 @@ def main() -> None:
     ap.add_argument("--embed-batch", type=int, default=1024)
     ap.add_argument("--upsert-batch", type=int, default=1024)
     ap.add_argument("--change", type=float, default=0.01)
+    ap.add_argument("--phases", nargs="*", default=list(PHASES), choices=PHASES,
+                    help="what to measure beside the full re-index (always run): embed_only, syncs (a cached full "
+                         "re-index and the three syncs), search (latency and recall)")
     ap.add_argument("--queries", type=int, default=1000, help="query texts (document titles) for search and recall")
     ap.add_argument("--cold-queries", type=int, default=5, help="calls of the CLI's search function (each loads the model)")
     ap.add_argument("--recall-queries", type=int, default=1000)
@@ -263,7 +280,7 @@ def main() -> None:
             report["runs"].append({**json.loads(child.read_text()), "load_after": os.getloadavg()})
             child.unlink(missing_ok=True)
             args.out.write_text(json.dumps(report, indent=1))
-            print(json.dumps({k: report["runs"][-1].get(k) for k in ("docs", "precision", "ratios_vs_full_cached",
+            print(json.dumps({k: report["runs"][-1].get(k) for k in ("docs", "precision", "phases", "ratios_vs_full_cached",
                                                                      "ratio_full_vs_embed_only", "recall")}),
                   flush=True)
     report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
