@@ -210,7 +210,9 @@ class _CountSink:
         return CountSink()
 
 
-def embed_only(spec_path: Path) -> dict:
+def embed_only(spec_path: Path, *, cache: bool = True) -> dict:
+    """The re-index's read -> encode pipeline into a sink that drops rows (`cache=False`: cold,
+    the embedding cache neither read nor written)."""
     from vectune.data import DomainData
     from vectune.embed import encoder_config, resolve_model
     from vectune.index.stage import corpus_vectors
@@ -220,7 +222,7 @@ def embed_only(spec_path: Path) -> dict:
     spec = load_spec(spec_path)
     data = DomainData(spec)
     n = data.corpus.count
-    cfg = encoder_config(spec, resolve_model(spec.model.base), role="document")
+    cfg = encoder_config(spec, resolve_model(spec.model.base), role="document", cache=cache)
     with PeakRSS() as mem:
         start = time.perf_counter()
         ds, blocks = corpus_vectors(spec, data, cfg)

@@ -47,7 +47,7 @@ import yaml  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from reindex import PeakRSS, change_corpus, synthetic  # noqa: E402 - the same corpus and sampler as reindex.py
+from reindex import PeakRSS, change_corpus, embed_only, synthetic  # noqa: E402 - the same corpus and sampler as reindex.py
 
 DIM = 384
 PHASES = ("embed_only", "syncs", "search")
@@ -85,28 +85,6 @@ def _reindex(spec_path: Path, run_id: str, *, full: bool) -> dict:
     return {"mode": result["mode"], "points": result["points"], "written": result.get("written"),
             "seconds": round(seconds, 2), "timings": result.get("timings"),
             "index_seconds": (result.get("index") or {}).get("seconds"), **mem.mib()}
-
-
-def _embed_only(spec_path: Path) -> dict:
-    from reindex import _CountSink
-
-    from vectune.data import DomainData
-    from vectune.embed import encoder_config
-    from vectune.index.stage import corpus_vectors
-    from vectune.index.writer import WRITE_TASK_CPUS
-    from vectune.spec import load_spec
-
-    spec = load_spec(spec_path)
-    data = DomainData(spec)
-    cfg = encoder_config(spec, spec.model.base, role="document", cache=False)
-    with PeakRSS() as mem:
-        start = time.perf_counter()
-        ds, blocks = corpus_vectors(spec, data, cfg)
-        sink = _CountSink()
-        ds.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_TASK_CPUS}, concurrency=min(blocks, 2))
-        seconds = time.perf_counter() - start
-    assert sink.rows == data.corpus.count, (sink.rows, data.corpus.count)
-    return {"docs": sink.rows, "seconds": round(seconds, 2), **mem.mib()}
 
 
 def _search(spec_path: Path, queries: list[str], args) -> dict:
@@ -212,7 +190,7 @@ def one(n: int, precision: str, args) -> dict:
             if "syncs" not in want:
                 lines = []
         if "embed_only" in want:
-            out["embed_only"] = _embed_only(spec_path)
+            out["embed_only"] = embed_only(spec_path, cache=False)
         out["full"] = _reindex(spec_path, "full", full=True)  # every later phase needs the collection
         if "syncs" in want:
             out["full_cached"] = _reindex(spec_path, "cached", full=True)
