@@ -518,7 +518,7 @@ timed(rt, "init_ray", "ray start (init_ray)")
 timed(prec, "_ask", "precision decided (a probe task where Ray runs)")
 timed(enc, "load_model", "model load (driver)")
 timed(ist, "open_store", "store open (driver)")
-timed(ist, "_stage_store", "store open (its owner actor)")
+timed(ist, "stage_store", "store open (its owner actor)")
 real_encode = enc.Encoder._model_encode
 def encode(self, texts):
     s = time.time()

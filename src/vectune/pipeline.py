@@ -307,26 +307,63 @@ def _evaluate_stage(spec: Spec, run: Run, data: DomainData, *, force: bool) -> d
     models = [("base", base_model_path(spec)), ("tuned", tuned["path"])]
     if champion["against"] == "live" and champion["fingerprint"] != model_fingerprint(models[0][1]):
         models.insert(1, ("champion", champion["path"]))
+    through = spec.evaluate.through
     out = {}
     for role, path in models:
         # each model in the mode it is (or would be) served: the champion as served now (a
         # live collection without sparse vectors is dense-only), the others as the spec serves
         mode = champion.get("mode", "dense") if role == "champion" else spec.search.mode
-        inputs = {"spec": scores_digest(spec), "model": model_fingerprint(path), "mode": mode}
+        inputs = {"spec": scores_digest(spec), "model": model_fingerprint(path), "mode": mode, "through": through}
+        if through == "index" and role == "champion":
+            inputs["collection"] = champion.get("collection")
         key = f"evaluate:{role}:{split}"
         saved = (run.read_json("metrics.json") or {}).get(role, {}).get(split)
         if not force and run.is_done(key, inputs) and saved and run.path("per_query", f"{role}-{split}.json").exists():
             out[role] = saved
             continue
         with run.stage(key, inputs) as outputs:
-            result, cached = scored(spec, data, path, split)
-            result = result.in_mode(mode)
+            if through == "index":
+                result, cached = _scored_through_index(spec, run, data, split, role, path, mode, champion)
+                outputs.update(collection=result.collection)
+            else:
+                result, cached = scored(spec, data, path, split)
+                result = result.in_mode(mode)
             outputs.update(result.metrics, cached=cached, mode=mode)
         save_evaluation(run, role, result)
         out[role] = result.summary()
     out["bm25"] = _bm25_stage(spec, run, data, split, force=force)
     out["over_bm25"] = gains_over({r: out[r] for r, _ in models}, out["bm25"])
     return out
+
+
+def _scored_through_index(spec: Spec, run: Run, data: DomainData, split: str, role: str, path: str, mode: str,
+                          champion: dict) -> tuple[Evaluation, bool]:
+    """(`role`'s evaluation through the collection that serves or would serve it, whether that
+    collection was already built): the tuned model through the run's new version, built now
+    and left unserved for the gate (`vectune.index.scoring`); a live champion through the live
+    collection; the base through its scoring collection, kept across runs."""
+    import time
+
+    from vectune.evaluate.stage import scored_runs
+    from vectune.index.scoring import CANDIDATE, SCORING, Scorable, rank_through_index
+
+    start = time.perf_counter()
+    if role == "tuned":
+        model = Scorable(role, path, mode, CANDIDATE)
+    elif role == "champion":
+        model = Scorable(role, path, mode, "live", collection=champion.get("collection"))
+    else:
+        model = Scorable(role, path, mode, SCORING)
+    labels = data.labels(split)
+    qids = sorted(labels.qrels)
+    ranked = rank_through_index(spec, data, run.id, [model], qids, [labels.queries[q] for q in qids],
+                                spec.evaluate.depth)[role]
+    if role == "tuned":
+        run.record("candidate", {"name": ranked["collection"], "state": CANDIDATE, "model": path,
+                                 "seconds": ranked["built"]})
+    result = scored_runs(spec, data, path, split, {mode: ranked["run"]}, served=mode, start=start, through="index",
+                         collection=ranked["collection"])
+    return result, ranked["built"] == 0
 
 
 def _bm25_stage(spec: Spec, run: Run, data: DomainData, split: str, *, force: bool = False) -> dict:
@@ -366,6 +403,9 @@ def _gate_stage(spec: Spec, run: Run, evaluations: dict) -> dict:
     record["validation_vs_test"] = _validation_vs_test(summary, evaluations, spec.evaluate.gate.metric, split)
     # what was compared: each side in the mode it is (the champion) or would be (the tuned) served
     record["served"] = {role: evaluations[role].get("mode", "dense"), "tuned": evaluations["tuned"].get("mode", "dense")}
+    # and how: exactly, or through the collections that serve (would serve) them (`evaluate.through`)
+    record["through"] = {r: {"through": evaluations[r].get("through", "exact"), "collection": evaluations[r].get("collection")}
+                         for r in (role, "tuned")}
     run.record("gate", record)
     tuned = run.manifest["models"]["tuned"]["path"]
     write_card(Path(tuned), spec, base_model_path(spec), summary,
@@ -466,6 +506,10 @@ def _run_stages(spec: Spec, run: Run, data: DomainData, stages: list[str], force
                 evaluations = _evaluate_stage(spec, run, data, force=False)
             result["gate"] = _gate_stage(spec, run, evaluations)
             if not result["gate"]["passed"]:
+                if spec.evaluate.through == "index":
+                    from vectune.index.scoring import drop_candidate
+
+                    result["gate"]["dropped"] = drop_candidate(spec, run.id)  # never served: nothing to keep
                 run.write_json("result.json", result)
                 _write_report(run)  # a refused model is when the report matters most
                 raise GateFailed("gate failed, nothing re-indexed: " + "; ".join(result["gate"]["reasons"])

@@ -72,6 +72,16 @@ def _alias(spec_path) -> str | None:
         store.close()
 
 
+def _exists(spec_path, name: str) -> bool:
+    from vectune.index import connect
+
+    store = connect(load_spec(spec_path))
+    try:
+        return store.exists(name)
+    finally:
+        store.close()
+
+
 @pytest.fixture(scope="module")
 def spec_path(slice_dir) -> Path:
     return _spec(slice_dir, "strong", STRONG)
@@ -131,6 +141,15 @@ def test_run_ends_with_the_alias_on_a_verified_new_collection(happy, spec_path):
     collection = manifest["collection"]
     assert collection["name"] == "slice__happy" and collection["points"] == 120
     assert _alias(spec_path) == "slice__happy"
+    # the gate judged what is served (`evaluate.through: index`): the tuned model through the very
+    # version then promoted (built and verified before the gate, promoted without loading it
+    # again), the base through a scoring collection that is no version of the alias
+    assert gate["through"]["tuned"] == {"through": "index", "collection": "slice__happy"}
+    assert gate["through"]["base"]["collection"].startswith("slice__score-")
+    assert collection["reused"] and collection["written"] == 0 and collection["verified"]["points"] == 120
+    listed = runner.invoke(app, ["collections", str(spec_path), "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert [c["name"] for c in json.loads(listed.stdout)["collections"]] == ["slice__happy"]
     # the report of this run, beside its results
     page = (run.dir / "report.html").read_text(encoding="utf-8")
     metrics = json.loads((run.dir / "metrics.json").read_text())
@@ -224,6 +243,13 @@ def test_a_model_better_than_base_but_worse_than_the_live_one_is_refused(happy, 
     assert gate2["champion"] == pytest.approx(champion) and gate2["base"] == pytest.approx(base)
     assert gate2["p_value"] is not None and len(gate2["ci95"]) == 2 and gate2["gain"] < 0
     assert _alias(light) == "slice__happy"  # the alias did not move
+    # the champion was scored through the live collection as served, the base through the scoring
+    # collection run 1 built (not built again), and the refused candidate was dropped
+    assert gate2["through"]["champion"] == {"through": "index", "collection": "slice__happy"}
+    stages2 = Run.open(spec2, "r2").manifest["stages"]
+    assert stages2["evaluate:base:test"]["outputs"]["cached"] is True
+    assert stages2["evaluate:tuned:test"]["outputs"]["collection"] == "slice__r2"
+    assert not _exists(light, "slice__r2")
 
     # the same challenger judged against the base model passes (its scores come from the cache)
     against_base = _spec(slice_dir, "light", LIGHT, against="base")
@@ -233,6 +259,7 @@ def test_a_model_better_than_base_but_worse_than_the_live_one_is_refused(happy, 
     assert gate3["passed"] and gate3["against"] == "base" and gate3["gain"] == pytest.approx(tuned - base)
     assert gate3["p_value"] <= 0.05
     assert _alias(light) == "slice__r2"
+    assert json.loads(third.stdout)["reindex"]["reused"] is False  # its candidate was dropped: built anew
 
     listed = runner.invoke(app, ["runs", str(light), "--json"])
     assert listed.exit_code == 0, listed.output

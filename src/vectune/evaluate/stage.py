@@ -37,12 +37,18 @@ class Evaluation:
     mode: str = "dense"  # the mode `metrics` and `per_query` are of
     #: every mode ranked: mode -> {"metrics": ..., "per_query": ...}
     modes: dict[str, dict] = field(repr=False, default_factory=dict)
+    #: how it was ranked: `exact` (every document scored) or `index` (through `collection`, as served)
+    through: str = "exact"
+    collection: str | None = None
 
     def summary(self) -> dict:
         out = {
             "split": self.split, "model": self.model, "fingerprint": self.fingerprint,
             "metrics": self.metrics, "num_queries": self.num_queries, "seconds": round(self.seconds, 2),
+            "through": self.through,
         }
+        if self.collection:
+            out["collection"] = self.collection
         if self.modes:
             out["mode"] = self.mode
             out["modes"] = {m: v["metrics"] for m, v in self.modes.items()}
@@ -57,7 +63,7 @@ class Evaluation:
         m = self.modes[mode]
         return Evaluation(split=self.split, model=self.model, fingerprint=self.fingerprint, metrics=m["metrics"],
                           num_queries=self.num_queries, seconds=self.seconds, per_query=m["per_query"], mode=mode,
-                          modes=self.modes)
+                          modes=self.modes, through=self.through, collection=self.collection)
 
 
 #: documents added to the scratch shard at a time (bounds what the driver holds)
@@ -93,21 +99,30 @@ def rank_modes(spec: Spec, data: DomainData, model_path: str, query_ids: list[st
 
 
 def evaluate_model(spec: Spec, data: DomainData, model_path: str, split: str) -> Evaluation:
-    """Score `model_path` on `split` with the spec's metrics in every served mode (Ray must
-    be running); `metrics` are the spec's `search.mode`'s."""
+    """Score `model_path` on `split` with the spec's metrics in every served mode, ranked exactly
+    (Ray must be running); `metrics` are the spec's `search.mode`'s."""
     start = time.perf_counter()
     spec = resolved(spec)  # `auto` precision decided where the encoding runs (vectune.precision)
     labels = data.labels(split)
     qids = sorted(labels.qrels)
     runs = rank_modes(spec, data, model_path, qids, [labels.queries[q] for q in qids], spec.evaluate.depth)
+    return scored_runs(spec, data, model_path, split, runs, served=spec.search.mode, start=start)
+
+
+def scored_runs(spec: Spec, data: DomainData, model_path: str, split: str, runs: dict[str, dict], *, served: str,
+                start: float, through: str = "exact", collection: str | None = None) -> Evaluation:
+    """The evaluation of `model_path` from its rankings of `split`'s queries, mode -> run;
+    `metrics` are those of `served`. `through`: how they were ranked (`exact`, or `index`:
+    through `collection`, as served)."""
+    labels = data.labels(split)
     modes = {}
     for mode, run in runs.items():
         means, per_query = score_run(labels.qrels, run, spec.evaluate.metrics)
         modes[mode] = {"metrics": means, "per_query": per_query}
-    served = spec.search.mode
-    log.info("%s on %s: %s", model_path, split, "; ".join(
+    log.info("%s on %s%s: %s", model_path, split, f" through {collection}" if collection else "", "; ".join(
         f"{m} " + ", ".join(f"{k} {v:.4f}" for k, v in modes[m]["metrics"].items()) for m in modes))
     cfg = encoder_config(spec, model_path, role="query", cache=False)
     return Evaluation(split=split, model=model_path, fingerprint=cfg.fingerprint, metrics=modes[served]["metrics"],
-                      num_queries=len(qids), seconds=time.perf_counter() - start,
-                      per_query=modes[served]["per_query"], mode=served, modes=modes)
+                      num_queries=len(labels.qrels), seconds=time.perf_counter() - start,
+                      per_query=modes[served]["per_query"], mode=served, modes=modes, through=through,
+                      collection=collection)

@@ -136,6 +136,8 @@ def versions(store, spec: Spec, *, count: bool = True) -> list[Version]:
         stamp = store.read_stamp(name)
         if stamp is None or stamp.get("base") != base:
             continue  # not built by vectune for this base: never touched
+        if stamp.get("role") == "scoring":
+            continue  # built only to score a model as it would be served (`vectune.index.scoring`)
         out.append(Version(
             name=name, run_id=stamp.get("run_id", name[len(base) + len(SEP):]), state=stamp.get("state", "?"),
             live=name == live, points=_count(store, name) if count else None,

@@ -79,7 +79,7 @@ def search(spec: Spec, text: str, *, k: int = 10, model: str | None = None, forc
         ef = (stamp.get("hnsw") or {}).get("ef")
         # the collection the alias resolved to, whose stamp chose the model: a swap meanwhile cannot mix them
         if mode == "hybrid":
-            sparse = _query_bm25(spec, store, live, stamp, text)
+            sparse, = query_bm25(spec, store, live, stamp, [text])
             hits = store.hybrid(live, vector.tolist(), sparse, k, ["doc_id", "title"], fusion=spec.search.fusion,
                                 prefetch=max(spec.search.prefetch, k), ef=ef, rrf_k=spec.search.rrf_k)
         else:
@@ -95,8 +95,8 @@ def search(spec: Spec, text: str, *, k: int = 10, model: str | None = None, forc
     }
 
 
-def _query_bm25(spec: Spec, store, live: str, stamp: dict, text: str):
-    """The query's BM25 vector, made with the settings the collection's documents were: the
+def query_bm25(spec: Spec, store, live: str, stamp: dict, texts: list[str]) -> list:
+    """The queries' BM25 vectors, made with the settings the collection's documents were: the
     spec's `bm25` section must be the one stamped on it (else the terms would not match)."""
     from vectune.index.points import sparse_identity
     from vectune.index.store import Sparse
@@ -115,8 +115,7 @@ def _query_bm25(spec: Spec, store, live: str, stamp: dict, text: str):
         raise ModelError(f"{live} was indexed with other BM25 settings ({what} differ from the spec's): a query "
                          "tokenized differently would not match its vectors; re-index (`vectune reindex --full`) "
                          "or set the stamped values")
-    (indices, values), = bm25_vectors(spec.bm25, [text], query=True)
-    return Sparse(list(indices), list(values))
+    return [Sparse(list(indices), list(values)) for indices, values in bm25_vectors(spec.bm25, texts, query=True)]
 
 
 def serving_model(spec: Spec) -> dict | None:

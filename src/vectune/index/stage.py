@@ -122,7 +122,7 @@ def reindex(spec: Spec, run: Run, model_path: str, *, full: bool = False) -> dic
                 probe.close()  # the embedded engine's owner actor opens the shards next
                 probe = None
                 with ray_session(spec.runtime):
-                    store = _stage_store(where, spec)
+                    store = stage_store(where, spec)
                     try:
                         if live is not None:
                             record = _synced(entry, sync.sync(store, spec, data, run.id, live, model))
@@ -177,7 +177,7 @@ def _synced(entry: dict, record: dict) -> dict:
             "seconds": record["seconds"], "timings": record["timings"], "sync": record}
 
 
-def _stage_store(where: Target, spec: Spec) -> Store:
+def stage_store(where: Target, spec: Spec) -> Store:
     """The stage's store: a server's client in the driver; for the embedded engine, the owner
     actor that holds it for the whole stage (its shards' pages and index build stay there)."""
     if not where.embedded:
@@ -193,53 +193,89 @@ def _stage_store(where: Target, spec: Spec) -> Store:
 
 
 def _build(store: Store, spec: Spec, run: Run, data: DomainData, name: str, model: dict) -> dict:
+    """Build `name` (or take the verified candidate the evaluate stage built of it), then
+    move the alias to it and drop versions beyond `index.keep`."""
+    start = time.perf_counter()
+    alias = cols.alias_name(spec)
+    live_before = cols.live_collection(store, alias)
+    built = construct(store, spec, run.id, data, name, model, live=live_before)
+    previous = cols.promote(store, spec, name)
+    deleted = cols.retain(store, spec, name)
+    seconds = round(time.perf_counter() - start, 2)
+    checks = built["verified"]
+    log.info("alias %s -> %s (%d points, %.1f s); previous %s", alias, name, checks["points"], seconds, previous)
+    # a new collection: every point counts as added to it
+    return {**built, "alias": alias, "state": "live", "added": checks["points"], "updated": 0, "deleted": 0,
+            "unchanged": 0, "previous": previous, "deleted_collections": deleted, "qdrant": store.where.describe(),
+            "seconds": seconds}
+
+
+def build_stamp(spec: Spec, data: DomainData, run_id: str, model: dict, dimension: int) -> dict:
+    """The stamp a build of `model` over the corpus writes (state `building`)."""
+    h = hnsw(spec)
+    return {
+        **vector_settings(spec, model["fingerprint"]), "spec": spec.name, "base": cols.base_name(spec),
+        "run_id": run_id, "spec_hash": spec.digest(), "model_path": model["path"], "dimension": dimension,
+        "corpus_sha256": data.corpus.sha256, "corpus_count": data.corpus.count, "created": cols.now(),
+        "hnsw": {"m": h.m, "ef_construct": h.ef_construct, "ef": h.ef}, "state": "building",
+    }
+
+
+#: what must match for a verified, never served build to be promoted as it is: the vectors, the
+#: corpus they came from, and the index over them
+SAME_BUILD = cols.SYNC_FIELDS + ("corpus_sha256", "dimension", "hnsw")
+
+
+def construct(store: Store, spec: Spec, run_id: str, data: DomainData, name: str, model: dict, *,
+              live: str | None, state: str = "ready", extra: dict | None = None) -> dict:
+    """Load `model`'s vectors of the corpus into `name`, build its HNSW index and verify it,
+    leaving it stamped `state` (`ready`; `candidate`: verified for the gate, never served;
+    `scoring`: built only to score a model as it would be served). The alias is not touched.
+
+    A collection already verified from the same vectors, corpus and index (`SAME_BUILD`) is
+    verified again and kept rather than loaded anew: the evaluate stage's candidate becomes
+    the re-index stage's build.
+    """
     start = time.perf_counter()
     cfg = encoder_config(spec, model["path"], role="document", fingerprint=model["fingerprint"])
     # one uncached encoder on the driver: the dimension now, a fresh sample for verification later
     fresh = Encoder(encoder_config(spec, model["path"], role="document", cache=False, fingerprint=model["fingerprint"]))
     dimension = fresh.dimension
-    h = hnsw(spec)
-    stamp = {
-        **vector_settings(spec, model["fingerprint"]), "spec": spec.name, "base": cols.base_name(spec),
-        "run_id": run.id, "spec_hash": spec.digest(), "model_path": model["path"], "dimension": dimension,
-        "corpus_sha256": data.corpus.sha256, "corpus_count": data.corpus.count, "created": cols.now(),
-        "hnsw": {"m": h.m, "ef_construct": h.ef_construct, "ef": h.ef}, "state": "building",
-    }
-    alias = cols.alias_name(spec)
-    live_before = cols.live_collection(store, alias)
-    if store.where.embedded:
-        _check_space(store.where, data, dimension)
-    resumed = _prepare(store, spec, name, stamp, live=live_before)
-    timings = {"prepare": round(time.perf_counter() - start, 2)}
-
-    mark = time.perf_counter()
-    written = _load(store, spec, data, name, cfg)
-    compact_cache(cfg)  # merge the vectors the workers cached, for the next run and for search
-    timings["load"] = round(time.perf_counter() - mark, 2)
-    mark = time.perf_counter()
-    index = store.build_index(name, h, timeout=spec.index.green_timeout)
-    timings["index"] = round(time.perf_counter() - mark, 2)
+    stamp = {**build_stamp(spec, data, run_id, model, dimension), **(extra or {})}
+    old = store.read_stamp(name) if store.exists(name) else None
+    reuse = (old is not None and old.get("state") in ("candidate", "scoring", "ready") and name != live
+             and all(old.get(k) == stamp.get(k) for k in SAME_BUILD))
+    timings: dict = {}
+    if reuse:
+        log.info("%s already holds these vectors, verified (%s): verifying it again instead of rebuilding",
+                 name, old.get("state"))
+        resumed, written, index = True, 0, old.get("index") or {}
+    else:
+        if store.where.embedded:
+            _check_space(store.where, data, dimension)
+        resumed = _prepare(store, spec, name, stamp, live=live)
+        timings["prepare"] = round(time.perf_counter() - start, 2)
+        mark = time.perf_counter()
+        written = _load(store, spec, data, name, cfg)
+        compact_cache(cfg)  # merge the vectors the workers cached, for the next run and for search
+        timings["load"] = round(time.perf_counter() - mark, 2)
+        mark = time.perf_counter()
+        index = store.build_index(name, hnsw(spec), timeout=spec.index.green_timeout)
+        timings["index"] = round(time.perf_counter() - mark, 2)
 
     _faults.hit("index.verify", collection=name)
     mark = time.perf_counter()
     try:
-        checks = _verify(store, name, spec, data, model["path"], seed=run.id, encoder=fresh)
+        checks = _verify(store, name, spec, data, model["path"], seed=run_id, encoder=fresh)
     except IndexingError as exc:
         cols.update_stamp(store, name, state="failed", error=str(exc)[:500])
-        raise IndexingError(f"{exc}. The alias {alias!r} still points at {live_before or 'nothing'}; the new "
-                            f"collection {name} is kept for inspection") from None
+        raise IndexingError(f"{exc}. The alias {cols.alias_name(spec)!r} still points at {live or 'nothing'}; the "
+                            f"new collection {name} is kept for inspection") from None
     timings["verify"] = round(time.perf_counter() - mark, 2)
-    cols.update_stamp(store, name, state="ready", verified=checks, index=index)
-    previous = cols.promote(store, spec, name)
-    deleted = cols.retain(store, spec, name)
-    seconds = round(time.perf_counter() - start, 2)
-    log.info("alias %s -> %s (%d points, %.1f s); previous %s", alias, name, checks["points"], seconds, previous)
-    # a new collection: every point counts as added to it
-    return {"name": name, "alias": alias, "state": "live", "points": checks["points"], "written": written,
-            "added": checks["points"], "updated": 0, "deleted": 0, "unchanged": 0,
-            "dimension": dimension, "model": model, "previous": previous, "deleted_collections": deleted,
-            "resumed": resumed, "verified": checks, "index": index, "qdrant": store.where.describe(),
-            "seconds": seconds, "timings": timings}
+    cols.update_stamp(store, name, state=state, verified=checks, index=index, **(extra or {}))
+    return {"name": name, "points": checks["points"], "written": written, "dimension": dimension, "model": model,
+            "resumed": resumed, "reused": reuse, "verified": checks, "index": index,
+            "seconds": round(time.perf_counter() - start, 2), "timings": timings}
 
 
 def _check_space(where: Target, data: DomainData, dimension: int) -> None:

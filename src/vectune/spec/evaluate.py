@@ -69,6 +69,12 @@ class EvaluateSpec(Section):
         "error", description="Queries of the split that are training queries too (by id or identical text): "
                              "an error; `drop`: leave them out of training (with a warning), so the gate stays "
                              "held out; `allow`: keep them (the scores then measure memory; tests and demos).")
+    through: Literal["index", "exact"] = Field(
+        "index", description="How `run` scores the models its gate compares: `index`: through the collections that "
+                             "serve them (the challenger's new version, built and verified before the gate and "
+                             "promoted as it is if the gate passes; the live one as served now; the base through a "
+                             "scoring collection kept across runs), so approximate search and fusion are in the "
+                             "numbers; `exact`: every document scored exactly, no collection built.")
     search_block: int = Field(8192, ge=1, le=1 << 22, description="Corpus rows scored per block in exact search.")
     gate: GateSpec = Field(default_factory=GateSpec)
 
