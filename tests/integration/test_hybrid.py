@@ -175,3 +175,77 @@ class _Unclosed:
 
     def __getattr__(self, name):
         return getattr(self._store, name)
+
+
+def test_the_gate_scores_through_the_collection_as_it_serves(built, sliced):
+    """`evaluate.through: index`: the live hybrid collection ranks the split's queries through the
+    Query API (HNSW, prefetch, fusion) about as the exact hybrid ranking does, and the base is
+    ranked through a scoring collection built once, reused on the next call, never a version."""
+    from vectune.data import DomainData
+    from vectune.evaluate.stage import rank_modes, scored_runs
+    from vectune.index import connect
+    from vectune.index.scoring import SCORING, Scorable, rank_through_index
+    from vectune.runs import base_model_path
+
+    spec, record = built
+    data = DomainData(spec)
+    labels = data.labels("test")
+    qids = sorted(labels.qrels)
+    texts = [labels.queries[q] for q in qids]
+    path = base_model_path(spec)
+    exact = rank_modes(spec, data, path, qids, texts, 100)["hybrid"]
+    live = rank_through_index(spec, data, "t1", [Scorable("champion", path, "hybrid", "live", record["name"])],
+                              qids, texts, 100)["champion"]
+    assert live["collection"] == record["name"] and live["built"] == 0
+    through = scored_runs(spec, data, path, "test", {"hybrid": live["run"]}, served="hybrid", start=0.0,
+                          through="index", collection=record["name"])
+    ideal = scored_runs(spec, data, path, "test", {"hybrid": exact}, served="hybrid", start=0.0)
+    assert through.through == "index" and through.summary()["collection"] == record["name"]
+    assert through.metrics["ndcg@10"] == pytest.approx(ideal.metrics["ndcg@10"], abs=0.02)
+    same_top = sum(next(iter(live["run"][q]), None) == max(exact[q], key=exact[q].get) for q in qids)
+    assert same_top >= 0.9 * len(qids)
+
+    first = rank_through_index(spec, data, "t1", [Scorable("base", path, "hybrid", SCORING)], qids, texts, 10)["base"]
+    again = rank_through_index(spec, data, "t2", [Scorable("base", path, "hybrid", SCORING)], qids, texts, 10)["base"]
+    assert first["built"] > 0 and again["built"] == 0 and again["collection"] == first["collection"]
+    assert again["run"] == first["run"]
+    store = connect(spec)
+    try:
+        assert store.read_stamp(first["collection"])["state"] == SCORING
+        assert first["collection"] not in {v.name for v in cols.versions(store, spec)}  # no rollback target
+        assert cols.live_collection(store, cols.alias_name(spec)) == record["name"]  # the alias never moved
+    finally:
+        store.close()
+
+
+def test_ranking_through_a_server_collection_is_what_search_serves(sliced, monkeypatch):
+    """The server path of `evaluate.through: index` (qdrant-client's local mode standing in): the
+    scoring ranker asks a server collection the way `vectune search` does."""
+    from vectune.embed import encode_texts, encoder_config, model_fingerprint, resolve_model
+    from vectune.index import live, scoring
+    from vectune.index.points import payload_fields
+    from vectune.index.stage import vector_settings
+    from vectune.index.store import layout
+    from vectune.index.writer import upsert_columns
+
+    spec = sliced.load().derived()
+    store = server_stand_in()
+    path = resolve_model(spec.model.base, spec.base_dir)
+    docs = [json.loads(line) for line in sliced.corpus_path.read_text(encoding="utf-8").splitlines()][:60]
+    texts = [f"{d.get('title') or ''} {d['text']}".strip() for d in docs]
+    vectors = encode_texts(texts, encoder_config(spec, path, role="document", cache=False))
+    stamp = {**vector_settings(spec, model_fingerprint(path)), "model_path": path, "dimension": 384,
+             "state": "ready"}
+    store.create("slice__s2", layout(spec, 384, sparse=True), stamp=stamp)
+    columns = {"doc_id": np.asarray([d["_id"] for d in docs], dtype=object), "embedding": vectors,
+               "text": np.asarray(texts, dtype=object), "title": np.asarray([d.get("title", "") for d in docs], dtype=object),
+               "text_hash": np.asarray(["0" * 16] * len(docs), dtype=object)}
+    upsert_columns(store, "slice__s2", columns, batch_size=16, payload=payload_fields(spec), bm25=spec.bm25)
+    store.swap_alias(cols.alias_name(spec), "slice__s2")
+    monkeypatch.setattr(live, "connect", lambda s: _Unclosed(store))
+    queries = [d["title"] for d in docs[:5]]
+    ranked = scoring._rank(store, spec, "slice__s2", "hybrid", [f"q{i}" for i in range(5)], queries, 5)
+    for i, text in enumerate(queries):
+        served = [h["doc_id"] for h in live.search(spec, text, k=5)["hits"]]
+        assert list(ranked[f"q{i}"]) == served
+    store.close()
