@@ -118,3 +118,54 @@ def test_a_group_needs_as_many_distinct_queries_as_a_batch():
         plan(qids, counts, _spec(), negatives=1)
     qids, counts = _rows(8, 20, lambda i: 1)  # 160 rows of 8 queries: 20 batches, each query once in each
     assert plan(qids, counts, _spec(epochs=1), negatives=1).steps_per_epoch == 20
+
+
+# -- train.positives_per_query: how a row budget is spent -----------------------------------
+def _labels(n_queries: int, positives: int):
+    from vectune.data.labels import Labels
+
+    qrels = {f"q{q}": {f"d{q}-{j}": 1 for j in range(positives)} for q in range(n_queries)}
+    return Labels(qrels=qrels, queries={q: f"text {q}" for q in qrels})
+
+
+def test_the_mine_plan_mines_what_every_positives_per_query_setting_spends():
+    from vectune.mine.budget import plan_pairs
+
+    # 200 queries x 10 positives, a cap of 100 pairs: one setting spends it on 100 queries x 1,
+    # the other on 25 queries x 4; the mine takes both
+    one = validate_dict({"version": 1, "name": "t", "data": {"corpus": {"path": "c.jsonl"}},
+                         "mine": {"max_pairs": 100}, "train": {"positives_per_query": [1]}}, "t")
+    both = validate_dict({"version": 1, "name": "t", "data": {"corpus": {"path": "c.jsonl"}},
+                          "mine": {"max_pairs": 100}, "train": {"positives_per_query": [1, 4]}}, "t")
+    labels = _labels(200, 10)
+    p1, p2 = plan_pairs(one, labels), plan_pairs(both, labels)
+    from collections import Counter
+
+    per1 = Counter(q for q, _ in p1.pairs)
+    assert len(p1.pairs) == 100 and set(per1.values()) == {1}
+    per2 = Counter(q for q, _ in p2.pairs)
+    assert set(p1.pairs) <= set(p2.pairs) and sum(n == 4 for n in per2.values()) == 25
+    assert len(p2.pairs) == 100 + 25 * 3  # the 25 deep queries' first positive is among the 100 or not
+    assert all(p2.positive_rank[pair] < 4 for pair in p2.pairs)
+
+
+def test_a_positives_per_query_setting_takes_whole_queries_up_to_the_budget():
+    from vectune.train.plan import rows_per_query
+
+    # 30 queries; q0..q9 have 4 positives mined, the rest 1 (no validation queries held out)
+    qids, ranks = [], []
+    for q in range(30):
+        for r in range(4 if q < 10 else 1):
+            qids.append(f"q{q}")
+            ranks.append(r)
+    p = plan(qids, [1] * len(qids), _spec(epochs=1), negatives=1)
+    deep = rows_per_query(qids, ranks, p, per_query=4, budget=20, seed=1)
+    assert len(deep) == 20 and len({qids[i] for i in deep}) == 5  # whole queries, 4 rows each
+    wide = rows_per_query(qids, ranks, p, per_query=1, budget=20, seed=1)
+    assert len(wide) == 20 and len({qids[i] for i in wide}) == 20  # 20 queries, one positive each
+    assert all(ranks[i] == 0 for i in wide)
+    # a batch never holds one query twice: 5 queries fill batches of 4, not of 8
+    sub = plan(qids, [1] * len(qids), _spec(epochs=1, batch_size=4), negatives=1, only=deep)
+    assert sub.rows == 20 and set(sub.group_of) == deep
+    with pytest.raises(StageError, match="cannot fill one batch of 8"):
+        plan(qids, [1] * len(qids), _spec(epochs=1), negatives=1, only=deep)

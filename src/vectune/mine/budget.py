@@ -80,17 +80,38 @@ def plan_pairs(spec: Spec, labels: Labels) -> PairPlan:
     if not cap or total <= cap:
         chosen = set(rank)
     else:
+        # the union of what each `train.positives_per_query` setting spends the cap on
         chosen: set[tuple[str, str]] = set()
-        depth = 0
-        while len(chosen) < cap:
-            for q in order:
-                if depth < len(queues[q]):
-                    chosen.add((q, queues[q][depth]))
-                    if len(chosen) == cap:
-                        break
-            depth += 1
+        for per_query in spec.train.positives_per_query:
+            chosen |= _round_robin(order, queues, cap) if per_query is None else _deep(order, queues, cap, per_query)
     pairs = [(q, d) for q in qids for d in sorted(labels.qrels[q], key=natural) if (q, d) in chosen]
     return PairPlan(pairs=pairs, positive_rank={p: rank[p] for p in pairs}, queries=qids, cap=cap)
+
+
+def _round_robin(order: list[str], queues: dict[str, list[str]], cap: int) -> set[tuple[str, str]]:
+    """`cap` pairs taken one per query in turn: as many queries as the cap allows."""
+    chosen: set[tuple[str, str]] = set()
+    depth = 0
+    while len(chosen) < cap:
+        for q in order:
+            if depth < len(queues[q]):
+                chosen.add((q, queues[q][depth]))
+                if len(chosen) == cap:
+                    break
+        depth += 1
+    return chosen
+
+
+def _deep(order: list[str], queues: dict[str, list[str]], cap: int, per_query: int) -> set[tuple[str, str]]:
+    """About `cap` pairs taken `per_query` at a time from whole queries, those with the most of
+    them first (the train stage's choice for the same setting): fewer queries, more positives."""
+    ranked = sorted(order, key=lambda q: -min(len(queues[q]), per_query))  # stable: the drawn order
+    chosen: set[tuple[str, str]] = set()
+    for q in ranked:
+        if len(chosen) >= cap:
+            break
+        chosen.update((q, d) for d in queues[q][:per_query])
+    return chosen
 
 
 def select_pairs(spec: Spec, labels: Labels) -> list[tuple[str, str]]:
@@ -121,6 +142,7 @@ def budget_report(spec: Spec, labels: Labels, plan: PairPlan) -> dict:
         "max_pairs": spec.mine.max_pairs,
         "cap": plan.cap,
         "max_queries": spec.mine.max_queries,
+        "positives_per_query": spec.train.positives_per_query,
         "capped": len(plan.pairs) < sum(labelled.values()),
         "labelled": {"queries": len(labels.qrels), "queries_drawn": len(plan.queries),
                      "pairs": int(sum(labelled.values())), "positives_per_query": spread(labelled.values())},

@@ -121,6 +121,12 @@ def _per_query(a: RunArtifacts, metric: str = GAIN_METRIC) -> str:
     return "".join(parts)
 
 
+def _setting(s: dict) -> str:
+    """A training setting: its learning rate, and its positives per query when capped."""
+    per_query = s.get("positives_per_query")
+    return f"lr {s.get('learning_rate'):g}" + (f", {per_query} positives/query" if per_query else "")
+
+
 def _train(a: RunArtifacts) -> str:
     info = a.manifest.get("stages", {}).get("train")
     if not a.loss and not info and not a.settings:
@@ -141,13 +147,13 @@ def _train(a: RunArtifacts) -> str:
             rows = [["start (before step 1)", "", base, ""]]
             for s in a.settings["settings"]:
                 for c in s.get("curve") or []:
-                    rows.append([f"lr {s['learning_rate']:g}", c["step"], c.get(metric), s.get("stopped", "")])
+                    rows.append([_setting(s), c["step"], c.get(metric), s.get("stopped", "")])
             parts.append(_table(["setting", "step", f"validation {metric}", "ended"], rows))
             chosen = a.settings.get("chosen") or {}
             verdict = ("beats the starting model" if chosen.get("beats_base") else
                        "does not beat the starting model: the run stopped before the gate"
                        if chosen.get("beats_base") is False else "")
-            parts.append(f"<p>kept: lr {_e(chosen.get('learning_rate'))}, step {_e(chosen.get('step'))}, "
+            parts.append(f"<p>kept: {_e(_setting(chosen))}, step {_e(chosen.get('step'))}, "
                          f"tuned weight {_e(chosen.get('weight'))}; {_e(verdict)}</p>")
         if a.interpolation:
             curve = a.interpolation.get("curve") or []

@@ -73,7 +73,9 @@ def validation_curves(checkpoints: list[dict] | None, mixing: dict | None, metri
             if rows:
                 early = s.get("stopped") not in (None, "ran its budget")
                 left.plot([r["step"] for r in rows], [r[metric] for r in rows], "o-",
-                          label=f"lr {s['learning_rate']:g}" + (" (stopped early)" if early else ""))
+                          label=f"lr {s['learning_rate']:g}"
+                          + (f", {s['positives_per_query']}/query" if s.get("positives_per_query") else "")
+                          + (" (stopped early)" if early else ""))
         base = (settings.get("base") or {}).get(metric)
         if base is not None:
             left.axhline(base, ls="--", color="#444", lw=1, label=f"start: {base:.4f}")

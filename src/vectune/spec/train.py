@@ -112,6 +112,14 @@ class TrainSpec(Section):
                     "the best checkpoint of any of them on the validation queries is kept. A setting stops at a "
                     "checkpoint where it scores below an earlier setting at the same step, or after `patience` "
                     "checkpoints without gain. Needs validation queries.")
+    positives_per_query: list[Annotated[int, Field(ge=1, le=1_000_000)] | None] = Field(
+        default_factory=lambda: [None],
+        description="How a row budget is spent on data with many positives per query, tried as settings beside the "
+                    "learning rates (the validation queries keep the best): null trains on every mined row; n "
+                    "trains on the queries with the most of their first n positives (mine's round-robin order), "
+                    "whole, until the step budget's rows are filled: 1 spends them on as many queries as possible, "
+                    "4 on a quarter as many with four positives each. Every setting runs the same steps; the mine "
+                    "stage mines the pairs each one needs. Needs validation queries for more than one.")
     patience: int | None = Field(
         2, ge=1, le=1000, description="Checkpoints without a validation gain before a setting stops "
                                       "(transformers' EarlyStoppingCallback; null: never early).")
@@ -136,6 +144,18 @@ class TrainSpec(Section):
     def settings(self) -> list[float]:
         """The learning rates tried, in order: `learning_rate`, then `learning_rates`."""
         return list(dict.fromkeys([self.learning_rate, *self.learning_rates]))
+
+    def grid(self) -> list[tuple[float, int | None]]:
+        """Every (learning rate, positives per query) setting tried, in order: the first is
+        `learning_rate` with the first of `positives_per_query`."""
+        return [(lr, k) for lr in self.settings() for k in self.positives_per_query]
+
+    @field_validator("positives_per_query")
+    @classmethod
+    def _positives(cls, v: list) -> list:
+        if not v:
+            raise ValueError("needs at least one value ([null]: every mined row)")
+        return list(dict.fromkeys(v))
 
     @field_validator("interpolation")
     @classmethod

@@ -72,14 +72,16 @@ def _groups(counts: Counter, step_rows: int) -> tuple[dict[int, int], dict[int, 
 
 
 
-def plan(query_ids: list[str], negative_counts: list[int], spec, negatives: int, exact_negatives: bool = False
-         ) -> TrainPlan:
+def plan(query_ids: list[str], negative_counts: list[int], spec, negatives: int, exact_negatives: bool = False,
+         only: set[int] | None = None) -> TrainPlan:
     """Decide the training plan.
 
     Args:
         query_ids, negative_counts: per mined row, its query and how many hard negatives it has.
         negatives: hard negatives per row the loss takes.
         exact_negatives: the loss needs exactly `negatives` (triplet): shorter rows cannot train.
+        only: train on these rows alone (a `train.positives_per_query` setting); the held-out
+            queries are drawn from every row's query either way.
     """
     t = spec.train
     unique = sorted(set(query_ids))
@@ -97,7 +99,7 @@ def plan(query_ids: list[str], negative_counts: list[int], spec, negatives: int,
     index_count: dict[int, int] = {}
     dropped = 0
     for i, (q, n) in enumerate(zip(query_ids, negative_counts)):
-        if q in held:
+        if q in held or (only is not None and i not in only):
             continue
         k = min(n, negatives)
         if require and k < negatives:
@@ -169,3 +171,26 @@ def validation_set(held: set[str], queries: dict[str, str], qrels: dict[str, dic
     corpus = {d: prompts[1] + t for d, t in texts.items()}
     labels = {q: {d: int(g) for d, g in qrels.get(q, {}).items() if d in corpus} for q in qs}
     return {"queries": qs, "corpus": corpus, "qrels": labels}
+
+
+def rows_per_query(query_ids: list[str], positive_rank: list[int], p: TrainPlan, per_query: int, budget: int,
+                   seed: int) -> set[int]:
+    """The training rows of a `train.positives_per_query: per_query` setting: each query's rows
+    of its first `per_query` positives (mine's round-robin order), whole queries taken, those
+    with the most such rows first (ties in a seeded order), until `budget` rows are filled."""
+    import hashlib
+
+    by_query: dict[str, list[int]] = {}
+    for i in p.group_of:
+        if positive_rank[i] < per_query:
+            by_query.setdefault(query_ids[i], []).append(i)
+
+    def tie(q: str) -> bytes:
+        return hashlib.blake2b(f"{seed}\x1f{q}".encode(), digest_size=8).digest()
+
+    out: set[int] = set()
+    for q in sorted(by_query, key=lambda q: (-len(by_query[q]), tie(q))):
+        if len(out) >= budget:
+            break
+        out.update(by_query[q])
+    return out

@@ -96,12 +96,6 @@ def train(spec: Spec, run: Run, base_model: str, *, preflight: dict | None = Non
         "checkpoint_every": p.checkpoint_every})
     m = spec.model
     vset, vinfo = _validation(spec, p.held, table) if p.held else (None, None)
-    keep = sorted(p.group_of)
-    train_table = table.select(["query", "positive", "negatives"]).take(pa.array(keep, pa.int64()))
-    train_table = train_table.append_column("group", pa.array([p.group_of[i] for i in keep], pa.int32()))
-    # in the object store, whole, on every worker: the trainer's own (no-duplicates, per
-    # dataset) batch sampler orders the rows and accelerate splits each step across workers
-    ds = ray.data.from_arrow(train_table)
     primary = spec.evaluate.gate.metric
     metrics = tuple(dict.fromkeys([primary, *spec.evaluate.metrics]))
     threads = spec.runtime.torch_threads or max(1, int(math.ceil(t.cpus_per_worker)))
@@ -114,25 +108,33 @@ def train(spec: Spec, run: Run, base_model: str, *, preflight: dict | None = Non
     resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if t.gpus_per_worker else {})}
     score = {"checkpoint_score_attribute": score_key(primary), "checkpoint_score_order": "max"} if vset else {}
     run.path("train").mkdir(parents=True, exist_ok=True)
-    settings = t.settings() if vset else [t.learning_rate]
-    if len(t.settings()) > 1 and not vset:
-        log.warning("train.learning_rates needs validation queries to choose among them: training with "
-                    "learning_rate %g only", t.learning_rate)
+    settings = t.grid() if vset else t.grid()[:1]
+    if len(t.grid()) > 1 and not vset:
+        log.warning("train.learning_rates and train.positives_per_query need validation queries to choose among "
+                    "them: training with learning_rate %g, positives_per_query %s only", *t.grid()[0])
+    plans = {k: _plan_for(table, p, spec, negatives, k) for k in dict.fromkeys(k for _, k in settings)}
     log.info("training on %d rows in %s (%d workers x %d per batch x %d accumulation, %d steps, "
              "%d negatives, %d validation queries x %d documents%s)", p.rows,
              {f"{k} negatives": n for k, n in p.groups.items()}, t.workers, p.micro_batch, t.gradient_accumulation,
              p.total_steps, negatives, len(p.held), len(vset["corpus"]) if vset else 0,
-             f"; learning rates {', '.join(f'{lr:g}' for lr in settings)} in turn" if len(settings) > 1 else "")
+             f"; settings {', '.join(_label(lr, k) for lr, k in settings)} in turn" if len(settings) > 1 else "")
     tried: list[dict] = []
     rivals: dict[int, float] = {}
     base_scores: dict[str, float] | None = None
     best = None  # (score, checkpoint, its metrics, the setting's index)
-    for i, lr in enumerate(settings):
+    for i, (lr, per_query) in enumerate(settings):
         name = "" if i == 0 else f"-{i + 1}"  # the first setting keeps the single-setting layout
-        label = "train" if len(settings) == 1 else f"train, learning rate {lr:g} ({i + 1}/{len(settings)})"
+        label = "train" if len(settings) == 1 else f"train, {_label(lr, per_query)} ({i + 1}/{len(settings)})"
+        sp = plans[per_query]
+        keep = sorted(sp.group_of)
+        train_table = table.select(["query", "positive", "negatives"]).take(pa.array(keep, pa.int64()))
+        train_table = train_table.append_column("group", pa.array([sp.group_of[j] for j in keep], pa.int32()))
+        # in the object store, whole, on every worker: the trainer's own (no-duplicates, per
+        # dataset) batch sampler orders the rows and accelerate splits each step across workers
+        ds = ray.data.from_arrow(train_table)
         with track(label, p.total_steps, unit="steps") as counter:
             config = LoopConfig(
-                model_path=base_model, base_model_path=base_model, loss=t.loss, groups=tuple(p.groups),
+                model_path=base_model, base_model_path=base_model, loss=t.loss, groups=tuple(sp.groups),
                 micro_batch=p.micro_batch, accumulation=t.gradient_accumulation, total_steps=p.total_steps,
                 warmup_steps=p.warmup_steps, checkpoint_every=p.checkpoint_every, learning_rate=lr,
                 weight_decay=t.weight_decay, precision=t.precision,
@@ -170,7 +172,8 @@ def train(spec: Spec, run: Run, base_model: str, *, preflight: dict | None = Non
         if i == 0 and curve and curve[0]["step"] == 0:
             base_scores = {k: v for k, v in curve[0].items() if k != "step"}
         steps_run = _steps_run(run.path("train", f"loss{name}.jsonl"))
-        entry = {"learning_rate": lr, "steps_run": steps_run, "curve": [c for c in curve if c["step"] > 0],
+        entry = {"learning_rate": lr, "positives_per_query": per_query, "trained": _trained(table, sp, negatives),
+                 "steps_run": steps_run, "curve": [c for c in curve if c["step"] > 0],
                  "stopped": _why_stopped(curve, steps_run, p.total_steps, rivals, primary, t.patience)}
         tried.append(entry)
         for c in entry["curve"]:
@@ -182,7 +185,7 @@ def train(spec: Spec, run: Run, base_model: str, *, preflight: dict | None = Non
         if best is None or value > best[0]:
             best = (value, candidate[0], candidate[1], i)
         if len(settings) > 1:
-            log.info("learning rate %g: %s by checkpoint (%s)%s", lr,
+            log.info("%s: %s by checkpoint (%s)%s", _label(lr, per_query),
                      ", ".join(f"{c['step']}: {c[primary]:.4f}" for c in entry["curve"]) or "no checkpoint scored",
                      entry["stopped"], f"; the base model scores {base_scores[primary]:.4f}" if base_scores else "")
     _, chosen, chosen_metrics, chosen_setting = best
@@ -258,11 +261,11 @@ def train(spec: Spec, run: Run, base_model: str, *, preflight: dict | None = Non
     summary = {
         "model": str(out), "rows": p.rows, "rows_by_negatives": {str(k): n for k, n in p.groups.items()},
         "rows_without_negatives": p.rows_without_negatives, "rows_short_of_negatives": p.dropped_short,
-        "trained": _trained(table, p, negatives),
+        "trained": _trained(table, plans[settings[chosen_setting][1]], negatives),
         "validation_queries": len(p.held), "validation_docs": len(vset["corpus"]) if vset else 0,
         "steps": p.total_steps, "steps_per_epoch": p.steps_per_epoch, "budget_steps": t.max_steps,
         "warmup_steps": p.warmup_steps, "checkpoint_every": p.checkpoint_every, "negatives": negatives,
-        "learning_rate": settings[chosen_setting],
+        "learning_rate": settings[chosen_setting][0], "positives_per_query": settings[chosen_setting][1],
         "dimension": dim, "final_loss": history[-1]["loss"] if history else None,
         "mean_step_seconds": float(np.mean(seconds)) if seconds else None,
         "checkpoint": {"step": _step_of(picked), "validation": {k: chosen_metrics.get(f"eval_val_{k}")
@@ -272,7 +275,8 @@ def train(spec: Spec, run: Run, base_model: str, *, preflight: dict | None = Non
         "settings": tried, "int8": int8,
     }
     run.write_json("train/settings.json", {"primary": primary, "base": base_scores, "settings": tried,
-                                           "chosen": {"learning_rate": settings[chosen_setting],
+                                           "chosen": {"learning_rate": settings[chosen_setting][0],
+                                                      "positives_per_query": settings[chosen_setting][1],
                                                       "step": summary["checkpoint"]["step"],
                                                       "weight": mix["weight"] if mix else 1.0, "beats_base": beats}})
     if mix:
@@ -342,6 +346,37 @@ def _why_stopped(curve: list[dict], steps_run: int, total: int, rivals: dict[int
     if patience:
         return f"stopped at step {steps_run}: {patience} checkpoint(s) without a validation gain"
     return f"stopped at step {steps_run}"
+
+
+def _label(lr: float, per_query: int | None) -> str:
+    return f"learning rate {lr:g}" + ("" if per_query is None else f", {per_query} positives per query")
+
+
+def _plan_for(table, p, spec: Spec, negatives: int, per_query: int | None):
+    """The plan of a `train.positives_per_query` setting: `p` itself for every row (None); else
+    the rows `rows_per_query` picks, trained for `p`'s steps (every setting runs the same steps,
+    so validation compares them step for step)."""
+    import dataclasses
+
+    from vectune.train.plan import plan, rows_per_query
+
+    if per_query is None:
+        return p
+    if "positive_rank" not in table.column_names:
+        log.warning("these triples were mined before rows recorded their positive's rank: positives_per_query "
+                    "%d trains on every row", per_query)
+        return p
+    t = spec.train
+    qids = table.column("query_id").to_pylist()
+    rows = rows_per_query(qids, table.column("positive_rank").to_pylist(), p, per_query,
+                          budget=p.total_steps * t.batch_size, seed=t.seed)
+    counts = [len(x) for x in table.column("negative_ids").to_pylist()]
+    try:
+        sub = plan(qids, counts, spec, negatives, exact_negatives=t.loss.type == "triplet", only=rows)
+    except StageError as exc:
+        raise StageError(f"train.positives_per_query {per_query}: {exc}") from None
+    return dataclasses.replace(sub, total_steps=p.total_steps, warmup_steps=p.warmup_steps,
+                               checkpoint_every=p.checkpoint_every)
 
 
 def _trained(table, p, negatives: int) -> dict:
