@@ -42,23 +42,49 @@ def mine(spec: Spec, *, run_id: str | None = None, force: bool = False) -> dict:
     return {**audit, "run_id": run.id, "run_dir": str(run.dir)}
 
 
-def evaluate(spec: Spec, *, model: str | None = None, split: str | None = None, run_id: str | None = None) -> dict:
-    """Score a model (the spec's base model by default) on a held-out split.
+def evaluate(spec: Spec, *, model: str | None = None, split: str | None = None, run_id: str | None = None,
+             live: bool = False) -> dict:
+    """Score a model (the spec's base model by default) on a held-out split, ranked exactly in
+    every mode; with `live`, the collection behind the alias instead, as it is served (its
+    stamped model; hybrid where it holds BM25 vectors and the spec serves hybrid) through
+    Qdrant's Query API.
 
     Writes `metrics.json` and `per_query/<role>-<split>.json` into the run folder. BM25 is
     scored beside it (`bm25`), with the model's gain over it (`over_bm25`).
     """
+    from vectune.errors import IndexingError, SpecError
+    from vectune.spec import Problem
+
+    if live and model:
+        raise SpecError("--live", [Problem("--live", "scores the model stamped on the live collection: leave out "
+                                                     "--model")])
     split = split or spec.evaluate.split
     data = DomainData(spec)
     data.labels(split)  # bad labels fail before Ray starts
-    path = _named_model(spec, model) if model else base_model_path(spec)
-    role = "model" if model else "base"
+    served = None
+    if live:
+        from vectune.index import serving_model
+
+        served = serving_model(spec)
+        if served is None:
+            raise IndexingError(f"the alias of {spec.name} serves no collection yet: nothing live to evaluate "
+                                "(run `vectune reindex` or `vectune run` first)")
+        path, role = served["path"], "live"
+    else:
+        path = _named_model(spec, model) if model else base_model_path(spec)
+        role = "model" if model else "base"
     run = Run.create(spec, run_id)
     record_lineage(run, data)
     with ray_session(spec.runtime):
         spec = resolve_precision(spec, run)
         with run.stage(f"evaluate:{role}:{split}") as outputs:
-            result, cached = scored(spec, data, path, split)  # every mode, kept across runs
+            if served is not None:
+                mode = spec.search.mode if served["sparse"] else "dense"
+                result, cached = _scored_through_index(spec, run, data, split, role, path, mode, "live",
+                                                       collection=served["collection"])
+                outputs.update(collection=served["collection"])
+            else:
+                result, cached = scored(spec, data, path, split)  # every mode, kept across runs
             outputs.update(result.metrics, cached=cached, mode=result.mode)
         bm25 = _bm25_stage(spec, run, data, split)
     save_evaluation(run, role, result)
@@ -323,7 +349,11 @@ def _evaluate_stage(spec: Spec, run: Run, data: DomainData, *, force: bool) -> d
             continue
         with run.stage(key, inputs) as outputs:
             if through == "index":
-                result, cached = _scored_through_index(spec, run, data, split, role, path, mode, champion)
+                from vectune.index.scoring import CANDIDATE, SCORING
+
+                kind = {"tuned": CANDIDATE, "champion": "live"}.get(role, SCORING)
+                result, cached = _scored_through_index(spec, run, data, split, role, path, mode, kind,
+                                                       collection=champion.get("collection"))
                 outputs.update(collection=result.collection)
             else:
                 result, cached = scored(spec, data, path, split)
@@ -337,28 +367,23 @@ def _evaluate_stage(spec: Spec, run: Run, data: DomainData, *, force: bool) -> d
 
 
 def _scored_through_index(spec: Spec, run: Run, data: DomainData, split: str, role: str, path: str, mode: str,
-                          champion: dict) -> tuple[Evaluation, bool]:
+                          kind: str, *, collection: str | None = None) -> tuple[Evaluation, bool]:
     """(`role`'s evaluation through the collection that serves or would serve it, whether that
-    collection was already built): the tuned model through the run's new version, built now
-    and left unserved for the gate (`vectune.index.scoring`); a live champion through the live
-    collection; the base through its scoring collection, kept across runs."""
+    collection was already built). `kind` (`vectune.index.scoring`): `candidate`, the run's new
+    version, built now and left unserved for the gate; `live`, the live `collection` as served;
+    `scoring`, a scoring collection kept across runs (the base)."""
     import time
 
     from vectune.evaluate.stage import scored_runs
-    from vectune.index.scoring import CANDIDATE, SCORING, Scorable, rank_through_index
+    from vectune.index.scoring import CANDIDATE, Scorable, rank_through_index
 
     start = time.perf_counter()
-    if role == "tuned":
-        model = Scorable(role, path, mode, CANDIDATE)
-    elif role == "champion":
-        model = Scorable(role, path, mode, "live", collection=champion.get("collection"))
-    else:
-        model = Scorable(role, path, mode, SCORING)
+    model = Scorable(role, path, mode, kind, collection=collection if kind == "live" else None)
     labels = data.labels(split)
     qids = sorted(labels.qrels)
     ranked = rank_through_index(spec, data, run.id, [model], qids, [labels.queries[q] for q in qids],
                                 spec.evaluate.depth)[role]
-    if role == "tuned":
+    if kind == CANDIDATE:
         run.record("candidate", {"name": ranked["collection"], "state": CANDIDATE, "model": path,
                                  "seconds": ranked["built"]})
     result = scored_runs(spec, data, path, split, {mode: ranked["run"]}, served=mode, start=start, through="index",

@@ -161,6 +161,15 @@ def test_run_ends_with_the_alias_on_a_verified_new_collection(happy, spec_path):
     assert hits["alias"] == "slice" and hits["collection"] == collection["name"]
     assert hits["model"]["stamped"] == manifest["models"]["tuned"]["fingerprint"] == hits["model"]["fingerprint"]
     assert len(hits["hits"]) == 3 and not hits["model"]["forced"]
+    # `evaluate --live` scores what is served: the live collection through the Query API, which
+    # is what the gate scored the challenger through before it was promoted
+    scored = runner.invoke(app, ["evaluate", str(spec_path), "--live", "--json"])
+    assert scored.exit_code == 0, scored.output
+    live = json.loads(scored.stdout)["live"]
+    assert live["through"] == "index" and live["collection"] == "slice__happy"
+    assert live["metrics"] == pytest.approx(metrics["tuned"]["test"]["metrics"])
+    both = runner.invoke(app, ["evaluate", str(spec_path), "--live", "--model", "x", "--json"])
+    assert both.exit_code == 2 and "--live" in both.output
 
 
 def test_run_is_logged_to_a_local_mlflow_store(happy, spec_path):

@@ -9,7 +9,7 @@ from vectune.commands._options import JsonOpt, RunOpt, SetOpt, SpecArg, VerboseO
 
 
 def _show(spec, result: dict) -> None:
-    role = "model" if "model" in result else "base"
+    role = next(r for r in ("live", "model", "base") if r in result)
     summary = result[role]
     rows = {role: summary["metrics"]}
     if "bm25" in result:
@@ -35,13 +35,15 @@ def register(app: typer.Typer) -> None:
         spec: SpecArg,
         model: Annotated[Optional[str], typer.Option("--model", "-m", help="A model folder or name instead of the spec's base model.")] = None,
         split: Annotated[Optional[str], typer.Option(help="A split of data.splits (default: evaluate.split).")] = None,
+        live: Annotated[bool, typer.Option("--live", help="Score the collection behind the alias as it is served "
+                                                          "(its stamped model and mode), through Qdrant's Query API.")] = False,
         run_id: RunOpt = None,
         sets: SetOpt = None,
         json_: JsonOpt = False,
         verbose: VerboseOpt = False,
     ) -> None:
-        """Score a model on held-out queries: nDCG@10, Recall@100, MRR@10 and more."""
+        """Score a model on held-out queries: nDCG@10, Recall@100, MRR@10 and more; --live: what is served."""
         from vectune import pipeline
 
         run(pipeline.evaluate, spec, json_=json_, verbose=verbose, show=_show, sets=sets, model=model,
-            split=split, run_id=run_id)
+            split=split, run_id=run_id, live=live)
