@@ -42,6 +42,15 @@ def test_point_ids_are_stable_uuid5_and_distinct():
     assert len({point_id(str(i)) for i in range(1000)}) == 1000
 
 
+def test_point_ids_are_exactly_uuid5_so_collections_built_before_keep_their_ids():
+    from vectune.index.points import POINT_NAMESPACE
+
+    for doc_id in ["4983", "", "a" * 1000, "ünïcødé", "id with spaces", "12/34?x=1", "\x00\x1f"]:
+        assert point_id(doc_id) == str(uuid.uuid5(POINT_NAMESPACE, doc_id))
+    assert id_checksum([point_id("a"), point_id("b")])[1] == (
+        uuid.UUID(point_id("a")).int + uuid.UUID(point_id("b")).int) % (1 << 128)
+
+
 def test_id_checksum_is_order_free_and_catches_a_swap():
     ids = [point_id(str(i)) for i in range(50)]
     assert id_checksum(ids) == id_checksum(reversed(ids))
