@@ -47,6 +47,9 @@ def test_point_ids_are_exactly_uuid5_so_collections_built_before_keep_their_ids(
 
     for doc_id in ["4983", "", "a" * 1000, "ünïcødé", "id with spaces", "12/34?x=1", "\x00\x1f"]:
         assert point_id(doc_id) == str(uuid.uuid5(POINT_NAMESPACE, doc_id))
+    from vectune.index.points import doc_keys
+
+    assert doc_keys(["x", "4983"]).tolist() == [uuid.uuid5(POINT_NAMESPACE, d).int >> 64 for d in ("x", "4983")]
     assert id_checksum([point_id("a"), point_id("b")])[1] == (
         uuid.UUID(point_id("a")).int + uuid.UUID(point_id("b")).int) % (1 << 128)
 
