@@ -121,6 +121,12 @@ def _collection(store: Store, spec: Spec, data: DomainData, run_id: str, m: Scor
         return m.collection, 0.0
     if m.kind == CANDIDATE:
         name = cols.collection_name(spec, run_id)
+        if name == live:  # this run's version is already promoted (a re-run of its evaluation): as served
+            stamp = store.read_stamp(name) or {}
+            if stamp.get("model_fingerprint") != model["fingerprint"]:
+                raise IndexingError(f"{name} is live and was built from another model than this run's tuned one; "
+                                    "use a new run id")
+            return name, 0.0
         built = construct(store, spec, run_id, data, name, model, live=live, state=CANDIDATE)
         return name, 0.0 if built["reused"] else built["seconds"]
     key = scoring_key(spec, data, model["fingerprint"])
