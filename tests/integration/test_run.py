@@ -170,6 +170,19 @@ def test_run_ends_with_the_alias_on_a_verified_new_collection(happy, spec_path):
     assert live["metrics"] == pytest.approx(metrics["tuned"]["test"]["metrics"])
     both = runner.invoke(app, ["evaluate", str(spec_path), "--live", "--model", "x", "--json"])
     assert both.exit_code == 2 and "--live" in both.output
+    # re-running the run's evaluation once its version is live scores through that version as it
+    # is served: never rebuilt, never stamped back to a candidate
+    again = runner.invoke(app, ["run", str(spec_path), "--run-id", "happy", "--from", "evaluate", "--json"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["evaluate"]["tuned"]["collection"] == "slice__happy"
+    assert _alias(spec_path) == "slice__happy"
+    from vectune.index import connect
+
+    store = connect(spec)
+    try:
+        assert store.read_stamp("slice__happy")["state"] == "ready"
+    finally:
+        store.close()
 
 
 def test_run_is_logged_to_a_local_mlflow_store(happy, spec_path):

@@ -25,7 +25,7 @@ from vectune import _faults
 from vectune.errors import VectuneError, root_cause
 from vectune.index.store import PAGE, Record, Store, Target, pages
 from vectune.index.engines import open_store
-from vectune.index.points import point_id
+from vectune.index.points import id_checksum, point_id
 
 #: write tasks only move bytes (the owner actor or the server does the work): a CPU
 #: sliver, so they never wait behind the encoder actors (STACK-NOTES: the Ray Data hang)
@@ -137,6 +137,11 @@ class StoreOwner:
         self.points += written
         return written
 
+    def id_checksum(self, collection: str) -> tuple[int, int]:
+        """`points.id_checksum` of every point id of `collection`, scrolled here, where the shard is:
+        a million ids never cross to the driver."""
+        return id_checksum(r.id for records in self.store.scroll(collection, None) for r in records)
+
     def stats(self) -> dict:
         return {"busy_seconds": round(self.busy, 3), "points": self.points}
 
@@ -163,6 +168,10 @@ class ActorStore:
 
     def scroll(self, name: str, fields: Sequence[str] | None = None, *, page: int = PAGE) -> Iterator[list[Record]]:
         return pages(self.scroll_page, name, fields, page)
+
+    def id_checksum(self, name: str) -> tuple[int, int]:
+        """The id checksum of collection `name`, computed by the owner beside its shard."""
+        return tuple(_get(self.actor.id_checksum.remote(name)))
 
     def close(self) -> None:
         import ray
