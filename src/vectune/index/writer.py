@@ -142,6 +142,12 @@ class StoreOwner:
         a million ids never cross to the driver."""
         return id_checksum(r.id for records in self.store.scroll(collection, None) for r in records)
 
+    def text_hashes(self, collection: str, ids: list[str]) -> tuple[list[str], list[str]]:
+        """(ids found, their stored `text_hash`): what a sync diffs against, as two plain lists
+        (cheaper to send back than records)."""
+        got = self.store.retrieve(collection, ids, ["text_hash"])
+        return [r.id for r in got], [r.payload.get("text_hash") or "0" for r in got]
+
     def stats(self) -> dict:
         return {"busy_seconds": round(self.busy, 3), "points": self.points}
 
@@ -172,6 +178,10 @@ class ActorStore:
     def id_checksum(self, name: str) -> tuple[int, int]:
         """The id checksum of collection `name`, computed by the owner beside its shard."""
         return tuple(_get(self.actor.id_checksum.remote(name)))
+
+    def text_hashes(self, name: str, ids: list[str]) -> tuple[list[str], list[str]]:
+        """(ids found, their stored `text_hash`), looked up by the owner."""
+        return _get(self.actor.text_hashes.remote(name, list(ids)))
 
     def close(self) -> None:
         import ray
