@@ -409,3 +409,28 @@ def test_reindex_promotes_the_newest_model_that_passed_the_gate(tmp_path):
     run("20260103-000000-cccc", True, tmp_path / "deleted")  # newest passed, but its folder is gone
     path, source = promoted_model(spec)
     assert path == str(good) and "20260101-000000-aaaa" in source
+
+
+def test_write_tasks_draw_the_verification_sample_the_corpus_would_give():
+    """Each write task keeps the k smallest sample keys of its rows; merged on completion they
+    are exactly `verify.sample_ids` over the whole corpus (so a full build's verification needs
+    no second pass over the corpus for the sampled texts)."""
+    from types import SimpleNamespace
+
+    from vectune.index.verify import sample_ids
+    from vectune.index.writer import StoreDatasink, _draw
+
+    docs = [(f"d{i}", f"text {i}") for i in range(500)]
+    tasks = [docs[:170], docs[170:330], docs[330:]]
+    returns = []
+    for rows in tasks:
+        drawn: list = []
+        for start in range(0, len(rows), 64):  # blocks
+            block = rows[start:start + 64]
+            drawn = _draw(drawn, {"doc_id": [d for d, _ in block], "text": [t for _, t in block]}, 8, "run-1")
+        returns.append({"written": len(rows), "sample": drawn})
+    sink = StoreDatasink("c", handle=None, batch_size=8, payload=["doc_id"], sample=(8, "run-1"))
+    sink.on_write_complete(SimpleNamespace(write_returns=returns))
+    assert sink.written == 500
+    assert list(sink.sample) == sample_ids([d for d, _ in docs], 8, "run-1")
+    assert all(sink.sample[d] == f"text {d[1:]}" for d in sink.sample)

@@ -99,3 +99,9 @@ def kept_columns(spec) -> tuple[str, ...]:
     """Columns carried past the encoder to the writers: the payload, and the text its BM25
     vector is made from when points carry one."""
     return tuple(dict.fromkeys([*payload_fields(spec), *(["text"] if spec.index.sparse == "bm25" else [])]))
+
+
+def sample_key(seed: str, doc_id: str) -> bytes:
+    """The key a verification sample is drawn by: the `k` documents with the smallest keys for
+    `seed` (uniform, reproducible, and mergeable across blocks and tasks)."""
+    return hashlib.blake2b(f"{seed}\x1f{doc_id}".encode(), digest_size=8).digest()

@@ -249,14 +249,15 @@ def construct(store: Store, spec: Spec, run_id: str, data: DomainData, name: str
     if reuse:
         log.info("%s already holds these vectors, verified (%s): verifying it again instead of rebuilding",
                  name, old.get("state"))
-        resumed, written, index = True, 0, old.get("index") or {}
+        resumed, written, index, sample = True, 0, old.get("index") or {}, None
     else:
         if store.where.embedded:
             _check_space(store.where, data, dimension)
         resumed = _prepare(store, spec, name, stamp, live=live)
         timings["prepare"] = round(time.perf_counter() - start, 2)
         mark = time.perf_counter()
-        written = _load(store, spec, data, name, cfg)
+        loaded = _load(store, spec, data, name, cfg, sample=(spec.index.verify_sample, run_id))
+        written, sample = loaded.points, loaded.sample
         compact_cache(cfg)  # merge the vectors the workers cached, for the next run and for search
         timings["load"] = round(time.perf_counter() - mark, 2)
         mark = time.perf_counter()
@@ -266,7 +267,7 @@ def construct(store: Store, spec: Spec, run_id: str, data: DomainData, name: str
     _faults.hit("index.verify", collection=name)
     mark = time.perf_counter()
     try:
-        checks = _verify(store, name, spec, data, model["path"], seed=run_id, encoder=fresh)
+        checks = _verify(store, name, spec, data, model["path"], seed=run_id, encoder=fresh, sample=sample)
     except IndexingError as exc:
         cols.update_stamp(store, name, state="failed", error=str(exc)[:500])
         raise IndexingError(f"{exc}. The alias {cols.alias_name(spec)!r} still points at {live or 'nothing'}; the "
@@ -340,8 +341,9 @@ def corpus_vectors(spec: Spec, data: DomainData, cfg, progress=None) -> tuple:
     return embedded, blocks
 
 
-def _load(store: Store, spec: Spec, data: DomainData, name: str, cfg) -> int:
-    """Stream the corpus through the encoder actors into the store; returns points written."""
+def _load(store: Store, spec: Spec, data: DomainData, name: str, cfg, *, sample: tuple[int, str] | None = None):
+    """Stream the corpus through the encoder actors into the store (`writer.Written`: the points
+    written, and the verification sample `sample` = (k, seed) drawn on the way)."""
     from vectune.index.writer import write_dataset, write_failure
 
     idx = spec.index
@@ -349,12 +351,12 @@ def _load(store: Store, spec: Spec, data: DomainData, name: str, cfg) -> int:
         with track("re-embed corpus", data.corpus.count) as counter:
             embedded, blocks = corpus_vectors(spec, data, cfg, progress=counter)
             return write_dataset(embedded, store, name, batch_size=idx.batch_size, payload=payload_fields(spec),
-                                 parallel=idx.parallel, blocks=blocks, bm25=bm25_settings(spec))
+                                 parallel=idx.parallel, blocks=blocks, bm25=bm25_settings(spec), sample=sample)
     except Exception as exc:  # noqa: BLE001 - a Ray-wrapped worker error: keep its last line
         raise IndexingError(f"loading {name} failed: {write_failure(store.where, exc)}") from exc
 
 
-def _verify(store, name, spec, data, model_path, *, seed, encoder):
+def _verify(store, name, spec, data, model_path, *, seed, encoder, sample=None):
     from vectune.index.verify import verify
 
-    return verify(store, name, spec, data, model_path, seed=seed, encoder=encoder)
+    return verify(store, name, spec, data, model_path, seed=seed, encoder=encoder, sample=sample)

@@ -266,7 +266,8 @@ def _write(store: Store, spec: Spec, live: str, changed, count: int, encoder: En
             embedded = embed_dataset(changed, cfg, plan, batch_size=idx.embed_batch_size, keep=kept_columns(spec),
                                      progress=counter, preload=expects_encoding(cfg, count))
             written = write_dataset(embedded, store, live, batch_size=idx.batch_size, payload=payload,
-                                    parallel=idx.parallel, blocks=max(1, changed.num_blocks()), bm25=bm25_settings(spec))
+                                    parallel=idx.parallel, blocks=max(1, changed.num_blocks()),
+                                    bm25=bm25_settings(spec)).points
     compact_cache(cfg)
     return written
 

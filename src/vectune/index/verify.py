@@ -23,7 +23,7 @@ import numpy as np
 from vectune.data import DomainData
 from vectune.embed import Encoder, encode_texts, encoder_config
 from vectune.errors import IndexingError
-from vectune.index.points import id_checksum, point_id
+from vectune.index.points import id_checksum, point_id, sample_key
 from vectune.index.store import DENSE, PAGE, Store
 from vectune.spec import Spec
 
@@ -57,7 +57,7 @@ def sample_ids(ids, k: int, seed: str) -> list[str]:
     """`k` ids drawn from `ids` (any iterable, read once), uniformly and reproducibly for `seed`,
     holding only k of them: the k smallest keyed hashes of (seed, id)."""
     def key(d: str) -> bytes:
-        return hashlib.blake2b(f"{seed}\x1f{d}".encode(), digest_size=8).digest()
+        return sample_key(seed, d)
 
     return sorted(heapq.nsmallest(k, (str(d) for d in ids), key=key), key=key)
 

@@ -13,10 +13,12 @@ re-run of a half-written collection ends with exactly one point per document.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 from pathlib import Path
 from collections import deque
+from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -25,7 +27,7 @@ from vectune import _faults
 from vectune.errors import VectuneError, root_cause
 from vectune.index.store import PAGE, Record, Store, Target, pages
 from vectune.index.engines import open_store
-from vectune.index.points import id_checksum, point_id
+from vectune.index.points import id_checksum, point_id, sample_key
 
 #: write tasks only move bytes (the owner actor or the server does the work): a CPU
 #: sliver, so they never wait behind the encoder actors (STACK-NOTES: the Ray Data hang)
@@ -84,16 +86,28 @@ def upsert_columns(store: Store, collection: str, columns: dict[str, Any], *, ba
     return apply(store, collection, chunks)
 
 
+@dataclass
+class Written:
+    """What a write job did: the points written, and (when asked for and the rows carried their
+    text) the verification sample it drew on the way: {doc_id: text} of the `k` documents with
+    the smallest `points.sample_key` for the seed, so verifying needs no second corpus pass."""
+
+    points: int
+    sample: dict[str, str] | None = None
+
+
 def write_dataset(embedded, store: Store, collection: str, *, batch_size: int, payload: list[str],
-                  parallel: int, blocks: int, bm25=None) -> int:
+                  parallel: int, blocks: int, bm25=None, sample: tuple[int, str] | None = None) -> Written:
     """Stream a Dataset of (doc_id, embedding, payload fields) into `collection` with Ray write
-    tasks; returns the points written. `store` is the driver's (see `worker_handle`)."""
+    tasks. `store` is the driver's (see `worker_handle`); `sample`: (k, seed) of a verification
+    sample to draw from the rows written."""
     handle = worker_handle(store)
-    sink = StoreDatasink(collection, handle=handle, batch_size=batch_size, payload=payload, bm25=bm25)
+    sink = StoreDatasink(collection, handle=handle, batch_size=batch_size, payload=payload, bm25=bm25,
+                         sample=sample)
     # the embedded engine applies one request at a time: two tasks keep it fed, more only queue
     concurrency = max(1, min(blocks, 2 if isinstance(handle, ActorStore) else parallel))
     embedded.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_TASK_CPUS}, concurrency=concurrency)
-    return int(getattr(sink, "written", 0) or 0)
+    return Written(int(getattr(sink, "written", 0) or 0), getattr(sink, "sample", None))
 
 
 def worker_handle(store: Store):
@@ -220,8 +234,10 @@ class StoreDatasink(_datasink_base()):
     """Ray Data sink: each write task upserts its blocks, to a server directly or through the
     embedded engine's owner actor."""
 
-    def __init__(self, collection: str, *, handle, batch_size: int, payload: list[str], bm25=None):
+    def __init__(self, collection: str, *, handle, batch_size: int, payload: list[str], bm25=None,
+                 sample: tuple[int, str] | None = None):
         self.collection = collection
+        self.sample_of = sample  # (k, seed): each task keeps its k smallest keys, merged on completion
         self.bm25 = bm25  # the spec's bm25 section when points carry BM25 vectors
         self.handle = handle  # an ActorStore, or a server's Target
         self.batch_size = batch_size
@@ -231,6 +247,7 @@ class StoreDatasink(_datasink_base()):
         from ray.data.block import BlockAccessor
 
         written = 0
+        drawn: list[tuple[bytes, str, str]] = []  # (sample key, doc_id, text), at most k
         pending: deque = deque()  # owner calls in flight: the next block is prepared meanwhile
         owner = self.handle.actor if isinstance(self.handle, ActorStore) else None
         store = None if owner is not None else open_store(self.handle)
@@ -239,6 +256,8 @@ class StoreDatasink(_datasink_base()):
                 columns = BlockAccessor.for_block(block).to_batch_format("numpy")
                 if not len(columns["doc_id"]):
                     continue
+                if self.sample_of and "text" in columns:
+                    drawn = _draw(drawn, columns, *self.sample_of)
                 chunks = prepare(columns, batch_size=self.batch_size, payload=self.payload, bm25=self.bm25)
                 if store is not None:
                     written += apply(store, self.collection, chunks)
@@ -251,13 +270,24 @@ class StoreDatasink(_datasink_base()):
         finally:
             if store is not None:
                 store.close()
-        return written
+        return {"written": written, "sample": drawn if self.sample_of else None}
 
     def on_write_complete(self, write_result) -> None:
-        self.written = sum(r for r in write_result.write_returns if r)
+        returns = [r for r in write_result.write_returns if r]
+        self.written = sum(r["written"] for r in returns)
+        if self.sample_of and all(r["sample"] is not None for r in returns):
+            k = self.sample_of[0]
+            merged = sorted((row for r in returns for row in r["sample"]), key=lambda row: row[0])[:k]
+            self.sample = {doc_id: text for _, doc_id, text in merged}
 
     def get_name(self) -> str:
         return "QdrantUpsert"
+
+
+def _draw(drawn: list, columns: dict, k: int, seed: str) -> list:
+    """The k rows of smallest `sample_key` among `drawn` and this block's rows."""
+    rows = [(sample_key(seed, str(d)), str(d), str(t)) for d, t in zip(columns["doc_id"], columns["text"])]
+    return heapq.nsmallest(k, drawn + rows, key=lambda row: row[0])
 
 
 def _get(ref):
