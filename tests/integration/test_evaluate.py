@@ -239,7 +239,7 @@ def test_second_evaluation_encodes_nothing(sl, first, monkeypatch):
     monkeypatch.setattr(bm25, "rank", lambda *a, **kw: pytest.fail("BM25 ranked again despite its cached scores"))
     model_path = json.loads((Path(result["run_dir"]) / "manifest.json").read_text())["models"]["base"]["path"]
     cfg = encoder_config(spec, model_path, role="document")
-    store = Path(cfg.cache_dir) / "store" / "vectors.npy"
+    store = EmbeddingCache(cfg.cache_dir).index_path
     cached = len(EmbeddingCache(cfg.cache_dir))
     assert cached == 300 + 60  # every document and query, once (no prefixes: one cache)
     before = os.stat(store)

@@ -47,7 +47,7 @@ def _vectors(n: int, seed: int, dim: int = 8) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
 
 
-def test_pending_and_stored_vectors_are_found_and_compaction_merges_them_in_hash_order(tmp_path):
+def test_pending_and_stored_vectors_are_found_and_compaction_appends_only_the_new_ones(tmp_path):
     from vectune.embed.cache import EmbeddingCache, text_hashes
 
     texts = [f"text {i}" for i in range(50)]
@@ -55,9 +55,12 @@ def test_pending_and_stored_vectors_are_found_and_compaction_merges_them_in_hash
     cache = EmbeddingCache(tmp_path)
     for lo, hi in ((0, 20), (20, 35)):  # two workers' shards
         cache.add(hashes[lo:hi], vectors[lo:hi])
-    assert cache.compact(chunk=7) == 35  # chunks smaller than the store: the streaming path
-    store = np.load(tmp_path / "store" / "hashes.npy")
-    assert (np.diff(store.astype(np.float64)) > 0).all() and list(tmp_path.joinpath("pending").iterdir()) == []
+    assert cache.compact() == 35
+    with np.load(cache.index_path) as z:
+        assert (np.diff(z["hashes"].astype(np.float64)) > 0).all() and int(z["count"]) == 35
+    assert list(tmp_path.joinpath("pending").iterdir()) == []
+    raw = tmp_path / "store" / "vectors.f32"
+    assert raw.stat().st_size == 35 * 8 * 4
     # a later stage: new shards beside the store, one of them repeating a stored text with
     # another vector (a stored vector is never replaced)
     cache.add(hashes[30:50], np.concatenate([_vectors(5, 9), vectors[35:50]]))
@@ -68,31 +71,104 @@ def test_pending_and_stored_vectors_are_found_and_compaction_merges_them_in_hash
     np.testing.assert_array_equal(got, vectors[::-1])
     missing, none = reader.lookup(text_hashes(["never seen"]))
     assert not missing.any() and none is None
-    assert cache.compact(chunk=16) == 50
+    head = raw.read_bytes()
+    assert cache.compact() == 50
+    assert raw.read_bytes()[:len(head)] == head  # appended: what was stored is not rewritten
+    assert raw.stat().st_size == 50 * 8 * 4
     found, got = EmbeddingCache(tmp_path).lookup(hashes)
     assert found.all()
     np.testing.assert_array_equal(got, vectors)
+    found, got = reader.lookup(hashes[:35])  # a reader still on the old index reads the same vectors
+    np.testing.assert_array_equal(got, vectors[:35])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pending", "store"]  # nothing left over
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == ["index.npz", "vectors.f32"]
 
 
-def test_compaction_holds_one_chunk_of_vectors_not_the_store(tmp_path):
+def test_rows_a_dead_compaction_appended_are_cut_by_the_next(tmp_path):
+    from vectune.embed.cache import EmbeddingCache, text_hashes
+
+    hashes, vectors = text_hashes([f"t{i}" for i in range(30)]), _vectors(30, 1)
+    cache = EmbeddingCache(tmp_path)
+    cache.add(hashes[:10], vectors[:10])
+    cache.compact()
+    with open(tmp_path / "store" / "vectors.f32", "ab") as fh:  # appended, never indexed
+        fh.write(np.ones((7, 8), np.float32).tobytes())
+    cache.add(hashes[10:], vectors[10:])
+    assert cache.compact() == 30
+    assert (tmp_path / "store" / "vectors.f32").stat().st_size == 30 * 8 * 4
+    found, got = EmbeddingCache(tmp_path).lookup(hashes)
+    np.testing.assert_array_equal(got, vectors)
+
+
+def test_a_store_of_the_earlier_layout_is_read_and_converted_by_its_next_compaction(tmp_path):
+    from vectune.embed.cache import EmbeddingCache, text_hashes
+
+    hashes, vectors = text_hashes([f"t{i}" for i in range(40)]), _vectors(40, 2)
+    order = np.argsort(hashes[:25])
+    (tmp_path / "store").mkdir()
+    np.save(tmp_path / "store" / "hashes.npy", hashes[:25][order])  # hashes.npy + vectors.npy, hash order
+    np.save(tmp_path / "store" / "vectors.npy", vectors[:25][order])
+    old = EmbeddingCache(tmp_path)
+    found, got = old.lookup(hashes[:25])
+    assert found.all()
+    np.testing.assert_array_equal(got, vectors[:25])
+    old.add(hashes[25:], vectors[25:])
+    assert old.compact() == 40
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == ["index.npz", "vectors.f32"]
+    found, got = EmbeddingCache(tmp_path).lookup(hashes)
+    np.testing.assert_array_equal(got, vectors)
+
+
+def _peak_rss_during(fn) -> tuple[int, int]:
+    """(RSS before, peak RSS while `fn` runs) of this process in bytes, sampled every 5 ms: the
+    pages a file map touches count here, where tracemalloc does not see them."""
+    import threading
+    import time
+
+    import psutil
+
+    proc = psutil.Process()
+    before = proc.memory_info().rss
+    peak = [before]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        thread.join()
+    return before, peak[0]
+
+
+def test_compaction_holds_one_shard_of_vectors_not_the_store(tmp_path):
     """The driver compacts after every stage: its memory must not grow with the corpus. 200,000
-    vectors of 384 floats (293 MiB) merge with a peak of a few chunks (tracemalloc counts
-    numpy's buffers; the maps' pages are the kernel's and leave with each chunk's map)."""
-    import tracemalloc
-
+    vectors of 384 floats (293 MiB) in 1,000-row shards, as encoder workers write them, then
+    100,000 more: each compaction's peak RSS, mapped file pages included, stays a small part of
+    the vectors. (The layout before mapped the whole store and the pending vectors to merge them
+    in hash order: +436 MiB of mapped pages for 300,000 vectors, which tracemalloc never saw.)"""
     from vectune.embed.cache import EmbeddingCache
 
     n, dim = 200_000, 384
     cache = EmbeddingCache(tmp_path)
     rng = np.random.default_rng(0)
-    for lo in range(0, n, 20_000):
-        cache.add(rng.integers(1, 2**63, size=20_000, dtype=np.uint64), np.ones((20_000, dim), np.float32))
-    tracemalloc.start()
-    try:  # as `compact_cache` does it: a cache object opened over the pending shards, then compacted
-        assert EmbeddingCache(tmp_path).compact(chunk=16384) == n
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+
+    def add(count: int) -> None:
+        for _ in range(0, count, 1000):
+            cache.add(rng.integers(1, 2**63, size=1000, dtype=np.uint64), rng.random((1000, dim), np.float32))
+
+    add(n)
     raw = n * dim * 4
-    assert peak < 0.25 * raw, f"compaction peaked at {peak / 2**20:.0f} MiB for {raw / 2**20:.0f} MiB of vectors"
+    # as `compact_cache` does it: a cache object opened over the pending shards, then compacted
+    before, peak = _peak_rss_during(lambda: EmbeddingCache(tmp_path).compact())
+    assert peak - before < 0.15 * raw, f"compaction grew RSS by {(peak - before) / 2**20:.0f} MiB"
+    add(n // 2)
+    before, peak = _peak_rss_during(lambda: EmbeddingCache(tmp_path).compact())
+    assert peak - before < 0.15 * raw, f"the second compaction grew RSS by {(peak - before) / 2**20:.0f} MiB"
+    assert len(EmbeddingCache(tmp_path)) == n + n // 2

@@ -3,11 +3,17 @@
 Layout under `<runs>/_cache/embeddings/<key>/`, where `key` hashes the model fingerprint
 and every setting that changes a vector (max_seq_length, prefix, normalisation):
 
-    store/hashes.npy    sorted uint64 text hashes
-    store/vectors.npy   float32 vectors in the same order (memory-mapped on read)
+    store/vectors.f32   float32 vectors, raw, in the order they were added (memory-mapped on read)
+    store/index.npz     sorted uint64 text hashes, each one's row in vectors.f32, the rows in use
+                        and the dimension: replaced atomically, so a reader sees a whole index
     pending/*.npz       new vectors written by encoder workers, merged by `compact()`
 
-Readers keep only the hashes in memory (8 bytes a text); vectors stay on disk.
+A compaction appends the new vectors to `vectors.f32` and then replaces the index: it reads and
+writes only what is new, whatever the store's size, and readers holding the old index never look
+past its rows. (Stores written before, `store/hashes.npy` + `vectors.npy` in hash order, are read
+as they are and converted by their next compaction.)
+
+Readers keep only the hashes and rows in memory (16 bytes a text); vectors stay on disk.
 The folder must be visible to every node that encodes (a shared mount on a cluster).
 """
 
@@ -16,11 +22,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import uuid
 from pathlib import Path
 
 import numpy as np
+
+#: vectors copied at a time when a compaction converts a store of the earlier layout
+_COPY_ROWS = 16384
 
 
 def text_hashes(texts) -> np.ndarray:
@@ -51,12 +59,24 @@ class EmbeddingCache:
         self._vectors: np.ndarray | None = None
         self._load()
 
+    @property
+    def index_path(self) -> Path:
+        """The file a compaction replaces last: its change time says the store changed."""
+        return self.root / "store" / "index.npz"
+
     def _load(self) -> None:
         store = self.root / "store"
-        self._hashes = self._vectors = None
-        if (store / "hashes.npy").exists():
+        self._hashes = self._rows = self._vectors = None
+        if self.index_path.exists():
+            with np.load(self.index_path) as z:
+                self._hashes, self._rows = z["hashes"], z["rows"]
+                count, dim = int(z["count"]), int(z["dim"])
+            if count:
+                self._vectors = np.memmap(store / "vectors.f32", dtype=np.float32, mode="r", shape=(count, dim))
+        elif (store / "hashes.npy").exists():  # the earlier layout: vectors in hash order
             self._hashes = np.load(store / "hashes.npy")
             self._vectors = np.load(store / "vectors.npy", mmap_mode="r")
+            self._rows = np.arange(len(self._hashes), dtype=np.int64)
         # pending shards (written since the last compaction: small, merged after every stage)
         # are visible too, held apart from the store, whose vectors stay on disk. Only their
         # hashes are read here; their vectors on the first lookup that needs them (a compaction
@@ -96,7 +116,8 @@ class EmbeddingCache:
         """(found mask, vectors of the found hashes in order)."""
         found = np.zeros(len(hashes), dtype=bool)
         vectors = None
-        for known, stored in ((self._hashes, lambda: self._vectors), (self._pending_hashes, self._pending)):
+        for known, rows, stored in ((self._hashes, self._rows, lambda: self._vectors),
+                                    (self._pending_hashes, None, self._pending)):
             if known is None or len(known) == 0:
                 continue
             pos = np.minimum(np.searchsorted(known, hashes), len(known) - 1)
@@ -106,7 +127,8 @@ class EmbeddingCache:
             stored = stored()
             if vectors is None:
                 vectors = np.zeros((len(hashes), stored.shape[1]), dtype=np.float32)
-            vectors[here] = np.asarray(stored[pos[here]])
+            at = pos[here] if rows is None else rows[pos[here]]
+            vectors[here] = np.asarray(stored[at])
             found |= here
         if not found.any():
             return found, None
@@ -120,58 +142,96 @@ class EmbeddingCache:
         np.savez(tmp, hashes=hashes.astype(np.uint64), vectors=vectors.astype(np.float32))
         os.replace(tmp, self.pending / f"{uuid.uuid4().hex}.npz")
 
-    def compact(self, chunk: int = 16384) -> int:
+    def compact(self) -> int:
         """Merge pending shards into the store; returns the number of vectors stored.
 
-        Streams: memory holds the hashes (8 bytes a text, plus the merge's indices) and one
-        chunk of vectors at a time, never the store's vectors, whatever the corpus size. The
-        pending shards are first appended to one flat file; then the merged store is written
-        in hash order, chunk by chunk, each chunk gathered from the old store and that file
-        through maps opened for the chunk alone (so their pages leave this process's memory
-        with it). A hash in both keeps the stored vector."""
+        Appends: the pending vectors whose hash the store lacks (the first of each) go to the end
+        of `vectors.f32`, one shard in memory at a time, then the index (hashes sorted, with their
+        rows) is replaced in one atomic rename. Nothing already stored is read or rewritten, so
+        the time and memory are those of the new vectors, never the store's. A hash in both keeps
+        the stored vector. A compaction that dies leaves unindexed rows at the end of the file,
+        cut by the next one; readers never look past their index's rows."""
         parts = sorted(self.pending.glob("*.npz"))
         if not parts:
             return len(self)
-        new = self.root / f".store-{uuid.uuid4().hex}"
-        new.mkdir()
-        flat = new / "pending.npy"
-        stored_path = self.root / "store" / "vectors.npy"
-        stored_h = np.load(self.root / "store" / "hashes.npy") if stored_path.exists() else np.zeros(0, np.uint64)
-        pending_h = _append_parts(parts, flat)
-        dim = np.load(flat, mmap_mode="r").shape[1] if len(pending_h) else np.load(stored_path, mmap_mode="r").shape[1]
-        merged, first = np.unique(np.concatenate([stored_h, pending_h]), return_index=True)
-        out = np.lib.format.open_memmap(new / "vectors.npy", mode="w+", dtype=np.float32, shape=(len(merged), dim))
-        offset = out.offset
-        del out
-        with open(new / "vectors.npy", "r+b") as fh:
-            fh.seek(offset)
-            for i in range(0, len(merged), chunk):
-                rows = first[i : i + chunk]
-                from_store = rows < len(stored_h)
-                block = np.empty((len(rows), dim), dtype=np.float32)
-                if from_store.any():
-                    source = np.load(stored_path, mmap_mode="r")
-                    block[from_store] = source[rows[from_store]]
-                    del source
-                if (~from_store).any():
-                    source = np.load(flat, mmap_mode="r")
-                    block[~from_store] = source[rows[~from_store] - len(stored_h)]
-                    del source
-                fh.write(block.tobytes())
+        store = self.root / "store"
+        store.mkdir(exist_ok=True)
+        if not self.index_path.exists() and (store / "hashes.npy").exists():
+            self._convert(store)
+        hashes, rows, count, dim = np.zeros(0, np.uint64), np.zeros(0, np.int64), 0, None
+        if self.index_path.exists():
+            with np.load(self.index_path) as z:
+                hashes, rows, count, dim = z["hashes"], z["rows"], int(z["count"]), int(z["dim"])
+        sizes, pending = [], []
+        for part in parts:
+            with np.load(part) as z:
+                pending.append(z["hashes"])
+                sizes.append(len(pending[-1]))
+        pending_h = np.concatenate(pending).astype(np.uint64)
+        _, first = np.unique(pending_h, return_index=True)
+        first = np.sort(first[~_member(pending_h[first], hashes)])  # new hashes, in arrival order
+        keep = np.zeros(len(pending_h), dtype=bool)
+        keep[first] = True
+        with open(store / "vectors.f32", "ab") as fh:
+            pass  # exists from here on
+        with open(store / "vectors.f32", "r+b") as fh:
+            start = 0
+            for part, size in zip(parts, sizes):
+                take = keep[start:start + size]
+                start += size
+                if not take.any():
+                    continue
+                with np.load(part) as z:
+                    v = np.ascontiguousarray(z["vectors"][take], dtype=np.float32)
+                if dim is None:
+                    dim = v.shape[1]
+                if fh.tell() == 0:
+                    fh.truncate(count * dim * 4)  # rows a dead compaction appended: never indexed
+                    fh.seek(count * dim * 4)
+                fh.write(v.tobytes())
             fh.flush()
             os.fsync(fh.fileno())
-        np.save(new / "hashes.npy", merged)
-        flat.unlink()
-        old = self.root / "store"
-        trash = self.root / f".old-{uuid.uuid4().hex}"
-        if old.exists():
-            os.replace(old, trash)
-        os.replace(new, old)
+        added = len(first)
+        all_h = np.concatenate([hashes, pending_h[first]])
+        all_rows = np.concatenate([rows, np.arange(count, count + added, dtype=np.int64)])
+        order = np.argsort(all_h, kind="stable")
+        tmp = store / f".index-{uuid.uuid4().hex}.npz"
+        with open(tmp, "wb") as fh:
+            np.savez(fh, hashes=all_h[order], rows=all_rows[order], count=np.int64(count + added),
+                     dim=np.int64(dim or 0))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.index_path)
         for part in parts:
             part.unlink(missing_ok=True)
-        shutil.rmtree(trash, ignore_errors=True)
         self._load()
         return len(self)
+
+    def _convert(self, store: Path) -> None:
+        """A store of the earlier layout (hashes.npy + vectors.npy in hash order) into this one:
+        its vectors copied once, in order, chunk by chunk (plain reads: no map holds the store)."""
+        hashes = np.load(store / "hashes.npy")
+        with open(store / "vectors.npy", "rb") as src:
+            version = np.lib.format.read_magic(src)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, _ = read_header(src)
+            dim = shape[1]
+            with open(store / "vectors.f32", "wb") as dst:
+                left = shape[0] * dim * 4
+                while left:
+                    chunk = src.read(min(left, _COPY_ROWS * dim * 4))
+                    dst.write(chunk)
+                    left -= len(chunk)
+                dst.flush()
+                os.fsync(dst.fileno())
+        tmp = store / f".index-{uuid.uuid4().hex}.npz"
+        with open(tmp, "wb") as fh:
+            np.savez(fh, hashes=hashes, rows=np.arange(len(hashes), dtype=np.int64), count=np.int64(len(hashes)),
+                     dim=np.int64(dim))
+        os.replace(tmp, self.index_path)
+        (store / "hashes.npy").unlink(missing_ok=True)
+        (store / "vectors.npy").unlink(missing_ok=True)
 
 
 def _member(values: np.ndarray, sorted_values: np.ndarray) -> np.ndarray:
@@ -180,29 +240,3 @@ def _member(values: np.ndarray, sorted_values: np.ndarray) -> np.ndarray:
         return np.zeros(len(values), dtype=bool)
     pos = np.minimum(np.searchsorted(sorted_values, values), len(sorted_values) - 1)
     return sorted_values[pos] == values
-
-
-def _append_parts(parts: list[Path], flat: Path) -> np.ndarray:
-    """The vectors of every part, one after another, in one .npy file (one part in memory at a
-    time); returns their hashes in the same order."""
-    hashes = []
-    rows, dim = 0, None
-    for part in parts:  # the shape first, for the header
-        with np.load(part) as z:
-            h = z["hashes"]
-            hashes.append(h)
-            rows += len(h)
-            if dim is None and len(h):
-                dim = z["vectors"].shape[1]
-    if rows == 0:
-        np.save(flat, np.zeros((0, dim or 1), dtype=np.float32))
-        return np.zeros(0, dtype=np.uint64)
-    out = np.lib.format.open_memmap(flat, mode="w+", dtype=np.float32, shape=(rows, dim))
-    offset = out.offset
-    del out
-    with open(flat, "r+b") as fh:
-        fh.seek(offset)
-        for part in parts:
-            with np.load(part) as z:
-                fh.write(np.ascontiguousarray(z["vectors"], dtype=np.float32).tobytes())
-    return np.concatenate(hashes).astype(np.uint64)

@@ -28,8 +28,9 @@ _CACHES: dict = {}  # per worker process: the cache store last read, by folder a
 
 
 def _open_cache(folder: str) -> EmbeddingCache:
-    hashes = Path(folder) / "store" / "hashes.npy"
-    stamp = hashes.stat().st_mtime_ns if hashes.exists() else None
+    index = next((f for f in (Path(folder) / "store" / "index.npz", Path(folder) / "store" / "hashes.npy")
+                  if f.exists()), None)  # the store's index (or an earlier layout's hashes)
+    stamp = index.stat().st_mtime_ns if index is not None else None
     pending = len(list((Path(folder) / "pending").glob("*.npz")))
     key = (folder, stamp, pending)
     if key not in _CACHES:
