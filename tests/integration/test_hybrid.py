@@ -128,7 +128,8 @@ def test_a_sync_writes_the_bm25_vectors_of_changed_documents(built, sliced):
 
 def test_hybrid_on_a_server(sliced, monkeypatch):
     """The server path (qdrant-client's local mode standing in): points written by the writer's
-    own `upsert_columns` with their BM25 vectors, searched by `vectune search`'s function."""
+    own `upsert_columns` with their BM25 vectors, searched by `vectune search`'s function and
+    ranked by the gate's scoring through the index alike."""
     from vectune.embed import encode_texts, encoder_config, model_fingerprint, resolve_model
     from vectune.index import live
     from vectune.index.points import payload_fields
@@ -157,6 +158,14 @@ def test_hybrid_on_a_server(sliced, monkeypatch):
     word = target["title"].split()[0]
     result = live.search(spec, target["title"], k=5)
     assert result["mode"] == "hybrid" and result["hits"][0]["doc_id"] == target["_id"], word
+    # the server path of `evaluate.through: index`: the scoring ranker asks the collection the
+    # way `vectune search` does
+    from vectune.index import scoring
+
+    queries = [d["title"] for d in docs[:5]]
+    ranked = scoring._rank(store, spec, "slice__s1", "hybrid", [f"q{i}" for i in range(5)], queries, 5)
+    for i, text in enumerate(queries):
+        assert list(ranked[f"q{i}"]) == [h["doc_id"] for h in live.search(spec, text, k=5)["hits"]]
     store.create("slice__dense", layout(spec, 384), stamp={**stamp, "sparse": None})
     store.swap_alias(cols.alias_name(spec), "slice__dense")
     with pytest.raises(IndexingError, match="holds no BM25 vectors"):
@@ -216,36 +225,3 @@ def test_the_gate_scores_through_the_collection_as_it_serves(built, sliced):
         assert cols.live_collection(store, cols.alias_name(spec)) == record["name"]  # the alias never moved
     finally:
         store.close()
-
-
-def test_ranking_through_a_server_collection_is_what_search_serves(sliced, monkeypatch):
-    """The server path of `evaluate.through: index` (qdrant-client's local mode standing in): the
-    scoring ranker asks a server collection the way `vectune search` does."""
-    from vectune.embed import encode_texts, encoder_config, model_fingerprint, resolve_model
-    from vectune.index import live, scoring
-    from vectune.index.points import payload_fields
-    from vectune.index.stage import vector_settings
-    from vectune.index.store import layout
-    from vectune.index.writer import upsert_columns
-
-    spec = sliced.load().derived()
-    store = server_stand_in()
-    path = resolve_model(spec.model.base, spec.base_dir)
-    docs = [json.loads(line) for line in sliced.corpus_path.read_text(encoding="utf-8").splitlines()][:60]
-    texts = [f"{d.get('title') or ''} {d['text']}".strip() for d in docs]
-    vectors = encode_texts(texts, encoder_config(spec, path, role="document", cache=False))
-    stamp = {**vector_settings(spec, model_fingerprint(path)), "model_path": path, "dimension": 384,
-             "state": "ready"}
-    store.create("slice__s2", layout(spec, 384, sparse=True), stamp=stamp)
-    columns = {"doc_id": np.asarray([d["_id"] for d in docs], dtype=object), "embedding": vectors,
-               "text": np.asarray(texts, dtype=object), "title": np.asarray([d.get("title", "") for d in docs], dtype=object),
-               "text_hash": np.asarray(["0" * 16] * len(docs), dtype=object)}
-    upsert_columns(store, "slice__s2", columns, batch_size=16, payload=payload_fields(spec), bm25=spec.bm25)
-    store.swap_alias(cols.alias_name(spec), "slice__s2")
-    monkeypatch.setattr(live, "connect", lambda s: _Unclosed(store))
-    queries = [d["title"] for d in docs[:5]]
-    ranked = scoring._rank(store, spec, "slice__s2", "hybrid", [f"q{i}" for i in range(5)], queries, 5)
-    for i, text in enumerate(queries):
-        served = [h["doc_id"] for h in live.search(spec, text, k=5)["hits"]]
-        assert list(ranked[f"q{i}"]) == served
-    store.close()
