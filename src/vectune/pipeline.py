@@ -80,7 +80,9 @@ def evaluate(spec: Spec, *, model: str | None = None, split: str | None = None, 
         with run.stage(f"evaluate:{role}:{split}") as outputs:
             if served is not None:
                 mode = spec.search.mode if served["sparse"] else "dense"
-                result, cached = _scored_through_index(spec, run, data, split, role, path, mode, "live",
+                from vectune.index.scoring import LIVE
+
+                result, cached = _scored_through_index(spec, run, data, split, role, path, mode, LIVE,
                                                        collection=served["collection"])
                 outputs.update(collection=served["collection"])
             else:
@@ -349,9 +351,9 @@ def _evaluate_stage(spec: Spec, run: Run, data: DomainData, *, force: bool) -> d
             continue
         with run.stage(key, inputs) as outputs:
             if through == "index":
-                from vectune.index.scoring import CANDIDATE, SCORING
+                from vectune.index.scoring import CANDIDATE, LIVE, SCORING
 
-                kind = {"tuned": CANDIDATE, "champion": "live"}.get(role, SCORING)
+                kind = {"tuned": CANDIDATE, "champion": LIVE}.get(role, SCORING)
                 result, cached = _scored_through_index(spec, run, data, split, role, path, mode, kind,
                                                        collection=champion.get("collection"))
                 outputs.update(collection=result.collection)
@@ -375,10 +377,10 @@ def _scored_through_index(spec: Spec, run: Run, data: DomainData, split: str, ro
     import time
 
     from vectune.evaluate.stage import scored_runs
-    from vectune.index.scoring import CANDIDATE, Scorable, rank_through_index
+    from vectune.index.scoring import CANDIDATE, LIVE, Scorable, rank_through_index
 
     start = time.perf_counter()
-    model = Scorable(role, path, mode, kind, collection=collection if kind == "live" else None)
+    model = Scorable(role, path, mode, kind, collection=collection if kind == LIVE else None)
     labels = data.labels(split)
     qids = sorted(labels.qrels)
     ranked = rank_through_index(spec, data, run.id, [model], qids, [labels.queries[q] for q in qids],

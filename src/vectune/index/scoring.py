@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 SCORING_KEEP = 2
 SCORING = "scoring"
 CANDIDATE = "candidate"
+LIVE = "live"
 
 
 @dataclass
@@ -52,7 +53,7 @@ class Scorable:
     role: str
     path: str
     mode: str
-    kind: str  # candidate | scoring | live
+    kind: str  # CANDIDATE | SCORING | LIVE
     collection: str | None = None
 
 
@@ -114,11 +115,11 @@ def drop_candidate(spec: Spec, run_id: str) -> str | None:
 def _collection(store: Store, spec: Spec, data: DomainData, run_id: str, m: Scorable,
                 live: str | None) -> tuple[str, float]:
     """(the collection to rank `m` through, seconds spent building it)."""
-    model = {"path": m.path, "fingerprint": model_fingerprint(m.path)}
-    if m.kind == "live":
+    if m.kind == LIVE:
         if not m.collection:
             raise IndexingError(f"the {m.role} is the live model but no collection was named")
         return m.collection, 0.0
+    model = {"path": m.path, "fingerprint": model_fingerprint(m.path)}  # what a build is stamped with
     if m.kind == CANDIDATE:
         name = cols.collection_name(spec, run_id)
         if name == live:  # this run's version is already promoted (a re-run of its evaluation): as served
@@ -173,4 +174,4 @@ def _rank(store: Store, spec: Spec, name: str, mode: str, query_ids: list[str], 
     return run
 
 
-__all__ = ["CANDIDATE", "SCORING", "Scorable", "drop_candidate", "rank_through_index"]
+__all__ = ["CANDIDATE", "LIVE", "SCORING", "Scorable", "drop_candidate", "rank_through_index"]
