@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 DENSE = "dense"
 SPARSE = "bm25"
 MODES = ("dense", "bm25", "hybrid")
+#: how hybrid fuses its dense and BM25 candidates: the Query API's RRF or DBSF
+FUSIONS = ("rrf", "dbsf")
 #: queries planned together in one `query_batch`
 QUERY_BATCH = 256
 

@@ -51,3 +51,32 @@ def test_validation_ranks_in_the_served_mode(scifact):
     hybrid = retrieval_scores(model, hybrid_set, ["ndcg@10"])
     assert 0.0 < dense["ndcg@10"] <= 1.0 and 0.0 < hybrid["ndcg@10"] <= 1.0
     assert hybrid["ndcg@10"] != dense["ndcg@10"]  # a different ranking, not the dense one relabelled
+    # every way of serving from one encoding: `hybrid/<fusion>` is hybrid served with that fusion
+    from vectune.train.validation import mode_scores, served_modes
+
+    assert served_modes() == ("dense", "hybrid/rrf", "hybrid/dbsf")
+    every = mode_scores(model, hybrid_set, ["ndcg@10"], (*served_modes(), "hybrid"))
+    assert every["dense"] == dense and every["hybrid/rrf"] == hybrid == every["hybrid"]
+    dbsf = retrieval_scores(model, {**hybrid_set, "search": SearchSpec(mode="hybrid", fusion="dbsf").model_dump()},
+                            ["ndcg@10"])
+    assert every["hybrid/dbsf"] == dbsf
+
+
+def test_validation_names_a_better_way_to_serve_and_never_switches_it(caplog):
+    """When validation scores the kept model higher served another way, the run says which
+    settings would serve it; the spec stays as written (what is served is the user's call)."""
+    import logging
+
+    from vectune.train.stage import _advise_serving
+
+    modes = {"served": "hybrid/rrf",
+             "tuned": {"dense": {"ndcg@10": 0.70}, "hybrid/rrf": {"ndcg@10": 0.75}, "hybrid/dbsf": {"ndcg@10": 0.77}}}
+    with caplog.at_level(logging.WARNING, logger="vectune"):
+        _advise_serving(modes, "tuned", "ndcg@10")
+    assert "0.7700 served hybrid/dbsf" in caplog.text and "search.fusion: dbsf" in caplog.text
+    assert modes["served"] == "hybrid/rrf"
+    caplog.clear()
+    modes["tuned"]["hybrid/rrf"]["ndcg@10"] = 0.78
+    with caplog.at_level(logging.WARNING, logger="vectune"):
+        _advise_serving(modes, "tuned", "ndcg@10")
+    assert caplog.text == ""

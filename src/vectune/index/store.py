@@ -28,6 +28,7 @@ import numpy as np
 
 from vectune._redact import redact
 from vectune.errors import Problem, SpecError
+from vectune.ranking import FUSIONS  # noqa: F401  (the engines check a fusion by it)
 from vectune.spec import Spec
 
 MEMORY = ":memory:"
@@ -199,8 +200,6 @@ def pages(scroll_page, name: str, fields, page: int) -> Iterator[list[Record]]:
         if offset is None:
             return
 
-
-FUSIONS = ("rrf", "dbsf")
 
 
 # -- the factory ------------------------------------------------------------------------------

@@ -127,6 +127,21 @@ def _setting(s: dict) -> str:
     return f"lr {s.get('learning_rate'):g}" + (f", {per_query} positives/query" if per_query else "")
 
 
+def _served_modes(modes: dict | None, metric: str) -> str:
+    """The kept and the starting model on validation in every way they can be served (dense,
+    hybrid under each fusion), beside BM25 alone; the spec's own way marked."""
+    if not modes:
+        return ""
+    served = modes.get("served")
+    roles = [r for r in modes if r not in ("bm25", "served")]
+    names = list(dict.fromkeys(m for r in roles for m in modes[r]))
+    rows = [[r, *((modes[r].get(m) or {}).get(metric, "-") for m in names)] for r in roles]
+    rows.append(["bm25", *((modes.get("bm25") or {}).get(metric, "-") for _ in names)])
+    header = [f"{m} (served)" if m == served else m for m in names]
+    return ("<h3>validation by serving mode</h3>" + _table(["model", *header], rows)
+            + f"<p>{_e(metric)} on the validation queries; the spec serves {_e(served)}</p>")
+
+
 def _train(a: RunArtifacts) -> str:
     info = a.manifest.get("stages", {}).get("train")
     if not a.loss and not info and not a.settings:
@@ -155,6 +170,7 @@ def _train(a: RunArtifacts) -> str:
                        if chosen.get("beats_base") is False else "")
             parts.append(f"<p>kept: {_e(_setting(chosen))}, step {_e(chosen.get('step'))}, "
                          f"tuned weight {_e(chosen.get('weight'))}; {_e(verdict)}</p>")
+            parts.append(_served_modes(a.settings.get("modes"), metric))
         if a.interpolation:
             curve = a.interpolation.get("curve") or []
             names = [k for k in (curve[0] if curve else {}) if k != "weight"]

@@ -244,6 +244,8 @@ def train(spec: Spec, run: Run, base_model: str, *, preflight: dict | None = Non
         log.info("validation by mode (%s): %s; bm25 %.4f", primary, "; ".join(
             f"{role} " + ", ".join(f"{mode} {v[primary]:.4f}" for mode, v in r.items())
             for role, r in modes.items() if role != "bm25"), modes["bm25"][primary])
+        modes["served"] = _served(spec)
+        _advise_serving(modes, "tuned" if beats else "base", primary)
     int8 = None
     if vset and beats and m.precision == "int8":
         # the model is served in int8: measure that on validation before it goes further; the
@@ -278,7 +280,8 @@ def train(spec: Spec, run: Run, base_model: str, *, preflight: dict | None = Non
                                            "chosen": {"learning_rate": settings[chosen_setting][0],
                                                       "positives_per_query": settings[chosen_setting][1],
                                                       "step": summary["checkpoint"]["step"],
-                                                      "weight": mix["weight"] if mix else 1.0, "beats_base": beats}})
+                                                      "weight": mix["weight"] if mix else 1.0, "beats_base": beats},
+                                           "modes": modes})
     if mix:
         run.write_json("train/interpolation.json", mix)
     write_card(out, spec, base_model, summary, metrics=None)
@@ -317,6 +320,25 @@ def _validation(spec: Spec, held: frozenset[str], table) -> tuple[dict, dict]:
              else f"the whole corpus ({info['docs']:,} documents)", info["labelled"],
              "dense" if spec.search.mode == "dense" else f"{spec.search.mode} ({spec.search.fusion}) as served")
     return vset, info
+
+
+def _served(spec: Spec) -> str:
+    """The spec's `search` section as a validation mode: `dense` or `hybrid/<fusion>`."""
+    return "dense" if spec.search.mode == "dense" else f"{spec.search.mode}/{spec.search.fusion}"
+
+
+def _advise_serving(modes: dict, role: str, primary: str) -> None:
+    """Say so when validation scores `role` higher served another way than the spec serves it
+    (the spec is the user's to change: what is served is never switched behind their back)."""
+    served = modes["served"]
+    scores = {mode: v[primary] for mode, v in modes[role].items()}
+    best = max(scores, key=lambda mode: scores[mode])
+    if best != served and scores[best] > scores[served]:
+        mode, _, fusion = best.partition("/")
+        how = "search.mode: dense" if mode == "dense" else f"search.mode: {mode}, search.fusion: {fusion}"
+        log.warning("validation: the %s model scores %s %.4f served %s, against %.4f served as the spec says "
+                    "(%s); `%s` would serve it (then gate on it: the gate compares like with like)",
+                    role, primary, scores[best], best, scores[served], served, how)
 
 
 def _curve(path: Path) -> list[dict]:

@@ -46,7 +46,8 @@ def mode_scores(model, vset: dict, metrics, modes=("dense", "hybrid", "bm25"), b
                 precision: str = "fp32", progress=None) -> dict[str, dict[str, float]]:
     """Mean metrics of `model` on the validation set in each of `modes` (mode -> metrics),
     from one encoding: dense exactly in numpy; hybrid and bm25 (needing `vset["bm25"]`) in a
-    scratch Qdrant Edge shard (`vectune.ranking`), fused as the spec's `search` section says."""
+    scratch Qdrant Edge shard (`vectune.ranking`). `hybrid` is fused as the spec's `search`
+    section says; `hybrid/<fusion>` (`hybrid/rrf`, `hybrid/dbsf`) with that fusion instead."""
     qids, dids = list(vset["queries"]), list(vset["corpus"])
     needs_dense = any(m != "bm25" for m in modes)
     q = d = None
@@ -69,8 +70,10 @@ def mode_scores(model, vset: dict, metrics, modes=("dense", "hybrid", "bm25"), b
                 if shard is None:
                     shard = ScratchShard(d.shape[1] if d is not None else None, True)
                     shard.add(dids, d, vset["bm25"]["docs"])
-                ranked = shard.query(k, mode, dense=q, sparse=vset["bm25"]["queries"], fusion=search["fusion"],
-                                     rrf_k=search["rrf_k"], prefetch=search["prefetch"])
+                base_mode, _, fusion = mode.partition("/")
+                ranked = shard.query(k, base_mode, dense=q, sparse=vset["bm25"]["queries"],
+                                     fusion=fusion or search["fusion"], rrf_k=search["rrf_k"],
+                                     prefetch=search["prefetch"])
                 run = dict(zip(qids, ranked))
             out[mode], _ = score_run(vset["qrels"], run, list(metrics))
     finally:
@@ -79,10 +82,18 @@ def mode_scores(model, vset: dict, metrics, modes=("dense", "hybrid", "bm25"), b
     return out
 
 
+def served_modes() -> tuple[str, ...]:
+    """Every way a model can be served: dense, and hybrid under each fusion (`hybrid/rrf`, ...)."""
+    from vectune.ranking import FUSIONS
+
+    return ("dense", *(f"hybrid/{f}" for f in FUSIONS))
+
+
 def compare_modes(paths: dict[str, str], vset: dict, metrics, threads: int | None = None,
                   max_seq_length: int | None = None, precision: str = "fp32") -> dict[str, dict]:
-    """Each model (role -> path) on the validation set in every mode: what validation says
-    about serving dense or hybrid, beside BM25 alone (the same for every model)."""
+    """Each model (role -> path) on the validation set in every way it can be served (dense,
+    hybrid under each fusion): what validation says about the spec's `search` section, beside
+    BM25 alone (the same for every model)."""
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -94,7 +105,7 @@ def compare_modes(paths: dict[str, str], vset: dict, metrics, threads: int | Non
         if max_seq_length:
             model.max_seq_length = max_seq_length
         model.eval()
-        modes = ("dense", "hybrid", "bm25") if not out else ("dense", "hybrid")
+        modes = served_modes() + (("bm25",) if not out else ())
         out[role] = mode_scores(model, vset, metrics, modes, precision=precision)
     first = next(iter(out.values()))
     bm25 = first.pop("bm25")
