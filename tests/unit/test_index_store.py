@@ -143,3 +143,31 @@ def test_the_index_is_built_after_the_load_and_searches_the_same(store):
     assert built["m"] == 16 and built["ef_construct"] == 100 and built["seconds"] >= 0
     assert [h.id for h in store.search("c", vectors[0], 3)] == before
     assert store.count("c") == len(DOCS)
+
+
+def test_an_embedded_shard_is_checked_by_a_child_process_and_never_opened_here(tmp_path):
+    """`verify_ids(apart=True)` (the untouched-file sync's check, which runs without Ray) reads
+    the shard in a child process: Edge maps a shard into the process that opens it, so the
+    driver would carry its pages. The child's answer is the same check: a collection whose ids
+    are not the corpus's is still refused, with the collection named."""
+    from types import SimpleNamespace
+
+    from vectune.index.edge import EdgeStore
+    from vectune.index.verify import verify_ids
+
+    store = EdgeStore(Target(path=str(tmp_path / "qdrant")))
+    try:
+        _fill(store, "v1")
+        store.close()  # what the sync's probe has done before: read records, opened no shard
+        corpus = SimpleNamespace(corpus=SimpleNamespace(count=len(DOCS), ids=set(DOCS)))
+        assert verify_ids(store, "v1", corpus, apart=True) == len(DOCS)
+        assert store._shards == {}  # nothing mapped in this process
+        other = SimpleNamespace(corpus=SimpleNamespace(count=len(DOCS), ids={*list(DOCS)[:-1], "elsewhere"}))
+        with pytest.raises(IndexingError, match="v1 holds 6 points whose ids do not match"):
+            verify_ids(store, "v1", other, apart=True)
+        fewer = SimpleNamespace(corpus=SimpleNamespace(count=len(DOCS) + 1, ids=set(DOCS)))
+        with pytest.raises(IndexingError, match="v1 holds 6 points but the corpus has 7"):
+            verify_ids(store, "v1", fewer, apart=True)
+        assert verify_ids(store, "v1", corpus) == len(DOCS)  # in this process, the same answer
+    finally:
+        store.close()

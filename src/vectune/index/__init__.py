@@ -7,8 +7,18 @@ Every module reaches Qdrant through one interface (`store.Store`), opened by one
 answers queries against the version the alias serves; `collections` owns versions and aliases.
 """
 
-from vectune.index.live import list_collections, search, serving_model
-from vectune.index.stage import promoted_model, reindex
-from vectune.index.engines import connect
+from importlib import import_module
 
-__all__ = ["connect", "list_collections", "promoted_model", "reindex", "search", "serving_model"]
+#: what the package offers, by the module that holds it: imported when first asked for, so a
+#: process that needs one engine module (a child checking a shard, a Ray task) does not import
+#: the whole stage, Ray included
+_HOMES = {"list_collections": "live", "search": "live", "serving_model": "live", "promoted_model": "stage",
+          "reindex": "stage", "connect": "engines"}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"vectune.index.{_HOMES[name]}"), name)

@@ -68,9 +68,11 @@ def unchanged_since_stamp(stamp: dict, corpus_sha256: str) -> bool:
 
 def check_unchanged(store: Store, live: str, spec: Spec, data: DomainData, run_id: str) -> dict:
     """The sync of a corpus file unchanged since the last build or sync: no diff, no write;
-    the collection's count, integrity and id set are still verified. Needs no Ray."""
+    the collection's count, integrity and id set are still verified. Needs no Ray; the embedded
+    engine's shard is read by a child process, so its pages never count in this one's memory."""
     start = time.perf_counter()
-    checks = {"points": verify_ids(store, live, data), "ids_checksum": True, "sampled": 0, "min_cosine": None}
+    checks = {"points": verify_ids(store, live, data, apart=True), "ids_checksum": True, "sampled": 0,
+              "min_cosine": None}
     counts = {"added": 0, "updated": 0, "deleted": 0, "unchanged": checks["points"]}
     return _finish(store, live, spec, data, run_id, counts, checks, written=0, start=start,
                    timings={"diff": 0.0}, shortcut="the corpus file is unchanged since the last build or sync")

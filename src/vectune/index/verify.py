@@ -24,7 +24,7 @@ from vectune.data import DomainData
 from vectune.embed import Encoder, encode_texts, encoder_config
 from vectune.errors import IndexingError
 from vectune.index.points import id_checksum, point_id, sample_key
-from vectune.index.store import DENSE, PAGE, Store
+from vectune.index.store import DENSE, MEMORY, PAGE, Store
 from vectune.spec import Spec
 
 log = logging.getLogger(__name__)
@@ -122,20 +122,61 @@ def verify(store: Store, name: str, spec: Spec, data: DomainData, model_path: st
             "encoded_again": len(redo)}
 
 
-def verify_ids(store: Store, name: str, data: DomainData) -> int:
+def verify_ids(store: Store, name: str, data: DomainData, *, apart: bool = False) -> int:
     """The point count of `name`, after checking its integrity and that its point ids are exactly
-    the corpus ids."""
+    the corpus ids.
+
+    The ids are checksummed where the points are: by the owner actor beside its shard, by a
+    scroll from here for a server, and with `apart` for the embedded engine opened in this
+    process, by a child process (`shard_ids`): Qdrant Edge maps a shard's files into the process
+    that opens it, and the pages it reads count in that process's memory, so a driver that only
+    checks a shard leaves that to a process that exits.
+    """
     expected = data.corpus.count
-    got = store.count(name)
-    if got != expected:
-        raise IndexingError(f"{name} holds {got} points but the corpus has {expected} documents")
-    check_integrity(store, name)
+    if apart and store.where.embedded and store.where.path != MEMORY and not hasattr(type(store), "id_checksum"):
+        got, have = _in_child(shard_ids, store.where, name, expected)
+    else:
+        got = store.count(name)
+        if got != expected:
+            raise IndexingError(f"{name} holds {got} points but the corpus has {expected} documents")
+        check_integrity(store, name)
+        # an owner actor checksums its shard's ids itself; other stores are scrolled from here
+        have = store.id_checksum(name) if hasattr(type(store), "id_checksum") else id_checksum(scroll_ids(store, name))
     want = id_checksum(point_id(d) for d in data.corpus.ids)
-    # an owner actor checksums its shard's ids itself; other stores are scrolled from here
-    have = store.id_checksum(name) if hasattr(type(store), "id_checksum") else id_checksum(scroll_ids(store, name))
     if want != have:
         raise IndexingError(f"{name} holds {have[0]} points whose ids do not match the corpus document ids")
     return got
+
+
+def shard_ids(where, name: str, expected: int) -> tuple[int, tuple[int, int]]:
+    """(points, id checksum) of collection `name` at `where`, after the count and integrity
+    checks of `verify_ids`, opening the store in this process (run in a child by `verify_ids`)."""
+    from vectune.index.engines import open_store
+
+    store = open_store(where)
+    try:
+        got = store.count(name)
+        if got != expected:
+            raise IndexingError(f"{name} holds {got} points but the corpus has {expected} documents")
+        check_integrity(store, name)
+        return got, id_checksum(scroll_ids(store, name))
+    finally:
+        store.close()
+
+
+def _in_child(fn, *args):
+    """`fn(*args)` in a fresh (spawned: no inherited threads or locks) Python process; its
+    IndexingError is raised here, and a child that dies (a panicking engine) is one too."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        try:
+            return pool.submit(fn, *args).result()
+        except BrokenProcessPool:
+            raise IndexingError(f"checking {args[1]!r}: the process reading its shard died (a corrupted segment "
+                                "file?)") from None
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
