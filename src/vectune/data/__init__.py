@@ -6,7 +6,7 @@ import logging
 from functools import cached_property
 
 from vectune.data._files import file_digest
-from vectune.data.corpus import CorpusInfo, check_corpus, doc_text, read_corpus
+from vectune.data.corpus import CorpusInfo, check_corpus, doc_text, iter_corpus, read_corpus
 from vectune.data.labels import Labels, load_labels, load_queries, query_id_for
 from vectune.errors import DataError
 from vectune.spec import Spec
@@ -100,6 +100,12 @@ class DomainData:
         """The corpus as a Ray Dataset (doc_id, title, text), streamed, never collected."""
         self.corpus  # validate first: Ray workers assume clean input
         return read_corpus(self.spec.data.corpus, self.corpus_path, blocks=blocks)
+
+    def corpus_batches(self, size: int = 4096):
+        """The corpus in this process, `size` documents at a time (`corpus.iter_corpus`: the
+        Dataset's columns, one batch held at a time); no Ray."""
+        self.corpus
+        return iter_corpus(self.spec.data.corpus, self.corpus_path, size)
 
     def documents(self, ids: set[str], blocks: int | None = None) -> dict[str, str]:
         """The texts (title, a space, text) of `ids`, from one streaming pass over the corpus

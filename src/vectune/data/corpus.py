@@ -59,6 +59,27 @@ def check_corpus(source: CorpusSource, path: str) -> CorpusInfo:
     return CorpusInfo(path=path, count=len(ids), sha256=hasher.hexdigest(), ids=ids)
 
 
+def iter_corpus(source: CorpusSource, path: str, size: int = 4096) -> Iterator[dict[str, list[str]]]:
+    """The corpus `size` documents at a time (doc_id, title, text: the columns, and the texts,
+    of `read_corpus`'s Dataset), streamed in this process: only one batch is held. Assumes a
+    corpus `check_corpus` has passed."""
+    fields = [source.id_field, source.text_field] + ([source.title_field] if source.title_field else [])
+    parquet = source.format == "parquet"
+    ids: list[str] = []
+    titles: list[str] = []
+    texts: list[str] = []
+    for _, record in read_records(path, parquet=parquet, columns=fields if parquet else None):
+        title = record.get(source.title_field) if source.title_field else None
+        ids.append(str(record[source.id_field]))
+        titles.append(title or "")
+        texts.append(doc_text(title, record.get(source.text_field)))
+        if len(ids) >= size:
+            yield {"doc_id": ids, "title": titles, "text": texts}
+            ids, titles, texts = [], [], []
+    if ids:
+        yield {"doc_id": ids, "title": titles, "text": texts}
+
+
 class _ParseJsonl:
     """Ray Data UDF: raw JSONL lines -> doc_id, title, text (already validated)."""
 

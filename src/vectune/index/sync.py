@@ -3,10 +3,10 @@
 When the live collection's stamp matches what a build would write now (see
 `collections.full_build_reason`), `vectune reindex` does not build a new collection:
 
-    corpus (Ray Data, in blocks): hash each document, retrieve the stored `text_hash` of the
-      block's point ids from the live collection (read tasks; through the owner actor that
-      holds an Edge shard, or each task's own client for a server)
-      -> the added and changed rows only, materialised in the object store
+    corpus (streamed through the driver a Ray batch at a time): hash each document, look up
+      the stored `text_hash` of the batch's point ids in the live collection (the owner actor
+      that holds an Edge shard looks them up beside it; a server is asked directly)
+      -> the added and changed rows only, put in the object store a block at a time
       -> embedded through the cache (on the driver when they fit in one Ray batch, else by the
          encoder actors) and upserted into the live collection (write tasks)
     live collection: its point count before the writes; when it holds more points than the
@@ -14,10 +14,12 @@ When the live collection's stamp matches what a build would write now (see
       documents gone from the corpus
     -> delete the gone points -> let the engine index what changed -> verify -> stamp the sync
 
-Nothing proportional to the corpus is held in one process by the sync: each read task holds
-its block, the driver the changed rows' counts, a sample of them (each block keeps its
-`verify_sample` smallest keys) and the ids of the gone points. (The corpus's id set that
-`DomainData` keeps from its validation pass is read, not copied.)
+Nothing proportional to the corpus is held in one process by the sync: the driver holds one
+batch of the corpus and at most one block of changed rows at a time, the changed rows' counts,
+a sample of them (the `verify_sample` smallest keys) and the ids of the gone points. (The
+corpus's id set that `DomainData` keeps from its validation pass is read, not copied.) The
+diff runs in the driver rather than in Ray Data read tasks because it is a lookup per
+document: at 100,000 documents the tasks' scheduling cost ten times the lookups themselves.
 
 Readers of a server keep querying the alias meanwhile. Each upsert replaces whole points (vector
 and payload together) and each delete removes whole points, so a reader never sees half a point,
@@ -36,9 +38,11 @@ converges on the same collection.
 
 from __future__ import annotations
 
-import json
+import heapq
 import logging
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -50,7 +54,7 @@ from vectune.index import collections as cols
 from vectune.index.points import bm25_settings, content_hashes, doc_keys, hash_hex, kept_columns, payload_fields, point_id
 from vectune.index.store import PAGE, Hnsw, Store, hnsw
 from vectune.index.verify import verify, verify_ids
-from vectune.index.writer import ActorStore, open_in_worker, upsert_columns, worker_handle, write_dataset
+from vectune.index.writer import upsert_columns, write_dataset
 from vectune.progress import track
 from vectune.spec import Spec
 
@@ -96,12 +100,8 @@ def sync(store: Store, spec: Spec, data: DomainData, run_id: str, live: str, mod
                                          "corpus_sha256": data.corpus.sha256})
     stored = store.count(live)  # before any write: what the gone points are counted against
 
-    blocks = max(2, -(-data.corpus.count // idx.embed_batch_size))
-    changed = changed_rows(data, worker_handle(store), live, blocks=blocks).materialize()
-    count = changed.count()  # known once materialised: no job
-    # up to one Ray batch of changes comes to the driver once, for the counts, the sample and the write
-    small = changed.take_batch(count, batch_format="numpy") if 0 < count <= idx.embed_batch_size else None
-    added, updated, sample = _summary(changed if small is None else None, small, count, idx.verify_sample)
+    changes = diff(data, store, live, batch=idx.embed_batch_size, k=idx.verify_sample)
+    added, updated, sample, count = changes.added, changes.updated, changes.sample, changes.count
     timings = {"diff": round(time.perf_counter() - start, 2)}
     mark = time.perf_counter()
     # every corpus document but the added ones is stored: any point beyond those is a gone document's
@@ -114,7 +114,7 @@ def sync(store: Store, spec: Spec, data: DomainData, run_id: str, live: str, mod
     encoder = Encoder(encoder_config(spec, model["path"], role="document", fingerprint=model["fingerprint"]),
                       remember=True)
     try:
-        written = _write(store, spec, live, small if small is not None else changed, count, encoder)
+        written = _write(store, spec, live, changes.rows, count, encoder)
     except Exception as exc:  # noqa: BLE001 - a Ray-wrapped worker error: keep its last line
         from vectune.index.writer import write_failure
 
@@ -182,33 +182,84 @@ def gone_points(store: Store, name: str, corpus_ids, *, page: int = PAGE) -> lis
     return gone
 
 
-def changed_rows(data: DomainData, handle, name: str, *, blocks: int):
-    """The corpus rows that are new or whose content hash changed (lazy Dataset, columns
-    doc_id, title, text, text_hash, change). `handle`: `writer.worker_handle` of the store."""
-    return data.corpus_dataset(blocks=blocks).map_batches(
-        _changed, fn_kwargs={"handle": handle, "name": name}, batch_format="numpy", num_cpus=0.1)
+@dataclass
+class Changes:
+    """What the diff found: counts, a verification sample ({doc_id: text} of the `verify_sample`
+    changed rows with the smallest `points.doc_keys`: uniform, seeded by the ids) and the rows
+    (doc_id, title, text, text_hash, change): one batch of numpy columns when they fit in one
+    Ray batch, else a Dataset of blocks in the object store; None when nothing changed."""
+
+    added: int = 0
+    updated: int = 0
+    sample: dict[str, str] = field(default_factory=dict)
+    rows: Any = None
+
+    @property
+    def count(self) -> int:
+        return self.added + self.updated
 
 
-_STORES: dict = {}
+def diff(data: DomainData, store: Store, name: str, *, batch: int, k: int) -> Changes:
+    """The corpus rows that are new or whose content hash changed against collection `name`.
+
+    The corpus streams through this process `batch` documents at a time; each batch's stored
+    hashes come from `stored_hashes` (the owner actor's lookup, or the server's). Changed rows
+    go to the object store a block (about `batch` rows) at a time, so this process holds one
+    batch and one block at most, whatever the corpus.
+    """
+    import pyarrow as pa
+
+    out = Changes()
+    heap: list[tuple[int, str, str]] = []  # (-key, doc_id, text): the k smallest keys so far
+    held: list[pa.Table] = []
+    held_rows = 0
+    refs: list = []
+    for chunk in data.corpus_batches(batch):
+        rows = _changed(chunk, store, name)
+        n = len(rows["doc_id"])
+        if not n:
+            continue
+        added = int((rows["change"] == "added").sum())
+        out.added += added
+        out.updated += n - added
+        for key, doc_id, text in zip(doc_keys(rows["doc_id"]), rows["doc_id"], rows["text"]):
+            item = (-int(key), str(doc_id), str(text))
+            if len(heap) < k:
+                heapq.heappush(heap, item)
+            elif item > heap[0]:
+                heapq.heapreplace(heap, item)
+        held.append(pa.table({c: pa.array([str(v) for v in values], type=pa.string()) for c, values in rows.items()}))
+        held_rows += n
+        if held_rows > batch:
+            refs.append(_put(held))
+            held, held_rows = [], 0
+    out.sample = {d: t for _, d, t in sorted(heap, reverse=True)}
+    if refs:
+        if held:
+            refs.append(_put(held))
+        import ray.data
+
+        out.rows = ray.data.from_arrow_refs(refs)
+    elif held:
+        table = pa.concat_tables(held)
+        out.rows = {c: np.asarray(table.column(c).to_pylist(), dtype=object) for c in table.column_names}
+    return out
 
 
-def _worker_store(handle) -> Store:
-    """This worker's store for `handle`: the owner actor's proxy, or a server's client opened once
-    per worker process and reused."""
-    if isinstance(handle, ActorStore):
-        return handle
-    key = handle.describe()
-    if key not in _STORES:
-        _STORES.clear()
-        _STORES[key] = open_in_worker(handle)[0]
-    return _STORES[key]
+def _put(tables: list) -> Any:
+    import pyarrow as pa
+    import ray
+
+    return ray.put(pa.concat_tables(tables))
 
 
-def _changed(batch: dict, *, handle, name: str) -> dict:
+def _changed(batch: dict, store: Store, name: str) -> dict:
+    """The rows of a corpus batch that are new to `name` or whose content hash differs from the
+    stored one, with their `text_hash` and `change` (added or updated)."""
     doc_ids = np.asarray(batch["doc_id"], dtype=object)
     pids = [point_id(d) for d in doc_ids]
     hashes = content_hashes(batch["title"], batch["text"])
-    stored = stored_hashes(_worker_store(handle), name, pids) if len(pids) else {}
+    stored = stored_hashes(store, name, pids) if len(pids) else {}
     found = np.fromiter((p in stored for p in pids), dtype=bool, count=len(pids))
     same = found & np.fromiter((stored.get(p, -1) == int(h) for p, h in zip(pids, hashes)), dtype=bool,
                                count=len(pids))
@@ -218,37 +269,12 @@ def _changed(batch: dict, *, handle, name: str) -> dict:
             "change": np.where(found[keep], "updated", "added").astype(object)}
 
 
-def _block_summary(batch: dict, *, k: int) -> dict:
-    """Counts of a block of changed rows and its k smallest keys with their texts."""
-    ids = np.asarray(batch["doc_id"], dtype=object)
-    order = np.argsort(doc_keys(ids))[:k]
-    change = np.asarray(batch["change"], dtype=object)
-    return {"added": [int((change == "added").sum())], "updated": [int((change == "updated").sum())],
-            "sample": [json.dumps([[str(ids[i]), str(batch["text"][i])] for i in order])]}
-
-
-def _summary(changed, small: dict | None, count: int, k: int) -> tuple[int, int, dict[str, str]]:
-    """(added, updated, {doc_id: text} of a sample of k changed rows) from per-block summaries
-    (of the rows on the driver when `small` holds them all). The sample is the k smallest keys:
-    uniform, seeded by the ids, and mergeable across blocks."""
-    if count == 0:
-        return 0, 0, {}
-    if small is not None:
-        rows = [{key: v[0] for key, v in _block_summary(small, k=k).items()}]
-    else:
-        rows = changed.map_batches(_block_summary, fn_kwargs={"k": k}, batch_size=None, batch_format="numpy",
-                                   num_cpus=0.1).take_all()
-    pairs = [p for r in rows for p in json.loads(r["sample"])]
-    pairs.sort(key=lambda p: int(doc_keys([p[0]])[0]))
-    return sum(r["added"] for r in rows), sum(r["updated"] for r in rows), dict(pairs[:k])
-
-
 # -- applying it ------------------------------------------------------------------------
 def _write(store: Store, spec: Spec, live: str, changed, count: int, encoder: Encoder) -> int:
     """Embed and upsert the changed rows; returns the points written.
 
-    `changed` is the rows as one batch on the driver (up to one Ray batch of them), or their
-    Dataset. The driver encodes a batch itself (it loads the model to verify anyway): no actor
+    `changed` is the rows as one batch on the driver (up to one Ray batch of them), or a
+    Dataset of them (`Changes.rows`). The driver encodes a batch itself (it loads the model to verify anyway): no actor
     pool to start. A Dataset goes through the encoder actors, then to the store from write tasks
     (to a server in parallel, to an Edge shard through the actor that holds it).
     """
