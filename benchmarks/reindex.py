@@ -251,25 +251,41 @@ def full_reindex(spec_path: Path) -> dict:
 def change_corpus(path: Path, share: float, seed: int) -> dict:
     """Rewrite a corpus file with `share` of its documents changed: half of them modified
     (a sentence appended), a quarter removed, and new documents a quarter as many added
-    (another document's text with a sentence appended: new texts, so the cache misses)."""
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    (another document's text with a sentence appended: new texts, so the cache misses).
+    Streamed, line by line, into a file beside it that then replaces it: the process that
+    calls it (a benchmark's driver, whose memory is measured) never holds the corpus."""
+    with open(path, encoding="utf-8") as fh:
+        count = sum(1 for line in fh if line.strip())
     rng = random.Random(seed)
-    n = max(4, round(len(rows) * share))
-    picked = rng.sample(range(len(rows)), n // 2 + n // 4)
+    n = max(4, round(count * share))
+    picked = rng.sample(range(count), n // 2 + n // 4)
     modify, remove = set(picked[: n // 2]), set(picked[n // 2:])
-    out = []
-    for i, r in enumerate(rows):
-        if i in remove:
-            continue
-        if i in modify:
-            r = {**r, "text": f"{r['text']} Revised in round {seed}."}
-        out.append(r)
-    for j in range(n // 4):
-        src = rows[rng.randrange(len(rows))]
-        out.append({"_id": f"new-{seed}-{j}", "title": src.get("title", ""),
-                    "text": f"{src['text']} Addendum {seed}-{j}."})
-    path.write_text("".join(json.dumps(r) + "\n" for r in out), encoding="utf-8")
-    return {"modified": len(modify), "removed": len(remove), "added": n // 4, "docs_after": len(out)}
+    sources = [rng.randrange(count) for _ in range(n // 4)]
+    wanted = set(sources)
+    found: dict[int, dict] = {}
+    kept = 0
+    tmp = path.with_name(path.name + ".changing")
+    with open(path, encoding="utf-8") as src, open(tmp, "w", encoding="utf-8") as out:
+        i = 0
+        for line in src:
+            if not line.strip():
+                continue
+            if i in wanted or i in modify:
+                r = json.loads(line)
+                if i in wanted:
+                    found[i] = r
+                if i in modify and i not in remove:
+                    line = json.dumps({**r, "text": f"{r['text']} Revised in round {seed}."}) + "\n"
+            if i not in remove:
+                out.write(line if line.endswith("\n") else line + "\n")
+                kept += 1
+            i += 1
+        for j, k in enumerate(sources):
+            r = found[k]
+            out.write(json.dumps({"_id": f"new-{seed}-{j}", "title": r.get("title", ""),
+                                  "text": f"{r['text']} Addendum {seed}-{j}."}) + "\n")
+    os.replace(tmp, path)
+    return {"modified": len(modify), "removed": len(remove), "added": n // 4, "docs_after": kept + n // 4}
 
 
 def changed_texts(before: list[str], path: Path) -> list[str]:

@@ -164,6 +164,31 @@ def _recall(spec_path: Path, queries: list[str], sample: int) -> dict:
             "recall@10": round(hits / (10 * len(q)), 4)}
 
 
+def _titles(corpus: Path, n: int, k: int) -> list[str]:
+    """The titles of `k` documents drawn uniformly (seeded), streamed: query texts."""
+    picks = set(np.random.default_rng(0).choice(n, min(k, n), replace=False).tolist())
+    with open(corpus, encoding="utf-8") as fh:
+        return [json.loads(line)["title"] for i, line in enumerate(fh) if i in picks]
+
+
+def _swap_pairs(corpus: Path) -> None:
+    """The same documents in another order (each pair of lines swapped): another file hash,
+    the same corpus; streamed into a file beside it that replaces it."""
+    tmp = corpus.with_name(corpus.name + ".reordered")
+    with open(corpus, encoding="utf-8") as src, open(tmp, "w", encoding="utf-8") as out:
+        held = None
+        for line in src:
+            if held is None:
+                held = line
+            else:
+                out.write(line)
+                out.write(held)
+                held = None
+        if held is not None:
+            out.write(held)
+    os.replace(tmp, corpus)
+
+
 def one(n: int, precision: str, args) -> dict:
     """Every measurement at one size and precision (run in a child process)."""
     from vectune.runtime import init_ray
@@ -179,23 +204,16 @@ def one(n: int, precision: str, args) -> dict:
         corpus = work / "corpus.jsonl"
         out: dict = {"docs": n, "precision": precision, "phases": args.phases}
         want = set(args.phases)
-        # the corpus' lines are held here only for the phases that rewrite it or draw queries
-        # from it (this process is the driver whose memory is measured)
-        lines: list[str] = []
-        queries: list[str] = []
-        if want & {"syncs", "search"}:
-            rng = np.random.default_rng(0)
-            lines = corpus.read_text(encoding="utf-8").splitlines()
-            queries = [json.loads(lines[i])["title"] for i in rng.choice(len(lines), args.queries, replace=False)]
-            if "syncs" not in want:
-                lines = []
+        # the corpus is streamed, never held, to draw queries from it and to rewrite it (this
+        # process is the driver whose memory is measured)
+        queries = _titles(corpus, n, args.queries) if want & {"syncs", "search"} else []
         if "embed_only" in want:
             out["embed_only"] = embed_only(spec_path, cache=False)
         out["full"] = _reindex(spec_path, "full", full=True)  # every later phase needs the collection
         if "syncs" in want:
             out["full_cached"] = _reindex(spec_path, "cached", full=True)
             out["sync_unchanged"] = _reindex(spec_path, "unchanged", full=False)
-            corpus.write_text("".join(line + "\n" for line in reversed(lines)), encoding="utf-8")
+            _swap_pairs(corpus)
             out["sync_no_change"] = _reindex(spec_path, "reordered", full=False)
             out["change"] = change_corpus(corpus, args.change, seed=1)
             out["sync_changed"] = _reindex(spec_path, "changed", full=False)
