@@ -190,11 +190,19 @@ def test_report_shows_every_learning_rate_beside_the_starting_model(run_dir, tmp
                              {"learning_rate": 1.5e-5, "steps_run": 13,
                               "stopped": "stopped at step 13: behind an earlier learning rate there",
                               "curve": [{"step": 13, "ndcg@10": 0.7402}]}],
-                "chosen": {"learning_rate": 5e-5, "step": 26, "weight": 0.75, "beats_base": True}}
+                "chosen": {"learning_rate": 5e-5, "step": 26, "weight": 0.75, "beats_base": True},
+                "modes": {"base": {"dense": {"ndcg@10": 0.7237}, "hybrid/rrf": {"ndcg@10": 0.7893},
+                                   "hybrid/dbsf": {"ndcg@10": 0.8086}},
+                          "tuned": {"dense": {"ndcg@10": 0.7871}, "hybrid/rrf": {"ndcg@10": 0.8025},
+                                    "hybrid/dbsf": {"ndcg@10": 0.8309}},
+                          "bm25": {"ndcg@10": 0.7875}, "served": "hybrid/dbsf"}}
     (d / "train").mkdir(exist_ok=True)
     (d / "train" / "settings.json").write_text(json.dumps(settings))
     page = render_report(d)
     assert "start (before step 1)" in page and "0.7391" in page
+    # every way to serve, the served one marked, BM25 alone beside
+    assert "validation by serving mode" in page and "hybrid/dbsf (served)" in page and "hybrid/rrf" in page
+    assert "0.8309" in page and "0.8025" in page and "BM25 alone 0.7875" in page
     assert page.count("lr 5e-05") >= 3 and "lr 1.5e-05" in page  # two rows of 5e-5 and the kept line
     assert "behind an earlier learning rate" in page and "beats the starting model" in page
     assert len(_images(page)) > len(_images(render_report(run_dir)))  # the validation plot joined

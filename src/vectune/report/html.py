@@ -136,10 +136,11 @@ def _served_modes(modes: dict | None, metric: str) -> str:
     roles = [r for r in modes if r not in ("bm25", "served")]
     names = list(dict.fromkeys(m for r in roles for m in modes[r]))
     rows = [[r, *((modes[r].get(m) or {}).get(metric, "-") for m in names)] for r in roles]
-    rows.append(["bm25", *((modes.get("bm25") or {}).get(metric, "-") for _ in names)])
     header = [f"{m} (served)" if m == served else m for m in names]
+    bm25 = (modes.get("bm25") or {}).get(metric)
     return ("<h3>validation by serving mode</h3>" + _table(["model", *header], rows)
-            + f"<p>{_e(metric)} on the validation queries; the spec serves {_e(served)}</p>")
+            + f"<p>{_e(metric)} on the validation queries; the spec serves {_e(served)}"
+            + (f"; BM25 alone {bm25:.4f}" if isinstance(bm25, (int, float)) else "") + "</p>")
 
 
 def _train(a: RunArtifacts) -> str:
