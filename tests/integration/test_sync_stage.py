@@ -169,14 +169,18 @@ def test_mixed_changes_sync_in_place_to_what_a_full_rebuild_holds(spec, sliced, 
     assert manifest["stages"]["reindex"]["outputs"]["updated"] == 6
 
 
-def test_an_empty_diff_writes_nothing(spec, sliced, first):
+def test_an_empty_diff_writes_nothing(spec, sliced, first, monkeypatch):
+    import vectune.data
     from vectune import _faults
     from vectune.pipeline import reindex
 
     before = _points(spec)
     _faults.switch(**{"index.upsert": {"after": 1}})  # any upsert request would now fail the sync
     try:
-        same_file = reindex(spec, run_id="e1")
+        with monkeypatch.context() as patched:
+            # the untouched file is never parsed again: its ids are checked against the stamp's checksum
+            patched.setattr(vectune.data, "check_corpus", lambda *a: pytest.fail("the corpus was parsed"))
+            same_file = reindex(spec, run_id="e1")
         assert same_file["mode"] == "incremental" and same_file["written"] == 0
         assert "unchanged since the last build or sync" in same_file["sync"]["shortcut"]
 

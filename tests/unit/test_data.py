@@ -83,6 +83,25 @@ def test_check_corpus_counts_ids_and_hashes(tiny_beir):
     assert info.sha256 == hashlib.sha256(tiny_beir.corpus_path.read_bytes()).hexdigest()
 
 
+def test_the_corpus_digest_without_parsing_is_the_validation_pass_digest(tiny_beir):
+    """`DomainData.corpus_sha256` (what an untouched-file sync compares with its stamp, the file
+    never parsed) is the validation pass's sha256; `corpus_reading` names how the file is read
+    (format and fields, not the path), and `corpus_batches` streams its documents as the Ray
+    Dataset has them."""
+    unparsed = DomainData(tiny_beir.load())
+    digest = unparsed.corpus_sha256
+    assert "corpus" not in unparsed.__dict__  # nothing was parsed for it
+    assert digest == DomainData(tiny_beir.load()).corpus.sha256
+    assert unparsed.corpus_reading == DomainData(tiny_beir.load()).corpus_reading
+    other = tiny_beir.load().derived(data=tiny_beir.load().data.model_copy(update={
+        "corpus": tiny_beir.load().data.corpus.model_copy(update={"title_field": None})}))
+    assert DomainData(other).corpus_reading != unparsed.corpus_reading
+    batches = list(unparsed.corpus_batches(3))
+    assert [len(b["doc_id"]) for b in batches] == [3, 1]
+    assert [d for b in batches for d in b["doc_id"]] == ["d1", "d2", "d3", "d4"]
+    assert all(set(b) == {"doc_id", "title", "text"} for b in batches)
+
+
 def test_corpus_tolerates_crlf_blank_lines_and_no_final_newline(tmp_path):
     path = tmp_path / "c.jsonl"
     rows = [json.dumps(r) for r in TINY_CORPUS]

@@ -153,21 +153,30 @@ def test_an_embedded_shard_is_checked_by_a_child_process_and_never_opened_here(t
     from types import SimpleNamespace
 
     from vectune.index.edge import EdgeStore
-    from vectune.index.verify import verify_ids
+    from vectune.index.points import id_checksum
+    from vectune.index.verify import checksum_of, checksum_text, verify_ids
 
     store = EdgeStore(Target(path=str(tmp_path / "qdrant")))
     try:
         _fill(store, "v1")
         store.close()  # what the sync's probe has done before: read records, opened no shard
         corpus = SimpleNamespace(corpus=SimpleNamespace(count=len(DOCS), ids=set(DOCS)))
-        assert verify_ids(store, "v1", corpus, apart=True) == len(DOCS)
+        points, checksum = verify_ids(store, "v1", corpus, apart=True)
+        assert points == len(DOCS) and checksum == id_checksum(point_id(d) for d in DOCS)
         assert store._shards == {}  # nothing mapped in this process
+        # what a verified stamp recorded stands in for the corpus (an untouched file is not parsed
+        # again): `unread` has no corpus to read, and the check still refuses other ids
+        unread = SimpleNamespace()
+        assert verify_ids(store, "v1", unread, apart=True, expected=(len(DOCS), checksum)) == (points, checksum)
+        with pytest.raises(IndexingError, match="ids do not match"):
+            verify_ids(store, "v1", unread, apart=True, expected=(len(DOCS), (len(DOCS), checksum[1] + 1)))
+        assert checksum_of(checksum_text(checksum)) == checksum and checksum_of(None) is None
         other = SimpleNamespace(corpus=SimpleNamespace(count=len(DOCS), ids={*list(DOCS)[:-1], "elsewhere"}))
         with pytest.raises(IndexingError, match="v1 holds 6 points whose ids do not match"):
             verify_ids(store, "v1", other, apart=True)
         fewer = SimpleNamespace(corpus=SimpleNamespace(count=len(DOCS) + 1, ids=set(DOCS)))
         with pytest.raises(IndexingError, match="v1 holds 6 points but the corpus has 7"):
             verify_ids(store, "v1", fewer, apart=True)
-        assert verify_ids(store, "v1", corpus) == len(DOCS)  # in this process, the same answer
+        assert verify_ids(store, "v1", corpus) == (points, checksum)  # in this process, the same answer
     finally:
         store.close()

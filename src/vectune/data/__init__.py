@@ -41,6 +41,24 @@ class DomainData:
         return check_corpus(self.spec.data.corpus, self.corpus_path)
 
     @cached_property
+    def corpus_sha256(self) -> str:
+        """sha256 of the corpus file's bytes: the validation pass's, or, before that pass has
+        run, the file's own digest (the same bytes, read without parsing them)."""
+        if "corpus" in self.__dict__:
+            return self.corpus.sha256
+        return file_digest(self.corpus_path)
+
+    @property
+    def corpus_reading(self) -> str:
+        """How the corpus file is read into documents (format and field names, not its path): the
+        same bytes read the same way are the same documents."""
+        import hashlib
+        import json
+
+        fields = self.spec.data.corpus.model_dump(mode="json", exclude={"path"})
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+    @cached_property
     def queries(self) -> dict[str, str] | None:
         source = self.spec.data.queries
         return load_queries(source, self.spec.resolve(source.path)) if source else None

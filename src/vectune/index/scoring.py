@@ -61,7 +61,8 @@ def scoring_key(spec: Spec, data: DomainData, fingerprint: str) -> str:
     """What decides a scoring collection: the vectors (model, precision, prefixes, payloads,
     BM25 settings), the corpus and the HNSW index over them."""
     h = hnsw(spec)
-    blob = json.dumps({"vectors": vector_settings(spec, fingerprint), "corpus": data.corpus.sha256,
+    corpus = [data.corpus.sha256, data.corpus_reading]
+    blob = json.dumps({"vectors": vector_settings(spec, fingerprint), "corpus": corpus,
                        "hnsw": [h.m, h.ef_construct, h.ef]}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

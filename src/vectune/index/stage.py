@@ -90,7 +90,8 @@ def reindex(spec: Spec, run: Run, model_path: str, *, full: bool = False) -> dic
     data = DomainData(spec)
     fingerprint = model_fingerprint(model_path)
     name = cols.collection_name(spec, run.id)
-    inputs = {"model": fingerprint, "corpus": data.corpus.sha256, "index": spec.section_digest("index", "model"),
+    # the file's digest, not its validation pass: an untouched file is never parsed again (`sync.check_unchanged`)
+    inputs = {"model": fingerprint, "corpus": data.corpus_sha256, "index": spec.section_digest("index", "model"),
               "qdrant": where.describe()}
     if run.is_done("reindex", inputs) and run.manifest.get("collection", {}).get("name") == name:
         log.info("run %s already re-indexed %s; nothing to do", run.id, name)
@@ -112,7 +113,7 @@ def reindex(spec: Spec, run: Run, model_path: str, *, full: bool = False) -> dic
             probe = open_store(where, spec_source=str(spec.source) if spec.source else None)
             live, reason = ((None, "--full asked for a new collection" if before.get("name") != name else
                              f"resuming the full build of {name}") if full else _sync_plan(probe, spec, fingerprint))
-            quick = live is not None and sync.unchanged_since_stamp(cols.read_stamp(probe, live), data.corpus.sha256)
+            quick = live is not None and sync.unchanged_since_stamp(cols.read_stamp(probe, live), data.corpus_sha256)
             entry = {**entry, "name": live or name, "mode": "full" if live is None else "incremental",
                      "reason": reason, "state": "building" if live is None else "syncing"}
             run.record("collection", entry)
@@ -216,14 +217,15 @@ def build_stamp(spec: Spec, data: DomainData, run_id: str, model: dict, dimensio
     return {
         **vector_settings(spec, model["fingerprint"]), "spec": spec.name, "base": cols.base_name(spec),
         "run_id": run_id, "spec_hash": spec.digest(), "model_path": model["path"], "dimension": dimension,
-        "corpus_sha256": data.corpus.sha256, "corpus_count": data.corpus.count, "created": cols.now(),
+        "corpus_sha256": data.corpus.sha256, "corpus_count": data.corpus.count, "corpus_reading": data.corpus_reading,
+        "created": cols.now(),
         "hnsw": {"m": h.m, "ef_construct": h.ef_construct, "ef": h.ef}, "state": "building",
     }
 
 
 #: what must match for a verified, never served build to be promoted as it is: the vectors, the
 #: corpus they came from, and the index over them
-SAME_BUILD = cols.SYNC_FIELDS + ("corpus_sha256", "dimension", "hnsw")
+SAME_BUILD = cols.SYNC_FIELDS + ("corpus_sha256", "corpus_reading", "dimension", "hnsw")
 
 
 def construct(store: Store, spec: Spec, run_id: str, data: DomainData, name: str, model: dict, *,
@@ -312,8 +314,9 @@ def _prepare(store: Store, spec: Spec, name: str, stamp: dict, *, live: str | No
         old = store.read_stamp(name)
         if old is None:
             raise IndexingError(f"collection {name} exists and was not made by vectune; use another run id")
-        same = all(old.get(k) == stamp[k] for k in ("format", "model_fingerprint", "corpus_sha256", "dimension",
-                                                    "distance", "document_prefix", "max_seq_length", "normalize"))
+        same = all(old.get(k) == stamp[k] for k in ("format", "model_fingerprint", "corpus_sha256", "corpus_reading",
+                                                    "dimension", "distance", "document_prefix", "max_seq_length",
+                                                    "normalize"))
         if same:
             log.info("resuming %s (%s, %d points so far)", name, old.get("state"), store.count(name))
             store.write_stamp(name, {**stamp, "created": old.get("created", stamp["created"]),

@@ -53,7 +53,7 @@ from vectune.errors import IndexingError
 from vectune.index import collections as cols
 from vectune.index.points import bm25_settings, content_hashes, doc_keys, hash_hex, kept_columns, payload_fields, point_id
 from vectune.index.store import PAGE, Hnsw, Store, hnsw
-from vectune.index.verify import verify, verify_ids
+from vectune.index.verify import checksum_of, checksum_text, verify, verify_ids
 from vectune.index.writer import upsert_columns, write_dataset
 from vectune.progress import track
 from vectune.spec import Spec
@@ -73,13 +73,25 @@ def unchanged_since_stamp(stamp: dict, corpus_sha256: str) -> bool:
 def check_unchanged(store: Store, live: str, spec: Spec, data: DomainData, run_id: str) -> dict:
     """The sync of a corpus file unchanged since the last build or sync: no diff, no write;
     the collection's count, integrity and id set are still verified. Needs no Ray; the embedded
-    engine's shard is read by a child process, so its pages never count in this one's memory."""
+    engine's shard is read by a child process, so its pages never count in this one's memory.
+
+    The same bytes read the same way (`DomainData.corpus_reading`) are the same documents, so
+    the ids are checked against the count and id checksum the last verification stamped,
+    without parsing the corpus again; a stamp without them (an older vectune's) has the corpus
+    read for them."""
     start = time.perf_counter()
-    checks = {"points": verify_ids(store, live, data, apart=True), "ids_checksum": True, "sampled": 0,
+    stamp = cols.read_stamp(store, live) or {}
+    known = checksum_of((stamp.get("verified") or {}).get("id_checksum"))
+    expected = ((int(stamp["corpus_count"]), known)
+                if known and stamp.get("corpus_count") is not None
+                and stamp.get("corpus_reading") == data.corpus_reading else None)
+    points, checksum = verify_ids(store, live, data, apart=True, expected=expected)
+    checks = {"points": points, "ids_checksum": True, "id_checksum": checksum_text(checksum), "sampled": 0,
               "min_cosine": None}
-    counts = {"added": 0, "updated": 0, "deleted": 0, "unchanged": checks["points"]}
-    return _finish(store, live, spec, data, run_id, counts, checks, written=0, start=start,
-                   timings={"diff": 0.0}, shortcut="the corpus file is unchanged since the last build or sync")
+    counts = {"added": 0, "updated": 0, "deleted": 0, "unchanged": points}
+    return _finish(store, live, spec, (data.corpus_sha256, points, data.corpus_reading), run_id, counts, checks,
+                   written=0, start=start, timings={"diff": 0.0},
+                   shortcut="the corpus file is unchanged since the last build or sync")
 
 
 def sync(store: Store, spec: Spec, data: DomainData, run_id: str, live: str, model: dict) -> dict:
@@ -138,8 +150,8 @@ def sync(store: Store, spec: Spec, data: DomainData, run_id: str, live: str, mod
     timings["verify"] = round(time.perf_counter() - mark, 2)
     counts = {"added": added, "updated": updated, "deleted": deleted,
               "unchanged": data.corpus.count - added - updated}
-    return _finish(store, live, spec, data, run_id, counts, checks, written=written + deleted, start=start,
-                   timings=timings, index=index)
+    return _finish(store, live, spec, (data.corpus.sha256, data.corpus.count, data.corpus_reading), run_id, counts,
+                   checks, written=written + deleted, start=start, timings=timings, index=index)
 
 
 def _built_with(store: Store, live: str, spec: Spec) -> Hnsw:
@@ -150,14 +162,16 @@ def _built_with(store: Store, live: str, spec: Spec) -> Hnsw:
                 on_disk=now.on_disk)
 
 
-def _finish(store, live, spec, data, run_id, counts, checks, *, written, start, timings, shortcut=None,
-            index=None) -> dict:
+def _finish(store, live, spec, corpus: tuple[str, int, str], run_id, counts, checks, *, written, start, timings,
+            shortcut=None, index=None) -> dict:
+    """Stamp the sync done. `corpus`: (sha256, document count, `DomainData.corpus_reading`)."""
+    sha256, count, reading = corpus
     seconds = round(time.perf_counter() - start, 2)
     record = {"state": "done", "run_id": run_id, "finished": cols.now(), **counts, "written": written,
-              "corpus_sha256": data.corpus.sha256, "corpus_count": data.corpus.count, "seconds": seconds}
+              "corpus_sha256": sha256, "corpus_count": count, "seconds": seconds}
     if shortcut:
         record["shortcut"] = shortcut
-    cols.update_stamp(store, live, sync=record, corpus_sha256=data.corpus.sha256, corpus_count=data.corpus.count,
+    cols.update_stamp(store, live, sync=record, corpus_sha256=sha256, corpus_count=count, corpus_reading=reading,
                       spec_hash=spec.digest(), verified=checks, **({"index": index} if index else {}))
     log.info("synced %s in place: %s (%.1f s)", live, ", ".join(f"{v} {k}" for k, v in counts.items()), seconds)
     return {**record, "verified": checks, "timings": timings}
@@ -214,8 +228,7 @@ def diff(data: DomainData, store: Store, name: str, *, batch: int, k: int) -> Ch
     held: list[pa.Table] = []
     held_rows = 0
     refs: list = []
-    for chunk in data.corpus_batches(batch):
-        rows = _changed(chunk, store, name)
+    for rows in _changed_batches(data.corpus_batches(batch), store, name):
         n = len(rows["doc_id"])
         if not n:
             continue
@@ -253,13 +266,32 @@ def _put(tables: list) -> Any:
     return ray.put(pa.concat_tables(tables))
 
 
-def _changed(batch: dict, store: Store, name: str) -> dict:
-    """The rows of a corpus batch that are new to `name` or whose content hash differs from the
-    stored one, with their `text_hash` and `change` (added or updated)."""
+def _changed_batches(batches, store: Store, name: str):
+    """`_changed` of each corpus batch, in order. The stored hashes of a batch are looked up on
+    a second thread while this one reads and hashes the next batch (the lookup waits on the
+    owner actor or the server, and lets go of the GIL meanwhile); two batches are held at most."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def keyed(batch: dict) -> tuple[dict, list[str], np.ndarray]:
+        return batch, [point_id(d) for d in batch["doc_id"]], content_hashes(batch["title"], batch["text"])
+
+    with ThreadPoolExecutor(1, thread_name_prefix="vectune-diff") as lookups:
+        pending = None
+        for batch in batches:
+            batch, pids, hashes = keyed(batch)
+            ahead = (batch, pids, hashes, lookups.submit(stored_hashes, store, name, pids))
+            if pending is not None:
+                yield _changed(*pending[:3], pending[3].result())
+            pending = ahead
+        if pending is not None:
+            yield _changed(*pending[:3], pending[3].result())
+
+
+def _changed(batch: dict, pids: list[str], hashes: np.ndarray, stored: dict[str, int]) -> dict:
+    """The rows of a corpus batch that are new to the collection or whose content hash differs
+    from the stored one (`stored`: `stored_hashes` of `pids`), with their `text_hash` and
+    `change` (added or updated)."""
     doc_ids = np.asarray(batch["doc_id"], dtype=object)
-    pids = [point_id(d) for d in doc_ids]
-    hashes = content_hashes(batch["title"], batch["text"])
-    stored = stored_hashes(store, name, pids) if len(pids) else {}
     found = np.fromiter((p in stored for p in pids), dtype=bool, count=len(pids))
     same = found & np.fromiter((stored.get(p, -1) == int(h) for p, h in zip(pids, hashes)), dtype=bool,
                                count=len(pids))

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import logging
 
@@ -89,11 +88,12 @@ def verify(store: Store, name: str, spec: Spec, data: DomainData, model_path: st
     give the same floats again), so only the sampled documents it did not compute, e.g. ones
     it found in the cache, are encoded again.
     """
-    got = verify_ids(store, name, data)
+    got, checksum = verify_ids(store, name, data)
     ids = sample_ids(data.corpus.ids, spec.index.verify_sample, seed) if sample is None else list(sample)
     if not ids:
         log.info("verified %s: %d points, ids match, no vector to sample", name, got)
-        return {"points": got, "ids_checksum": True, "sampled": 0, "min_cosine": None}
+        return {"points": got, "ids_checksum": True, "id_checksum": checksum_text(checksum), "sampled": 0,
+                "min_cosine": None}
     points = store.retrieve(name, [point_id(d) for d in ids], ["doc_id"], vectors=True)
     by_doc = {p.payload.get("doc_id"): p for p in points}
     missing = [d for d in ids if d not in by_doc]
@@ -118,21 +118,27 @@ def verify(store: Store, name: str, spec: Spec, data: DomainData, model_path: st
                             f"by {model_path} (cosine {cos[worst]:.4f} < {MIN_COSINE})")
     log.info("verified %s: %d points, ids match, %d sampled vectors (min cosine %.5f; %d encoded again)", name, got,
              len(ids), float(cos[worst]), len(redo))
-    return {"points": got, "ids_checksum": True, "sampled": len(ids), "min_cosine": round(float(cos[worst]), 6),
+    return {"points": got, "ids_checksum": True, "id_checksum": checksum_text(checksum), "sampled": len(ids),
+            "min_cosine": round(float(cos[worst]), 6),
             "encoded_again": len(redo)}
 
 
-def verify_ids(store: Store, name: str, data: DomainData, *, apart: bool = False) -> int:
-    """The point count of `name`, after checking its integrity and that its point ids are exactly
-    the corpus ids.
+def verify_ids(store: Store, name: str, data: DomainData, *, apart: bool = False,
+               expected: tuple[int, tuple[int, int]] | None = None) -> tuple[int, tuple[int, int]]:
+    """(point count, `id_checksum`) of `name`, after checking its integrity and that its point ids
+    are exactly the corpus ids.
 
     The ids are checksummed where the points are: by the owner actor beside its shard, by a
     scroll from here for a server, and with `apart` for the embedded engine opened in this
     process, by a child process (`shard_ids`): Qdrant Edge maps a shard's files into the process
     that opens it, and the pages it reads count in that process's memory, so a driver that only
     checks a shard leaves that to a process that exits.
+
+    `expected`: (count, `id_checksum`) of the corpus ids when they are known without reading the
+    corpus (a file byte for byte the one a verified stamp records); by default from `data`.
     """
-    expected = data.corpus.count
+    want = expected[1] if expected is not None else None
+    expected = expected[0] if expected is not None else data.corpus.count
     if apart and store.where.embedded and store.where.path != MEMORY and not hasattr(type(store), "id_checksum"):
         got, have = _in_child(shard_ids, store.where, name, expected)
     else:
@@ -142,10 +148,25 @@ def verify_ids(store: Store, name: str, data: DomainData, *, apart: bool = False
         check_integrity(store, name)
         # an owner actor checksums its shard's ids itself; other stores are scrolled from here
         have = store.id_checksum(name) if hasattr(type(store), "id_checksum") else id_checksum(scroll_ids(store, name))
-    want = id_checksum(point_id(d) for d in data.corpus.ids)
-    if want != have:
+    if want is None:
+        want = id_checksum(point_id(d) for d in data.corpus.ids)
+    if tuple(want) != tuple(have):
         raise IndexingError(f"{name} holds {have[0]} points whose ids do not match the corpus document ids")
-    return got
+    return got, tuple(have)
+
+
+def checksum_text(checksum: tuple[int, int]) -> str:
+    """An `id_checksum` as stamped: `<count>:<sum as 32 hex digits>` (a server keeps collection
+    metadata as JSON, whose integers stop at 64 bits)."""
+    return f"{checksum[0]}:{checksum[1]:032x}"
+
+
+def checksum_of(text: str | None) -> tuple[int, int] | None:
+    """`checksum_text` read back; None for a stamp without one."""
+    if not text or ":" not in str(text):
+        return None
+    count, total = str(text).split(":", 1)
+    return int(count), int(total, 16)
 
 
 def shard_ids(where, name: str, expected: int) -> tuple[int, tuple[int, int]]:
