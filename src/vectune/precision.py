@@ -259,12 +259,15 @@ def local_choices(spec) -> dict[str, Choice]:
     return {c.field: c for c in _probe(tuple(_fields(spec)))}
 
 
-def resolved(spec):
+def resolved(spec, *, train: bool = True):
     """`spec` itself when nothing in it says `auto`, else `resolve_spec(spec)[0]`: what a stage
-    called on its own (not through `vectune.pipeline`) does before reading a precision."""
-    if spec.model.precision != "auto" and spec.train.precision != "auto":
+    called on its own (not through `vectune.pipeline`) does before reading a precision.
+
+    `train=False`: a stage that only encodes (mine, evaluate, re-index) leaves
+    `train.precision` as it is, so it never asks a Ray worker about a precision it does not use."""
+    if spec.model.precision != "auto" and (not train or spec.train.precision != "auto"):
         return spec
-    return resolve_spec(spec)[0]
+    return resolve_spec(spec, train=train)[0]
 
 
 def int8_fallback(spec, verdict):

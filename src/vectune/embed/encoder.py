@@ -150,7 +150,7 @@ def _resolved_precision(spec) -> str:
         return spec.model.precision
     from vectune.precision import resolved
 
-    return resolved(spec).model.precision
+    return resolved(spec, train=False).model.precision
 
 
 class Encoder:

@@ -32,7 +32,7 @@ def scores_digest(spec: Spec) -> str:
 
     from vectune.ranking import engine_version
 
-    spec = resolved(spec)  # the digest keys the resolved precision, never `auto`
+    spec = resolved(spec, train=False)  # the digest keys the resolved precision, never `auto`
     dump = spec.canonical()
     evaluate = {k: dump["evaluate"][k] for k in ("metrics", "k")}
     model = dump["model"] | {"precision": precision_identity(spec.model.precision)}  # int8 with its recipe

@@ -102,7 +102,7 @@ def evaluate_model(spec: Spec, data: DomainData, model_path: str, split: str) ->
     """Score `model_path` on `split` with the spec's metrics in every served mode, ranked exactly
     (Ray must be running); `metrics` are the spec's `search.mode`'s."""
     start = time.perf_counter()
-    spec = resolved(spec)  # `auto` precision decided where the encoding runs (vectune.precision)
+    spec = resolved(spec, train=False)  # `auto` precision decided where the encoding runs (vectune.precision)
     labels = data.labels(split)
     qids = sorted(labels.qrels)
     runs = rank_modes(spec, data, model_path, qids, [labels.queries[q] for q in qids], spec.evaluate.depth)

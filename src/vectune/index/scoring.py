@@ -78,7 +78,7 @@ def rank_through_index(spec: Spec, data: DomainData, run_id: str, models: list[S
 
     Ray must be running (a collection to build streams the corpus through the encoder actors).
     The embedded engine's shards are opened by one owner actor for the whole call."""
-    spec = resolved(spec)
+    spec = resolved(spec, train=False)
     where = target(spec)
     store = stage_store(where, spec)
     out: dict[str, dict] = {}

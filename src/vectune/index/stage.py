@@ -81,7 +81,7 @@ def reindex(spec: Spec, run: Run, model_path: str, *, full: bool = False) -> dic
     if not _RUN_ID.match(run.id):
         raise SpecError("--run-id", [Problem("--run-id", f"run id {run.id!r} cannot name a collection: use letters, "
                                                          "digits, `_`, `-`")])
-    spec = resolved(spec)  # `auto` precision: what the vectors are stamped with (vectune.precision)
+    spec = resolved(spec, train=False)  # `auto` precision: what the vectors are stamped with (vectune.precision)
     where = target(spec)
     if where.embedded and where.path == MEMORY:
         raise SpecError(str(spec.source or "<spec>"), [Problem(
@@ -148,7 +148,7 @@ def vector_settings(spec: Spec, fingerprint: str) -> dict:
     """What decides a collection's vectors and payloads (`collections.SYNC_FIELDS`)."""
     from vectune.embed.encoder import int8_recipe
 
-    spec = resolved(spec)  # stamps carry the resolved precision, never `auto`
+    spec = resolved(spec, train=False)  # stamps carry the resolved precision, never `auto`
     return {"format": cols.FORMAT, "model_fingerprint": fingerprint, "precision": spec.model.precision,
             "int8_recipe": int8_recipe(spec.model.precision),
             "document_prefix": spec.model.document_prefix, "max_seq_length": spec.model.max_seq_length,

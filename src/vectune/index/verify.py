@@ -140,7 +140,7 @@ def verify_ids(store: Store, name: str, data: DomainData, *, apart: bool = False
     want = expected[1] if expected is not None else None
     expected = expected[0] if expected is not None else data.corpus.count
     if apart and store.where.embedded and store.where.path != MEMORY and not hasattr(type(store), "id_checksum"):
-        got, have = _in_child(shard_ids, store.where, name, expected)
+        got, have = _in_child(store.where.path, name, expected)
     else:
         got = store.count(name)
         if got != expected:
@@ -185,20 +185,57 @@ def shard_ids(where, name: str, expected: int) -> tuple[int, tuple[int, int]]:
         store.close()
 
 
-def _in_child(fn, *args):
-    """`fn(*args)` in a fresh (spawned: no inherited threads or locks) Python process; its
-    IndexingError is raised here, and a child that dies (a panicking engine) is one too."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
+def _in_child(path: str, name: str, expected: int) -> tuple[int, tuple[int, int]]:
+    """`shard_ids` of the embedded store at `path`, in a fresh Python process running this module
+    (`python -m vectune.index.verify`: not multiprocessing's spawn, which re-runs the caller's
+    main script in the child). Its IndexingError is raised here with the child's message, and a
+    child that dies (a panicking engine) is one too."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
 
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        try:
-            return pool.submit(fn, *args).result()
-        except BrokenProcessPool:
-            raise IndexingError(f"checking {args[1]!r}: the process reading its shard died (a corrupted segment "
-                                "file?)") from None
+    import vectune
+
+    env = dict(os.environ)
+    # the package this process imported, whether installed or on a path added at run time
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(vectune.__file__).resolve().parents[1]),
+                                                      env.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, "-m", "vectune.index.verify", path, name, str(expected)],
+                          capture_output=True, text=True, env=env)
+    lines = proc.stdout.strip().splitlines()
+    answer = json.loads(lines[-1]) if proc.returncode in (0, 3) and lines else None
+    if answer is None:
+        tail = " ".join(proc.stderr.strip().splitlines()[-1:])
+        raise IndexingError(f"checking {name!r}: the process reading its shard died (exit code {proc.returncode}"
+                            f"{': ' + tail if tail else ''}; a corrupted segment file?)")
+    if "error" in answer:
+        raise IndexingError(answer["error"])
+    return int(answer["points"]), (int(answer["checksum"][0]), int(answer["checksum"][1], 16))
+
+
+def _main(argv: list[str]) -> int:
+    """The child of `_in_child`: one JSON line on stdout, exit code 0, or 3 with the refusal."""
+    import json
+
+    from vectune.index.store import Target
+
+    path, name, expected = argv
+    try:
+        points, (count, total) = shard_ids(Target(path=path), name, int(expected))
+    except IndexingError as exc:
+        print(json.dumps({"error": str(exc)}))
+        return 3
+    print(json.dumps({"points": points, "checksum": [count, f"{total:x}"]}))
+    return 0
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_main(sys.argv[1:]))

@@ -93,7 +93,7 @@ def mine(spec: Spec, data: DomainData, run: Run, *, force: bool = False) -> dict
     Returns:
         The audit (also written to `mine/mine_audit.json`).
     """
-    spec = resolved(spec)  # `auto` precision decided where the encoding runs (vectune.precision)
+    spec = resolved(spec, train=False)  # `auto` precision decided where the encoding runs (vectune.precision)
     inputs = stage_inputs(spec, data)
     triples, audit_path = run.path(*TRIPLES), run.path(*AUDIT)
     if not force and run.is_done("mine", inputs) and triples.exists() and audit_path.exists():
