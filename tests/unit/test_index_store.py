@@ -180,3 +180,42 @@ def test_an_embedded_shard_is_checked_by_a_child_process_and_never_opened_here(t
         assert verify_ids(store, "v1", corpus) == (points, checksum)  # in this process, the same answer
     finally:
         store.close()
+
+
+def test_the_child_check_never_reruns_the_callers_script_and_a_dead_child_is_an_error(tmp_path, monkeypatch):
+    """A user's script calling vectune without an `if __name__ == "__main__"` guard: the shard
+    check's child must not run that script again (multiprocessing's spawn does: the script's
+    work twice, or a crash). A child that dies before answering is an IndexingError naming the
+    collection, never a hang or a bare traceback."""
+    import subprocess
+    import sys
+
+    from vectune.index.edge import EdgeStore
+    from vectune.index.verify import _in_child
+
+    store = EdgeStore(Target(path=str(tmp_path / "qdrant")))
+    _fill(store, "v1")
+    store.close()
+    runs = tmp_path / "runs.txt"
+    script = tmp_path / "user_script.py"
+    script.write_text(
+        "from types import SimpleNamespace\n"
+        "from vectune.index.edge import EdgeStore\n"
+        "from vectune.index.store import Target\n"
+        "from vectune.index.verify import verify_ids\n"
+        f"open({str(runs)!r}, 'a').write('ran\\n')\n"
+        f"store = EdgeStore(Target(path={str(tmp_path / 'qdrant')!r}))\n"
+        f"corpus = SimpleNamespace(corpus=SimpleNamespace(count={len(DOCS)}, ids={set(DOCS)!r}))\n"
+        "print(verify_ids(store, 'v1', corpus, apart=True)[0])\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == [str(len(DOCS))] and runs.read_text() == "ran\n"
+
+    # the child's own refusal comes back as it said it
+    (tmp_path / "a-file").write_text("not a store")
+    with pytest.raises(IndexingError, match="cannot open the embedded Qdrant at .*a-file"):
+        _in_child(str(tmp_path / "a-file"), "v1", len(DOCS))
+    # a child killed before it answers (here: its interpreter exits at once with status 1)
+    monkeypatch.setattr(sys, "executable", "/bin/false")
+    with pytest.raises(IndexingError, match=r"'v1': the process reading its shard died \(exit code 1"):
+        _in_child(str(tmp_path / "qdrant"), "v1", len(DOCS))

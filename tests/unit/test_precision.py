@@ -154,6 +154,20 @@ def test_resolve_spec_replaces_auto_and_keeps_the_source(cpu, tiny_beir):
     assert renamed.digest() != spec.digest()  # a later change is a change
 
 
+def test_a_stage_that_only_encodes_decides_model_precision_alone(cpu, tiny_beir):
+    """mine, evaluate and re-index read `model.precision` only: `resolved(spec, train=False)`
+    decides that field and never `train.precision` (with Ray up, each decision is a Ray task:
+    the untouched-file sync paid one for a field it never reads)."""
+    cpu(AVX512_BF16_XEON)
+    spec = _spec(tiny_beir)
+    encoding = precision.resolved(spec, train=False)
+    assert (encoding.model.precision, encoding.train.precision) == ("fp32", "auto")
+    assert set(precision._decided) == {("model.precision", "auto", False)}
+    explicit = _spec(tiny_beir, **{"model.precision": "fp32"})
+    assert precision.resolved(explicit, train=False) is explicit  # nothing to decide, nothing asked
+    assert precision.resolved(spec).train.precision == "bf16"  # the train stage still decides its own
+
+
 def test_the_emulated_bf16_warning_is_logged_exactly_once_per_process(cpu, tiny_beir, caplog):
     cpu(AVX2_EPYC)
     spec = _spec(tiny_beir, **{"train.precision": "bf16"})
