@@ -407,3 +407,55 @@ def test_ray_corpus_blocks_feed_every_actor(make_slice, tmp_path, ray_local):
     finally:
         ctx.wait_for_min_actors_s = before
     assert per_actor == [150, 150]
+
+
+def test_corpus_ids_answer_like_a_set_in_file_order_and_exactly():
+    """`CorpusInfo.ids` is a `CorpusIds` (an Arrow array and sorted 64-bit keys), not a set of
+    str: it iterates in file order, answers `in` and `isin` exactly (no false member for an id
+    that is a prefix, a case variant or absent), and a copy in another process, where string
+    hashes differ, rebuilds its keys and answers the same."""
+    import pickle
+    import subprocess
+    import sys
+
+    from vectune.data import CorpusIds
+
+    ids = [f"doc-{i}" for i in range(70_000)] + ["Doc-1", "ü-ñ", "a b"]  # more than one chunk
+    held = CorpusIds.of(ids)
+    assert len(held) == len(ids) and list(held) == ids
+    for member in ("doc-0", "doc-69999", "Doc-1", "ü-ñ", "a b"):
+        assert member in held
+    for stranger in ("doc-70000", "doc-", "DOC-1", "", "doc-1 ", None, 7):
+        assert stranger not in held
+    asked = ["doc-5", "nope", "ü-ñ", "doc-5x"]
+    assert held.isin(asked).tolist() == [True, False, True, False]
+    assert held.isin([]).tolist() == []
+    assert held.first_duplicate() is None
+
+    blob = pickle.dumps(held)
+    probe = ("import pickle, sys; ids = pickle.loads(sys.stdin.buffer.read()); "
+             "print(len(ids), 'doc-7' in ids, 'doc-x' in ids, ids.isin(['ü-ñ', 'zz']).tolist())")
+    out = subprocess.run([sys.executable, "-c", probe], input=blob, capture_output=True, timeout=120,
+                         env={**__import__("os").environ, "PYTHONHASHSEED": "12345"})
+    assert out.returncode == 0, out.stderr.decode()[-2000:]
+    assert out.stdout.decode().split() == [str(len(ids)), "True", "False", "[True,", "False]"]
+
+
+def test_a_repeated_corpus_id_is_reported_at_its_first_repetition_whatever_the_chunking(tmp_path):
+    """The duplicate check runs on the sorted keys once the pass ends: the line named is the
+    first line that repeats an earlier id, even when the repeats sit in different chunks."""
+    from vectune.data.corpus import CorpusIds, check_corpus
+    from vectune.spec.data import CorpusSource
+
+    n = CorpusIds._CHUNK + 10
+    lines = [json.dumps({"_id": f"d{i}", "text": "t"}) for i in range(n)]
+    lines.insert(n - 3, json.dumps({"_id": "d2", "text": "again"}))  # a later chunk repeats d2
+    lines.insert(n - 1, json.dumps({"_id": "d9", "text": "again"}))
+    lines.insert(40, json.dumps({"_id": f"d{n - 5}", "text": "early"}))  # repeated later by the original
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    # the first line that repeats an id seen above it: d2 at line n - 2 (1-based, after the insert at 40)
+    # comes before the original d{n-5}, which repeats line 41's copy further down
+    expected = min(n - 3 + 1 + 1, n - 5 + 1 + 1)
+    with pytest.raises(DataError, match=rf"c\.jsonl:{expected}: duplicate document id"):
+        check_corpus(CorpusSource(path=str(path)), str(path))

@@ -15,6 +15,7 @@ from vectune.index.points import add_content_hash, content_hashes, doc_keys, has
 from vectune.index.stage import vector_settings
 from vectune.index.store import Layout, Target
 from vectune.index.engines import open_store
+from vectune.data import CorpusIds
 from vectune.index.sync import delete_points, gone_points, stored_hashes, unchanged_since_stamp
 from vectune.index.writer import upsert_columns
 from vectune.spec import Spec
@@ -123,9 +124,9 @@ def test_stored_hashes_answer_per_block_and_gone_points_stream_by_page(store):
     asked = [point_id(d) for d in ("a", "b", "c", "new")]
     got = stored_hashes(store, "c", asked)
     assert got == {point_id("a"): 255, point_id("b"): 1, point_id("c"): 0}  # no hash stored: 0, never equal
-    corpus = {"a", "b", "c", "new"}
-    assert gone_points(store, "c", corpus, page=1) == [point_id("gone")]  # one point a page
-    assert gone_points(store, "c", corpus | {"gone"}, page=3) == []
+    corpus = ["a", "b", "c", "new"]
+    assert gone_points(store, "c", CorpusIds.of(corpus), page=1) == [point_id("gone")]  # one point a page
+    assert gone_points(store, "c", CorpusIds.of([*corpus, "gone"]), page=3) == []
 
     assert delete_points(store, "c", [point_id("gone")]) == 1
     assert store.count("c") == 3

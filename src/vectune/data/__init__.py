@@ -6,14 +6,14 @@ import logging
 from functools import cached_property
 
 from vectune.data._files import file_digest
-from vectune.data.corpus import CorpusInfo, check_corpus, doc_text, iter_corpus, read_corpus
+from vectune.data.corpus import CorpusIds, CorpusInfo, check_corpus, doc_text, iter_corpus, read_corpus
 from vectune.data.labels import Labels, load_labels, load_queries, query_id_for
 from vectune.errors import DataError
 from vectune.spec import Spec
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CorpusInfo", "DomainData", "Labels", "doc_text", "query_id_for"]
+__all__ = ["CorpusIds", "CorpusInfo", "DomainData", "Labels", "doc_text", "query_id_for"]
 
 
 class DomainData:

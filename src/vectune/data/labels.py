@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Container
 from dataclasses import dataclass, field
 
 from vectune.data._files import id_value, iter_lines, read_records, text_value
+from vectune.data.corpus import CorpusIds
 from vectune.errors import DataError
 from vectune.spec.data import LabelSource, QuerySource
 
@@ -173,10 +175,18 @@ def read_clicks(path: str) -> tuple[Qrels, dict[str, str], dict[str, list[str]],
     return qrels, queries, ordered, where
 
 
+def _known(doc_ids: Container[str], named: set[str]) -> set[str]:
+    """Those of `named` that are corpus document ids."""
+    names = sorted(named)
+    if isinstance(doc_ids, CorpusIds):
+        return {d for d, there in zip(names, doc_ids.isin(names)) if there}
+    return {d for d in names if d in doc_ids}
+
+
 def load_labels(
     source: LabelSource,
     path: str,
-    doc_ids: set[str],
+    doc_ids: Container[str],
     queries: dict[str, str] | None,
     on_bad: str = "strict",
 ) -> Labels:
@@ -197,6 +207,9 @@ def load_labels(
     else:
         qrels, texts, shown, where = read_clicks(path)
 
+    # every document a label names, looked up in one batch (a `CorpusIds` answers a batch at
+    # once; one lookup at a time costs microseconds each, and click logs name millions)
+    doc_ids = _known(doc_ids, {d for group in (qrels, shown, related) for docs in group.values() for d in docs})
     unknown_q = [(q, d) for q, docs in qrels.items() for d in docs if q not in texts]
     unknown_d = [(q, d) for q, docs in qrels.items() for d in docs if q in texts and d not in doc_ids]
     dropped: dict[str, int] = {}

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from vectune.data import DomainData
+from vectune.data import CorpusIds, DomainData
 from vectune.embed import Encoder, compact_cache, embed_dataset, encoder_config, plan_actors
 from vectune.embed.dataset import expects_encoding
 from vectune.errors import IndexingError
@@ -188,11 +188,13 @@ def stored_hashes(store: Store, name: str, point_ids: list[str]) -> dict[str, in
     return {r.id: int(r.payload.get("text_hash") or "0", 16) for r in got}
 
 
-def gone_points(store: Store, name: str, corpus_ids, *, page: int = PAGE) -> list[str]:
-    """Point ids of the collection whose `doc_id` is not in the corpus, by one streamed scroll."""
+def gone_points(store: Store, name: str, corpus_ids: CorpusIds, *, page: int = PAGE) -> list[str]:
+    """Point ids of the collection whose `doc_id` is not in the corpus, by one streamed scroll
+    (each page's ids looked up at once)."""
     gone = []
     for records in store.scroll(name, ["doc_id"], page=page):
-        gone += [r.id for r in records if r.payload.get("doc_id") not in corpus_ids]
+        there = corpus_ids.isin([str(r.payload.get("doc_id") or "") for r in records])
+        gone += [r.id for r, kept in zip(records, there) if not kept]
     return gone
 
 
