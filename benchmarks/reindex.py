@@ -91,6 +91,8 @@ class PeakRSS:
                         rss = proc.memory_info().rss
                         t = proc.cpu_times()
                         name = "driver" if i == 0 else proc.name()
+                        if name.startswith("python") and "vectune.index.verify" in proc.cmdline():
+                            name = "shard_check"  # the untouched-file sync's child, which maps the shard
                 except psutil.Error:
                     continue
                 total += rss
@@ -131,10 +133,12 @@ class PeakRSS:
     def roles(self) -> dict:
         """Peak RSS (MiB) of the busiest process in each role, each at its own peak: the driver,
         an encoder actor, the embedded engine's owner (the writer: it holds the engine, vectors
-        included) and the other Ray workers (read and write tasks)."""
+        included), the other Ray workers (read and write tasks) and the untouched-file sync's
+        short-lived shard check (`python -m vectune.index.verify`)."""
         out: dict[str, float] = {}
         for rss, name in self.by_pid.values():
-            role = ("driver" if name == "driver" else "encoder_actor" if "Encoder" in name
+            role = ("driver" if name == "driver" else "shard_check" if name == "shard_check"
+                    else "encoder_actor" if "Encoder" in name
                     else "writer" if "StoreOwner" in name else "other_worker" if name.startswith("ray::")
                     else "ray_system")
             out[role] = max(out.get(role, 0.0), round(rss / 2**20, 1))

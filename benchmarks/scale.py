@@ -128,8 +128,9 @@ def _search(spec_path: Path, queries: list[str], args) -> dict:
             "engine_search_only": pct(engine)}
 
 
-def _recall(spec_path: Path, queries: list[str], sample: int) -> dict:
-    """recall@10 of the store's search against exact search over every stored vector."""
+def _recall(spec_path: Path, queries: list[str], sample: int, efs: list[int] | None = None) -> dict:
+    """recall@10 of the store's search against exact search over every stored vector, at the
+    version's `ef` and at each of `efs` (with the engine's p50 / p95 per query at each)."""
     from vectune.embed import Encoder, encoder_config
     from vectune.index import collections as cols
     from vectune.index.engines import connect
@@ -146,22 +147,32 @@ def _recall(spec_path: Path, queries: list[str], sample: int) -> dict:
             ids += [r.id for r in got]
             chunks.append(np.asarray([r.vector for r in got], dtype=np.float32))
         x = np.concatenate(chunks)
+        del chunks
         encoder = Encoder(encoder_config(spec, spec.model.base, role="query", cache=False,
                                          precision=stamp.get("precision") or "fp32"))
         q = np.asarray(encoder.encode(queries[:sample]), dtype=np.float32)
-        hits = 0
+        exact = []
         for start in range(0, len(q), 100):
             scores = q[start:start + 100] @ x.T
-            top = np.argpartition(-scores, 10, axis=1)[:, :10]
-            for row, vector in zip(top, q[start:start + 100]):
-                want = {ids[i] for i in row}
-                got = {h.id for h in store.search(live, vector.tolist(), 10,
-                                                  ef=(stamp.get("hnsw") or {}).get("ef"))}
+            exact += [{ids[i] for i in row} for row in np.argpartition(-scores, 10, axis=1)[:, :10]]
+        del x
+        stamped = (stamp.get("hnsw") or {}).get("ef")
+        by_ef = {}
+        for ef in dict.fromkeys([stamped, *(efs or [])]):
+            hits, took = 0, []
+            for want, vector in zip(exact, q):
+                start = time.perf_counter()
+                got = {h.id for h in store.search(live, vector.tolist(), 10, ef=ef)}
+                took.append(time.perf_counter() - start)
                 hits += len(want & got)
+            ms = np.asarray(took) * 1000
+            by_ef[str(ef)] = {"recall@10": round(hits / (10 * len(q)), 4),
+                              "engine_p50_ms": round(float(np.percentile(ms, 50)), 2),
+                              "engine_p95_ms": round(float(np.percentile(ms, 95)), 2)}
     finally:
         store.close()
-    return {"queries": len(q), "points": len(ids), "ef": (stamp.get("hnsw") or {}).get("ef"),
-            "recall@10": round(hits / (10 * len(q)), 4)}
+    return {"queries": len(q), "points": len(ids), "ef": stamped, "recall@10": by_ef[str(stamped)]["recall@10"],
+            "by_ef": by_ef}
 
 
 def _titles(corpus: Path, n: int, k: int) -> list[str]:
@@ -224,7 +235,7 @@ def one(n: int, precision: str, args) -> dict:
             out["ratio_full_vs_embed_only"] = round(out["full"]["seconds"] / out["embed_only"]["seconds"], 3)
         if "search" in want:
             out["search"] = _search(spec_path, queries, args)
-            out["recall"] = _recall(spec_path, queries, args.recall_queries)
+            out["recall"] = _recall(spec_path, queries, args.recall_queries, args.recall_ef)
         return out
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -251,6 +262,8 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=1000, help="query texts (document titles) for search and recall")
     ap.add_argument("--cold-queries", type=int, default=5, help="calls of the CLI's search function (each loads the model)")
     ap.add_argument("--recall-queries", type=int, default=1000)
+    ap.add_argument("--recall-ef", type=int, nargs="*", default=[],
+                    help="also measure recall@10 and the engine's latency at these search `ef` values")
     ap.add_argument("--cpus", type=int, default=None)
     ap.add_argument("--dir", default=None, help="work folder (default: the system's temp; the store is written there)")
     ap.add_argument("--model-dir", default=str(Path(tempfile.gettempdir()) / "vectune-scale-model"))
