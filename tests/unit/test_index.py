@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import random
 import time
 import uuid
 
@@ -434,3 +435,25 @@ def test_write_tasks_draw_the_verification_sample_the_corpus_would_give():
     assert sink.written == 500
     assert list(sink.sample) == sample_ids([d for d, _ in docs], 8, "run-1")
     assert all(sink.sample[d] == f"text {d[1:]}" for d in sink.sample)
+
+
+def test_points_outside_the_corpus_are_found_exactly_by_their_ids():
+    """The sync's gone points: point ids looked up among the corpus's sorted 16-byte keys.
+    Exact for every id, those whose bytes end in zeros included (numpy's `S16` pads with them),
+    and in any order, with an empty corpus or an empty page."""
+    from vectune.index.points import point_keys, points_outside
+
+    docs = [f"d{i}" for i in range(5_000)]
+    keys = point_keys(docs)
+    assert len(keys) == len(docs) and list(keys) == sorted(keys)
+    gone = [point_id(f"gone{i}") for i in range(50)]
+    page = [point_id(d) for d in docs[::7]] + gone
+    random.Random(0).shuffle(page)
+    assert sorted(points_outside(keys, page)) == sorted(gone)
+    assert points_outside(keys, []) == [] and points_outside(point_keys([]), gone[:2]) == gone[:2]
+    # ids whose last bytes are zeros: stored padded, still told apart from their neighbours
+    zeros = np.array([b"\x01" * 14 + b"\x00\x00", b"\x01" * 15 + b"\x00", b"\x01" * 16], dtype="S16")
+    as_ids = ["-".join([h[:8], h[8:12], h[12:16], h[16:20], h[20:]]) for h in (bytes(z).ljust(16, b"\x00").hex()
+                                                                               for z in zeros)]
+    assert points_outside(np.sort(zeros[:1]), as_ids) == as_ids[1:]
+    assert points_outside(np.sort(zeros[1:]), as_ids) == as_ids[:1]

@@ -29,8 +29,9 @@ class CorpusIds(AbstractSet):
     (1M ids of ~10 characters: ~30 MB) where a `set` of `str` takes ~100.
 
     A read-only set (`collections.abc.Set`: `in`, `len`, comparisons, `|` and `-` giving plain
-    sets), iterated in file order, plus `isin` for a batch. Keys are Python's own string hash, which differs between processes: a copy sent to
-    another process rebuilds them there from the ids."""
+    sets), iterated in file order, plus `isin` for a batch. Keys are Python's own string hash,
+    which differs between processes: a copy sent to another process rebuilds them there from
+    the ids."""
 
     _CHUNK = 65_536
 

@@ -46,6 +46,23 @@ def id_checksum(point_ids: Iterable[str]) -> tuple[int, int]:
     return count, total
 
 
+def point_keys(doc_ids: Iterable[str]) -> np.ndarray:
+    """The point ids of `doc_ids` as sorted 16-byte keys (16 MB for a million documents): what
+    `points_outside` looks point ids up in."""
+    return np.sort(np.array([bytes.fromhex(_uuid5_hex(d)) for d in doc_ids], dtype="S16"))
+
+
+def points_outside(keys: np.ndarray, point_ids: list[str]) -> list[str]:
+    """Those of `point_ids` whose id is not among `keys` (from `point_keys`), exactly."""
+    if not point_ids:
+        return []
+    asked = np.array([bytes.fromhex(str(p).replace("-", "")) for p in point_ids], dtype="S16")
+    if not len(keys):
+        return [str(p) for p in point_ids]
+    at = np.minimum(np.searchsorted(keys, asked), len(keys) - 1)
+    return [str(p) for p, there in zip(point_ids, keys[at] == asked) if not there]
+
+
 def payload_fields(spec) -> list[str]:
     """Payload fields every point carries: the spec's `index.payload`, `doc_id` and `text_hash`."""
     return sorted(set(spec.index.payload) | {"doc_id", "text_hash"})

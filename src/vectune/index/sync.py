@@ -42,16 +42,17 @@ import heapq
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
-from vectune.data import CorpusIds, DomainData
+from vectune.data import DomainData
 from vectune.embed import Encoder, compact_cache, embed_dataset, encoder_config, plan_actors
 from vectune.embed.dataset import expects_encoding
 from vectune.errors import IndexingError
 from vectune.index import collections as cols
-from vectune.index.points import bm25_settings, content_hashes, doc_keys, hash_hex, kept_columns, payload_fields, point_id
+from vectune.index.points import (bm25_settings, content_hashes, doc_keys, hash_hex, kept_columns, payload_fields,
+                                  point_id, point_keys, points_outside)
 from vectune.index.store import PAGE, Hnsw, Store, hnsw
 from vectune.index.verify import checksum_of, checksum_text, verify, verify_ids
 from vectune.index.writer import upsert_columns, write_dataset
@@ -188,14 +189,14 @@ def stored_hashes(store: Store, name: str, point_ids: list[str]) -> dict[str, in
     return {r.id: int(r.payload.get("text_hash") or "0", 16) for r in got}
 
 
-def gone_points(store: Store, name: str, corpus_ids: CorpusIds, *, page: int = PAGE) -> list[str]:
-    """Point ids of the collection whose `doc_id` is not in the corpus, by one streamed scroll
-    (each page's ids looked up at once)."""
-    gone = []
-    for records in store.scroll(name, ["doc_id"], page=page):
-        there = corpus_ids.isin([str(r.payload.get("doc_id") or "") for r in records])
-        gone += [r.id for r, kept in zip(records, there) if not kept]
-    return gone
+def gone_points(store: Store, name: str, corpus_ids: Iterable[str], *, page: int = PAGE) -> list[str]:
+    """Point ids of the collection that are no corpus document's (a point's id is its document
+    id's uuid5), by one streamed scroll of ids: no payload is read. The embedded engine's owner
+    scrolls beside its shard and sends back only the gone ids."""
+    keys = point_keys(corpus_ids)
+    if hasattr(type(store), "points_outside"):
+        return store.points_outside(name, keys)
+    return [p for records in store.scroll(name, None, page=page) for p in points_outside(keys, [r.id for r in records])]
 
 
 @dataclass

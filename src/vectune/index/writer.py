@@ -27,7 +27,7 @@ from vectune import _faults
 from vectune.errors import VectuneError, root_cause
 from vectune.index.store import PAGE, Record, Store, Target, pages
 from vectune.index.engines import open_store
-from vectune.index.points import id_checksum, point_id, sample_key
+from vectune.index.points import id_checksum, point_id, points_outside, sample_key
 
 #: write tasks only move bytes (the owner actor or the server does the work): a CPU
 #: sliver, so they never wait behind the encoder actors (STACK-NOTES: the Ray Data hang)
@@ -156,6 +156,12 @@ class StoreOwner:
         a million ids never cross to the driver."""
         return id_checksum(r.id for records in self.store.scroll(collection, None) for r in records)
 
+    def points_outside(self, collection: str, keys: np.ndarray) -> list[str]:
+        """Point ids of `collection` not among `keys` (`points.point_keys` of the corpus), by a
+        scroll of ids here, where the shard is: no payload read, no page sent to the driver."""
+        return [p for records in self.store.scroll(collection, None)
+                for p in points_outside(keys, [r.id for r in records])]
+
     def text_hashes(self, collection: str, ids: list[str]) -> tuple[list[str], list[str]]:
         """(ids found, their stored `text_hash`): what a sync diffs against, as two plain lists
         (cheaper to send back than records)."""
@@ -192,6 +198,10 @@ class ActorStore:
     def id_checksum(self, name: str) -> tuple[int, int]:
         """The id checksum of collection `name`, computed by the owner beside its shard."""
         return tuple(_get(self.actor.id_checksum.remote(name)))
+
+    def points_outside(self, name: str, keys: np.ndarray) -> list[str]:
+        """Point ids of `name` not among `keys`, found by the owner beside its shard."""
+        return _get(self.actor.points_outside.remote(name, keys))
 
     def text_hashes(self, name: str, ids: list[str]) -> tuple[list[str], list[str]]:
         """(ids found, their stored `text_hash`), looked up by the owner."""
