@@ -429,7 +429,7 @@ def test_corpus_ids_answer_like_a_set_in_file_order_and_exactly():
         assert stranger not in held
     asked = ["doc-5", "nope", "ü-ñ", "doc-5x"]
     assert held.isin(asked).tolist() == [True, False, True, False]
-    assert held.isin([]).tolist() == []
+    assert held.isin([]).tolist() == [] and CorpusIds.of([]).isin(["a"]).tolist() == [False]
     assert held.first_duplicate() is None
 
     blob = pickle.dumps(held)

@@ -75,8 +75,8 @@ class CorpusIds(AbstractSet):
 
     def isin(self, doc_ids: list[str]) -> np.ndarray:
         """Whether each of `doc_ids` is a corpus id: one boolean per id, exact."""
-        if not doc_ids:
-            return np.zeros(0, dtype=bool)
+        if not doc_ids or not len(self._keys):
+            return np.zeros(len(doc_ids), dtype=bool)
         keys = np.fromiter(map(hash, doc_ids), dtype=np.int64, count=len(doc_ids))
         at = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
         hit = self._keys[at] == keys
