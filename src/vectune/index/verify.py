@@ -142,12 +142,7 @@ def verify_ids(store: Store, name: str, data: DomainData, *, apart: bool = False
     if apart and store.where.embedded and store.where.path != MEMORY and not hasattr(type(store), "id_checksum"):
         got, have = _in_child(store.where.path, name, expected)
     else:
-        got = store.count(name)
-        if got != expected:
-            raise IndexingError(f"{name} holds {got} points but the corpus has {expected} documents")
-        check_integrity(store, name)
-        # an owner actor checksums its shard's ids itself; other stores are scrolled from here
-        have = store.id_checksum(name) if hasattr(type(store), "id_checksum") else id_checksum(scroll_ids(store, name))
+        got, have = _counted_ids(store, name, expected)
     if want is None:
         want = id_checksum(point_id(d) for d in data.corpus.ids)
     if tuple(want) != tuple(have):
@@ -169,18 +164,24 @@ def checksum_of(text: str | None) -> tuple[int, int] | None:
     return int(count), int(total, 16)
 
 
+def _counted_ids(store: Store, name: str, expected: int) -> tuple[int, tuple[int, int]]:
+    """(points, id checksum) of `name`, after checking it holds `expected` points and its
+    integrity. An owner actor checksums its shard's ids itself; other stores are scrolled here."""
+    got = store.count(name)
+    if got != expected:
+        raise IndexingError(f"{name} holds {got} points but the corpus has {expected} documents")
+    check_integrity(store, name)
+    return got, store.id_checksum(name) if hasattr(type(store), "id_checksum") else id_checksum(scroll_ids(store, name))
+
+
 def shard_ids(where, name: str, expected: int) -> tuple[int, tuple[int, int]]:
-    """(points, id checksum) of collection `name` at `where`, after the count and integrity
-    checks of `verify_ids`, opening the store in this process (run in a child by `verify_ids`)."""
+    """`_counted_ids` of collection `name` at `where`, opening the store in this process (run in
+    a child by `verify_ids`)."""
     from vectune.index.engines import open_store
 
     store = open_store(where)
     try:
-        got = store.count(name)
-        if got != expected:
-            raise IndexingError(f"{name} holds {got} points but the corpus has {expected} documents")
-        check_integrity(store, name)
-        return got, id_checksum(scroll_ids(store, name))
+        return _counted_ids(store, name, expected)
     finally:
         store.close()
 
