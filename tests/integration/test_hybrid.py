@@ -145,7 +145,7 @@ def test_hybrid_on_a_server(sliced, monkeypatch):
     vectors = encode_texts(texts, encoder_config(spec, path, role="document", cache=False))
     stamp = {**vector_settings(spec, model_fingerprint(path)), "model_path": path, "dimension": 384,
              "state": "ready"}
-    store.create("slice__s1", layout(spec, 384, sparse=True), stamp=stamp)
+    store.create("slice__s1", layout(spec, 384, 6, sparse=True), stamp=stamp)
     columns = {"doc_id": np.asarray([d["_id"] for d in docs], dtype=object), "embedding": vectors,
                "text": np.asarray(texts, dtype=object), "title": np.asarray([d.get("title", "") for d in docs], dtype=object),
                "text_hash": np.asarray(["0" * 16] * len(docs), dtype=object)}
@@ -166,7 +166,7 @@ def test_hybrid_on_a_server(sliced, monkeypatch):
     ranked = scoring._rank(store, spec, "slice__s1", "hybrid", [f"q{i}" for i in range(5)], queries, 5)
     for i, text in enumerate(queries):
         assert list(ranked[f"q{i}"]) == [h["doc_id"] for h in live.search(spec, text, k=5)["hits"]]
-    store.create("slice__dense", layout(spec, 384), stamp={**stamp, "sparse": None})
+    store.create("slice__dense", layout(spec, 384, 6), stamp={**stamp, "sparse": None})
     store.swap_alias(cols.alias_name(spec), "slice__dense")
     with pytest.raises(IndexingError, match="holds no BM25 vectors"):
         live.search(spec, target["title"], k=5)

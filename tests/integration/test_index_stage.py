@@ -11,6 +11,7 @@ import yaml
 from vectune.errors import IndexingError
 from vectune.index import collections as cols
 from vectune.index.points import point_id
+from vectune.index.store import auto_ef
 
 pytestmark = pytest.mark.ray
 
@@ -60,8 +61,10 @@ def test_reindex_builds_verifies_stamps_and_promotes(spec, sliced, first):
         assert stamp["state"] == "ready" and stamp["dimension"] == 384 and stamp["spec_hash"] == spec.digest()
         assert stamp["model_fingerprint"] == first["model"]["fingerprint"]
         assert stamp["corpus_count"] == N_DOCS and stamp["promoted"]
+        # `ef: auto` (the default) is stamped resolved for the collection's size: what every search uses
+        assert spec.index.hnsw.ef == "auto"
         assert stamp["hnsw"] == {"m": spec.index.hnsw.m, "ef_construct": spec.index.hnsw.ef_construct,
-                                 "ef": spec.index.hnsw.ef}
+                                 "ef": auto_ef(N_DOCS)} == {"m": 16, "ef_construct": 100, "ef": 256}
         ids = {r.payload["doc_id"] for page in client.scroll("slice__a1", ["doc_id"]) for r in page}
         assert ids == set(sliced.doc_ids)
         layout = client.layout("slice__a1")

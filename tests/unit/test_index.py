@@ -62,6 +62,22 @@ def test_id_checksum_is_order_free_and_catches_a_swap():
     assert id_checksum(ids)[0] == 50
 
 
+def test_key_checksums_are_the_id_checksum_and_add_and_subtract_as_sets():
+    """The sync sums its corpus's ids from 16-byte keys (vectorised) and the scan's less the gone
+    ones: both must be exactly `id_checksum`, carries and wrap-around at 2**128 included."""
+    from vectune.index.points import checksum_plus, id_keys, key_checksum, point_ids_and_keys
+
+    docs = [f"doc-{i}" for i in range(3_000)]
+    ids, keys = point_ids_and_keys(docs)
+    assert ids == [point_id(d) for d in docs] and list(id_keys(ids)) == list(keys)
+    assert key_checksum(keys) == id_checksum(ids) and key_checksum(keys[:0]) == (0, 0) == id_checksum([])
+    top = ["ffffffff-ffff-5fff-bfff-ffffffffffff"] * 3  # sums past 2**128 wrap the same way
+    assert key_checksum(id_keys(top)) == id_checksum(top)
+    whole, part = id_checksum(ids), id_checksum(ids[:1_000])
+    assert checksum_plus(whole, part, -1) == id_checksum(ids[1_000:])
+    assert checksum_plus(part, id_checksum(ids[1_000:])) == whole
+
+
 # -- client factory ---------------------------------------------------------------------
 def test_embedded_engine_is_the_default_under_the_runs_folder(tmp_path):
     spec = _spec(tmp_path)
@@ -122,6 +138,46 @@ def test_embedded_store_lays_out_one_shard_and_one_record_per_version(tmp_path):
         assert again.layout("docs__r1").hnsw.ef == 96
     finally:
         again.close()
+
+
+def test_auto_ef_holds_the_measured_sizes_and_grows_with_the_square_root_beyond():
+    from vectune.index.store import auto_ef
+
+    # 256 held recall@10 >= 0.968 up to 200,000 points; at 1,000,000 it fell to 0.929 and 512 gave 0.965
+    assert auto_ef(0) == auto_ef(5_183) == auto_ef(250_000) == 256
+    assert auto_ef(1_000_000) == 512 and auto_ef(500_000) == 384
+    sizes = [250_001, 400_000, 2_000_000, 10_000_000, 10**9]
+    efs = [auto_ef(n) for n in sizes]
+    assert efs == sorted(efs) and all(e % 64 == 0 for e in efs) and efs[-1] == 4096
+
+
+def test_spec_ef_is_auto_a_bounded_number_or_the_engines_default(tmp_path):
+    from vectune.index.store import hnsw
+
+    assert _spec(tmp_path).index.hnsw.ef == "auto"
+    assert hnsw(_spec(tmp_path), 1_000_000).ef == 512 and hnsw(_spec(tmp_path), 300).ef == 256
+    assert hnsw(_spec(tmp_path, hnsw={"ef": 96}), 1_000_000).ef == 96
+    assert hnsw(_spec(tmp_path, hnsw={"ef": None}), 1_000_000).ef is None
+    for bad in (0, 100_001, "fast", True, 1.5):
+        with pytest.raises(Exception) as info:
+            _spec(tmp_path, hnsw={"ef": bad})
+        assert "ef" in str(info.value)
+
+
+def test_a_sync_keeps_the_built_graph_and_moves_the_search_ef_with_the_size(tmp_path):
+    """m and ef_construct are the graph's (changing them needs a rebuild), but `ef` is read at
+    search time: `auto` follows the collection's point count through syncs."""
+    from vectune.index.sync import _built_with
+
+    store = open_store(Target(path=str(tmp_path / "q")))
+    try:
+        _make(store, "docs__r1", stamp={"hnsw": {"m": 24, "ef_construct": 150, "ef": 256}})
+        grown = _built_with(store, "docs__r1", _spec(tmp_path), 1_000_000)
+        assert (grown.m, grown.ef_construct, grown.ef) == (24, 150, 512)
+        assert _built_with(store, "docs__r1", _spec(tmp_path, hnsw={"ef": 64, "m": 8}), 10).ef == 64
+        assert _built_with(store, "docs__r1", _spec(tmp_path, hnsw={"m": 8}), 10).m == 24
+    finally:
+        store.close()
 
 
 def test_a_shard_is_opened_by_one_store_at_a_time(tmp_path):

@@ -11,12 +11,12 @@ import pytest
 from testdata import server_stand_in
 
 from vectune.index import collections as cols
-from vectune.index.points import add_content_hash, content_hashes, doc_keys, hash_hex, payload_fields, point_id
+from vectune.index.points import (add_content_hash, content_hashes, doc_keys, hash_hex, id_checksum, payload_fields,
+                                  point_id, point_keys)
 from vectune.index.stage import vector_settings
 from vectune.index.store import Layout, Target
 from vectune.index.engines import open_store
-from vectune.data import CorpusIds
-from vectune.index.sync import delete_points, gone_points, stored_hashes, unchanged_since_stamp
+from vectune.index.sync import delete_points, scan_ids, stored_hashes, unchanged_since_stamp
 from vectune.index.writer import upsert_columns
 from vectune.spec import Spec
 
@@ -118,17 +118,29 @@ def _store(store, docs: dict[str, str | None]) -> None:
     upsert_columns(store, "c", columns, batch_size=2, payload=["doc_id", "text_hash"])
 
 
-def test_stored_hashes_answer_per_block_and_gone_points_stream_by_page(store):
+def test_stored_hashes_answer_per_block_and_one_id_scan_finds_gone_points_and_checksums(store):
     hashes = {"a": "00000000000000ff", "b": "0000000000000001", "c": None, "gone": "0000000000000002"}
     _store(store, hashes)
     asked = [point_id(d) for d in ("a", "b", "c", "new")]
     got = stored_hashes(store, "c", asked)
     assert got == {point_id("a"): 255, point_id("b"): 1, point_id("c"): 0}  # no hash stored: 0, never equal
     corpus = ["a", "b", "c", "new"]
-    assert gone_points(store, "c", CorpusIds.of(corpus), page=1) == [point_id("gone")]  # one point a page
-    assert gone_points(store, "c", CorpusIds.of([*corpus, "gone"]), page=3) == []
+    stored = id_checksum(point_id(d) for d in hashes)
+    assert scan_ids(store, "c", point_keys(corpus), page=1) == (stored, [point_id("gone")])  # one point a page
+    assert scan_ids(store, "c", point_keys([*corpus, "gone"]), page=3) == (stored, [])
 
     assert delete_points(store, "c", [point_id("gone")]) == 1
     assert store.count("c") == 3
     assert delete_points(store, "c", [point_id("gone")]) == 1  # idempotent: a re-run deletes nothing more
     assert store.count("c") == 3
+    if store.where.embedded:  # the owner actor's own scan, beside the shard (its class, without Ray here)
+        from vectune.index.writer import StoreOwner
+
+        store.close()
+        owner = StoreOwner(store.where)
+        try:
+            assert owner.scan_ids("c", point_keys(corpus)) == (id_checksum(point_id(d) for d in "abc"), [])
+            assert owner.scan_ids("c", point_keys(["a", "b"])) == (id_checksum(point_id(d) for d in "abc"),
+                                                                   [point_id("c")])
+        finally:
+            owner.close()

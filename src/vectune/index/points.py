@@ -52,15 +52,62 @@ def point_keys(doc_ids: Iterable[str]) -> np.ndarray:
     return np.sort(np.array([bytes.fromhex(_uuid5_hex(d)) for d in doc_ids], dtype="S16"))
 
 
-def points_outside(keys: np.ndarray, point_ids: list[str]) -> list[str]:
-    """Those of `point_ids` whose id is not among `keys` (from `point_keys`), exactly."""
+def point_ids_and_keys(doc_ids) -> tuple[list[str], np.ndarray]:
+    """(`point_id` of each of `doc_ids`, the same ids as 16-byte keys, in the same order): one
+    hash per document for both."""
+    hexes = [_uuid5_hex(d) for d in doc_ids]
+    ids = [f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}" for x in hexes]
+    return ids, np.array([bytes.fromhex(x) for x in hexes], dtype="S16")
+
+
+def id_keys(point_ids: list[str]) -> np.ndarray:
+    """Point ids (uuid strings) as 16-byte keys, in the same order."""
+    return np.array([bytes.fromhex(str(p).replace("-", "")) for p in point_ids], dtype="S16")
+
+
+def key_checksum(keys: np.ndarray) -> tuple[int, int]:
+    """`id_checksum` of the point ids whose 16-byte keys are `keys` (any order), vectorised: the
+    keys are summed as four 32-bit big-endian words each (exact below 2**32 keys), then carried."""
+    if not len(keys):
+        return 0, 0
+    words = np.frombuffer(np.ascontiguousarray(keys, dtype="S16").tobytes(), dtype=">u4").reshape(-1, 4)
+    sums = words.sum(axis=0, dtype=np.uint64)
+    return len(keys), sum(int(s) << (32 * (3 - j)) for j, s in enumerate(sums)) & _MASK
+
+
+def checksum_plus(a: tuple[int, int], b: tuple[int, int], sign: int = 1) -> tuple[int, int]:
+    """The `id_checksum` of the union of two disjoint id sets (`sign` -1: of `a` less its subset `b`)."""
+    return a[0] + sign * b[0], (a[1] + sign * b[1]) & _MASK
+
+
+def points_outside(keys: np.ndarray, point_ids: list[str], asked: np.ndarray | None = None) -> list[str]:
+    """Those of `point_ids` whose id is not among `keys` (from `point_keys`), exactly. `asked`:
+    `id_keys(point_ids)` when the caller has them."""
     if not point_ids:
         return []
-    asked = np.array([bytes.fromhex(str(p).replace("-", "")) for p in point_ids], dtype="S16")
     if not len(keys):
         return [str(p) for p in point_ids]
+    asked = id_keys(point_ids) if asked is None else asked
     at = np.minimum(np.searchsorted(keys, asked), len(keys) - 1)
     return [str(p) for p, there in zip(point_ids, keys[at] == asked) if not there]
+
+
+class IdScan:
+    """One pass over a collection's point ids, page by page: their `id_checksum` and those that
+    are not among `keys` (`point_keys` of the corpus). Holds the gone ids only."""
+
+    def __init__(self, keys: np.ndarray):
+        self.keys = keys
+        self.checksum = (0, 0)
+        self.outside: list[str] = []
+
+    def add(self, point_ids: list[str]) -> None:
+        asked = id_keys(point_ids)
+        self.checksum = checksum_plus(self.checksum, key_checksum(asked))
+        self.outside.extend(points_outside(self.keys, point_ids, asked))
+
+    def result(self) -> tuple[tuple[int, int], list[str]]:
+        return self.checksum, self.outside
 
 
 def payload_fields(spec) -> list[str]:

@@ -60,7 +60,7 @@ class Scorable:
 def scoring_key(spec: Spec, data: DomainData, fingerprint: str) -> str:
     """What decides a scoring collection: the vectors (model, precision, prefixes, payloads,
     BM25 settings), the corpus and the HNSW index over them."""
-    h = hnsw(spec)
+    h = hnsw(spec, data.corpus.count)
     corpus = [data.corpus.sha256, data.corpus_reading]
     blob = json.dumps({"vectors": vector_settings(spec, fingerprint), "corpus": corpus,
                        "hnsw": [h.m, h.ef_construct, h.ef]}, sort_keys=True)

@@ -213,7 +213,7 @@ def _build(store: Store, spec: Spec, run: Run, data: DomainData, name: str, mode
 
 def build_stamp(spec: Spec, data: DomainData, run_id: str, model: dict, dimension: int) -> dict:
     """The stamp a build of `model` over the corpus writes (state `building`)."""
-    h = hnsw(spec)
+    h = hnsw(spec, data.corpus.count)
     return {
         **vector_settings(spec, model["fingerprint"]), "spec": spec.name, "base": cols.base_name(spec),
         "run_id": run_id, "spec_hash": spec.digest(), "model_path": model["path"], "dimension": dimension,
@@ -263,7 +263,7 @@ def construct(store: Store, spec: Spec, run_id: str, data: DomainData, name: str
         compact_cache(cfg)  # merge the vectors the workers cached, for the next run and for search
         timings["load"] = round(time.perf_counter() - mark, 2)
         mark = time.perf_counter()
-        index = store.build_index(name, hnsw(spec), timeout=spec.index.green_timeout)
+        index = store.build_index(name, hnsw(spec, data.corpus.count), timeout=spec.index.green_timeout)
         timings["index"] = round(time.perf_counter() - mark, 2)
 
     _faults.hit("index.verify", collection=name)
@@ -326,7 +326,8 @@ def _prepare(store: Store, spec: Spec, name: str, stamp: dict, *, live: str | No
             raise IndexingError(f"{name} is live and was built from another model or corpus; use a new run id")
         log.info("dropping %s: it was built from another model or corpus", name)
         store.drop(name)
-    store.create(name, layout(spec, stamp["dimension"], sparse=spec.index.sparse == "bm25"), stamp=stamp)
+    store.create(name, layout(spec, stamp["dimension"], stamp["corpus_count"], sparse=spec.index.sparse == "bm25"),
+                 stamp=stamp)
     return False
 
 

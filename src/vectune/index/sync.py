@@ -9,15 +9,18 @@ When the live collection's stamp matches what a build would write now (see
       -> the added and changed rows only, put in the object store a block at a time
       -> embedded through the cache (on the driver when they fit in one Ray batch, else by the
          encoder actors) and upserted into the live collection (write tasks)
-    live collection: its point count before the writes; when it holds more points than the
-      corpus documents it still has, one streamed scroll of (id, doc_id) finds the points of
-      documents gone from the corpus
-    -> delete the gone points -> let the engine index what changed -> verify -> stamp the sync
+      (the diff also sums the corpus's point ids into their `id_checksum` and keeps them as sorted
+      16-byte keys: 16 MB at a million documents)
+    live collection, after the upserts: one streamed scroll of ids (beside the shard, by its owner
+      actor, for the embedded engine) finds the points of documents gone from the corpus and
+      checksums every id, so verification needs no second scroll
+    -> delete the gone points -> let the engine index what changed -> verify (count, integrity,
+      the scanned checksum less the gone ids against the corpus's, a sample of vectors) -> stamp
 
-Nothing proportional to the corpus is held in one process by the sync: the driver holds one
-batch of the corpus and at most one block of changed rows at a time, the changed rows' counts,
-a sample of them (the `verify_sample` smallest keys) and the ids of the gone points. (The
-corpus's id set that `DomainData` keeps from its validation pass is read, not copied.) The
+Nothing proportional to the corpus is held in one process by the sync but 16 bytes a document:
+the driver holds one batch of the corpus and at most one block of changed rows at a time, the
+changed rows' counts, a sample of them (the `verify_sample` smallest keys), the corpus's point
+keys and the ids of the gone points. The
 diff runs in the driver rather than in Ray Data read tasks because it is a lookup per
 document: at 100,000 documents the tasks' scheduling cost ten times the lookups themselves.
 
@@ -42,7 +45,7 @@ import heapq
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -51,8 +54,8 @@ from vectune.embed import Encoder, compact_cache, embed_dataset, encoder_config,
 from vectune.embed.dataset import expects_encoding
 from vectune.errors import IndexingError
 from vectune.index import collections as cols
-from vectune.index.points import (bm25_settings, content_hashes, doc_keys, hash_hex, kept_columns, payload_fields,
-                                  point_id, point_keys, points_outside)
+from vectune.index.points import (IdScan, bm25_settings, checksum_plus, content_hashes, doc_keys, hash_hex,
+                                  id_checksum, kept_columns, key_checksum, payload_fields, point_ids_and_keys)
 from vectune.index.store import PAGE, Hnsw, Store, hnsw
 from vectune.index.verify import checksum_of, checksum_text, verify, verify_ids
 from vectune.index.writer import upsert_columns, write_dataset
@@ -111,17 +114,13 @@ def sync(store: Store, spec: Spec, data: DomainData, run_id: str, live: str, mod
     idx = spec.index
     cols.update_stamp(store, live, sync={"state": "running", "run_id": run_id, "started": cols.now(),
                                          "corpus_sha256": data.corpus.sha256})
-    stored = store.count(live)  # before any write: what the gone points are counted against
 
     changes = diff(data, store, live, batch=idx.embed_batch_size, k=idx.verify_sample)
     added, updated, sample, count = changes.added, changes.updated, changes.sample, changes.count
+    if changes.checksum[0] != data.corpus.count:
+        raise IndexingError(f"the corpus read {changes.checksum[0]} documents during the sync, but "
+                            f"{data.corpus.count} when it was checked: did {data.corpus.path} change meanwhile?")
     timings = {"diff": round(time.perf_counter() - start, 2)}
-    mark = time.perf_counter()
-    # every corpus document but the added ones is stored: any point beyond those is a gone document's
-    gone = gone_points(store, live, data.corpus.ids) if stored > data.corpus.count - added else []
-    timings["scroll"] = round(time.perf_counter() - mark, 2)
-    log.info("sync %s: %d added, %d changed, %d removed of %d documents", live, added, updated, len(gone),
-             data.corpus.count)
 
     mark = time.perf_counter()
     encoder = Encoder(encoder_config(spec, model["path"], role="document", fingerprint=model["fingerprint"]),
@@ -132,19 +131,29 @@ def sync(store: Store, spec: Spec, data: DomainData, run_id: str, live: str, mod
         from vectune.index.writer import write_failure
 
         raise IndexingError(f"syncing {live} failed: {write_failure(store.where, exc)}") from exc
-    deleted = delete_points(store, live, gone)
     timings["write"] = round(time.perf_counter() - mark, 2)
+    mark = time.perf_counter()
+    # one scroll of ids, after the upserts: the gone documents' points, and the id checksum that
+    # verification needs (the collection's ids once those are deleted: scanned less gone)
+    scanned, gone = scan_ids(store, live, changes.keys)
+    changes.keys = None
+    deleted = delete_points(store, live, gone)
+    timings["scroll"] = round(time.perf_counter() - mark, 2)
+    log.info("sync %s: %d added, %d changed, %d removed of %d documents", live, added, updated, len(gone),
+             data.corpus.count)
     mark = time.perf_counter()
     # the changes sit in an unindexed segment (searched exactly) until the engine optimises: Edge only
     # does when asked, and indexes or vacuums only what crossed its thresholds, so this is cheap
-    index = store.build_index(live, _built_with(store, live, spec), timeout=idx.green_timeout) \
-        if written + deleted else None
+    built_with = _built_with(store, live, spec, data.corpus.count)
+    index = store.build_index(live, built_with, timeout=idx.green_timeout) if written + deleted else None
     timings["index"] = round(time.perf_counter() - mark, 2)
 
     mark = time.perf_counter()
     fresh = encoder.without_cache()  # the model the driver loaded to write, if it did
     try:
-        checks = verify(store, live, spec, data, model["path"], seed=run_id, encoder=fresh, sample=sample)
+        checks = verify(store, live, spec, data, model["path"], seed=run_id, encoder=fresh, sample=sample,
+                        expected=(data.corpus.count, changes.checksum),
+                        scanned=checksum_plus(scanned, id_checksum(gone), -1))
     except IndexingError as exc:
         raise IndexingError(f"{exc}. The sync of {live} did not converge; re-run `vectune reindex`, or "
                             "`vectune reindex --full` to build a new collection") from None
@@ -152,28 +161,34 @@ def sync(store: Store, spec: Spec, data: DomainData, run_id: str, live: str, mod
     counts = {"added": added, "updated": updated, "deleted": deleted,
               "unchanged": data.corpus.count - added - updated}
     return _finish(store, live, spec, (data.corpus.sha256, data.corpus.count, data.corpus_reading), run_id, counts,
-                   checks, written=written + deleted, start=start, timings=timings, index=index)
+                   checks, written=written + deleted, start=start, timings=timings, index=index, searched=built_with)
 
 
-def _built_with(store: Store, live: str, spec: Spec) -> Hnsw:
-    """The HNSW settings `live` was built with (its stamp), so a sync never changes them."""
+def _built_with(store: Store, live: str, spec: Spec, points: int) -> Hnsw:
+    """The HNSW graph settings `live` was built with (its stamp), so a sync never changes them,
+    and the spec's search `ef` for its `points` points now (a search-time setting: `auto` follows
+    the collection as syncs grow or shrink it)."""
     h = (cols.read_stamp(store, live) or {}).get("hnsw") or {}
-    now = hnsw(spec)
-    return Hnsw(m=h.get("m", now.m), ef_construct=h.get("ef_construct", now.ef_construct), ef=h.get("ef", now.ef),
+    now = hnsw(spec, points)
+    return Hnsw(m=h.get("m", now.m), ef_construct=h.get("ef_construct", now.ef_construct), ef=now.ef,
                 on_disk=now.on_disk)
 
 
 def _finish(store, live, spec, corpus: tuple[str, int, str], run_id, counts, checks, *, written, start, timings,
-            shortcut=None, index=None) -> dict:
-    """Stamp the sync done. `corpus`: (sha256, document count, `DomainData.corpus_reading`)."""
+            shortcut=None, index=None, searched: Hnsw | None = None) -> dict:
+    """Stamp the sync done. `corpus`: (sha256, document count, `DomainData.corpus_reading`);
+    `searched`: the HNSW settings the collection is searched with from now on (its `ef` may have moved)."""
     sha256, count, reading = corpus
     seconds = round(time.perf_counter() - start, 2)
     record = {"state": "done", "run_id": run_id, "finished": cols.now(), **counts, "written": written,
               "corpus_sha256": sha256, "corpus_count": count, "seconds": seconds}
     if shortcut:
         record["shortcut"] = shortcut
+    extra = {"index": index} if index else {}
+    if searched is not None:
+        extra["hnsw"] = {"m": searched.m, "ef_construct": searched.ef_construct, "ef": searched.ef}
     cols.update_stamp(store, live, sync=record, corpus_sha256=sha256, corpus_count=count, corpus_reading=reading,
-                      spec_hash=spec.digest(), verified=checks, **({"index": index} if index else {}))
+                      spec_hash=spec.digest(), verified=checks, **extra)
     log.info("synced %s in place: %s (%.1f s)", live, ", ".join(f"{v} {k}" for k, v in counts.items()), seconds)
     return {**record, "verified": checks, "timings": timings}
 
@@ -189,14 +204,16 @@ def stored_hashes(store: Store, name: str, point_ids: list[str]) -> dict[str, in
     return {r.id: int(r.payload.get("text_hash") or "0", 16) for r in got}
 
 
-def gone_points(store: Store, name: str, corpus_ids: Iterable[str], *, page: int = PAGE) -> list[str]:
-    """Point ids of the collection that are no corpus document's (a point's id is its document
-    id's uuid5), by one streamed scroll of ids: no payload is read. The embedded engine's owner
-    scrolls beside its shard and sends back only the gone ids."""
-    keys = point_keys(corpus_ids)
-    if hasattr(type(store), "points_outside"):
-        return store.points_outside(name, keys)
-    return [p for records in store.scroll(name, None, page=page) for p in points_outside(keys, [r.id for r in records])]
+def scan_ids(store: Store, name: str, keys: np.ndarray, *, page: int = PAGE) -> tuple[tuple[int, int], list[str]]:
+    """(`id_checksum` of the collection's point ids, those of them that are no corpus document's:
+    not among `keys`, the corpus's sorted `point_keys`), by one streamed scroll of ids: no payload
+    is read. The embedded engine's owner scrolls beside its shard and sends back only the gone ids."""
+    if hasattr(type(store), "scan_ids"):
+        return store.scan_ids(name, keys)
+    scan = IdScan(keys)
+    for records in store.scroll(name, None, page=page):
+        scan.add([r.id for r in records])
+    return scan.result()
 
 
 @dataclass
@@ -204,12 +221,16 @@ class Changes:
     """What the diff found: counts, a verification sample ({doc_id: text} of the `verify_sample`
     changed rows with the smallest `points.doc_keys`: uniform, seeded by the ids) and the rows
     (doc_id, title, text, text_hash, change): one batch of numpy columns when they fit in one
-    Ray batch, else a Dataset of blocks in the object store; None when nothing changed."""
+    Ray batch, else a Dataset of blocks in the object store; None when nothing changed.
+    Computed on the way, from the point ids the lookups needed anyway: the `id_checksum` of
+    every corpus document's point id and their sorted 16-byte `keys` (16 MB at a million)."""
 
     added: int = 0
     updated: int = 0
     sample: dict[str, str] = field(default_factory=dict)
     rows: Any = None
+    checksum: tuple[int, int] = (0, 0)
+    keys: Any = None
 
     @property
     def count(self) -> int:
@@ -231,7 +252,10 @@ def diff(data: DomainData, store: Store, name: str, *, batch: int, k: int) -> Ch
     held: list[pa.Table] = []
     held_rows = 0
     refs: list = []
-    for rows in _changed_batches(data.corpus_batches(batch), store, name):
+    keys: list[np.ndarray] = []
+    for rows, batch_keys in _changed_batches(data.corpus_batches(batch), store, name):
+        keys.append(batch_keys)
+        out.checksum = checksum_plus(out.checksum, key_checksum(batch_keys))
         n = len(rows["doc_id"])
         if not n:
             continue
@@ -250,6 +274,8 @@ def diff(data: DomainData, store: Store, name: str, *, batch: int, k: int) -> Ch
             refs.append(_put(held))
             held, held_rows = [], 0
     out.sample = {d: t for _, d, t in sorted(heap, reverse=True)}
+    out.keys = np.sort(np.concatenate(keys)) if keys else np.array([], dtype="S16")
+    del keys
     if refs:
         if held:
             refs.append(_put(held))
@@ -270,24 +296,23 @@ def _put(tables: list) -> Any:
 
 
 def _changed_batches(batches, store: Store, name: str):
-    """`_changed` of each corpus batch, in order. The stored hashes of a batch are looked up on
-    a second thread while this one reads and hashes the next batch (the lookup waits on the
-    owner actor or the server, and lets go of the GIL meanwhile); two batches are held at most."""
+    """(`_changed` of each corpus batch, the batch's point ids as 16-byte keys), in order. The
+    stored hashes of a batch are looked up on a second thread while this one reads and hashes
+    the next batch (the lookup waits on the owner actor or the server, and lets go of the GIL
+    meanwhile); two batches are held at most."""
     from concurrent.futures import ThreadPoolExecutor
-
-    def keyed(batch: dict) -> tuple[dict, list[str], np.ndarray]:
-        return batch, [point_id(d) for d in batch["doc_id"]], content_hashes(batch["title"], batch["text"])
 
     with ThreadPoolExecutor(1, thread_name_prefix="vectune-diff") as lookups:
         pending = None
         for batch in batches:
-            batch, pids, hashes = keyed(batch)
-            ahead = (batch, pids, hashes, lookups.submit(stored_hashes, store, name, pids))
+            pids, keys = point_ids_and_keys(batch["doc_id"])
+            hashes = content_hashes(batch["title"], batch["text"])
+            ahead = (batch, pids, hashes, keys, lookups.submit(stored_hashes, store, name, pids))
             if pending is not None:
-                yield _changed(*pending[:3], pending[3].result())
+                yield _changed(*pending[:3], pending[4].result()), pending[3]
             pending = ahead
         if pending is not None:
-            yield _changed(*pending[:3], pending[3].result())
+            yield _changed(*pending[:3], pending[4].result()), pending[3]
 
 
 def _changed(batch: dict, pids: list[str], hashes: np.ndarray, stored: dict[str, int]) -> dict:

@@ -75,7 +75,8 @@ def sample_texts(data: DomainData, doc_ids: list[str]) -> dict[str, str]:
 
 
 def verify(store: Store, name: str, spec: Spec, data: DomainData, model_path: str, *, seed: str,
-           encoder: Encoder | None = None, sample: dict[str, str] | None = None) -> dict:
+           encoder: Encoder | None = None, sample: dict[str, str] | None = None,
+           expected: tuple[int, tuple[int, int]] | None = None, scanned: tuple[int, int] | None = None) -> dict:
     """Raise IndexingError unless collection `name` holds exactly the corpus, embedded by
     `model_path`. Returns what was checked.
 
@@ -86,9 +87,9 @@ def verify(store: Store, name: str, spec: Spec, data: DomainData, model_path: st
     is the uncached twin of) was built with `remember` and ran the model in this process on
     some of those texts, its vectors are fresh embeddings already (the same loaded model would
     give the same floats again), so only the sampled documents it did not compute, e.g. ones
-    it found in the cache, are encoded again.
+    it found in the cache, are encoded again. `expected` and `scanned`: as `verify_ids` takes them.
     """
-    got, checksum = verify_ids(store, name, data)
+    got, checksum = verify_ids(store, name, data, expected=expected, scanned=scanned)
     ids = sample_ids(data.corpus.ids, spec.index.verify_sample, seed) if sample is None else list(sample)
     if not ids:
         log.info("verified %s: %d points, ids match, no vector to sample", name, got)
@@ -124,7 +125,8 @@ def verify(store: Store, name: str, spec: Spec, data: DomainData, model_path: st
 
 
 def verify_ids(store: Store, name: str, data: DomainData, *, apart: bool = False,
-               expected: tuple[int, tuple[int, int]] | None = None) -> tuple[int, tuple[int, int]]:
+               expected: tuple[int, tuple[int, int]] | None = None,
+               scanned: tuple[int, int] | None = None) -> tuple[int, tuple[int, int]]:
     """(point count, `id_checksum`) of `name`, after checking its integrity and that its point ids
     are exactly the corpus ids.
 
@@ -136,10 +138,15 @@ def verify_ids(store: Store, name: str, data: DomainData, *, apart: bool = False
 
     `expected`: (count, `id_checksum`) of the corpus ids when they are known without reading the
     corpus (a file byte for byte the one a verified stamp records); by default from `data`.
+    `scanned`: the `id_checksum` of the collection's ids as its writer just scanned them (a sync:
+    the scroll that found the gone points, less those it then deleted), so they are not scrolled
+    a second time; its count and integrity are still checked here.
     """
     want = expected[1] if expected is not None else None
     expected = expected[0] if expected is not None else data.corpus.count
-    if apart and store.where.embedded and store.where.path != MEMORY and not hasattr(type(store), "id_checksum"):
+    if scanned is not None:
+        got, have = _counted(store, name, expected), scanned
+    elif apart and store.where.embedded and store.where.path != MEMORY and not hasattr(type(store), "id_checksum"):
         got, have = _in_child(store.where.path, name, expected)
     else:
         got, have = _counted_ids(store, name, expected)
@@ -164,13 +171,19 @@ def checksum_of(text: str | None) -> tuple[int, int] | None:
     return int(count), int(total, 16)
 
 
-def _counted_ids(store: Store, name: str, expected: int) -> tuple[int, tuple[int, int]]:
-    """(points, id checksum) of `name`, after checking it holds `expected` points and its
-    integrity. An owner actor checksums its shard's ids itself; other stores are scrolled here."""
+def _counted(store: Store, name: str, expected: int) -> int:
+    """The point count of `name`, after checking it is `expected` and its integrity."""
     got = store.count(name)
     if got != expected:
         raise IndexingError(f"{name} holds {got} points but the corpus has {expected} documents")
     check_integrity(store, name)
+    return got
+
+
+def _counted_ids(store: Store, name: str, expected: int) -> tuple[int, tuple[int, int]]:
+    """(points, id checksum) of `name`, after checking it holds `expected` points and its
+    integrity. An owner actor checksums its shard's ids itself; other stores are scrolled here."""
+    got = _counted(store, name, expected)
     return got, store.id_checksum(name) if hasattr(type(store), "id_checksum") else id_checksum(scroll_ids(store, name))
 
 

@@ -27,7 +27,7 @@ from vectune import _faults
 from vectune.errors import VectuneError, root_cause
 from vectune.index.store import PAGE, Record, Store, Target, pages
 from vectune.index.engines import open_store
-from vectune.index.points import id_checksum, point_id, points_outside, sample_key
+from vectune.index.points import IdScan, id_checksum, point_id, sample_key
 
 #: write tasks only move bytes (the owner actor or the server does the work): a CPU
 #: sliver, so they never wait behind the encoder actors (STACK-NOTES: the Ray Data hang)
@@ -156,11 +156,14 @@ class StoreOwner:
         a million ids never cross to the driver."""
         return id_checksum(r.id for records in self.store.scroll(collection, None) for r in records)
 
-    def points_outside(self, collection: str, keys: np.ndarray) -> list[str]:
-        """Point ids of `collection` not among `keys` (`points.point_keys` of the corpus), by a
-        scroll of ids here, where the shard is: no payload read, no page sent to the driver."""
-        return [p for records in self.store.scroll(collection, None)
-                for p in points_outside(keys, [r.id for r in records])]
+    def scan_ids(self, collection: str, keys: np.ndarray) -> tuple[tuple[int, int], list[str]]:
+        """(`id_checksum` of every point id of `collection`, the ids not among `keys`:
+        `points.point_keys` of the corpus), by one scroll of ids here, where the shard is: no
+        payload read, no page sent to the driver, only the gone ids back."""
+        scan = IdScan(keys)
+        for records in self.store.scroll(collection, None):
+            scan.add([r.id for r in records])
+        return scan.result()
 
     def text_hashes(self, collection: str, ids: list[str]) -> tuple[list[str], list[str]]:
         """(ids found, their stored `text_hash`): what a sync diffs against, as two plain lists
@@ -199,9 +202,10 @@ class ActorStore:
         """The id checksum of collection `name`, computed by the owner beside its shard."""
         return tuple(_get(self.actor.id_checksum.remote(name)))
 
-    def points_outside(self, name: str, keys: np.ndarray) -> list[str]:
-        """Point ids of `name` not among `keys`, found by the owner beside its shard."""
-        return _get(self.actor.points_outside.remote(name, keys))
+    def scan_ids(self, name: str, keys: np.ndarray) -> tuple[tuple[int, int], list[str]]:
+        """(id checksum of `name`, its ids not among `keys`), found by the owner beside its shard."""
+        checksum, outside = _get(self.actor.scan_ids.remote(name, keys))
+        return tuple(checksum), outside
 
     def text_hashes(self, name: str, ids: list[str]) -> tuple[list[str], list[str]]:
         """(ids found, their stored `text_hash`), looked up by the owner."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -36,16 +36,22 @@ class QdrantSpec(Section):
 class HnswSpec(Section):
     """The HNSW index, built once after the bulk load (both engines) and searched with `ef`.
 
-    Defaults chosen with benchmarks/hnsw.py on Qdrant Edge (README, "HNSW settings"): at 200,000
-    clustered 384-d points, search `ef` 256 lifts recall@10 against exact search from 0.951 (the
-    engine's default, ef = ef_construct) to 0.968 for ~0.3 ms a query, while ef_construct 200
-    adds 0.004 at about twice the build; harder data needs `m: 32` (about 2-4x the build time).
+    Defaults chosen with benchmarks/hnsw.py and benchmarks/scale.py on Qdrant Edge (README, "HNSW
+    settings"): at 200,000 clustered 384-d points, search `ef` 256 lifts recall@10 against exact
+    search from 0.951 (the engine's default, ef = ef_construct) to 0.968 for ~0.3 ms a query, while
+    ef_construct 200 adds 0.004 at about twice the build; harder data needs `m: 32` (about 2-4x the
+    build time). A fixed `ef` does not hold recall as the shard grows (at 1,000,000 points ef 256
+    gives 0.929, 512 gives 0.965), so the default, `auto`, sizes it from the point count: see
+    `vectune.index.store.auto_ef`.
     """
 
     m: int = Field(16, ge=0, le=1024, description="Edges per node of the graph.")
     ef_construct: int = Field(100, ge=4, le=100_000, description="Candidates kept while building the graph.")
-    ef: int | None = Field(256, ge=1, le=100_000, description="Candidates kept while searching (`hnsw_ef`); "
-                                                               "null: the engine's default (ef_construct).")
+    ef: Annotated[int, Field(ge=1, le=100_000)] | Literal["auto"] | None = Field(
+        "auto", description="Candidates kept while searching (`hnsw_ef`): a number (1-100000); `auto`: sized from "
+                            "the collection's point count when it is built or synced (256 up to 250,000 points, "
+                            "growing with the square root beyond: 512 at 1,000,000), stamped on the collection; "
+                            "null: the engine's default (ef_construct).")
     on_disk: bool = False
 
 
