@@ -378,6 +378,9 @@ def test_no_batch_holds_one_query_twice(tmp_path):
         assert len(queries) == 8 and len(set(queries)) == 8, queries
 
 
+# CI time (69 s: two trainings): the default tier keeps settings chosen on validation
+# (test_train_select.py) and how a setting spends the row budget (tests/unit/test_train_plan.py)
+@pytest.mark.slow
 def test_validation_decides_between_more_queries_and_more_positives_per_query(graded, mined):
     """`train.positives_per_query: [1, 2]` on a budget of 16 rows (2 steps of 8): one setting
     trains 16 queries with one positive each, the other 8 queries with two; each is scored on the

@@ -257,6 +257,9 @@ def test_cross_encoder_rescores(baseline, slice_, cross_encoder):
     assert a["checks"]["negatives_equal_to_positive"] == 0
 
 
+# CI time (37 s: a corpus of its own through the model): the default tier keeps the cross-encoder's
+# scores (test_cross_encoder_rescores) and the fallback's bands and cap (test_graded.py)
+@pytest.mark.slow
 def test_cross_encoder_judges_the_fallback_too(ray_local, slice_, cross_encoder):
     """Two queries whose window can only hold copies of a positive: each gets a labelled
     document whose text is the query's own (it scores highest) and `range_max + P - 1`
