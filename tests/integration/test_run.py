@@ -253,6 +253,10 @@ def test_rerunning_the_evaluation_of_a_live_run_scores_its_version_as_served(hap
         store.close()
 
 
+# CI time (58 s: a second run): the default tier keeps the gate's judgement against a champion
+# (tests/unit/test_evaluate_gate.py), the live version scored as served (the re-evaluation below)
+# and the gate scored through the collection it would promote (test_hybrid.py)
+@pytest.mark.slow
 def test_a_model_better_than_base_but_worse_than_the_live_one_is_refused(happy, slice_dir):
     """Run 2 against the live model of run 1 (`happy`)."""
     assert happy.exit_code == 0, happy.output

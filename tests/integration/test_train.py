@@ -94,6 +94,9 @@ def _adam_steps(state: dict) -> int:
     return int(next(iter(state["optimizer"]["state"].values()))["step"])
 
 
+# CI time (29 s): two workers train in the default tier in test_lost_worker_resumes_within_the_run[kill],
+# which checks the dimension, the card and the checkpointed Adam state of a two-worker run too
+@pytest.mark.slow
 def test_train_two_workers_keeps_dimension(mined, monkeypatch):
     import contextlib
 
@@ -180,6 +183,9 @@ def test_lost_worker_resumes_within_the_run(mined, faults, mode):
         spec.train.max_failures = 0
         spec.train.epochs = 1
     assert run.path("train", "injected-failure").read_text() == "5"
+    assert spec.train.workers == 2 and summary["dimension"] == 384
+    card = json.loads((Path(summary["model"]) / "vectune_card.json").read_text())
+    assert card["loss"]["type"] == "mnrl" and card["summary"]["steps"] == summary["steps"]
     state = _final_state(run)
     assert state["step"] == summary["steps"] == _adam_steps(state) > 5
     # the log history the run resumed with: every step once, none before the checkpoint twice
