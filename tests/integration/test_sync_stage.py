@@ -197,6 +197,45 @@ def test_an_empty_diff_writes_nothing(spec, sliced, first, monkeypatch):
     assert all(np.array_equal(after[d][0], before[d][0]) and after[d][1] == before[d][1] for d in before)
 
 
+@pytest.mark.parametrize("fault", ["empty text", "duplicate id"])
+def test_a_bad_corpus_stops_the_sync_in_its_diff_before_anything_is_written(spec, sliced, first, fault):
+    """The sync's pass over the corpus is its validation pass too: a document with empty text
+    (found where it is read) or a repeated id (found once every document is read) stops the
+    sync with the file and line (exit 2), before any write and before the stamp says `running`."""
+    from vectune.errors import DataError
+    from vectune.pipeline import reindex
+
+    lines = _lines(sliced)
+    before = _points(spec)
+    rows = [json.loads(line) for line in lines]
+    rows[0]["text"] = rows[0]["text"] + " Revised."  # a real change ahead of the fault: never written
+    if fault == "empty text":
+        at = len(rows) // 2
+        rows[at] = {**rows[at], "title": "", "text": " "}
+        message = f"document {rows[at]['_id']!r} has empty text"
+    else:
+        at = len(rows)
+        rows.append(dict(rows[3]))
+        message = f"duplicate document id {rows[3]['_id']!r}"
+    _write(sliced, [json.dumps(r) for r in rows])
+    try:
+        with pytest.raises(DataError) as info:
+            reindex(spec, run_id=f"bad-{fault.split()[0]}")
+    finally:
+        _write(sliced, lines)
+    assert info.value.exit_code == 2 and message in str(info.value)
+    assert f"{sliced.corpus_path.name}:{at + 1}" in str(info.value)
+    after = _points(spec)
+    assert set(after) == set(before)
+    assert all(np.array_equal(after[d][0], before[d][0]) and after[d][1] == before[d][1] for d in before)
+    client = connect(spec)
+    try:
+        stamp = cols.read_stamp(client, first["name"])
+    finally:
+        client.close()
+    assert (stamp.get("sync") or {}).get("state") != "running"
+
+
 def test_a_failed_sync_keeps_serving_and_its_rerun_converges(spec, sliced, scifact, first, shm):
     from vectune import _faults
     from vectune.pipeline import reindex

@@ -12,7 +12,7 @@ import yaml
 
 from testdata import TINY_CORPUS, TINY_QRELS, write_qrels
 from vectune.data import DomainData, doc_text, query_id_for
-from vectune.data.corpus import check_corpus
+from vectune.data.corpus import check_corpus, checked_batches
 from vectune.data.labels import load_labels, read_clicks, read_pairs, read_qrels
 from vectune.errors import DataError
 from vectune.spec import validate_dict
@@ -130,6 +130,36 @@ def test_corpus_errors_name_file_and_line(tmp_path, lines, pattern):
     with pytest.raises(DataError, match=pattern) as info:
         check_corpus(CorpusSource(path="c.jsonl"), str(path))
     assert info.value.exit_code == 2
+    # the same pass streamed in batches (a sync's diff): the same error, and no info for a bad corpus
+    done: list = []
+    with pytest.raises(DataError, match=pattern):
+        for _ in checked_batches(CorpusSource(path="c.jsonl"), str(path), 1, done):
+            pass
+    assert done == []
+
+
+def test_the_checked_batches_are_iter_corpus_batches_and_the_pass_is_check_corpus(tmp_path):
+    """A caller that streams the corpus before it was validated (the sync's diff) gets the
+    documents `iter_corpus` reads and, after the last batch, what `check_corpus` learns; a
+    `DomainData` that streamed it so never parses it again."""
+    from vectune.data.corpus import iter_corpus
+
+    path = tmp_path / "c.jsonl"
+    docs = [{"_id": f"d{i}", "title": "" if i % 3 else f"T{i}", "text": f"text {i}"} for i in range(10)]
+    path.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    source = CorpusSource(path="c.jsonl")
+    done: list = []
+    streamed = list(checked_batches(source, str(path), 4, done))
+    assert streamed == list(iter_corpus(source, str(path), 4)) and [len(b["doc_id"]) for b in streamed] == [4, 4, 2]
+    want = check_corpus(source, str(path))
+    (got,) = done
+    assert (got.count, got.sha256, set(got.ids)) == (want.count, want.sha256, set(want.ids))
+
+    spec = validate_dict({"version": 1, "name": "c", "data": {"corpus": {"path": str(path)}}}, "spec.yaml")
+    data = DomainData(spec)
+    assert [b["doc_id"] for b in data.corpus_batches(4)] == [b["doc_id"] for b in streamed]
+    assert "corpus" in data.__dict__ and data.corpus.sha256 == want.sha256  # known now, not parsed again
+    assert list(data.corpus_batches(4)) == streamed  # and the next pass reads without checking
 
 
 def test_non_utf8_bytes_name_the_line(tmp_path):

@@ -6,7 +6,8 @@ import logging
 from functools import cached_property
 
 from vectune.data._files import file_digest
-from vectune.data.corpus import CorpusIds, CorpusInfo, check_corpus, doc_text, iter_corpus, read_corpus
+from vectune.data.corpus import (CorpusIds, CorpusInfo, check_corpus, checked_batches, doc_text, iter_corpus,
+                                 read_corpus)
 from vectune.data.labels import Labels, load_labels, load_queries, query_id_for
 from vectune.errors import DataError
 from vectune.spec import Spec
@@ -121,9 +122,18 @@ class DomainData:
 
     def corpus_batches(self, size: int = 4096):
         """The corpus in this process, `size` documents at a time (`corpus.iter_corpus`: the
-        Dataset's columns, one batch held at a time); no Ray."""
-        self.corpus
-        return iter_corpus(self.spec.data.corpus, self.corpus_path, size)
+        Dataset's columns, one batch held at a time); no Ray. Before the validation pass has
+        run, the batches come from it (`corpus.checked_batches`): a bad document raises as it is
+        read, a repeated id once the last batch is taken, and `corpus` is known from then on,
+        so a caller must act on the batches only after it has taken them all."""
+        if "corpus" in self.__dict__:
+            return iter_corpus(self.spec.data.corpus, self.corpus_path, size)
+        return self._checking(size)
+
+    def _checking(self, size: int):
+        done: list[CorpusInfo] = []
+        yield from checked_batches(self.spec.data.corpus, self.corpus_path, size, done)
+        self.__dict__["corpus"] = done[0]
 
     def documents(self, ids: set[str], blocks: int | None = None) -> dict[str, str]:
         """The texts (title, a space, text) of `ids`, from one streaming pass over the corpus

@@ -125,35 +125,77 @@ def check_corpus(source: CorpusSource, path: str) -> CorpusInfo:
     Holds only the document ids in memory, compactly (`CorpusIds`). Raises DataError naming
     file and line (a repeated id: the line of its first repetition, found once the pass ends).
     """
-    hasher = hashlib.sha256()
-    chunks: list[pa.Array] = []
-    chunk: list[str] = []
-    numbers: list[np.ndarray] = []
-    nums: list[int] = []
-    unit = "row" if source.format == "parquet" else "line"
-    for number, record in _records(source, path, hasher):
-        doc_id = id_value(path, number, record, source.id_field, what="document id")
-        if doc_id is None:
-            raise DataError(path, f"{unit} has no document id (field {source.id_field!r})", number)
-        title = text_value(path, number, record, source.title_field) if source.title_field else None
-        if not doc_text(title, text_value(path, number, record, source.text_field)):
-            raise DataError(path, f"document {doc_id!r} has empty text", number)
-        chunk.append(doc_id)
-        nums.append(number)
-        if len(chunk) >= CorpusIds._CHUNK:
-            chunks.append(pa.array(chunk, type=pa.string()))
-            numbers.append(np.asarray(nums, dtype=np.int64))
-            chunk, nums = [], []
-    if chunk:
-        chunks.append(pa.array(chunk, type=pa.string()))
-        numbers.append(np.asarray(nums, dtype=np.int64))
-    if not chunks:
-        raise DataError(path, "the corpus has no documents")
-    ids = CorpusIds(pa.chunked_array(chunks, type=pa.string()))
-    repeat = ids.first_duplicate()
-    if repeat is not None:
-        raise DataError(path, f"duplicate document id {ids.at(repeat)!r}", int(np.concatenate(numbers)[repeat]))
-    return CorpusInfo(path=path, count=len(ids), sha256=hasher.hexdigest(), ids=ids)
+    pass_ = _CheckPass(source, path)
+    for _ in pass_.documents():
+        pass
+    return pass_.info()
+
+
+def checked_batches(source: CorpusSource, path: str, size: int, done: list) -> Iterator[dict[str, list[str]]]:
+    """`iter_corpus`'s batches from `check_corpus`'s pass: each document is checked as it is
+    read, and once the last batch is taken the pass's `CorpusInfo` is appended to `done` (its
+    duplicate ids are found then, so a caller acts on the batches only after the pass ends).
+    For a caller that reads the whole corpus anyway: one parse instead of two."""
+    pass_ = _CheckPass(source, path)
+    ids: list[str] = []
+    titles: list[str] = []
+    texts: list[str] = []
+    for doc_id, title, text in pass_.documents():
+        ids.append(doc_id)
+        titles.append(title or "")
+        texts.append(text)
+        if len(ids) >= size:
+            yield {"doc_id": ids, "title": titles, "text": texts}
+            ids, titles, texts = [], [], []
+    if ids:
+        yield {"doc_id": ids, "title": titles, "text": texts}
+    done.append(pass_.info())
+
+
+class _CheckPass:
+    """One validation pass over the corpus file: its documents, checked one by one, then what
+    it learnt (`info`: count, sha256, ids, after the duplicate check)."""
+
+    def __init__(self, source: CorpusSource, path: str):
+        self.source, self.path = source, path
+        self.hasher = hashlib.sha256()
+        self.chunks: list[pa.Array] = []
+        self.numbers: list[np.ndarray] = []
+
+    def documents(self) -> Iterator[tuple[str, str | None, str]]:
+        """(doc_id, title, text) of each document, after its checks."""
+        source, path = self.source, self.path
+        unit = "row" if source.format == "parquet" else "line"
+        chunk: list[str] = []
+        nums: list[int] = []
+        for number, record in _records(source, path, self.hasher):
+            doc_id = id_value(path, number, record, source.id_field, what="document id")
+            if doc_id is None:
+                raise DataError(path, f"{unit} has no document id (field {source.id_field!r})", number)
+            title = text_value(path, number, record, source.title_field) if source.title_field else None
+            text = doc_text(title, text_value(path, number, record, source.text_field))
+            if not text:
+                raise DataError(path, f"document {doc_id!r} has empty text", number)
+            chunk.append(doc_id)
+            nums.append(number)
+            if len(chunk) >= CorpusIds._CHUNK:
+                self.chunks.append(pa.array(chunk, type=pa.string()))
+                self.numbers.append(np.asarray(nums, dtype=np.int64))
+                chunk, nums = [], []
+            yield doc_id, title, text
+        if chunk:
+            self.chunks.append(pa.array(chunk, type=pa.string()))
+            self.numbers.append(np.asarray(nums, dtype=np.int64))
+
+    def info(self) -> CorpusInfo:
+        if not self.chunks:
+            raise DataError(self.path, "the corpus has no documents")
+        ids = CorpusIds(pa.chunked_array(self.chunks, type=pa.string()))
+        repeat = ids.first_duplicate()
+        if repeat is not None:
+            raise DataError(self.path, f"duplicate document id {ids.at(repeat)!r}",
+                            int(np.concatenate(self.numbers)[repeat]))
+        return CorpusInfo(path=self.path, count=len(ids), sha256=self.hasher.hexdigest(), ids=ids)
 
 
 def iter_corpus(source: CorpusSource, path: str, size: int = 4096) -> Iterator[dict[str, list[str]]]:

@@ -33,10 +33,10 @@ On the embedded engine the sync's owner actor holds the live shard (Qdrant Edge:
 shard), so a search in another process is refused with a clear error until the sync ends; a full
 build writes a new shard and leaves the live one searchable throughout.
 
-A sync that dies at any point leaves `sync.state: running` in the stamp and the stamp's
-corpus hash untouched. The re-run diffs the corpus against what the collection holds by
-then: what was upserted counts as unchanged, the rest is written, the deletes run, so it
-converges on the same collection.
+A sync that dies once its diff is done (nothing is written before) leaves `sync.state:
+running` in the stamp and the stamp's corpus hash untouched. The re-run diffs the corpus
+against what the collection holds by then: what was upserted counts as unchanged, the rest is
+written, the deletes run, so it converges on the same collection.
 """
 
 from __future__ import annotations
@@ -112,15 +112,16 @@ def sync(store: Store, spec: Spec, data: DomainData, run_id: str, live: str, mod
     """
     start = time.perf_counter()
     idx = spec.index
-    cols.update_stamp(store, live, sync={"state": "running", "run_id": run_id, "started": cols.now(),
-                                         "corpus_sha256": data.corpus.sha256})
-
+    # the diff's pass over the corpus is also its validation pass when that has not run yet
+    # (`DomainData.corpus_batches`): a bad corpus stops the sync here, before anything is written
     changes = diff(data, store, live, batch=idx.embed_batch_size, k=idx.verify_sample)
     added, updated, sample, count = changes.added, changes.updated, changes.sample, changes.count
     if changes.checksum[0] != data.corpus.count:
         raise IndexingError(f"the corpus read {changes.checksum[0]} documents during the sync, but "
                             f"{data.corpus.count} when it was checked: did {data.corpus.path} change meanwhile?")
     timings = {"diff": round(time.perf_counter() - start, 2)}
+    cols.update_stamp(store, live, sync={"state": "running", "run_id": run_id, "started": cols.now(),
+                                         "corpus_sha256": data.corpus.sha256})
 
     mark = time.perf_counter()
     encoder = Encoder(encoder_config(spec, model["path"], role="document", fingerprint=model["fingerprint"]),
@@ -240,10 +241,11 @@ class Changes:
 def diff(data: DomainData, store: Store, name: str, *, batch: int, k: int) -> Changes:
     """The corpus rows that are new or whose content hash changed against collection `name`.
 
-    The corpus streams through this process `batch` documents at a time; each batch's stored
-    hashes come from `stored_hashes` (the owner actor's lookup, or the server's). Changed rows
-    go to the object store a block (about `batch` rows) at a time, so this process holds one
-    batch and one block at most, whatever the corpus.
+    The corpus streams through this process `batch` documents at a time (and is validated on
+    the way, when it has not been: `DomainData.corpus_batches`); each batch's stored hashes come
+    from `stored_hashes` (the owner actor's lookup, or the server's). Changed rows go to the
+    object store a block (about `batch` rows) at a time, so this process holds one batch and
+    one block at most, whatever the corpus.
     """
     import pyarrow as pa
 
