@@ -138,7 +138,7 @@ def test_corpus_errors_name_file_and_line(tmp_path, lines, pattern):
     assert done == []
 
 
-def test_the_checked_batches_are_iter_corpus_batches_and_the_pass_is_check_corpus(tmp_path):
+def test_the_checked_batches_are_iter_corpus_batches_and_the_pass_is_check_corpus(tmp_path, monkeypatch):
     """A caller that streams the corpus before it was validated (the sync's diff) gets the
     documents `iter_corpus` reads and, after the last batch, what `check_corpus` learns; a
     `DomainData` that streamed it so never parses it again."""
@@ -157,6 +157,12 @@ def test_the_checked_batches_are_iter_corpus_batches_and_the_pass_is_check_corpu
 
     spec = validate_dict({"version": 1, "name": "c", "data": {"corpus": {"path": str(path)}}}, "spec.yaml")
     data = DomainData(spec)
+    import vectune.data
+
+    def second_parse(*args):
+        raise AssertionError("the corpus was parsed by a validation pass of its own")
+
+    monkeypatch.setattr(vectune.data, "check_corpus", second_parse)
     assert [b["doc_id"] for b in data.corpus_batches(4)] == [b["doc_id"] for b in streamed]
     assert "corpus" in data.__dict__ and data.corpus.sha256 == want.sha256  # known now, not parsed again
     assert list(data.corpus_batches(4)) == streamed  # and the next pass reads without checking

@@ -137,18 +137,7 @@ def checked_batches(source: CorpusSource, path: str, size: int, done: list) -> I
     duplicate ids are found then, so a caller acts on the batches only after the pass ends).
     For a caller that reads the whole corpus anyway: one parse instead of two."""
     pass_ = _CheckPass(source, path)
-    ids: list[str] = []
-    titles: list[str] = []
-    texts: list[str] = []
-    for doc_id, title, text in pass_.documents():
-        ids.append(doc_id)
-        titles.append(title or "")
-        texts.append(text)
-        if len(ids) >= size:
-            yield {"doc_id": ids, "title": titles, "text": texts}
-            ids, titles, texts = [], [], []
-    if ids:
-        yield {"doc_id": ids, "title": titles, "text": texts}
+    yield from _batches(pass_.documents(), size)
     done.append(pass_.info())
 
 
@@ -204,14 +193,24 @@ def iter_corpus(source: CorpusSource, path: str, size: int = 4096) -> Iterator[d
     corpus `check_corpus` has passed."""
     fields = [source.id_field, source.text_field] + ([source.title_field] if source.title_field else [])
     parquet = source.format == "parquet"
+
+    def documents():
+        for _, record in read_records(path, parquet=parquet, columns=fields if parquet else None):
+            title = record.get(source.title_field) if source.title_field else None
+            yield str(record[source.id_field]), title, doc_text(title, record.get(source.text_field))
+
+    return _batches(documents(), size)
+
+
+def _batches(documents: Iterable[tuple[str, str | None, str]], size: int) -> Iterator[dict[str, list[str]]]:
+    """(doc_id, title, text) triples as columns `size` documents at a time (a missing title: "")."""
     ids: list[str] = []
     titles: list[str] = []
     texts: list[str] = []
-    for _, record in read_records(path, parquet=parquet, columns=fields if parquet else None):
-        title = record.get(source.title_field) if source.title_field else None
-        ids.append(str(record[source.id_field]))
+    for doc_id, title, text in documents:
+        ids.append(doc_id)
         titles.append(title or "")
-        texts.append(doc_text(title, record.get(source.text_field)))
+        texts.append(text)
         if len(ids) >= size:
             yield {"doc_id": ids, "title": titles, "text": texts}
             ids, titles, texts = [], [], []
