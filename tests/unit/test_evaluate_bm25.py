@@ -8,8 +8,9 @@ import math
 
 import pytest
 
-from vectune.evaluate.bm25 import gains_over, rank
+from vectune.evaluate.bm25 import gains_over
 from vectune.ranking import bm25_model
+from vectune.ranking import bm25_rank as rank
 from vectune.spec.bm25 import Bm25Spec
 
 PLAIN = Bm25Spec(stopwords="none", stemmer="none")  # tokens are the words as written, lower-cased
@@ -138,9 +139,9 @@ def tiny(tiny_beir, monkeypatch):
             yield [d["_id"] for d in part], [doc_text(d.get("title"), d.get("text")) for d in part]
 
     built = []
-    real = bm25.rank
+    real = bm25.bm25_rank
     monkeypatch.setattr(bm25, "corpus_batches", lambda data, size=2: from_file(data, size))
-    monkeypatch.setattr(bm25, "rank", lambda *a, **kw: built.append(1) or real(*a, **kw))
+    monkeypatch.setattr(bm25, "bm25_rank", lambda *a, **kw: built.append(1) or real(*a, **kw))
     return tiny_beir, built
 
 

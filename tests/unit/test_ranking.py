@@ -80,3 +80,39 @@ def test_a_mode_without_its_vectors_is_refused():
         s.add(["a"], np.ones((1, 4), np.float32))
         with pytest.raises(ValueError, match="needs the vectors"):
             s.query(1, "hybrid", dense=np.ones((1, 4), np.float32), sparse=[([1], [1.0])])
+
+
+@pytest.mark.parametrize("fusion", ["rrf", "dbsf"])
+def test_fuse_of_the_two_lists_is_the_engines_hybrid(fusion):
+    """`fuse` (qdrant-client's fusion, for lists that come from elsewhere: the mine's exact dense
+    search and a BM25 ranking) orders and scores exactly as the engine's hybrid query fuses its
+    two prefetches, for both fusions."""
+    from vectune.ranking import fuse
+
+    rng = np.random.default_rng(11)
+    words = [f"w{i}" for i in range(40)]
+    texts = [" ".join(rng.choice(words, size=int(rng.integers(4, 12)))) for _ in range(60)]
+    ids = [f"d{i}" for i in range(60)]
+    dense = rng.normal(size=(60, 16)).astype(np.float32)
+    settings = Bm25Spec()
+    q_dense = rng.normal(size=(5, 16)).astype(np.float32)
+    q_sparse = bm25_vectors(settings, [" ".join(rng.choice(words, size=3)) for _ in range(5)], query=True)
+    with ScratchShard(16, True) as s:
+        s.add(ids, dense, bm25_vectors(settings, texts))
+        side_dense = s.query(20, "dense", dense=q_dense)
+        side_bm25 = s.query(20, "bm25", sparse=q_sparse)
+        served = s.query(15, "hybrid", dense=q_dense, sparse=q_sparse, fusion=fusion, rrf_k=7, prefetch=20)
+    for d_hits, b_hits, engine in zip(side_dense, side_bm25, served):
+        ours = fuse([list(d_hits.items()), list(b_hits.items())], fusion, limit=15, rrf_k=7)
+        assert len(ours) == len(engine) == 15
+        assert [score for _, score in ours] == pytest.approx(list(engine.values()), rel=1e-4)
+        # the same order wherever the scores are not tied
+        for (doc, score), (edoc, escore) in zip(ours, engine.items()):
+            assert doc == edoc or score == pytest.approx(escore, rel=1e-6)
+
+
+def test_fuse_refuses_an_unknown_fusion():
+    from vectune.ranking import fuse
+
+    with pytest.raises(ValueError, match="unknown fusion"):
+        fuse([[("a", 1.0)]], "mean", limit=1)

@@ -18,7 +18,7 @@ import pytest
 from vectune.data import DomainData
 from vectune.embed import Encoder, encoder_config
 from vectune.evaluate import Evaluation, score_run
-from vectune.evaluate.bm25 import rank
+from vectune.ranking import bm25_rank as rank
 from vectune.evaluate.gate import decide
 from vectune.mine.audit import score_report
 from vectune.pipeline import save_evaluation

@@ -23,6 +23,7 @@ def summary_tables(result: dict) -> list:
         "rows without negatives (trained on in-batch negatives)": result.get("rows_without_negatives", 0),
         "guards judged per": result.get("judged_per", "query"),
         "candidates considered": result["candidates"],
+        "candidates ranked by": _ranked_by(result.get("ranking")),
         "score source": result["score_source"],
     }
     if result["shown"]["candidates"]:
@@ -77,3 +78,10 @@ def register(app: typer.Typer) -> None:
 
         run(pipeline.mine, spec, json_=json_, verbose=verbose, show=_show, sets=sets, run_id=run_id,
             force=force)
+
+
+def _ranked_by(ranking: dict | None) -> str:
+    if not ranking or ranking["source"] == "dense":
+        return "the base model (dense)"
+    return (f"the base model and BM25, {ranking['fusion']} of each side's top {ranking['prefetch']} "
+            f"({ranking['from_bm25_only']} candidates only BM25 found)")

@@ -120,6 +120,12 @@ class DomainData:
         self.corpus  # validate first: Ray workers assume clean input
         return read_corpus(self.spec.data.corpus, self.corpus_path, blocks=blocks)
 
+    def text_batches(self, size: int = 1000):
+        """(document ids, texts) batches of at most `size`, streamed through Ray Data (the dataset
+        every stage reads: its `text` is title, a space and text), never collected."""
+        for batch in self.corpus_dataset().iter_batches(batch_format="numpy", batch_size=size):
+            yield [str(d) for d in batch["doc_id"]], [str(t) for t in batch["text"]]
+
     def corpus_batches(self, size: int = 4096):
         """The corpus in this process, `size` documents at a time (`corpus.iter_corpus`: the
         Dataset's columns, one batch held at a time); no Ray. Before the validation pass has

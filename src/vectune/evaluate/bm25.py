@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable
 
 from vectune.evaluate.metrics import score_run
 from vectune.evaluate.stage import Evaluation
-from vectune.ranking import ScratchShard, bm25_vectors
+from vectune.ranking import bm25_rank
 
 if TYPE_CHECKING:
     from vectune.data import DomainData
     from vectune.spec import Spec
-    from vectune.spec.bm25 import Bm25Spec
 
 log = logging.getLogger(__name__)
 
@@ -28,33 +27,10 @@ log = logging.getLogger(__name__)
 BATCH = 1000
 
 
-def rank(documents: Iterable[tuple[Sequence[str], Sequence[str]]], queries: dict[str, str], settings: Bm25Spec,
-         k: int) -> dict[str, dict[str, float]]:
-    """The top `k` documents of each query by BM25, with their scores.
-
-    Args:
-        documents: the corpus as batches of (document ids, texts), each batch upserted as it comes.
-        queries: query id -> text.
-        settings: the spec's `bm25` section.
-        k: how many documents each query keeps.
-
-    Returns:
-        query id -> {document id: score}; a query without a term the corpus has (all
-        stopwords, say) retrieves nothing.
-    """
-    qids = list(queries)
-    with ScratchShard(None, True) as shard:  # the ids only are kept, as the corpus check keeps them
-        for doc_ids, texts in documents:
-            shard.add(doc_ids, sparse=bm25_vectors(settings, texts))
-        ranked = shard.query(k, "bm25", sparse=bm25_vectors(settings, [queries[q] for q in qids], query=True))
-    return dict(zip(qids, ranked))
-
-
 def corpus_batches(data: DomainData, size: int = BATCH) -> Iterable[tuple[list[str], list[str]]]:
     """The corpus as (ids, texts) batches of at most `size`, streamed through Ray Data (the
     dataset every stage reads: its `text` is title + text), never collected."""
-    for batch in data.corpus_dataset().iter_batches(batch_format="numpy", batch_size=size):
-        yield [str(d) for d in batch["doc_id"]], [str(t) for t in batch["text"]]
+    return data.text_batches(size)
 
 
 def evaluate_bm25(spec: Spec, data: DomainData, split: str, *, fingerprint: str) -> Evaluation:
@@ -66,7 +42,7 @@ def evaluate_bm25(spec: Spec, data: DomainData, split: str, *, fingerprint: str)
     start = time.perf_counter()
     labels = data.labels(split)
     qids = sorted(labels.qrels)
-    run = rank(corpus_batches(data), {q: labels.queries[q] for q in qids}, spec.bm25, spec.evaluate.depth)
+    run = bm25_rank(corpus_batches(data), {q: labels.queries[q] for q in qids}, spec.bm25, spec.evaluate.depth)
     means, per_query = score_run(labels.qrels, run, spec.evaluate.metrics)
     seconds = time.perf_counter() - start
     log.info("bm25: %s on %d queries of split %r in %.1f s", ", ".join(f"{m} {v:.4f}" for m, v in means.items()),

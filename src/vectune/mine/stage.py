@@ -1,7 +1,9 @@
 """The mine stage: (query, positive) pairs in, (query, positive, hard negatives) rows out.
 
 Top to bottom: read and cap the training labels; embed the queries (driver, cached) and
-the corpus (Ray Data encoder pool, cached); exact top-k search in Ray tasks; one light
+the corpus (Ray Data encoder pool, cached); exact top-k search in Ray tasks, and when the
+candidates come from the hybrid ranking (`mine.search`), the queries' BM25 top-k in a
+scratch Qdrant Edge shard (`vectune.ranking.bm25_rank`); one light
 pass over the corpus for the candidates' text hashes (and the positives' texts, and
 cross-encoder scores when one is set); choose the negatives on the driver
 (`vectune.mine.select`); for the queries with a row whose window came out empty, a deeper
@@ -34,6 +36,7 @@ from vectune.mine.fallback import complete_rows
 from vectune.mine.lookup import DocFacts, gather
 from vectune.mine.select import QueryCandidates, choose_rows
 from vectune.precision import resolved
+from vectune.ranking import bm25_rank, fuse
 from vectune.runs import Run
 from vectune.spec import Spec
 
@@ -62,7 +65,14 @@ SCHEMA = pa.schema([
     ("negative_ranks", pa.list_(pa.int32())),  # each negative's rank in the query's search (-1: shown only)
 ])
 
-__all__ = ["AUDIT", "SCHEMA", "TRIPLES", "mine", "pair_cap", "select_pairs", "stage_inputs", "training_labels"]
+__all__ = ["AUDIT", "SCHEMA", "TRIPLES", "candidate_ranking", "mine", "pair_cap", "select_pairs", "stage_inputs",
+           "training_labels"]
+
+
+def candidate_ranking(spec: Spec) -> str:
+    """The ranking the candidates come from, `mine.search` resolved: `dense` or `hybrid`."""
+    chosen = spec.mine.search
+    return spec.search.mode if chosen == "served" else chosen
 
 
 def training_labels(spec: Spec, data: DomainData) -> Labels:
@@ -77,8 +87,9 @@ def training_labels(spec: Spec, data: DomainData) -> Labels:
 def stage_inputs(spec: Spec, data: DomainData) -> dict:
     """What the stage's output depends on: the data, model and mine settings, the data
     files' hashes and the base model's content fingerprint."""
+    sections = ("data", "model", "mine") + (("search", "bm25") if candidate_ranking(spec) == "hybrid" else ())
     return {
-        "sections": spec.section_digest("data", "model", "mine"),
+        "sections": spec.section_digest(*sections),
         "files": data.file_hashes(),
         "model": model_fingerprint(resolve_model(spec.model.base, spec.base_dir)),
     }
@@ -139,21 +150,28 @@ def _mine(spec: Spec, data: DomainData, run: Run) -> dict:
     queries = encode_texts([labels.queries[q] for q in qids], q_cfg, encoder=q_encoder)
     lap("queries")
     depth = {q: m.range_max + len(positives[q]) for q in qids}
-    k = max(depth.values()) + _SLACK
+    hybrid = candidate_ranking(spec) == "hybrid"
+    # a hybrid ranking fuses each side's top `prefetch`, as the served query does
+    k = max(max(depth.values()), spec.search.prefetch if hybrid else 0) + _SLACK
     # without an embedding cache a second search would encode the corpus again: search as
     # deep as the fallback may need at once (with a cache, only its queries search again)
     ahead = m.fallback.enabled and not d_cfg.cache_dir
     top, d_cfg, embedded_by = search_corpus(spec, data, model_path, queries,
                                             k + m.fallback.depth if ahead else k)
+    lexical = bm25_rank(data.text_batches(), {q: labels.queries[q] for q in qids}, spec.bm25,
+                        spec.search.prefetch) if hybrid else {}
     lap("search")
 
     # 2. one light pass: text hashes of every candidate, texts of positives and shown documents
     pool = {q: _ranked(top, qindex[q], k) for q in qids}
     extra = {d for q in qids for d in positives[q] + shown[q]}
-    wanted = {d for ids, _ in pool.values() for d in ids} | extra
+    wanted = {d for ids, _ in pool.values() for d in ids} | {d for hits in lexical.values() for d in hits} | extra
     blocks = max(2, math.ceil(data.corpus.count / m.batch_size))
     cross = _cross_plan(spec, [labels.queries[q] for q in qids], {
-        qindex[q]: pool[q][0] + positives[q] + shown[q] for q in qids}) if m.cross_encoder else None
+        qindex[q]: pool[q][0] + list(lexical.get(q, ())) + positives[q] + shown[q] for q in qids}
+    ) if m.cross_encoder else None
+    if lexical and not d_cfg.cache_dir:  # no cached vectors: BM25's candidates are encoded with the positives
+        extra |= {d for hits in lexical.values() for d in hits}
     facts = gather(data, wanted, extra, prefix=d_cfg.prefix, blocks=blocks, cross=cross)
     lap("candidates")
 
@@ -161,7 +179,8 @@ def _mine(spec: Spec, data: DomainData, run: Run) -> dict:
     score = _Scores(facts, queries, qindex, d_cfg, extra, cross is not None)
     choices, positive_scores, cands = {}, {}, {}
     for q in qids:
-        ids, scores = score.ranking(q, *pool[q], depth[q])
+        ids, scores = (score.fused(q, *pool[q], lexical[q], depth[q], spec.search) if hybrid
+                       else score.ranking(q, *pool[q], depth[q]))
         pos = score(q, positives[q])
         positive_scores.update({(q, p): float(v) for p, v in zip(positives[q], pos)})
         cands[q] = qc = QueryCandidates(
@@ -216,6 +235,9 @@ def _mine(spec: Spec, data: DomainData, run: Run) -> dict:
         "run_id": run.id, "triples": str(run.path(*TRIPLES)),
         "model": {"path": model_path, "fingerprint": d_cfg.fingerprint, "cross_encoder": m.cross_encoder},
         "corpus_vectors": embedded_by, "exact_scores": score.exact.enabled,
+        "ranking": {"source": candidate_ranking(spec), **({
+            "fusion": spec.search.fusion, "prefetch": spec.search.prefetch,
+            "from_bm25_only": score.bm25_only} if hybrid else {})},
         **build_audit(spec, labels, plan, positives, shown, facts.texts, choices, rows, cache, clock),
     }
     run.write_json("/".join(AUDIT), audit)
@@ -250,6 +272,7 @@ class _Scores:
         self.exact = ExactScorer(d_cfg, queries)
         self.d_cfg, self.extra = d_cfg, sorted(extra)
         self._vectors = None
+        self.bm25_only = 0  # hybrid candidates that only BM25 brought (within each query's depth)
 
     def ranking(self, q: str, ids: list[str], search_scores: np.ndarray, depth: int) -> tuple[list[str], np.ndarray]:
         """Candidates re-ranked by their exact bi-encoder scores and cut to `depth`, with
@@ -259,6 +282,22 @@ class _Scores:
         order = sorted(range(len(ids)), key=lambda i: (-bi[i], ids[i]))[:depth]
         ranked = [ids[i] for i in order]
         return ranked, self(q, ranked, bi[order])
+
+    def fused(self, q: str, ids: list[str], search_scores: np.ndarray, lexical: dict[str, float], depth: int,
+              search) -> tuple[list[str], np.ndarray]:
+        """Candidates in the hybrid order: the dense side's top `search.prefetch` by exact
+        bi-encoder score (ties by id, as `ranking`) fused with the BM25 side's (`lexical`, best
+        first) as `search` fuses them, cut to `depth`, with the scores the guards use."""
+        bi = self.bi_encoder(q, ids, search_scores)
+        order = sorted(range(len(ids)), key=lambda i: (-bi[i], ids[i]))[:search.prefetch]
+        dense = [(ids[i], float(bi[i])) for i in order]
+        ranked = [d for d, _ in fuse([dense, list(lexical.items())], search.fusion, limit=depth, rrf_k=search.rrf_k)]
+        known = dict(zip(ids, bi.tolist()))
+        missing = [d for d in ranked if d not in known]  # BM25 brought them: scored like the rest
+        self.bm25_only += len(missing)
+        if missing:
+            known.update(zip(missing, self.bi_encoder(q, missing).tolist()))
+        return ranked, self(q, ranked, np.asarray([known[d] for d in ranked], dtype=np.float32))
 
     def bi_encoder(self, q: str, ids: list[str], fallback: np.ndarray | None = None) -> np.ndarray:
         qi = self.qindex[q]

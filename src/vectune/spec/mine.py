@@ -3,8 +3,14 @@
 Semantics follow `sentence_transformers.util.mine_hard_negatives` (6.x) where the names
 are the same (`margin` is its `absolute_margin`):
 
-1. Candidates of a query are its `range_max + P` best documents under the base model
-   (P = its number of labelled positives), or under the cross-encoder when one is set.
+1. Candidates of a query are its `range_max + P` best documents (P = its number of labelled
+   positives) in the ranking `search` names: `dense`, the base model's exact search; `hybrid`,
+   the base model's and BM25's (`bm25` section) top `search.prefetch` each, fused as the
+   `search` section fuses them (`search.fusion`, `search.rrf_k`), so a negative is what the
+   served system would put in front of the positive; `served` (the default): `hybrid` when
+   `search.mode` is hybrid, else `dense`. Scores are the base model's (exact, from its cached
+   vectors), or the cross-encoder's when one is set; they decide the guards, never the order
+   of a hybrid ranking.
 2. Guards drop, in this order: the query's labelled positives (all of them, whatever the
    row); documents whose normalised text (lower-case, whitespace collapsed) equals a
    positive's; `margin`: a score above `reference - margin`; `relative_margin`: a score
@@ -36,7 +42,8 @@ are the same (`margin` is its `absolute_margin`):
    window is the first `range_max - range_min` survivors, taken as in 4; the rows record
    how many of their negatives came from it (`fallback_negatives`) and each negative's rank.
    Rows whose window is not empty are never touched, so single-positive data is unchanged
-   but for its rare emptied rows.
+   but for its rare emptied rows. The deeper ranks are the base model's dense ranking, whatever
+   `search` says (BM25 ranks nothing for a document without the query's terms).
 
    Deep candidates are likelier to be unlabelled positives than a hard negative should be,
    so each is audited. The ranking is cut into bands of `fallback.band` ranks; in each band
@@ -96,6 +103,9 @@ class FallbackSpec(Section):
 class MineSpec(Section):
     """How hard negatives are mined for the training pairs (see the module docstring)."""
 
+    search: Literal["served", "dense", "hybrid"] = Field(
+        "served", description="The ranking candidates come from: the base model's (`dense`), the base model and "
+                              "BM25 fused as `search` fuses them (`hybrid`), or the mode `search` serves (`served`).")
     num_negatives: int = Field(3, ge=1, le=64, description="Negatives per query (fewer when too few survive).")
     range_min: int = Field(0, ge=0, le=100_000, description="Skip this many best-ranked surviving candidates.")
     range_max: int = Field(100, ge=1, le=100_000, description="Look no deeper than this rank (plus the query's positives).")
