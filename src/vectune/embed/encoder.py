@@ -182,6 +182,11 @@ class Encoder:
         if preload:
             self.model  # noqa: B018 - load now
 
+    @property
+    def loaded(self) -> bool:
+        """Whether the model is loaded in this process already."""
+        return self._model is not None
+
     def computed_vector(self, text: str) -> np.ndarray | None:
         """The vector this encoder computed for `text` (prefix added here), if it did (`remember`)."""
         if not self.computed:
