@@ -217,7 +217,9 @@ def one(n: int, precision: str, args) -> dict:
     init_ray(RuntimeSpec(num_cpus=args.cpus))
     work = Path(tempfile.mkdtemp(prefix="vectune-scale-", dir=args.dir))
     try:
-        model = tiny_model(Path(args.model_dir))
+        # built by the parent: building it here would import torch and sentence-transformers into
+        # this process, the driver whose memory is measured, which a real driver never does
+        model = args.model_path or tiny_model(Path(args.model_dir))
         synthetic(work, n)
         spec_path = write_spec(work, model, precision, args)
         corpus = work / "corpus.jsonl"
@@ -278,6 +280,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "scale.json")
     ap.add_argument("--one", nargs=2, metavar=("N", "PRECISION"), help=argparse.SUPPRESS)
     ap.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--model-path", help=argparse.SUPPRESS)
     args = ap.parse_args()
     Path(args.model_dir).mkdir(parents=True, exist_ok=True)
     if args.one:
@@ -287,7 +290,7 @@ def main() -> None:
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     report = {"cpu_flags": sorted({f for f in ("avx512_bf16", "avx2") if f" {f}" in flags}), "cores": os.cpu_count(),
               "started": time.strftime("%Y-%m-%d %H:%M:%S"), "load_at_start": os.getloadavg(), "runs": []}
-    argv = [a for a in sys.argv[1:]]
+    argv = [a for a in sys.argv[1:]] + ["--model-path", tiny_model(Path(args.model_dir))]
     for n in args.sizes:
         for precision in args.precisions:
             with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:

@@ -224,6 +224,42 @@ def test_verification_rejects_wrong_vectors_missing_and_foreign_points(spec, fir
         client.close()
 
 
+def test_a_driver_without_the_model_verifies_in_a_ray_task(spec, first, monkeypatch):
+    """A driver that never loaded the model (a large re-index encodes in actors) has the sample's
+    fresh embeddings and the model's dimension computed in a Ray task: the same vectors, so a
+    good collection passes and wrong vectors are refused."""
+    from vectune.data import DomainData
+    from vectune.embed import apart as apart_mod
+    from vectune.embed import encoder_config
+    from vectune.index import verify as verify_mod
+    from vectune.index.store import Layout
+
+    apart = []
+    real = apart_mod._task
+    monkeypatch.setattr(apart_mod, "here", lambda encoder=None: False)  # as in a driver without torch
+    monkeypatch.setattr(apart_mod, "_task", lambda fn, gpus: apart.append(fn.__name__) or real(fn, gpus))
+    data = DomainData(spec)
+    path = first["model"]["path"]
+    client = _client(spec)
+    try:
+        source = cols.live_collection(client, "slice")
+        assert verify_mod.verify(client, source, spec, data, path, seed="y")["points"] == N_DOCS
+        assert apart == ["_encode"]
+        client.create("slice__wrong", Layout(size=384, distance="cosine"), stamp={})
+        points = [r for page in client.scroll(source, ["doc_id"]) for r in page]
+        client.upsert("slice__wrong", [p.id for p in points],
+                      np.random.default_rng(1).normal(size=(len(points), 384)).astype(np.float32),
+                      [p.payload for p in points])
+        with pytest.raises(IndexingError, match="does not match a fresh embedding"):
+            verify_mod.verify(client, "slice__wrong", spec, data, path, seed="y")
+        assert apart == ["_encode"] * 2
+        cfg = encoder_config(spec, path, role="document", cache=False)
+        assert apart_mod.dimension(apart_mod.Encoder(cfg)) == 384 and apart[-1] == "_dimension"
+    finally:
+        client.drop("slice__wrong")
+        client.close()
+
+
 def test_an_int8_collection_is_stamped_and_searched_in_int8(spec, sliced, first):
     """model.precision int8 builds and verifies a collection stamped int8 (its own identity);
     `vectune search` then embeds queries in int8 because the stamp says so, even with a spec

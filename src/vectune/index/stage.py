@@ -23,7 +23,8 @@ from pathlib import Path
 
 from vectune import _faults
 from vectune.data import DomainData
-from vectune.embed import compact_cache, embed_dataset, encoder_config, model_fingerprint, plan_actors, resolve_model
+from vectune.embed import (apart, compact_cache, embed_dataset, encoder_config, model_fingerprint, plan_actors,
+                           resolve_model)
 from vectune.embed.dataset import embed_here, expects_encoding, in_driver
 from vectune.embed.encoder import Encoder
 from vectune.runtime import ray_session
@@ -240,9 +241,10 @@ def construct(store: Store, spec: Spec, run_id: str, data: DomainData, name: str
     """
     start = time.perf_counter()
     cfg = encoder_config(spec, model["path"], role="document", fingerprint=model["fingerprint"])
-    # one uncached encoder on the driver: the dimension now, a fresh sample for verification later
+    # one uncached encoder: the dimension now, a fresh sample for verification later (a driver
+    # without the model asks a Ray task for both: vectune.embed.apart)
     fresh = Encoder(encoder_config(spec, model["path"], role="document", cache=False, fingerprint=model["fingerprint"]))
-    dimension = fresh.dimension
+    dimension = apart.dimension(fresh, spec.index.num_gpus)
     stamp = {**build_stamp(spec, data, run_id, model, dimension), **(extra or {})}
     old = store.read_stamp(name) if store.exists(name) else None
     reuse = (old is not None and old.get("state") in ("candidate", "scoring", "ready") and name != live

@@ -10,21 +10,18 @@
 5. their stored vectors match a fresh embedding of the same documents (cosine > 0.999),
    computed without the embedding cache, so a stale cache or a mix-up of models cannot pass:
    by the model the caller already holds when it encoded in this process (a small corpus),
-   in this process too when it has imported sentence-transformers already (the whole loop's
-   driver), else in a Ray task of its own, so the driver of a large re-index or sync never
-   imports torch and loads the model (hundreds of MiB it would keep to the end of the process).
+   else as `vectune.embed.apart` decides (a Ray task for a driver without the model).
 """
 
 from __future__ import annotations
 
 import heapq
 import logging
-import sys
 
 import numpy as np
 
 from vectune.data import DomainData
-from vectune.embed import Encoder, encode_texts, encoder_config
+from vectune.embed import Encoder, apart, encoder_config
 from vectune.errors import IndexingError
 from vectune.index.points import id_checksum, point_id, sample_key
 from vectune.index.store import DENSE, MEMORY, PAGE, Store
@@ -110,10 +107,7 @@ def verify(store: Store, name: str, spec: Spec, data: DomainData, model_path: st
     if redo:
         cfg = encoder_config(spec, model_path, role="document", cache=False)
         todo = [texts[d] for d in redo]
-        if (encoder is None or not encoder.loaded) and _ray_up() and "sentence_transformers" not in sys.modules:
-            again = _encoded_apart(cfg, todo, spec.index.num_gpus)
-        else:
-            again = encode_texts(todo, cfg, encoder=encoder if encoder is not None else Encoder(cfg))
+        again = apart.fresh_vectors(cfg, todo, encoder, spec.index.num_gpus)
         known.update(zip(redo, again))
     fresh = np.asarray([known[d] for d in ids], dtype=np.float32)
     empty = [d for d in ids if by_doc[d].vector is None]
@@ -130,25 +124,6 @@ def verify(store: Store, name: str, spec: Spec, data: DomainData, model_path: st
     return {"points": got, "ids_checksum": True, "id_checksum": checksum_text(checksum), "sampled": len(ids),
             "min_cosine": round(float(cos[worst]), 6),
             "encoded_again": len(redo)}
-
-
-def _ray_up() -> bool:
-    import ray
-
-    return ray.is_initialized()
-
-
-def _encode_task(cfg, texts: list[str]) -> np.ndarray:
-    return encode_texts(texts, cfg)
-
-
-def _encoded_apart(cfg, texts: list[str], num_gpus: float) -> np.ndarray:
-    """Fresh vectors of `texts` from a Ray task (a worker loads the model; the driver does not)."""
-    import ray
-
-    # no CPU reserved: a sample of documents, and the stage's own actors may still hold the CPUs
-    task = ray.remote(_encode_task).options(num_cpus=0, num_gpus=num_gpus or 0, max_retries=1)
-    return np.asarray(ray.get(task.remote(cfg, texts)), dtype=np.float32)
 
 
 def verify_ids(store: Store, name: str, data: DomainData, *, apart: bool = False,
