@@ -236,7 +236,7 @@ def test_second_evaluation_encodes_nothing(sl, first, monkeypatch):
 
     spec, result = first
     # BM25's scores come from the cache too: building its index again would fail the command
-    monkeypatch.setattr(bm25, "rank", lambda *a, **kw: pytest.fail("BM25 ranked again despite its cached scores"))
+    monkeypatch.setattr(bm25, "bm25_rank", lambda *a, **kw: pytest.fail("BM25 ranked again despite its cached scores"))
     model_path = json.loads((Path(result["run_dir"]) / "manifest.json").read_text())["models"]["base"]["path"]
     cfg = encoder_config(spec, model_path, role="document")
     store = EmbeddingCache(cfg.cache_dir).index_path
