@@ -241,6 +241,27 @@ def test_queries_the_margin_empties_whole_get_fallback_negatives(graded, mined):
     assert f"{len(starved)} of them from the fallback" in verdict["message"]
 
 
+def test_hybrid_candidates_on_graded_labels_still_guard_every_positive_and_fall_back(graded, mined):
+    """The hybrid mine (dense and BM25 fused) on many graded positives per query, under the rule
+    that empties most queries' windows: no labelled positive of any grade (nor a copy of its
+    text) becomes a negative, candidates only BM25 found take part, and every row still gets
+    its negatives, the fallback's from the dense ranking under the same audit and cap."""
+    off, on = mined("weakest-hybrid-off", reference="weakest", search="hybrid", **OFF), \
+        mined("weakest-hybrid", reference="weakest", search="hybrid")
+    assert on.audit["ranking"]["source"] == "hybrid" and on.audit["ranking"]["from_bm25_only"] > 0
+    starved = {q for q in graded.qrels if not any(r["negative_ids"] for (k, _), r in off.rows.items() if k == q)}
+    assert starved  # the margin empties queries here too
+    for (q, _), r in on.rows.items():
+        positive_texts = {graded.texts[d] for d in graded.qrels[q]}
+        assert not set(r["negative_ids"]) & set(graded.qrels[q])
+        assert not {graded.texts[d] for d in r["negative_ids"]} & positive_texts
+        if q in starved:
+            assert r["fallback_negatives"] == len(r["negative_ids"]) == 2, q
+    _check_fallback_negatives(graded, on, cap=0.1)
+    assert on.audit["share_of_queries_with_negatives"] == 1.0
+    assert on.audit["checks"]["negatives_labelled_positive"] == 0
+
+
 def test_the_cap_refuses_bands_above_it_and_the_walk_goes_deeper(graded, mined):
     cap = 0.03
     default, capped = mined("pair"), mined("pair-cap", **{"fallback.max_false_negative_rate": cap})
