@@ -278,19 +278,17 @@ class _Scores:
         """Candidates re-ranked by their exact bi-encoder scores and cut to `depth`, with
         the scores the guards use (the cross-encoder's when one is set)."""
         bi = self.bi_encoder(q, ids, search_scores)
-        # ties (the same text scores the same) broken by id, so the cut never depends on order
-        order = sorted(range(len(ids)), key=lambda i: (-bi[i], ids[i]))[:depth]
+        order = _best_first(ids, bi)[:depth]
         ranked = [ids[i] for i in order]
         return ranked, self(q, ranked, bi[order])
 
     def fused(self, q: str, ids: list[str], search_scores: np.ndarray, lexical: dict[str, float], depth: int,
               search) -> tuple[list[str], np.ndarray]:
         """Candidates in the hybrid order: the dense side's top `search.prefetch` by exact
-        bi-encoder score (ties by id, as `ranking`) fused with the BM25 side's (`lexical`, best
+        bi-encoder score (`_best_first`, as `ranking`) fused with the BM25 side's (`lexical`, best
         first) as `search` fuses them, cut to `depth`, with the scores the guards use."""
         bi = self.bi_encoder(q, ids, search_scores)
-        order = sorted(range(len(ids)), key=lambda i: (-bi[i], ids[i]))[:search.prefetch]
-        dense = [(ids[i], float(bi[i])) for i in order]
+        dense = [(ids[i], float(bi[i])) for i in _best_first(ids, bi)[:search.prefetch]]
         ranked = [d for d, _ in fuse([dense, list(lexical.items())], search.fusion, limit=depth, rrf_k=search.rrf_k)]
         known = dict(zip(ids, bi.tolist()))
         missing = [d for d in ranked if d not in known]  # BM25 brought them: scored like the rest
@@ -318,6 +316,12 @@ class _Scores:
         if self.cross:
             return np.asarray([self.facts.cross[(self.qindex[q], d)] for d in ids], dtype=np.float32)
         return bi if bi is not None else self.bi_encoder(q, ids)
+
+
+def _best_first(ids: list[str], scores: np.ndarray) -> list[int]:
+    """Positions of `ids` by score, best first; ties (the same text scores the same) broken by
+    id, so a cut never depends on the order the search returned them in."""
+    return sorted(range(len(ids)), key=lambda i: (-scores[i], ids[i]))
 
 
 def _rows(plan, labels, facts, choices, positive_scores) -> dict[str, list]:
