@@ -461,6 +461,9 @@ def _paused(sliced, tmp: Path, run_id: str, point: dict, *args) -> tuple[subproc
     return proc, marker, release
 
 
+# CI time (~25 s): the default tier has the shard check refusing a truncated segment
+# (tests/unit/test_index_store.py) and a failed re-index leaving the alias (the full-disk drill below)
+@pytest.mark.slow
 @pytest.mark.ray
 def test_a_truncated_segment_file_is_refused_by_verify_and_the_alias_stays(drilled, tmp_path):
     """Drill: a new version is built, then one of its segment files is truncated before

@@ -199,6 +199,9 @@ def test_lost_worker_resumes_within_the_run(mined, faults, mode):
     assert all(logged[s] < died for s in logged if s <= kept) and all(logged[s] > died for s in logged if s > kept)
 
 
+# CI time (~40 s: two Ray Train runs): the default tier refuses the tampered checkpoint through the
+# workers' own trainer in-process (tests/unit/test_train_resume.py); this is the whole path
+@pytest.mark.slow
 def test_resume_never_unpickles_code_from_the_runs_storage(mined, faults, tmp_path):
     """Checkpoint state is loaded with torch.load(weights_only=True): a checkpoint file in a
     shared runs volume that holds a pickled callable is refused, never run (defect 10)."""

@@ -219,3 +219,31 @@ def test_the_child_check_never_reruns_the_callers_script_and_a_dead_child_is_an_
     monkeypatch.setattr(sys, "executable", "/bin/false")
     with pytest.raises(IndexingError, match=r"'v1': the process reading its shard died \(exit code 1"):
         _in_child(str(tmp_path / "qdrant"), "v1", len(DOCS))
+
+
+def test_a_truncated_segment_file_is_refused_by_the_shard_check(tmp_path):
+    """Qdrant Edge: a shard whose payload page was truncated on disk (a crash or a full disk
+    mid-write) is refused by verification's shard check, with the engine's own words, and the
+    check's process survives the engine's panic (it reads the shard in a child). The whole drill,
+    a re-index paused before verify with the alias staying put, is
+    tests/integration/test_reliability.py::test_a_truncated_segment_file_is_refused_by_verify_and_the_alias_stays."""
+    import os
+    from pathlib import Path
+
+    from vectune.index.edge import EdgeStore
+    from vectune.index.verify import _in_child
+
+    root = tmp_path / "qdrant"
+    store = EdgeStore(Target(path=str(root)))
+    try:
+        _fill(store, "docs")
+        store.build_index("docs", Hnsw())  # as a re-index does before verify
+    finally:
+        store.close()
+    assert _in_child(str(root), "docs", len(DOCS))[0] == len(DOCS)  # sound before
+    pages = list(Path(root).glob("collections/docs/shard/segments/*/payload_storage/page_0.dat"))
+    assert pages, sorted(str(p.relative_to(root)) for p in Path(root).rglob("*") if p.is_file())
+    for page in pages:
+        os.truncate(page, 16)  # the payloads are cut off
+    with pytest.raises(IndexingError, match="Payload storage is corrupted"):
+        _in_child(str(root), "docs", len(DOCS))
