@@ -247,3 +247,22 @@ def test_a_truncated_segment_file_is_refused_by_the_shard_check(tmp_path):
         os.truncate(page, 16)  # the payloads are cut off
     with pytest.raises(IndexingError, match="Payload storage is corrupted"):
         _in_child(str(root), "docs", len(DOCS))
+
+
+def test_an_index_built_with_other_hnsw_settings_than_created_keeps_the_vectors(tmp_path):
+    """Qdrant Edge: a re-index resumed with the spec's HNSW settings changed since the version was
+    created reloads its shard with the new settings (and the same named vectors), builds, records
+    them, and serves the points it held."""
+    from vectune.index.edge import EdgeStore
+
+    store = EdgeStore(Target(path=str(tmp_path / "qdrant")))
+    try:
+        ids, vectors = _fill(store, "docs", sparse=True)
+        built = store.build_index("docs", Hnsw(m=8, ef_construct=32, ef=16))
+        assert (built["m"], built["ef_construct"], built["points"]) == (8, 32, len(DOCS))
+        layout = store.layout("docs")
+        assert (layout.hnsw.m, layout.hnsw.ef_construct, layout.hnsw.ef, layout.sparse) == (8, 32, 16, True)
+        assert store.count("docs", has_vector=DENSE) == len(DOCS)
+        assert store.search("docs", vectors[2], 1)[0].id == ids[2]
+    finally:
+        store.close()

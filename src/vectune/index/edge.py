@@ -24,6 +24,7 @@ shard open first checks the free space it needs (`DiskFull`, a clear error) inst
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -132,6 +133,19 @@ def engine_version() -> str:
         return version("qdrant-edge-py")
     except PackageNotFoundError:  # pragma: no cover - a source build
         return "unknown"
+
+
+def _config(layout: Layout):
+    """The Edge shard config of `layout`: its named dense (and BM25 sparse) vectors and its HNSW
+    settings, for creating a shard and for loading one with other HNSW settings."""
+    qe = _edge()
+    h, cold = layout.hnsw, qe.Memory.Cold
+    return qe.EdgeConfig(
+        vectors={DENSE: qe.EdgeVectorParams(size=layout.size, distance=getattr(qe.Distance, _DISTANCES[layout.distance]),
+                                            memory=cold if layout.on_disk else None)},
+        sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)} if layout.sparse else None,
+        hnsw_config=qe.HnswIndexConfig(m=h.m, ef_construct=h.ef_construct, full_scan_threshold=FULL_SCAN_THRESHOLD,
+                                       memory=cold if h.on_disk else None))
 
 
 def _reason(exc: BaseException) -> str:
@@ -253,17 +267,8 @@ class EdgeStore:
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
         h = layout.hnsw
-        cold = qe.Memory.Cold
-        config = qe.EdgeConfig(
-            vectors={DENSE: qe.EdgeVectorParams(size=layout.size, distance=getattr(qe.Distance,
-                                                                                    _DISTANCES[layout.distance]),
-                                                memory=cold if layout.on_disk else None)},
-            sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)} if layout.sparse else None,
-            hnsw_config=qe.HnswIndexConfig(m=h.m, ef_construct=h.ef_construct,
-                                           full_scan_threshold=FULL_SCAN_THRESHOLD,
-                                           memory=cold if h.on_disk else None))
         try:
-            self._shards[name] = qe.EdgeShard.create(str(folder / "shard"), config)
+            self._shards[name] = qe.EdgeShard.create(str(folder / "shard"), _config(layout))
         except BaseException as exc:  # noqa: BLE001
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
@@ -435,10 +440,8 @@ class EdgeStore:
             shard = self._shards.pop(name, None)
             if shard is not None:
                 shard.close()
-            self._shards[name] = qe.EdgeShard.load(str(self._dir(name) / "shard"), qe.EdgeConfig(
-                hnsw_config=qe.HnswIndexConfig(m=hnsw.m, ef_construct=hnsw.ef_construct,
-                                               full_scan_threshold=FULL_SCAN_THRESHOLD,
-                                               memory=qe.Memory.Cold if hnsw.on_disk else None)))
+            self._shards[name] = qe.EdgeShard.load(str(self._dir(name) / "shard"),
+                                                   _config(dataclasses.replace(self.layout(name), hnsw=hnsw)))
         record["hnsw"] = {"m": hnsw.m, "ef_construct": hnsw.ef_construct, "ef": hnsw.ef, "on_disk": hnsw.on_disk}
         write_json(self._dir(name) / "version.json", record)
         start = time.perf_counter()
