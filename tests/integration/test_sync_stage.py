@@ -169,6 +169,31 @@ def test_mixed_changes_sync_in_place_to_what_a_full_rebuild_holds(spec, sliced, 
     assert manifest["stages"]["reindex"]["outputs"]["updated"] == 6
 
 
+def test_a_driver_without_the_model_syncs_a_small_change_in_one_ray_task(spec, sliced, scifact, first, monkeypatch):
+    """A driver that holds no model (a scheduled sync's) has the few changed documents encoded by
+    one Ray task, never loading the model itself; the verification reuses that task's vectors (no
+    second task), and the stored vectors are the model's for the new texts."""
+    from vectune.embed import Encoder, encoder_config
+    from vectune.embed import apart as apart_mod
+    from vectune.pipeline import reindex
+
+    tasks = []
+    real = apart_mod._task
+    monkeypatch.setattr(apart_mod, "here", lambda encoder=None: False)  # as in a driver without torch
+    monkeypatch.setattr(apart_mod, "_task", lambda fn, gpus: tasks.append(fn.__name__) or real(fn, gpus))
+    changed = _change(sliced, scifact, modified=2, added=1, removed=0, seed=5)
+    result = reindex(spec, run_id="s-apart")
+    assert result["mode"] == "incremental" and (result["added"], result["updated"]) == (1, 2)
+    assert tasks == ["_remembered"]  # the verification sample was among them: reused, not encoded again
+    assert result["verified"]["encoded_again"] == 0 and result["verified"]["min_cosine"] > 0.999
+    stored = _points(spec)
+    docs = sorted(changed["modified"] | changed["added"])
+    fresh = Encoder(encoder_config(spec, first["model"]["path"], role="document", cache=False)).encode(
+        [stored[d][1]["text"] for d in docs])
+    fresh /= np.linalg.norm(fresh, axis=1, keepdims=True)
+    assert min(float(stored[d][0] @ v) for d, v in zip(docs, fresh)) > 0.9999
+
+
 def test_an_empty_diff_writes_nothing(spec, sliced, first, monkeypatch):
     import vectune.data
     from vectune import _faults

@@ -1,7 +1,8 @@
 """Model work a driver hands to a Ray task when it holds no model of its own.
 
 A large re-index or sync encodes in actors; its driver still needs the output dimension
-(to create the collection) and a few fresh embeddings (to verify the stored vectors).
+(to create the collection), a few fresh embeddings (to verify the stored vectors) and, in a
+sync, the vectors of the few changed documents when they fit in one batch.
 Loading the model for those would import torch and sentence-transformers into the driver:
 hundreds of MiB it keeps to the end of the process, whatever the corpus size. So a driver
 that has not imported sentence-transformers asks a Ray task instead; one that has (a small
@@ -17,7 +18,7 @@ import numpy as np
 from vectune.embed.dataset import encode_texts
 from vectune.embed.encoder import Encoder, EncoderConfig
 
-__all__ = ["dimension", "fresh_vectors", "here"]
+__all__ = ["dimension", "encode", "fresh_vectors", "here"]
 
 
 def here(encoder: Encoder | None = None) -> bool:
@@ -35,6 +36,11 @@ def _dimension(cfg: EncoderConfig) -> int:
 
 def _encode(cfg: EncoderConfig, texts: list[str]) -> np.ndarray:
     return encode_texts(texts, cfg)
+
+
+def _remembered(cfg: EncoderConfig, texts: list[str]) -> tuple[np.ndarray, dict]:
+    encoder = Encoder(cfg, remember=True)
+    return encoder.encode(texts), encoder.computed
 
 
 def _task(fn, num_gpus: float):
@@ -62,3 +68,26 @@ def fresh_vectors(cfg: EncoderConfig, texts: list[str], encoder: Encoder | None 
     import ray
 
     return np.asarray(ray.get(_task(_encode, num_gpus).remote(cfg, texts)), dtype=np.float32)
+
+
+def encode(encoder: Encoder, texts: list[str], num_gpus: float = 0, progress=None) -> np.ndarray:
+    """Vectors of `texts` under `encoder`'s config, its embedding cache included: by `encoder` in
+    this process when `here`, else by a Ray task, whose new cache entries land in the same cache
+    folder (compacted by the caller, as after actors) and whose freshly computed vectors
+    `encoder` then remembers (with `remember`) as if it had computed them, so a verification
+    that follows does not run the model on them again. `progress` is ticked per text."""
+    from vectune.progress import tick
+
+    if here(encoder):
+        encoder.progress, before = progress, encoder.progress
+        try:
+            return encoder.encode(texts)
+        finally:
+            encoder.progress = before
+    import ray
+
+    vectors, computed = ray.get(_task(_remembered, num_gpus).remote(encoder.config, texts))
+    if encoder.computed is not None:
+        encoder.computed.update(computed)
+    tick(progress, len(texts))
+    return np.asarray(vectors, dtype=np.float32)

@@ -7,8 +7,9 @@ When the live collection's stamp matches what a build would write now (see
       the stored `text_hash` of the batch's point ids in the live collection (the owner actor
       that holds an Edge shard looks them up beside it; a server is asked directly)
       -> the added and changed rows only, put in the object store a block at a time
-      -> embedded through the cache (on the driver when they fit in one Ray batch, else by the
-         encoder actors) and upserted into the live collection (write tasks)
+      -> embedded through the cache (when they fit in one Ray batch, by one Ray task, or by the
+         driver if it holds the model already; else by the encoder actors) and upserted into the
+         live collection (write tasks)
       (the diff also sums the corpus's point ids into their `id_checksum` and keeps them as sorted
       16-byte keys: 16 MB at a million documents)
     live collection, after the upserts: one streamed scroll of ids (beside the shard, by its owner
@@ -50,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from vectune.data import DomainData
-from vectune.embed import Encoder, compact_cache, embed_dataset, encoder_config, plan_actors
+from vectune.embed import Encoder, apart, compact_cache, embed_dataset, encoder_config, plan_actors
 from vectune.embed.dataset import expects_encoding
 from vectune.errors import IndexingError
 from vectune.index import collections as cols
@@ -336,8 +337,10 @@ def _write(store: Store, spec: Spec, live: str, changed, count: int, encoder: En
     """Embed and upsert the changed rows; returns the points written.
 
     `changed` is the rows as one batch on the driver (up to one Ray batch of them), or a
-    Dataset of them (`Changes.rows`). The driver encodes a batch itself (it loads the model to verify anyway): no actor
-    pool to start. A Dataset goes through the encoder actors, then to the store from write tasks
+    Dataset of them (`Changes.rows`). A batch is encoded by one Ray task (`apart.encode`: no
+    actor pool to start, and no model loaded into the driver, which then stays the same size
+    whatever the sync), or by the driver when it holds the model already; the verification reuses
+    those vectors. A Dataset goes through the encoder actors, then to the store from write tasks
     (to a server in parallel, to an Edge shard through the actor that holds it).
     """
     if count == 0:
@@ -347,8 +350,8 @@ def _write(store: Store, spec: Spec, live: str, changed, count: int, encoder: En
     cfg = encoder.config
     with track("sync changed documents", count) as counter:
         if isinstance(changed, dict):
-            encoder.progress = counter
-            batch = {**changed, "embedding": encoder.encode([str(t) for t in changed["text"]])}
+            vectors = apart.encode(encoder, [str(t) for t in changed["text"]], idx.num_gpus, progress=counter)
+            batch = {**changed, "embedding": vectors}
             written = upsert_columns(store, live, batch, batch_size=idx.batch_size, payload=payload,
                                      bm25=bm25_settings(spec))
         else:
