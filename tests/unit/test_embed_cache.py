@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from vectune.embed.cache import cache_key
 
@@ -172,3 +173,21 @@ def test_compaction_holds_one_shard_of_vectors_not_the_store(tmp_path):
     before, peak = _peak_rss_during(lambda: EmbeddingCache(tmp_path).compact())
     assert peak - before < 0.15 * raw, f"the second compaction grew RSS by {(peak - before) / 2**20:.0f} MiB"
     assert len(EmbeddingCache(tmp_path)) == n + n // 2
+
+
+def test_rows_are_read_by_pread_exactly_as_stored_in_both_layouts(tmp_path):
+    """The reader's rows (`_RowFile`, pread in runs of consecutive rows): any order, repeats,
+    runs, none; the raw file and an `.npy` of the earlier layout; a row past the end refused."""
+    from vectune.embed.cache import _RowFile
+
+    stored = _vectors(1000, 4, dim=7)
+    stored.tofile(tmp_path / "v.f32")
+    np.save(tmp_path / "v.npy", stored)
+    picks = [[3], [5, 5, 6, 7, 100, 2, 999, 0], np.random.default_rng(1).integers(0, 1000, 500), list(range(1000)), []]
+    for rows in (_RowFile(tmp_path / "v.f32", 1000, 7), _RowFile.of_npy(tmp_path / "v.npy")):
+        assert rows.shape == (1000, 7)
+        for pick in picks:
+            pick = np.asarray(pick, dtype=np.int64)
+            assert np.array_equal(rows[pick], stored[pick])
+        with pytest.raises(IndexError):
+            rows[np.array([1000])]

@@ -3,7 +3,7 @@
 Layout under `<runs>/_cache/embeddings/<key>/`, where `key` hashes the model fingerprint
 and every setting that changes a vector (max_seq_length, prefix, normalisation):
 
-    store/vectors.f32   float32 vectors, raw, in the order they were added (memory-mapped on read)
+    store/vectors.f32   float32 vectors, raw, in the order they were added (read by row on lookup)
     store/index.npz     sorted uint64 text hashes, each one's row in vectors.f32, the rows in use
                         and the dimension: replaced atomically, so a reader sees a whole index
     pending/*.npz       new vectors written by encoder workers, merged by `compact()`
@@ -13,7 +13,9 @@ writes only what is new, whatever the store's size, and readers holding the old 
 past its rows. (Stores written before, `store/hashes.npy` + `vectors.npy` in hash order, are read
 as they are and converted by their next compaction.)
 
-Readers keep only the hashes and rows in memory (16 bytes a text); vectors stay on disk.
+Readers keep only the hashes and rows in memory (16 bytes a text); vectors stay on disk, and a
+lookup reads the rows it needs with `pread` (`_RowFile`), so a reader's memory never holds more
+of them than one lookup's.
 The folder must be visible to every node that encodes (a shared mount on a cluster).
 """
 
@@ -48,6 +50,60 @@ def cache_key(fingerprint: str, *, max_seq_length: int | None, prefix: str, norm
     return hashlib.sha256(blob).hexdigest()[:20]
 
 
+class _RowFile:
+    """The rows of a float32 matrix stored raw in a file from byte `offset` on, read with `pread`
+    (`rows[array_of_row_numbers]`, runs of consecutive rows in one call): the process holds only
+    the rows it asked for. A memory map would read the same, but every page a lookup touched
+    stays mapped and counts in the reader's RSS: in a cached re-index of 1M documents each encoder
+    actor grew by most of the 1.5 GB file (benchmarks/cache_rss.py)."""
+
+    def __init__(self, path: Path, count: int, dim: int, offset: int = 0):
+        self.path, self.shape, self.offset = Path(path), (int(count), int(dim)), int(offset)
+
+    @classmethod
+    def of_npy(cls, path: Path) -> "_RowFile":
+        """An `.npy` file of float32 rows (C order), past its header."""
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(fh)
+            if dtype != np.float32 or fortran or len(shape) != 2:
+                raise ValueError(f"{path}: expected a C-order float32 matrix, found {dtype} {shape}")
+            return cls(path, shape[0], shape[1], fh.tell())
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        dim = self.shape[1]
+        out = np.empty((len(rows), dim), dtype=np.float32)
+        if not len(rows):
+            return out
+        if rows.min() < 0 or rows.max() >= self.shape[0]:
+            raise IndexError(f"rows outside 0..{self.shape[0] - 1} of {self.path}")
+        order = np.argsort(rows, kind="stable")
+        ordered = rows[order]
+        starts = np.flatnonzero(np.diff(ordered, prepend=ordered[0] - 2) != 1)  # each run of consecutive rows
+        ends = np.append(starts[1:], len(ordered))
+        width = dim * 4
+        got = np.empty_like(out)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            for a, b in zip(starts.tolist(), ends.tolist()):
+                view, at, done = memoryview(got[a:b]).cast("B"), self.offset + int(ordered[a]) * width, 0
+                while done < len(view):  # straight into the result; a short read goes on where it stopped
+                    n = os.preadv(fd, [view[done:]], at + done)
+                    if n == 0:
+                        raise OSError(f"{self.path}: ends before row {int(ordered[b - 1])}")
+                    done += n
+        finally:
+            os.close(fd)
+        out[order] = got
+        return out
+
+
 class EmbeddingCache:
     """Look up and add vectors by text hash. Safe for many writers; compaction is single-writer."""
 
@@ -72,10 +128,10 @@ class EmbeddingCache:
                 self._hashes, self._rows = z["hashes"], z["rows"]
                 count, dim = int(z["count"]), int(z["dim"])
             if count:
-                self._vectors = np.memmap(store / "vectors.f32", dtype=np.float32, mode="r", shape=(count, dim))
+                self._vectors = _RowFile(store / "vectors.f32", count, dim)
         elif (store / "hashes.npy").exists():  # the earlier layout: vectors in hash order
             self._hashes = np.load(store / "hashes.npy")
-            self._vectors = np.load(store / "vectors.npy", mmap_mode="r")
+            self._vectors = _RowFile.of_npy(store / "vectors.npy")
             self._rows = np.arange(len(self._hashes), dtype=np.int64)
         # pending shards (written since the last compaction: small, merged after every stage)
         # are visible too, held apart from the store, whose vectors stay on disk. Only their
