@@ -72,9 +72,6 @@ class _RowFile:
                 raise ValueError(f"{path}: expected a C-order float32 matrix, found {dtype} {shape}")
             return cls(path, shape[0], shape[1], fh.tell())
 
-    def __len__(self) -> int:
-        return self.shape[0]
-
     def __getitem__(self, rows) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         dim = self.shape[1]
@@ -112,7 +109,7 @@ class EmbeddingCache:
         self.pending = self.root / "pending"
         self.pending.mkdir(parents=True, exist_ok=True)
         self._hashes: np.ndarray | None = None
-        self._vectors: np.ndarray | None = None
+        self._vectors: _RowFile | None = None
         self._load()
 
     @property
@@ -267,14 +264,12 @@ class EmbeddingCache:
         """A store of the earlier layout (hashes.npy + vectors.npy in hash order) into this one:
         its vectors copied once, in order, chunk by chunk (plain reads: no map holds the store)."""
         hashes = np.load(store / "hashes.npy")
-        with open(store / "vectors.npy", "rb") as src:
-            version = np.lib.format.read_magic(src)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
-            shape, _, _ = read_header(src)
-            dim = shape[1]
+        old = _RowFile.of_npy(store / "vectors.npy")
+        (count, dim) = old.shape
+        with open(old.path, "rb") as src:
+            src.seek(old.offset)
             with open(store / "vectors.f32", "wb") as dst:
-                left = shape[0] * dim * 4
+                left = count * dim * 4
                 while left:
                     chunk = src.read(min(left, _COPY_ROWS * dim * 4))
                     dst.write(chunk)
