@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
+import weakref
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from vectune.data._files import filesystem, id_value, read_records, text_value
 from vectune.errors import DataError
@@ -22,84 +24,122 @@ def doc_text(title: str | None, text: str | None) -> str:
     return f"{title or ''} {text or ''}".strip()
 
 
+class _Spill:
+    """Arrow string arrays appended to a temporary file that is unlinked as soon as it is made
+    (nothing is left behind, even by a kill), read back one array at a time with `pread`: the
+    ids of a corpus held on disk, never in the driver's memory."""
+
+    _SCHEMA = pa.schema([("id", pa.string())])
+
+    def __init__(self):
+        fd, path = tempfile.mkstemp(prefix="vectune-ids-")
+        os.unlink(path)
+        self._fd, self._spans, self._end = fd, [], 0
+        self._close = weakref.finalize(self, os.close, fd)
+
+    def append(self, ids: pa.Array) -> None:
+        data = memoryview(pa.record_batch([ids], schema=self._SCHEMA).serialize())
+        done = 0
+        while done < len(data):
+            done += os.pwrite(self._fd, data[done:], self._end + done)
+        self._spans.append((self._end, len(data)))
+        self._end += len(data)
+
+    def __len__(self) -> int:
+        return len(self._spans)
+
+    def __getitem__(self, i: int) -> pa.Array:
+        at, size = self._spans[i]
+        parts, done = [], 0
+        while done < size:
+            part = os.pread(self._fd, size - done, at + done)
+            if not part:
+                raise OSError("the corpus id spill file ends early")
+            parts.append(part)
+            done += len(part)
+        return pa.ipc.read_record_batch(pa.py_buffer(b"".join(parts)), self._SCHEMA).column(0)
+
+
 class CorpusIds(AbstractSet):
-    """The corpus's document ids, held compactly for a driver that must not grow with the
-    corpus: the ids in file order as one Arrow string array, and a sorted 64-bit key per id
-    with its position, for exact membership by binary search. About 30 bytes a document
-    (1M ids of ~10 characters: ~30 MB) where a `set` of `str` takes ~100.
+    """The corpus's document ids, for a driver that must not grow with the corpus: in memory,
+    one sorted 64-bit key per id (8 bytes a document, whatever the ids' length); the ids
+    themselves, in file order, in chunks of `_CHUNK` (on disk, `_Spill`, for a corpus read by
+    `check_corpus`), read back one chunk at a time when iterated.
 
     A read-only set (`collections.abc.Set`: `in`, `len`, comparisons, `|` and `-` giving plain
-    sets), iterated in file order, plus `isin` for a batch. Keys are Python's own string hash,
-    which differs between processes: a copy sent to another process rebuilds them there from
-    the ids."""
+    sets), iterated in file order, plus `isin` for a batch. Membership compares keys (Python's
+    64-bit string hash): a string that is not an id is taken for one only if its key equals an
+    id's, with a chance of about n / 2**64 (5e-14 at a million ids); the duplicate check, whose
+    answer refuses a corpus, compares the ids themselves. Keys differ between processes: a copy
+    sent to another process carries the ids and rebuilds its keys there."""
 
     _CHUNK = 65_536
 
-    def __init__(self, ids: pa.Array):
-        self._ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
-        keys = np.empty(len(self._ids), dtype=np.int64)
-        for start in range(0, len(self._ids), self._CHUNK):
-            chunk = self._ids.slice(start, self._CHUNK).to_pylist()
-            keys[start:start + len(chunk)] = np.fromiter(map(hash, chunk), dtype=np.int64, count=len(chunk))
-        self._order = np.argsort(keys, kind="stable").astype(np.uint32 if len(keys) < 2**32 else np.int64)
-        self._keys = keys[self._order]
+    def __init__(self, chunks, keys: np.ndarray):
+        self._chunks, self._keys = chunks, keys
+        self._count = len(keys)
+
+    @staticmethod
+    def keys_of(ids: list[str]) -> np.ndarray:
+        return np.fromiter(map(hash, ids), dtype=np.int64, count=len(ids))
 
     @classmethod
     def of(cls, ids: Iterable[str]) -> "CorpusIds":
-        return cls(pa.array([str(d) for d in ids], type=pa.string()))
+        """Ids held in memory (a small set, or a copy received from another process)."""
+        ids = [str(d) for d in ids]
+        chunks = [pa.array(ids[i:i + cls._CHUNK], type=pa.string()) for i in range(0, len(ids), cls._CHUNK)]
+        keys = cls.keys_of(ids)
+        keys.sort()
+        return cls(chunks, keys)
 
     @classmethod
     def _from_iterable(cls, it) -> set:
         return set(it)  # what a set operation makes is small and plain
 
     def __reduce__(self):
-        return CorpusIds, (self._ids,)
+        return CorpusIds.of, (list(self),)
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return self._count
 
     def __iter__(self) -> Iterator[str]:
-        for start in range(0, len(self._ids), self._CHUNK):
-            yield from self._ids.slice(start, self._CHUNK).to_pylist()
+        for i in range(len(self._chunks)):
+            yield from self._chunks[i].to_pylist()
 
     def __contains__(self, doc_id) -> bool:
-        if not isinstance(doc_id, str):
+        if not isinstance(doc_id, str) or not self._count:
             return False
         key = hash(doc_id)
         i = int(np.searchsorted(self._keys, key))
-        while i < len(self._keys) and self._keys[i] == key:  # equal keys: compare the ids themselves
-            if self._ids[int(self._order[i])].as_py() == doc_id:
-                return True
-            i += 1
-        return False
+        return i < self._count and int(self._keys[i]) == key
 
     def isin(self, doc_ids: list[str]) -> np.ndarray:
-        """Whether each of `doc_ids` is a corpus id: one boolean per id, exact."""
-        if not doc_ids or not len(self._keys):
+        """Whether each of `doc_ids` is a corpus id: one boolean per id."""
+        if not doc_ids or not self._count:
             return np.zeros(len(doc_ids), dtype=bool)
-        keys = np.fromiter(map(hash, doc_ids), dtype=np.int64, count=len(doc_ids))
-        at = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
-        hit = self._keys[at] == keys
-        # the id at the first equal key is the same string but for a hash collision, checked
-        # by Arrow in one pass; the rare collision is settled one id at a time
-        same = pc.equal(pa.array(doc_ids, type=pa.string()), self._ids.take(pa.array(self._order[at]))) \
-            .to_numpy(zero_copy_only=False)
-        out = hit & same
-        for j in np.flatnonzero(hit & ~same):
-            out[j] = doc_ids[j] in self
-        return out
+        keys = self.keys_of([str(d) for d in doc_ids])
+        at = np.minimum(np.searchsorted(self._keys, keys), self._count - 1)
+        return self._keys[at] == keys
 
     def first_duplicate(self) -> int | None:
-        """The file position of the first id that repeats an earlier one, or None."""
-        equal = np.flatnonzero(self._keys[1:] == self._keys[:-1])
-        later = [max(int(self._order[i]), int(self._order[i + 1])) for i in equal
-                 if self._ids[int(self._order[i])].as_py() == self._ids[int(self._order[i + 1])].as_py()]
-        if not later:
+        """The file position of the first id that repeats an earlier one, or None. Equal keys
+        name the candidates; one pass over the ids compares those ids themselves."""
+        suspects = np.unique(self._keys[1:][self._keys[1:] == self._keys[:-1]])
+        if not len(suspects):
             return None
-        return min(later)
+        seen: set[str] = set()
+        for i in range(len(self._chunks)):
+            chunk = self._chunks[i].to_pylist()
+            keys = self.keys_of(chunk)
+            hit = np.flatnonzero(np.isin(keys, suspects))
+            for j in hit.tolist():
+                if chunk[j] in seen:
+                    return i * self._CHUNK + j
+                seen.add(chunk[j])
+        return None
 
     def at(self, position: int) -> str:
-        return self._ids[position].as_py()
+        return self._chunks[position // self._CHUNK][position % self._CHUNK].as_py()
 
 
 @dataclass
@@ -143,20 +183,24 @@ def checked_batches(source: CorpusSource, path: str, size: int, done: list) -> I
 
 class _CheckPass:
     """One validation pass over the corpus file: its documents, checked one by one, then what
-    it learnt (`info`: count, sha256, ids, after the duplicate check)."""
+    it learnt (`info`: count, sha256, ids, after the duplicate check). The ids go to a spill
+    file a chunk at a time as they are read, with a key each in memory (`CorpusIds`)."""
 
     def __init__(self, source: CorpusSource, path: str):
         self.source, self.path = source, path
         self.hasher = hashlib.sha256()
-        self.chunks: list[pa.Array] = []
-        self.numbers: list[np.ndarray] = []
+        self.spill = _Spill()
+        self.keys: list[np.ndarray] = []
+
+    def _keep(self, chunk: list[str]) -> None:
+        self.spill.append(pa.array(chunk, type=pa.string()))
+        self.keys.append(CorpusIds.keys_of(chunk))
 
     def documents(self) -> Iterator[tuple[str, str | None, str]]:
         """(doc_id, title, text) of each document, after its checks."""
         source, path = self.source, self.path
         unit = "row" if source.format == "parquet" else "line"
         chunk: list[str] = []
-        nums: list[int] = []
         for number, record in _records(source, path, self.hasher):
             doc_id = id_value(path, number, record, source.id_field, what="document id")
             if doc_id is None:
@@ -166,25 +210,32 @@ class _CheckPass:
             if not text:
                 raise DataError(path, f"document {doc_id!r} has empty text", number)
             chunk.append(doc_id)
-            nums.append(number)
             if len(chunk) >= CorpusIds._CHUNK:
-                self.chunks.append(pa.array(chunk, type=pa.string()))
-                self.numbers.append(np.asarray(nums, dtype=np.int64))
-                chunk, nums = [], []
+                self._keep(chunk)
+                chunk = []
             yield doc_id, title, text
         if chunk:
-            self.chunks.append(pa.array(chunk, type=pa.string()))
-            self.numbers.append(np.asarray(nums, dtype=np.int64))
+            self._keep(chunk)
 
     def info(self) -> CorpusInfo:
-        if not self.chunks:
+        if not self.keys:
             raise DataError(self.path, "the corpus has no documents")
-        ids = CorpusIds(pa.chunked_array(self.chunks, type=pa.string()))
+        keys = np.concatenate(self.keys)
+        self.keys = []
+        keys.sort()
+        ids = CorpusIds(self.spill, keys)
         repeat = ids.first_duplicate()
         if repeat is not None:
-            raise DataError(self.path, f"duplicate document id {ids.at(repeat)!r}",
-                            int(np.concatenate(self.numbers)[repeat]))
+            raise DataError(self.path, f"duplicate document id {ids.at(repeat)!r}", self._number(repeat))
         return CorpusInfo(path=self.path, count=len(ids), sha256=self.hasher.hexdigest(), ids=ids)
+
+    def _number(self, position: int) -> int:
+        """The line (or row) number of the document at `position`: the file read again up to
+        it (only to name a repeated id's line; the pass keeps no number per document)."""
+        for i, (number, _) in enumerate(_records(self.source, self.path, None)):
+            if i == position:
+                return number
+        raise AssertionError(f"{self.path}: no document at position {position}")
 
 
 def iter_corpus(source: CorpusSource, path: str, size: int = 4096) -> Iterator[dict[str, list[str]]]:
