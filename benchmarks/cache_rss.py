@@ -39,7 +39,7 @@ def build(root: Path, n: int, chunk: int = 50_000) -> None:
     """A compacted cache of `n` random unit vectors keyed by the hashes of `doc {i}`."""
     from vectune.embed.cache import EmbeddingCache, text_hashes
 
-    if (root / "store" / "index.npz").exists() and len(EmbeddingCache(root)) == n:
+    if (root / "store" / "index.bin").exists() and len(EmbeddingCache(root)) == n:
         return
     cache = EmbeddingCache(root)
     rng = np.random.default_rng(0)

@@ -49,7 +49,7 @@ def _vectors(n: int, seed: int, dim: int = 8) -> np.ndarray:
 
 
 def test_pending_and_stored_vectors_are_found_and_compaction_appends_only_the_new_ones(tmp_path):
-    from vectune.embed.cache import EmbeddingCache, text_hashes
+    from vectune.embed.cache import EmbeddingCache, _IndexFile, text_hashes
 
     texts = [f"text {i}" for i in range(50)]
     hashes, vectors = text_hashes(texts), _vectors(50, 0)
@@ -57,8 +57,9 @@ def test_pending_and_stored_vectors_are_found_and_compaction_appends_only_the_ne
     for lo, hi in ((0, 20), (20, 35)):  # two workers' shards
         cache.add(hashes[lo:hi], vectors[lo:hi])
     assert cache.compact() == 35
-    with np.load(cache.index_path) as z:
-        assert (np.diff(z["hashes"].astype(np.float64)) > 0).all() and int(z["count"]) == 35
+    index = _IndexFile(cache.index_path)
+    stored, rows = index.read()
+    assert index.count == 35 and (stored[1:] > stored[:-1]).all() and sorted(rows) == list(range(35))
     assert list(tmp_path.joinpath("pending").iterdir()) == []
     raw = tmp_path / "store" / "vectors.f32"
     assert raw.stat().st_size == 35 * 8 * 4
@@ -82,7 +83,7 @@ def test_pending_and_stored_vectors_are_found_and_compaction_appends_only_the_ne
     found, got = reader.lookup(hashes[:35])  # a reader still on the old index reads the same vectors
     np.testing.assert_array_equal(got, vectors[:35])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pending", "store"]  # nothing left over
-    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == ["index.npz", "vectors.f32"]
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == ["index.bin", "vectors.f32"]
 
 
 def test_rows_a_dead_compaction_appended_are_cut_by_the_next(tmp_path):
@@ -115,7 +116,56 @@ def test_a_store_of_the_earlier_layout_is_read_and_converted_by_its_next_compact
     np.testing.assert_array_equal(got, vectors[:25])
     old.add(hashes[25:], vectors[25:])
     assert old.compact() == 40
-    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == ["index.npz", "vectors.f32"]
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == ["index.bin", "vectors.f32"]
+    found, got = EmbeddingCache(tmp_path).lookup(hashes)
+    np.testing.assert_array_equal(got, vectors)
+
+
+def test_compaction_in_groups_and_chunks_keeps_each_text_once_and_the_first_vector(tmp_path, monkeypatch):
+    """Pending shards merged a group at a time, the stored index streamed in small chunks: every
+    text is stored once, with the vector it arrived with first (a later shard's repeat, in the
+    same group or another, and a repeat of a stored text are skipped), rows in arrival order,
+    and the index sorted. Counting a cache with pending shards streams the index too."""
+    from vectune.embed import cache as module
+    from vectune.embed.cache import EmbeddingCache, _IndexFile, text_hashes
+
+    monkeypatch.setattr(module, "_GROUP_ROWS", 25)
+    monkeypatch.setattr(module, "_MERGE_ROWS", 7)
+    hashes, vectors = text_hashes([f"t{i}" for i in range(200)]), _vectors(200, 3)
+    cache = EmbeddingCache(tmp_path)
+    cache.add(hashes[:60], vectors[:60])
+    cache.compact()
+    for lo in range(40, 200, 20):  # shards of 20 texts, each repeating the previous one's last 10
+        cache.add(hashes[lo:lo + 30], np.concatenate([vectors[lo:lo + 20] + 1, vectors[lo + 20:lo + 30]])
+                  if lo < 60 else vectors[lo:lo + 30])
+    assert len(EmbeddingCache(tmp_path)) == 200  # pending counted against the streamed index
+    assert cache.compact() == 200
+    assert list((tmp_path / "pending").iterdir()) == []
+    index = _IndexFile(cache.index_path)
+    stored, rows = index.read()
+    assert index.count == 200 and (stored[1:] > stored[:-1]).all() and sorted(rows) == list(range(200))
+    found, got = EmbeddingCache(tmp_path).lookup(hashes)
+    assert found.all()
+    np.testing.assert_array_equal(got, vectors)  # the stored first 60 were never replaced
+    assert (tmp_path / "store" / "vectors.f32").stat().st_size == 200 * 8 * 4
+
+
+def test_a_store_with_the_npz_index_is_read_and_converted_by_its_next_compaction(tmp_path):
+    from vectune.embed.cache import EmbeddingCache, text_hashes
+
+    hashes, vectors = text_hashes([f"t{i}" for i in range(30)]), _vectors(30, 5)
+    (tmp_path / "store").mkdir()
+    vectors[:20].tofile(tmp_path / "store" / "vectors.f32")
+    order = np.argsort(hashes[:20])
+    np.savez(tmp_path / "store" / "index.npz", hashes=hashes[:20][order], rows=np.arange(20)[order],
+             count=np.int64(20), dim=np.int64(8))
+    old = EmbeddingCache(tmp_path)
+    assert len(old) == 20
+    found, got = old.lookup(hashes[:20])
+    np.testing.assert_array_equal(got, vectors[:20])
+    old.add(hashes[15:], vectors[15:])
+    assert old.compact() == 30
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == ["index.bin", "vectors.f32"]
     found, got = EmbeddingCache(tmp_path).lookup(hashes)
     np.testing.assert_array_equal(got, vectors)
 
@@ -191,3 +241,70 @@ def test_rows_are_read_by_pread_exactly_as_stored_in_both_layouts(tmp_path):
             assert np.array_equal(rows[pick], stored[pick])
         with pytest.raises(IndexError):
             rows[np.array([1000])]
+
+
+_COMPACT_IN_CHILD = """
+import sys
+import numpy as np
+from vectune.embed import cache as module
+from vectune.embed.cache import EmbeddingCache
+if len(sys.argv) > 2:
+    module._MERGE_ROWS = int(sys.argv[2])
+
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+
+open("/proc/self/clear_refs", "w").write("5")  # the peak (VmHWM) from here on
+before = status("VmRSS")
+EmbeddingCache(sys.argv[1]).compact()
+print(status("VmHWM") - before)
+"""
+
+
+def _compaction_growth(root, *args) -> int:
+    """Peak RSS growth (bytes) of one compaction of `root`, in a fresh process: a heap the test
+    process already grew would hide what the compaction allocates."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _COMPACT_IN_CHILD, str(root), *args], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return int(out.stdout.split()[-1])
+
+
+def test_compacting_into_a_large_store_holds_a_group_not_the_index(tmp_path):
+    """What the driver holds to compact a few new vectors into a store of 4M texts (its index
+    alone 64 MiB): a chunk of the index and one group, never the whole index (read whole, as
+    the layout before did, it grows the process by the index's size and more: checked here by
+    making the chunk the whole index). The stored vectors are a sparse file: a compaction never
+    reads them."""
+    import shutil
+
+    from vectune.embed.cache import EmbeddingCache, _IndexFile, text_hashes
+
+    n, dim = 4_000_000, 8
+    (tmp_path / "store").mkdir()
+    with open(tmp_path / "store" / "vectors.f32", "wb") as fh:
+        fh.truncate(n * dim * 4)
+    stored = np.unique(np.random.default_rng(0).integers(1, 2**63, size=n, dtype=np.uint64))
+    rows = np.random.default_rng(1).permutation(len(stored)).astype(np.int64)
+    _IndexFile.write(tmp_path / "store" / "index.bin", [(stored, rows)], len(stored), dim)
+    keep, total = stored[::997].copy(), len(stored)
+    del stored, rows
+    texts = [f"new {i}" for i in range(1000)]
+    EmbeddingCache(tmp_path).add(text_hashes(texts), _vectors(1000, 6))
+    whole = tmp_path.parent / "whole"
+    shutil.copytree(tmp_path, whole)
+
+    grew = _compaction_growth(tmp_path)
+    assert grew < 24 * 2**20, f"compaction grew RSS by {grew / 2**20:.0f} MiB"
+    assert _compaction_growth(whole, str(10**8)) > 64 * 2**20  # the probe sees an index read whole
+    after = EmbeddingCache(tmp_path)
+    assert len(after) == total + 1000
+    found, _ = after.lookup(text_hashes(texts))
+    assert found.all()
+    index = after._index()[0]
+    assert (index[1:] > index[:-1]).all() and (index[np.searchsorted(index, keep)] == keep).all()

@@ -4,18 +4,22 @@ Layout under `<runs>/_cache/embeddings/<key>/`, where `key` hashes the model fin
 and every setting that changes a vector (max_seq_length, prefix, normalisation):
 
     store/vectors.f32   float32 vectors, raw, in the order they were added (read by row on lookup)
-    store/index.npz     sorted uint64 text hashes, each one's row in vectors.f32, the rows in use
-                        and the dimension: replaced atomically, so a reader sees a whole index
+    store/index.bin     a 32-byte header (magic, count, dim) and one 16-byte record (text hash,
+                        row in vectors.f32) per stored vector, sorted by hash: replaced
+                        atomically, so a reader sees a whole index
     pending/*.npz       new vectors written by encoder workers, merged by `compact()`
 
-A compaction appends the new vectors to `vectors.f32` and then replaces the index: it reads and
-writes only what is new, whatever the store's size, and readers holding the old index never look
-past its rows. (Stores written before, `store/hashes.npy` + `vectors.npy` in hash order, are read
-as they are and converted by their next compaction.)
+A compaction appends the new vectors to `vectors.f32` and then replaces the index, a bounded
+group of pending shards at a time: the stored index is streamed past the group's hashes in
+chunks (`_MERGE_ROWS`), never loaded whole, so the compacting process (the driver) holds the
+same few MiB whatever the store's size. Nothing already stored is read or rewritten but the
+index's 16 bytes a vector. (Stores written before, `store/index.npz`, or `store/hashes.npy` +
+`vectors.npy` in hash order, are read as they are and converted by their next compaction.)
 
-Readers keep only the hashes and rows in memory (16 bytes a text); vectors stay on disk, and a
-lookup reads the rows it needs with `pread` (`_RowFile`), so a reader's memory never holds more
-of them than one lookup's.
+Readers load the index (16 bytes a text) on their first lookup; opening a cache or counting it
+reads only the header and the pending shards' hashes. Vectors stay on disk, and a lookup reads
+the rows it needs with `pread` (`_RowFile`), so a reader's memory never holds more of them than
+one lookup's.
 The folder must be visible to every node that encodes (a shared mount on a cluster).
 """
 
@@ -31,6 +35,10 @@ import numpy as np
 
 #: vectors copied at a time when a compaction converts a store of the earlier layout
 _COPY_ROWS = 16384
+#: index records streamed at a time when a compaction merges new hashes into the index
+_MERGE_ROWS = 65_536
+#: pending hashes merged into the index at a time (a group of whole shards, at least one)
+_GROUP_ROWS = 65_536
 
 
 def text_hashes(texts) -> np.ndarray:
@@ -101,6 +109,64 @@ class _RowFile:
         return out
 
 
+class _IndexFile:
+    """`store/index.bin`: a header (magic, count, dim, 0) and `count` records (text hash, row),
+    sorted by hash. Read whole by a reader's first lookup, in chunks by a compaction."""
+
+    MAGIC = b"VTCACHE1"
+    HEADER = 32
+    RECORD = np.dtype([("hash", "<u8"), ("row", "<i8")])
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        with open(self.path, "rb") as fh:
+            head = fh.read(self.HEADER)
+        if len(head) != self.HEADER or head[:8] != self.MAGIC:
+            raise ValueError(f"{self.path}: not an embedding cache index")
+        self.count, self.dim = (int(v) for v in np.frombuffer(head[8:24], dtype="<i8"))
+
+    def read(self, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(hashes, rows) of records `start`..`stop`, as two contiguous arrays."""
+        stop = self.count if stop is None else min(stop, self.count)
+        records = np.fromfile(self.path, dtype=self.RECORD, count=max(0, stop - start),
+                              offset=self.HEADER + start * self.RECORD.itemsize)
+        return np.ascontiguousarray(records["hash"]), np.ascontiguousarray(records["row"])
+
+    def chunks(self, size: int | None = None):
+        size = size or _MERGE_ROWS
+        for start in range(0, self.count, size):
+            yield self.read(start, start + size)
+
+    def members(self, hashes: np.ndarray) -> np.ndarray:
+        """Which of the sorted `hashes` are in the index, streaming it in chunks."""
+        out = np.zeros(len(hashes), dtype=bool)
+        for h, _ in self.chunks():
+            lo, hi = int(np.searchsorted(hashes, h[0], "left")), int(np.searchsorted(hashes, h[-1], "right"))
+            if hi > lo:
+                out[lo:hi] = _member(hashes[lo:hi], h)
+        return out
+
+    @classmethod
+    def write(cls, path: Path, pieces, count: int, dim: int) -> None:
+        """Write (hashes, rows) pieces, already in hash order, `count` records in all, to a new
+        file, fsync it and rename it over `path` (readers see the old index or the new)."""
+        tmp = path.parent / f".index-{uuid.uuid4().hex}.bin"
+        written = 0
+        with open(tmp, "wb") as fh:
+            fh.write(cls.MAGIC + np.array([count, dim or 0, 0], dtype="<i8").tobytes())
+            for h, r in pieces:
+                records = np.empty(len(h), dtype=cls.RECORD)
+                records["hash"], records["row"] = h, r
+                fh.write(records.tobytes())
+                written += len(h)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if written != count:
+            tmp.unlink(missing_ok=True)
+            raise AssertionError(f"index of {count} records got {written}")
+        os.replace(tmp, path)
+
+
 class EmbeddingCache:
     """Look up and add vectors by text hash. Safe for many writers; compaction is single-writer."""
 
@@ -115,21 +181,20 @@ class EmbeddingCache:
     @property
     def index_path(self) -> Path:
         """The file a compaction replaces last: its change time says the store changed."""
-        return self.root / "store" / "index.npz"
+        return self.root / "store" / "index.bin"
 
     def _load(self) -> None:
+        """The store's header (count, dim) and the pending shards' hashes; the index itself on
+        the first lookup (`_index`)."""
         store = self.root / "store"
         self._hashes = self._rows = self._vectors = None
+        self._stored, self._dim = 0, None
         if self.index_path.exists():
-            with np.load(self.index_path) as z:
-                self._hashes, self._rows = z["hashes"], z["rows"]
-                count, dim = int(z["count"]), int(z["dim"])
-            if count:
-                self._vectors = _RowFile(store / "vectors.f32", count, dim)
-        elif (store / "hashes.npy").exists():  # the earlier layout: vectors in hash order
-            self._hashes = np.load(store / "hashes.npy")
-            self._vectors = _RowFile.of_npy(store / "vectors.npy")
-            self._rows = np.arange(len(self._hashes), dtype=np.int64)
+            head = _IndexFile(self.index_path)
+            self._stored, self._dim = head.count, head.dim
+        elif (store / "index.npz").exists() or (store / "hashes.npy").exists():  # earlier layouts
+            self._index()
+            self._stored = len(self._hashes)
         # pending shards (written since the last compaction: small, merged after every stage)
         # are visible too, held apart from the store, whose vectors stay on disk. Only their
         # hashes are read here; their vectors on the first lookup that needs them (a compaction
@@ -142,6 +207,28 @@ class EmbeddingCache:
                 with np.load(part) as z:
                     hs.append(z["hashes"])
             self._pending_hashes, self._pending_first = np.unique(np.concatenate(hs), return_index=True)
+
+    def _index(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(sorted hashes, their rows) of the store, read once, with the vectors' `_RowFile`."""
+        if self._hashes is not None:
+            return self._hashes, self._rows
+        store = self.root / "store"
+        if self.index_path.exists():
+            index = _IndexFile(self.index_path)
+            self._hashes, self._rows = index.read()
+            if index.count:
+                self._vectors = _RowFile(store / "vectors.f32", index.count, index.dim)
+        elif (store / "index.npz").exists():  # the layout before index.bin
+            with np.load(store / "index.npz") as z:
+                self._hashes, self._rows = z["hashes"], z["rows"]
+                count, dim = int(z["count"]), int(z["dim"])
+            if count:
+                self._vectors = _RowFile(store / "vectors.f32", count, dim)
+        elif (store / "hashes.npy").exists():  # the first layout: vectors in hash order
+            self._hashes = np.load(store / "hashes.npy")
+            self._vectors = _RowFile.of_npy(store / "vectors.npy")
+            self._rows = np.arange(len(self._hashes), dtype=np.int64)
+        return self._hashes, self._rows
 
     def _pending(self) -> np.ndarray | None:
         """The pending shards' vectors, in `_pending_hashes` order (read once, when first needed)."""
@@ -158,18 +245,26 @@ class EmbeddingCache:
         return self._pending_vectors
 
     def __len__(self) -> int:
-        stored = 0 if self._hashes is None else len(self._hashes)
+        """Texts with a vector: the store's count, plus the pending hashes it lacks (found by
+        streaming the index, not by loading it)."""
         if self._pending_hashes is None:
-            return stored
-        if self._hashes is None:
+            return self._stored
+        if not self._stored:
             return len(self._pending_hashes)
-        return stored + int((~_member(self._pending_hashes, self._hashes)).sum())
+        if self._hashes is not None:
+            known = _member(self._pending_hashes, self._hashes)
+        elif self.index_path.exists():
+            known = _IndexFile(self.index_path).members(self._pending_hashes)
+        else:
+            known = _member(self._pending_hashes, self._index()[0])
+        return self._stored + int((~known).sum())
 
     def lookup(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(found mask, vectors of the found hashes in order)."""
         found = np.zeros(len(hashes), dtype=bool)
         vectors = None
-        for known, rows, stored in ((self._hashes, self._rows, lambda: self._vectors),
+        stored_hashes, stored_rows = self._index() if self._stored else (None, None)
+        for known, rows, stored in ((stored_hashes, stored_rows, lambda: self._vectors),
                                     (self._pending_hashes, None, self._pending)):
             if known is None or len(known) == 0:
                 continue
@@ -198,70 +293,87 @@ class EmbeddingCache:
     def compact(self) -> int:
         """Merge pending shards into the store; returns the number of vectors stored.
 
-        Appends: the pending vectors whose hash the store lacks (the first of each) go to the end
-        of `vectors.f32`, one shard in memory at a time, then the index (hashes sorted, with their
-        rows) is replaced in one atomic rename. Nothing already stored is read or rewritten, so
-        the time and memory are those of the new vectors, never the store's. A hash in both keeps
-        the stored vector. A compaction that dies leaves unindexed rows at the end of the file,
-        cut by the next one; readers never look past their index's rows."""
+        A group of whole shards at a time (`_GROUP_ROWS` hashes): the group's vectors whose hash
+        the store lacks (the first of each) are appended to `vectors.f32`, one shard in memory at
+        a time, then the index is rewritten by streaming the stored one past the group's sorted
+        hashes (`_MERGE_ROWS` records at a time) and renamed over the old one, and the group's
+        shards are deleted. The memory is one group's and one chunk's, whatever the store's size.
+        A hash in both keeps the stored vector. A compaction that dies leaves unindexed rows at
+        the end of the file, cut by the next one (readers never look past their index's rows),
+        or shards whose vectors are already stored, which the next one skips."""
         parts = sorted(self.pending.glob("*.npz"))
         if not parts:
             return len(self)
         store = self.root / "store"
         store.mkdir(exist_ok=True)
-        if not self.index_path.exists() and (store / "hashes.npy").exists():
-            self._convert(store)
-        hashes, rows, count, dim = np.zeros(0, np.uint64), np.zeros(0, np.int64), 0, None
-        if self.index_path.exists():
-            with np.load(self.index_path) as z:
-                hashes, rows, count, dim = z["hashes"], z["rows"], int(z["count"]), int(z["dim"])
-        sizes, pending = [], []
+        if not self.index_path.exists():
+            if (store / "index.npz").exists():
+                self._from_npz(store)
+            elif (store / "hashes.npy").exists():
+                self._convert(store)
+        group, size = [], 0
         for part in parts:
             with np.load(part) as z:
-                pending.append(z["hashes"])
-                sizes.append(len(pending[-1]))
-        pending_h = np.concatenate(pending).astype(np.uint64)
-        _, first = np.unique(pending_h, return_index=True)
-        first = np.sort(first[~_member(pending_h[first], hashes)])  # new hashes, in arrival order
-        keep = np.zeros(len(pending_h), dtype=bool)
-        keep[first] = True
-        with open(store / "vectors.f32", "ab") as fh:
-            pass  # exists from here on
-        with open(store / "vectors.f32", "r+b") as fh:
-            start = 0
-            for part, size in zip(parts, sizes):
-                take = keep[start:start + size]
-                start += size
-                if not take.any():
-                    continue
-                with np.load(part) as z:
-                    v = np.ascontiguousarray(z["vectors"][take], dtype=np.float32)
-                if dim is None:
-                    dim = v.shape[1]
-                if fh.tell() == 0:
-                    fh.truncate(count * dim * 4)  # rows a dead compaction appended: never indexed
-                    fh.seek(count * dim * 4)
-                fh.write(v.tobytes())
-            fh.flush()
-            os.fsync(fh.fileno())
-        added = len(first)
-        all_h = np.concatenate([hashes, pending_h[first]])
-        all_rows = np.concatenate([rows, np.arange(count, count + added, dtype=np.int64)])
-        order = np.argsort(all_h, kind="stable")
-        tmp = store / f".index-{uuid.uuid4().hex}.npz"
-        with open(tmp, "wb") as fh:
-            np.savez(fh, hashes=all_h[order], rows=all_rows[order], count=np.int64(count + added),
-                     dim=np.int64(dim or 0))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.index_path)
-        for part in parts:
-            part.unlink(missing_ok=True)
+                hashes = z["hashes"].astype(np.uint64)
+            group.append((part, hashes))
+            size += len(hashes)
+            if size >= _GROUP_ROWS:
+                self._merge(store, group)
+                group, size = [], 0
+        if group:
+            self._merge(store, group)
         self._load()
         return len(self)
 
+    def _merge(self, store: Path, group: list[tuple[Path, np.ndarray]]) -> None:
+        """One group of pending shards into the store (see `compact`)."""
+        index = _IndexFile(self.index_path) if self.index_path.exists() else None
+        count, dim = (index.count, index.dim) if index else (0, None)
+        pending_h = np.concatenate([h for _, h in group])
+        unique, first = np.unique(pending_h, return_index=True)
+        if index is not None:
+            first = first[~index.members(unique)]
+        first = np.sort(first)  # new hashes, in arrival order
+        keep = np.zeros(len(pending_h), dtype=bool)
+        keep[first] = True
+        if len(first):
+            with open(store / "vectors.f32", "ab") as fh:
+                pass  # exists from here on
+            with open(store / "vectors.f32", "r+b") as fh:
+                start = 0
+                for part, hashes in group:
+                    take = keep[start:start + len(hashes)]
+                    start += len(hashes)
+                    if not take.any():
+                        continue
+                    with np.load(part) as z:
+                        v = np.ascontiguousarray(z["vectors"][take], dtype=np.float32)
+                    if dim is None:
+                        dim = v.shape[1]
+                    if fh.tell() == 0:
+                        fh.truncate(count * dim * 4)  # rows a dead compaction appended: never indexed
+                        fh.seek(count * dim * 4)
+                    fh.write(v.tobytes())
+                fh.flush()
+                os.fsync(fh.fileno())
+            new_h = pending_h[first]
+            new_rows = np.arange(count, count + len(first), dtype=np.int64)
+            order = np.argsort(new_h)
+            _IndexFile.write(self.index_path, _merged(index, new_h[order], new_rows[order]),
+                             count + len(first), dim)
+        for part, _ in group:
+            part.unlink(missing_ok=True)
+
+    def _from_npz(self, store: Path) -> None:
+        """The layout before `index.bin` (`index.npz`, the same records as two arrays): its
+        index rewritten once; the vectors file is the same."""
+        with np.load(store / "index.npz") as z:
+            hashes, rows, count, dim = z["hashes"], z["rows"], int(z["count"]), int(z["dim"])
+        _IndexFile.write(self.index_path, [(hashes, rows)], count, dim)
+        (store / "index.npz").unlink(missing_ok=True)
+
     def _convert(self, store: Path) -> None:
-        """A store of the earlier layout (hashes.npy + vectors.npy in hash order) into this one:
+        """A store of the first layout (hashes.npy + vectors.npy in hash order) into this one:
         its vectors copied once, in order, chunk by chunk (plain reads: no map holds the store)."""
         hashes = np.load(store / "hashes.npy")
         old = _RowFile.of_npy(store / "vectors.npy")
@@ -276,13 +388,37 @@ class EmbeddingCache:
                     left -= len(chunk)
                 dst.flush()
                 os.fsync(dst.fileno())
-        tmp = store / f".index-{uuid.uuid4().hex}.npz"
-        with open(tmp, "wb") as fh:
-            np.savez(fh, hashes=hashes, rows=np.arange(len(hashes), dtype=np.int64), count=np.int64(len(hashes)),
-                     dim=np.int64(dim))
-        os.replace(tmp, self.index_path)
+        _IndexFile.write(self.index_path, [(hashes, np.arange(len(hashes), dtype=np.int64))], count, dim)
         (store / "hashes.npy").unlink(missing_ok=True)
         (store / "vectors.npy").unlink(missing_ok=True)
+
+
+def _merged(index: "_IndexFile | None", new_h: np.ndarray, new_rows: np.ndarray):
+    """The stored index's records and the new ones (sorted, none already stored), in hash
+    order, a chunk of the stored index at a time."""
+    at = 0
+    for h, r in (index.chunks() if index is not None else ()):
+        cut = int(np.searchsorted(new_h, h[-1], "right"))
+        if cut > at:
+            hh, rr = np.concatenate([h, new_h[at:cut]]), np.concatenate([r, new_rows[at:cut]])
+            order = np.argsort(hh, kind="stable")
+            h, r = hh[order], rr[order]
+            at = cut
+        yield h, r
+    if at < len(new_h):
+        yield new_h[at:], new_rows[at:]
+
+
+def store_stamp(root: str | Path) -> int | None:
+    """The change time (ns) of the store's index, whichever layout holds it, or None: a new
+    value means a compaction replaced the store since."""
+    store = Path(root) / "store"
+    for name in ("index.bin", "index.npz", "hashes.npy"):
+        try:
+            return (store / name).stat().st_mtime_ns
+        except FileNotFoundError:
+            continue
+    return None
 
 
 def _member(values: np.ndarray, sorted_values: np.ndarray) -> np.ndarray:

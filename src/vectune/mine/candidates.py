@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from vectune.embed import EmbeddingCache, EncoderConfig, compact_cache, encoder_config, plan_actors
-from vectune.embed.cache import text_hashes
+from vectune.embed.cache import store_stamp, text_hashes
 from vectune.embed.corpus import embedded_corpus
 from vectune.progress import track
 from vectune.topk import TopK, search_dataset
@@ -28,9 +28,7 @@ _CACHES: dict = {}  # per worker process: the cache store last read, by folder a
 
 
 def _open_cache(folder: str) -> EmbeddingCache:
-    index = next((f for f in (Path(folder) / "store" / "index.npz", Path(folder) / "store" / "hashes.npy")
-                  if f.exists()), None)  # the store's index (or an earlier layout's hashes)
-    stamp = index.stat().st_mtime_ns if index is not None else None
+    stamp = store_stamp(folder)
     pending = len(list((Path(folder) / "pending").glob("*.npz")))
     key = (folder, stamp, pending)
     if key not in _CACHES:
