@@ -4,7 +4,8 @@ and the stage timings on the same clock: where in the re-index the driver grows.
 
     python benchmarks/driver_timeline.py 300000 /tmp/timeline.txt
 
-Writes `seconds value` lines (RSS in MiB, or a LOG / START / END line). The tiny model is built by a
+Writes `seconds value` lines (RSS in MiB, or a LOG / START / END line), and beside them (`.parts`)
+`seconds anon shmem`: the heap and the shared memory (Ray's object store) parts of that RSS. The tiny model is built by a
 child process (as scale.py's parent does), so this process, the driver, never imports torch.
 """
 import sys, time, threading, json, logging, tempfile
@@ -14,14 +15,17 @@ from argparse import Namespace
 import scale
 from reindex import synthetic
 n = int(sys.argv[1])
-def rss():
+def rss(field="VmRSS"):
     for l in open("/proc/self/status"):
-        if l.startswith("VmRSS"): return int(l.split()[1]) / 1024
-samples = []; stop = False
+        if l.startswith(field + ":"): return int(l.split()[1]) / 1024
+samples = []; parts = []; stop = False
 t0 = time.time()
-def sampler():
+def sampler():  # RSS, and its heap (RssAnon) and shared-memory (RssShmem: Ray's object store) parts
     while not stop:
-        samples.append((round(time.time() - t0, 1), round(rss(), 1))); time.sleep(0.2)
+        at = round(time.time() - t0, 1)
+        samples.append((at, round(rss(), 1)))
+        parts.append((at, round(rss("RssAnon"), 1), round(rss("RssShmem"), 1)))
+        time.sleep(0.2)
 class H(logging.Handler):
     def emit(self, rec):
         if rec.name.startswith("vectune"):
@@ -49,6 +53,8 @@ result = reindex(spec, Run.create(spec, "full"), spec.model.base, full=True)
 stop = True
 samples.append((round(time.time() - t0, 1), "END " + json.dumps(result.get("timings"))))
 Path(sys.argv[2]).write_text("\n".join(f"{a} {b}" for a, b in samples))
-print("peak", max(b for a, b in samples if isinstance(b, float)))
+Path(sys.argv[2]).with_suffix(".parts").write_text("\n".join(f"{a} {b} {c}" for a, b, c in parts))
+print("peak", max(b for a, b in samples if isinstance(b, float)), "anon", max(b for _, b, _ in parts),
+      "shmem", max(c for _, _, c in parts))
 import shutil
 shutil.rmtree(work, ignore_errors=True)

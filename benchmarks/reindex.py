@@ -57,6 +57,27 @@ DIM = 384
 
 
 # -- memory ---------------------------------------------------------------------------
+def _role(name: str) -> str:
+    return ("driver" if name == "driver" else "shard_check" if name == "shard_check"
+            else "encoder_actor" if "Encoder" in name
+            else "writer" if "StoreOwner" in name else "other_worker" if name.startswith("ray::")
+            else "ray_system")
+
+
+def _rss_parts(pid: int) -> dict[str, int]:
+    """RssAnon, RssFile and RssShmem of a process (bytes), from /proc (Linux); {} elsewhere."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith(("RssAnon:", "RssFile:", "RssShmem:")):
+                    key, value = line.split(":", 1)
+                    out[key[3:].lower()] = int(value.split()[0]) * 1024
+    except OSError:
+        return {}
+    return out
+
+
 class PeakRSS:
     """Peak RSS of this process and all its descendants (the local Ray), sampled, and the
     CPU seconds they used (the last sample of each process; a process that lives less
@@ -69,6 +90,10 @@ class PeakRSS:
         self.peak_driver = 0
         self.at_peak: dict = {}
         self.by_pid: dict[int, tuple[int, str]] = {}  # each process's own peak, and its name then
+        #: each process's own peak of each part of its RSS (/proc status: RssAnon, its heap;
+        #: RssFile, mapped files such as the shard; RssShmem, shared memory such as Ray's
+        #: object store, whose pages a process wrote stay counted in its RSS after Ray freed them)
+        self.parts_by_pid: dict[int, dict[str, int]] = {}
         self._cpu: dict[int, float] = {}
         self._cpu0: dict[int, float] = {}
         self._stop = threading.Event()
@@ -96,6 +121,11 @@ class PeakRSS:
                 except psutil.Error:
                     continue
                 total += rss
+                parts = _rss_parts(proc.pid)
+                if parts:
+                    seen = self.parts_by_pid.setdefault(proc.pid, {})
+                    for key, value in parts.items():
+                        seen[key] = max(seen.get(key, 0), value)
                 if rss > self.by_pid.get(proc.pid, (0, ""))[0]:
                     self.by_pid[proc.pid] = (rss, name)
                 entry = by_name.setdefault(name[:40], [0, 0])
@@ -137,17 +167,25 @@ class PeakRSS:
         short-lived shard check (`python -m vectune.index.verify`)."""
         out: dict[str, float] = {}
         for rss, name in self.by_pid.values():
-            role = ("driver" if name == "driver" else "shard_check" if name == "shard_check"
-                    else "encoder_actor" if "Encoder" in name
-                    else "writer" if "StoreOwner" in name else "other_worker" if name.startswith("ray::")
-                    else "ray_system")
+            role = _role(name)
             out[role] = max(out.get(role, 0.0), round(rss / 2**20, 1))
+        return out
+
+    def role_parts(self) -> dict:
+        """Per role, the peak of each part of RSS (MiB) over its processes: `anon` (the heap),
+        `file` (mapped files) and `shmem` (shared memory: Ray's object store)."""
+        out: dict[str, dict[str, float]] = {}
+        for pid, parts in self.parts_by_pid.items():
+            role = _role(self.by_pid.get(pid, (0, "?"))[1])
+            mine = out.setdefault(role, {})
+            for key, value in parts.items():
+                mine[key] = max(mine.get(key, 0.0), round(value / 2**20, 1))
         return out
 
     def mib(self) -> dict:
         return {"peak_rss_mib": round(self.peak_total / 2**20, 1),
                 "peak_driver_rss_mib": round(self.peak_driver / 2**20, 1),
-                "peak_rss_by_role_mib": self.roles(),
+                "peak_rss_by_role_mib": self.roles(), "peak_rss_parts_by_role_mib": self.role_parts(),
                 "cpu_seconds": round(self.cpu_seconds(), 1), "rss_at_peak_by_process": self.at_peak}
 
 

@@ -86,7 +86,7 @@ def test_validation_scoring_ticks_every_text_and_scores_as_one_call(sliced):
     assert counter.read()[0] == 10 + 140
 
 
-def test_log_mode_reports_count_total_rate_and_time_left_from_a_worker(monkeypatch, caplog):
+def test_log_mode_reports_count_total_rate_and_time_left_from_a_worker(monkeypatch, caplog, ray_local):
     """A Ray task that warms up, then steps: lines while it warms up, then count, total, rate
     and the time left at the steps' own pace (not counting the warm-up)."""
     import ray

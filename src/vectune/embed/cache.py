@@ -196,17 +196,11 @@ class EmbeddingCache:
             self._index()
             self._stored = len(self._hashes)
         # pending shards (written since the last compaction: small, merged after every stage)
-        # are visible too, held apart from the store, whose vectors stay on disk. Only their
-        # hashes are read here; their vectors on the first lookup that needs them (a compaction
-        # never does: it streams them)
+        # are visible too, held apart from the store, whose vectors stay on disk. Their hashes
+        # are read on the first lookup or count (`_pending_index`), their vectors on the first
+        # lookup that needs them; a compaction reads neither here: it streams them a group at a time
         self._pending_parts = sorted(self.pending.glob("*.npz"))
         self._pending_hashes = self._pending_vectors = self._pending_first = None
-        if self._pending_parts:
-            hs = []
-            for part in self._pending_parts:
-                with np.load(part) as z:
-                    hs.append(z["hashes"])
-            self._pending_hashes, self._pending_first = np.unique(np.concatenate(hs), return_index=True)
 
     def _index(self) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(sorted hashes, their rows) of the store, read once, with the vectors' `_RowFile`."""
@@ -230,9 +224,23 @@ class EmbeddingCache:
             self._rows = np.arange(len(self._hashes), dtype=np.int64)
         return self._hashes, self._rows
 
+    def _pending_index(self) -> np.ndarray | None:
+        """The pending shards' distinct hashes, sorted (read once, when first needed)."""
+        if self._pending_hashes is None and self._pending_parts:
+            hs = []
+            try:
+                for part in self._pending_parts:
+                    with np.load(part) as z:
+                        hs.append(z["hashes"])
+            except FileNotFoundError:  # merged into the store meanwhile (a compaction elsewhere)
+                self._load()
+                return self._pending_index()
+            self._pending_hashes, self._pending_first = np.unique(np.concatenate(hs), return_index=True)
+        return self._pending_hashes
+
     def _pending(self) -> np.ndarray | None:
         """The pending shards' vectors, in `_pending_hashes` order (read once, when first needed)."""
-        if self._pending_vectors is None and self._pending_hashes is not None:
+        if self._pending_vectors is None and self._pending_index() is not None:
             vs = []
             try:
                 for part in self._pending_parts:
@@ -240,14 +248,14 @@ class EmbeddingCache:
                         vs.append(z["vectors"])
             except FileNotFoundError:  # merged into the store meanwhile (a compaction elsewhere)
                 self._load()
-                return self._pending() if self._pending_parts else None
+                return self._pending()
             self._pending_vectors = np.concatenate(vs)[self._pending_first]
         return self._pending_vectors
 
     def __len__(self) -> int:
         """Texts with a vector: the store's count, plus the pending hashes it lacks (found by
         streaming the index, not by loading it)."""
-        if self._pending_hashes is None:
+        if self._pending_index() is None:
             return self._stored
         if not self._stored:
             return len(self._pending_hashes)
@@ -263,9 +271,11 @@ class EmbeddingCache:
         """(found mask, vectors of the found hashes in order)."""
         found = np.zeros(len(hashes), dtype=bool)
         vectors = None
+        pending = self._pending_index()  # first: a compaction seen meanwhile reloads the store
         stored_hashes, stored_rows = self._index() if self._stored else (None, None)
-        for known, rows, stored in ((stored_hashes, stored_rows, lambda: self._vectors),
-                                    (self._pending_hashes, None, self._pending)):
+        stored_vectors = self._vectors
+        for known, rows, stored in ((stored_hashes, stored_rows, lambda: stored_vectors),
+                                    (pending, None, self._pending)):
             if known is None or len(known) == 0:
                 continue
             pos = np.minimum(np.searchsorted(known, hashes), len(known) - 1)
@@ -273,6 +283,8 @@ class EmbeddingCache:
             if not here.any():
                 continue
             stored = stored()
+            if stored is None:  # the pending shards were merged meanwhile: missed, encoded again
+                continue
             if vectors is None:
                 vectors = np.zeros((len(hashes), stored.shape[1]), dtype=np.float32)
             at = pos[here] if rows is None else rows[pos[here]]
