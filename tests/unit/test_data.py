@@ -446,10 +446,11 @@ def test_ray_corpus_blocks_feed_every_actor(make_slice, tmp_path, ray_local):
 
 
 def test_corpus_ids_answer_like_a_set_in_file_order_and_exactly():
-    """`CorpusInfo.ids` is a `CorpusIds` (an Arrow array and sorted 64-bit keys), not a set of
-    str: it iterates in file order, answers `in` and `isin` exactly (no false member for an id
-    that is a prefix, a case variant or absent), and a copy in another process, where string
-    hashes differ, rebuilds its keys and answers the same."""
+    """`CorpusInfo.ids` is a `CorpusIds` (sorted 64-bit keys, the ids in chunks), not a set of
+    str: it iterates in file order, answers `in` and `isin` by key (no false member for an id
+    that is a prefix, a case variant or absent: a stranger matches a key with a chance of
+    n / 2**64), and a copy in another process, where string hashes differ, rebuilds its keys
+    and answers the same."""
     import pickle
     import subprocess
     import sys
