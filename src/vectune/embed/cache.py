@@ -224,16 +224,25 @@ class EmbeddingCache:
             self._rows = np.arange(len(self._hashes), dtype=np.int64)
         return self._hashes, self._rows
 
+    def _pending_arrays(self, key: str) -> list[np.ndarray] | None:
+        """`key` ("hashes" or "vectors") of every pending shard listed when the cache was opened,
+        or None when one was merged into the store meanwhile (a compaction elsewhere): the cache
+        is then opened again."""
+        out = []
+        try:
+            for part in self._pending_parts:
+                with np.load(part) as z:
+                    out.append(z[key])
+        except FileNotFoundError:
+            self._load()
+            return None
+        return out
+
     def _pending_index(self) -> np.ndarray | None:
         """The pending shards' distinct hashes, sorted (read once, when first needed)."""
         if self._pending_hashes is None and self._pending_parts:
-            hs = []
-            try:
-                for part in self._pending_parts:
-                    with np.load(part) as z:
-                        hs.append(z["hashes"])
-            except FileNotFoundError:  # merged into the store meanwhile (a compaction elsewhere)
-                self._load()
+            hs = self._pending_arrays("hashes")
+            if hs is None:
                 return self._pending_index()
             self._pending_hashes, self._pending_first = np.unique(np.concatenate(hs), return_index=True)
         return self._pending_hashes
@@ -241,13 +250,8 @@ class EmbeddingCache:
     def _pending(self) -> np.ndarray | None:
         """The pending shards' vectors, in `_pending_hashes` order (read once, when first needed)."""
         if self._pending_vectors is None and self._pending_index() is not None:
-            vs = []
-            try:
-                for part in self._pending_parts:
-                    with np.load(part) as z:
-                        vs.append(z["vectors"])
-            except FileNotFoundError:  # merged into the store meanwhile (a compaction elsewhere)
-                self._load()
+            vs = self._pending_arrays("vectors")
+            if vs is None:
                 return self._pending()
             self._pending_vectors = np.concatenate(vs)[self._pending_first]
         return self._pending_vectors
