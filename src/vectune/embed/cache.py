@@ -263,12 +263,10 @@ class EmbeddingCache:
             return self._stored
         if not self._stored:
             return len(self._pending_hashes)
-        if self._hashes is not None:
+        if self._hashes is not None:  # loaded already (by a lookup, or an earlier layout's open)
             known = _member(self._pending_hashes, self._hashes)
-        elif self.index_path.exists():
-            known = _IndexFile(self.index_path).members(self._pending_hashes)
         else:
-            known = _member(self._pending_hashes, self._index()[0])
+            known = _IndexFile(self.index_path).members(self._pending_hashes)
         return self._stored + int((~known).sum())
 
     def lookup(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
