@@ -327,6 +327,10 @@ def test_min_relevance_trains_on_high_grades_and_still_guards_the_rest(ray_local
         assert not set(r["negative_ids"]) & set(qrels[r["query_id"]])
 
 
+# CI time (~40 s: a Ray Train run): the default tier trains through Ray Train with validation curves, the
+# base scored at step 0 and the mixing weight chosen (test_train_select.py), and keeps each query once
+# per batch over datasets of 1 and 0 hard negatives in the workers' own trainer (the test below)
+@pytest.mark.slow
 def test_rows_without_hard_negatives_still_train_and_batches_never_repeat_a_query(graded, mined):
     """Mined under the weakest-positive rule (fallback off) most rows have no hard negatives: training goes on
     with in-batch negatives (one dataset per negative count), validation picks the checkpoint

@@ -87,6 +87,7 @@ def test_a_model_that_does_not_beat_the_start_is_never_kept_and_run_stops(mined,
 
     sl, spec, src = mined
     spec = spec.derived(train=spec.train.model_copy(update={"learning_rate": 0.5}))
+    _copy(spec, src, "wrecked")  # the mine stage, finished with the same inputs: `run` skips it
     with pytest.raises(GateFailed, match="beat the starting model") as caught:
         pipeline.run(spec, run_id="wrecked")
     assert caught.value.exit_code == 3
