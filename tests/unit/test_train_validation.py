@@ -1,4 +1,5 @@
-"""Base/tuned weight interpolation (WiSE-FT): the arithmetic, tensor by tensor."""
+"""Validation on held-out training queries: base/tuned weight interpolation (WiSE-FT), the served
+modes, and the validation vectors kept by the weights that made them."""
 
 from __future__ import annotations
 
@@ -80,3 +81,88 @@ def test_validation_names_a_better_way_to_serve_and_never_switches_it(caplog):
     with caplog.at_level(logging.WARNING, logger="vectune"):
         _advise_serving(modes, "tuned", "ndcg@10")
     assert caplog.text == ""
+
+
+def _small_vset():
+    queries = {f"q{i}": f"question number {i} about topic {i % 3}" for i in range(4)}
+    corpus = {f"d{i}": f"document {i} discusses topic {i % 3} at some length" for i in range(12)}
+    qrels = {f"q{i}": {f"d{i}": 1, f"d{i + 4}": 1} for i in range(4)}
+    return {"queries": queries, "corpus": corpus, "qrels": qrels}
+
+
+def test_validation_vectors_are_kept_by_the_weights_that_made_them(random_model, tmp_path):
+    """A model scored again on the same validation texts reads its vectors from the stage's
+    store instead of encoding them; the same weights loaded from a saved folder share them; a
+    changed weight, other texts or a damaged file encode again."""
+    from sentence_transformers import SentenceTransformer
+
+    from vectune.train.validation import mode_scores, model_digest
+
+    store = tmp_path / "vectors"
+    vset = {**_small_vset(), "vectors": str(store)}
+    model = SentenceTransformer(random_model, device="cpu")
+    model.max_seq_length = 24
+    first = mode_scores(model, vset, ["ndcg@10"], ("dense",))
+    assert len(list(store.glob("*.npy"))) == 2  # the queries' and the documents'
+
+    model.save(str(tmp_path / "saved"))
+    loaded = SentenceTransformer(str(tmp_path / "saved"), device="cpu")
+    assert model_digest(loaded) == model_digest(model)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("encoded again")
+
+    loaded.encode = refuse
+    assert mode_scores(loaded, vset, ["ndcg@10"], ("dense",)) == first  # read back, not encoded
+    assert len(list(store.glob("*.npy"))) == 2
+
+    other = SentenceTransformer(str(tmp_path / "saved"), device="cpu")
+    with torch.no_grad():
+        next(other.parameters())[0, 0] += 1e-3
+    assert model_digest(other) != model_digest(model)
+    mode_scores(other, vset, ["ndcg@10"], ("dense",))
+    assert len(list(store.glob("*.npy"))) == 4
+    fewer = {**vset, "corpus": dict(list(vset["corpus"].items())[:10])}
+    mode_scores(model, fewer, ["ndcg@10"], ("dense",))
+    assert len(list(store.glob("*.npy"))) == 5  # the queries' vectors are shared, the documents' are new
+
+    for path in store.glob("*.npy"):
+        path.write_bytes(path.read_bytes()[:40])  # a torn file is encoded again, never read as vectors
+    assert mode_scores(model, vset, ["ndcg@10"], ("dense",)) == first
+
+
+def test_a_checkpoint_scored_in_training_is_read_back_when_loaded_from_its_folder(random_model, tmp_path):
+    """The trainer every Ray Train worker builds scores its checkpoint on the validation set; the
+    checkpoint's folder loaded later (the kept model in the served-mode comparison) meets the
+    same digest and reads those vectors."""
+    import pyarrow as pa
+    from ray.train.huggingface.transformers import RayTrainReportCallback
+    from sentence_transformers import SentenceTransformer
+
+    from vectune.spec.train import MNRLoss
+    from vectune.train.loop import LoopConfig, build_trainer, datasets_from_table
+    from vectune.train.validation import mode_scores
+
+    store = tmp_path / "vectors"
+    vset = {**_small_vset(), "vectors": str(store)}
+    rows = [{"query": f"query {q}", "positive": f"doc {q}", "negatives": [f"other {q}"], "group": 1}
+            for q in range(16)]
+    config = LoopConfig(model_path=random_model, base_model_path=random_model, loss=MNRLoss(), groups=(1,),
+                        micro_batch=4, accumulation=1, total_steps=2, warmup_steps=0, checkpoint_every=2,
+                        learning_rate=1e-3, weight_decay=0.0, precision="fp32", max_seq_length=24, seed=3,
+                        threads=1, validation=vset, metrics=("ndcg@10",), primary="ndcg@10")
+    trainer = build_trainer(config, datasets_from_table(pa.Table.from_pylist(rows), (1,)), rank=0, world=1,
+                            device=torch.device("cpu"), work=str(tmp_path / "work"))
+    trainer.remove_callback(RayTrainReportCallback)  # no Ray Train session to report to here
+    trainer.train()
+    scored = {p.name for p in store.glob("*.npy")}
+    assert len(scored) == 2, scored  # the checkpoint at step 2, scored once
+    (checkpoint,) = (tmp_path / "work").glob("checkpoint-2")
+    kept = SentenceTransformer(str(checkpoint), device="cpu")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("encoded again")
+
+    kept.encode = refuse
+    mode_scores(kept, vset, ["ndcg@10"], ("dense",))
+    assert {p.name for p in store.glob("*.npy")} == scored

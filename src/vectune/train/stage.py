@@ -96,6 +96,9 @@ def train(spec: Spec, run: Run, base_model: str, *, preflight: dict | None = Non
         "checkpoint_every": p.checkpoint_every})
     m = spec.model
     vset, vinfo = _validation(spec, p.held, table) if p.held else (None, None)
+    vectors = run.path("train", "validation-vectors")
+    if vset:  # each model's validation vectors, read again when a later scoring meets the same weights
+        vset["vectors"] = str(vectors)
     primary = spec.evaluate.gate.metric
     metrics = tuple(dict.fromkeys([primary, *spec.evaluate.metrics]))
     threads = spec.runtime.torch_threads or max(1, int(math.ceil(t.cpus_per_worker)))
@@ -285,6 +288,7 @@ def train(spec: Spec, run: Run, base_model: str, *, preflight: dict | None = Non
     if mix:
         run.write_json("train/interpolation.json", mix)
     write_card(out, spec, base_model, summary, metrics=None)
+    shutil.rmtree(vectors, ignore_errors=True)  # the stage's own scratch (a few MB a model)
     return summary
 
 

@@ -8,6 +8,11 @@ pytrec_eval metrics as the evaluate stage, graded.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,10 +24,54 @@ def _cutoff(metrics) -> int:
     return max(int(m.split("@")[1]) for m in metrics)
 
 
-def _vectors(model, texts: list[str], batch_size: int, precision: str, progress=None) -> np.ndarray:
+def model_digest(model) -> str:
+    """A digest of what a model computes: its modules (their settings, as the model prints them),
+    its `max_seq_length` and every tensor of its state, byte for byte. Equal digests, equal
+    vectors: a checkpoint scored in a training worker and the same weights loaded from its folder
+    by a later task share one."""
+    import torch
+
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{model!r}|{getattr(model, 'max_seq_length', None)}".encode())
+    for name, t in model.state_dict().items():
+        t = t.detach()
+        h.update(f"|{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _texts_digest(texts: list[str]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for t in texts:
+        h.update(t.encode("utf-8", "surrogatepass") + b"\0")
+    return h.hexdigest()
+
+
+def _vectors(model, texts: list[str], batch_size: int, precision: str, progress=None, store: str | None = None,
+             digest: str | None = None) -> np.ndarray:
     """Vectors of `texts`; with a `progress` counter, encoded in length-sorted chunks of whole
-    batches (the batches one `encode` call would make) and ticked after each."""
+    batches (the batches one `encode` call would make) and ticked after each.
+
+    `store` (a folder; `digest` is `model_digest(model)`) keeps them by what made them (the
+    model's digest, the texts, the precision and batch size): the starting model is scored
+    before step 1 in the training worker and again in the served-mode comparison, a checkpoint
+    in the worker and again when it is the kept model; the second time reads the file. A missing
+    or unreadable file is encoded again, so a store another node cannot see costs time, never a
+    wrong vector."""
     from vectune.embed.encoder import autocast, encode_sorted
+    from vectune.progress import tick
+
+    path = None
+    if store:
+        key = f"{digest}-{_texts_digest(texts)}-{precision}-{batch_size}"
+        path = Path(store) / f"{key}.npy"
+        try:
+            v = np.load(path)
+        except (OSError, ValueError):
+            v = None
+        if v is not None and v.shape[0] == len(texts):
+            tick(progress, len(texts))
+            return v
 
     def encode(batch: list[str]) -> np.ndarray:
         out = model.encode(batch, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=False)
@@ -30,7 +79,18 @@ def _vectors(model, texts: list[str], batch_size: int, precision: str, progress=
 
     with autocast(precision, model.device.type):
         v = encode_sorted(encode, texts, 4 * batch_size if progress is not None else len(texts), progress)
-    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)  # renormalised in fp32
+    v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)  # renormalised in fp32
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.save(fh, v)
+            os.replace(tmp, path)  # whole or absent: two workers writing one key both write the same
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+    return v
 
 
 def retrieval_scores(model, vset: dict, metrics, batch_size: int = 64, precision: str = "fp32",
@@ -52,8 +112,10 @@ def mode_scores(model, vset: dict, metrics, modes=("dense", "hybrid", "bm25"), b
     needs_dense = any(m != "bm25" for m in modes)
     q = d = None
     if needs_dense:
-        q = _vectors(model, [vset["queries"][i] for i in qids], batch_size, precision, progress)
-        d = _vectors(model, [vset["corpus"][i] for i in dids], batch_size, precision, progress)
+        store = vset.get("vectors")  # a folder that keeps vectors across the stage's processes
+        digest = model_digest(model) if store else None
+        q = _vectors(model, [vset["queries"][i] for i in qids], batch_size, precision, progress, store, digest)
+        d = _vectors(model, [vset["corpus"][i] for i in dids], batch_size, precision, progress, store, digest)
     k = min(_cutoff(metrics), len(dids))
     search = {"fusion": "rrf", "rrf_k": 60, "prefetch": 100, **(vset.get("search") or {})}
     out = {}
