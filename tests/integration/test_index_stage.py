@@ -290,33 +290,43 @@ def test_an_int8_collection_is_stamped_and_searched_in_int8(spec, sliced, first)
         client.close()
 
 
-def test_every_encoder_actor_gets_an_equal_share_of_the_corpus(spec, ray_local):
-    """The re-index's corpus rows go to the encoder pool in blocks of one Ray batch each, a
-    multiple of the actor count of them: each actor encodes half of the slice, give or take a
-    block. (Before, the content-hash map merged the read's blocks under Ray's default batch,
-    and one actor of two encoded 2/3 of SciFact while the other sat idle.)"""
-    from collections import Counter
+@pytest.mark.parametrize("corpus", ["slice", "scifact"])
+def test_every_encoder_actor_gets_an_equal_share_of_the_corpus(spec, ray_local, corpus):
+    """The re-index's corpus rows reach the encoder pool in blocks of one Ray batch each (the pool
+    gathers whole blocks until they hold a batch: one block a task), a multiple of the actor
+    count of them: each actor takes the same number of equal tasks. Before, SciFact's 6 blocks of
+    864 were under the batch of 1,024, the pool took them in pairs (3 tasks for 2 actors), and one
+    actor encoded 2/3 of the corpus while the other sat idle for the last third. The slice (240
+    documents, batches of at most 44: blocks of 40 before) fails on that layout; all of SciFact's
+    5,183 (read and hashed, not encoded) checks the shipped batch size.
+
+    The blocks are what is asserted, not which actor took which: that also depends on when each
+    actor came up, which a loaded machine decides."""
+    from testdata import SCIFACT
 
     from vectune.data import DomainData
     from vectune.embed.actors import actor_pool, fit_actors
     from vectune.index.stage import corpus_rows
 
-    class Pid:  # stands in for the encoder actor: which process took each row (defined here: pickled by value)
-        def __call__(self, batch):
-            import os
-            import time
-
-            time.sleep(0.2)  # as encoding takes a while, so the other actor is free for the next block
-            return {"pid": np.full(len(batch["doc_id"]), os.getpid())}
-
     plan = fit_actors(2.0, 0.0, None)  # the 2-CPU local Ray's pool: 2 actors
     assert plan.actors == 2
-    # 240 documents in batches of at most 44: 6 blocks, which merged in pairs made 3 tasks for 2 actors
-    spec = spec.derived(index=spec.index.model_copy(update={"embed_batch_size": 44}))
+    if corpus == "slice":
+        spec = spec.derived(index=spec.index.model_copy(update={"embed_batch_size": 44}))
+        count = N_DOCS
+    else:
+        data = spec.data.model_copy(update={"root": str(SCIFACT)})
+        spec = spec.derived(data=data, index=spec.index.model_copy(update={"embed_batch_size": 1024}))
+        count = 5183
     ds, batch, blocks = corpus_rows(spec, DomainData(spec), plan)
     assert blocks % plan.actors == 0 and batch <= spec.index.embed_batch_size
-    taken = ds.map_batches(Pid, batch_size=batch, batch_format="numpy", compute=actor_pool(plan.actors),
+
+    class Blocks:  # stands in for the encoder pool, one block a call: the blocks as the pool gets them
+        def __call__(self, rows):
+            return {"rows": np.full(1, len(rows["doc_id"]))}
+
+    taken = ds.map_batches(Blocks, batch_size=None, batch_format="numpy", compute=actor_pool(plan.actors),
                            num_cpus=plan.cpus)
-    rows = Counter(int(p) for b in taken.iter_batches(batch_size=None, batch_format="numpy") for p in b["pid"])
-    assert sum(rows.values()) == N_DOCS and len(rows) == 2, rows
-    assert max(rows.values()) - min(rows.values()) <= batch + 1, (rows, batch, blocks)
+    sizes = [int(n) for b in taken.iter_batches(batch_size=None, batch_format="numpy") for n in b["rows"]]
+    assert sum(sizes) == count
+    # every block holds a batch (so the pool, which gathers blocks until they hold one, sends one a task)
+    assert len(sizes) == blocks and all(batch <= n < 2 * batch for n in sizes), (sizes, batch, blocks)
