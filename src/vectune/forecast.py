@@ -70,7 +70,7 @@ def _pace(spec, model_path: str, docs: list[str], queries: list[str]) -> dict:
 
     from vectune.embed.actors import fit_actors
     from vectune.embed.encoder import autocast
-    from vectune.embed.models import load_model
+    from vectune.embed.models import load_for_training, load_model
 
     m, t = spec.model, spec.train
     encode_precision = m.precision if m.precision in ("fp32", "bf16", "fp16") else "fp32"
@@ -96,7 +96,10 @@ def _pace(spec, model_path: str, docs: list[str], queries: list[str]) -> dict:
         per_query = (time.perf_counter() - started) / len(queries) if queries else per_doc
     per_doc, per_query = per_doc / plan.actors, per_query / plan.actors  # actors encode side by side
     threads = spec.runtime.torch_threads or max(1, int(math.ceil(t.cpus_per_worker)))
-    train_model = load_model(model_path, max_seq_length=t.max_seq_length or m.max_seq_length, threads=threads)
+    torch.set_num_threads(threads)
+    train_model = load_for_training(model_path, attention_dropout=t.attention_dropout)  # as the workers train it
+    if t.max_seq_length or m.max_seq_length:
+        train_model.max_seq_length = t.max_seq_length or m.max_seq_length
     train_model.train()
     def step(texts: list[str]) -> float:
         features = train_model.preprocess(texts)

@@ -166,3 +166,126 @@ def test_a_checkpoint_scored_in_training_is_read_back_when_loaded_from_its_folde
     kept.encode = refuse
     mode_scores(kept, vset, ["ndcg@10"], ("dense",))
     assert {p.name for p in store.glob("*.npy")} == scored
+
+
+def _cache_of(model, texts, folder):
+    """An embedding cache holding `model`'s vectors of `texts`, as the mine's encoders leave it."""
+    from vectune.embed.cache import EmbeddingCache, text_hashes
+    from vectune.train.validation import _vectors
+
+    cache = EmbeddingCache(folder)
+    cache.add(text_hashes(texts), _vectors(model, texts, 16, "fp32"))
+    cache.compact()
+    return str(folder)
+
+
+def test_the_starting_model_is_scored_from_the_mines_vectors(random_model, tmp_path, monkeypatch):
+    """Before step 1 the trainer scores the starting model; its document vectors come from the
+    embedding cache the mine filled with that model (`vset["cache"]`), so only the queries and
+    the later checkpoints are encoded. A cache missing one document seeds nothing."""
+    import pyarrow as pa
+    from ray.train.huggingface.transformers import RayTrainReportCallback
+    from sentence_transformers import SentenceTransformer
+
+    from vectune.spec.train import MNRLoss
+    from vectune.train.loop import LoopConfig, build_trainer, datasets_from_table
+    from vectune.train.validation import mode_scores, seed_from_cache
+
+    base = SentenceTransformer(random_model, device="cpu")
+    base.max_seq_length = 24
+    small = _small_vset()
+    docs, queries = list(small["corpus"].values()), list(small["queries"].values())
+    folder = _cache_of(base, docs, tmp_path / "cache")
+    encoded: list[int] = []
+    plain = SentenceTransformer.encode
+
+    scored = set(docs) | set(queries)
+
+    def counting(self, sentences, *args, **kwargs):
+        # validation's texts only (saving a checkpoint's model card encodes a few examples too)
+        encoded.append(sum(s in scored for s in ([sentences] if isinstance(sentences, str) else sentences)))
+        return plain(self, sentences, *args, **kwargs)
+
+    def run(vset, work):
+        rows = [{"query": f"query {q}", "positive": f"doc {q}", "negatives": [f"other {q}"], "group": 1}
+                for q in range(16)]
+        config = LoopConfig(model_path=random_model, base_model_path=random_model, loss=MNRLoss(), groups=(1,),
+                            micro_batch=4, accumulation=1, total_steps=2, warmup_steps=0, checkpoint_every=2,
+                            learning_rate=1e-3, weight_decay=0.0, precision="fp32", max_seq_length=24, seed=3,
+                            threads=1, validation=vset, metrics=("ndcg@10",), primary="ndcg@10", score_base=True)
+        encoded.clear()
+        monkeypatch.setattr(SentenceTransformer, "encode", counting)
+        trainer = build_trainer(config, datasets_from_table(pa.Table.from_pylist(rows), (1,)), rank=0, world=1,
+                                device=torch.device("cpu"), work=str(work))
+        trainer.remove_callback(RayTrainReportCallback)
+        trainer.train()
+        monkeypatch.setattr(SentenceTransformer, "encode", plain)
+        return sum(encoded), trainer.state.log_history
+
+    seeded, history = run({**small, "vectors": str(tmp_path / "v1"), "cache": folder}, tmp_path / "w1")
+    assert seeded == 2 * len(queries) + len(docs)  # step 0: the queries alone; step 2: queries and documents
+    plain_count, plain_history = run({**small, "vectors": str(tmp_path / "v2")}, tmp_path / "w2")
+    assert plain_count == 2 * len(queries) + 2 * len(docs)
+    first = [h["eval_val_ndcg@10"] for h in history if "eval_val_ndcg@10" in h]
+    again = [h["eval_val_ndcg@10"] for h in plain_history if "eval_val_ndcg@10" in h]
+    assert len(first) == 2 and abs(first[0] - again[0]) < 1e-6  # the base scores the same from either vectors
+
+    # the cache must hold every validation document, or validation encodes them all
+    partial = _cache_of(base, docs[:-1], tmp_path / "partial")
+    vset = {**small, "vectors": str(tmp_path / "v3"), "cache": partial}
+    assert seed_from_cache(base, vset, "fp32") == 0 and not list((tmp_path / "v3").glob("*.npy"))
+    assert seed_from_cache(base, {**vset, "cache": folder}, "fp32") == len(docs)
+    assert mode_scores(base, {**vset, "cache": folder}, ["ndcg@10"], ("dense",))
+
+
+def test_the_kept_models_validation_vectors_go_to_its_embedding_cache(random_model, tmp_path):
+    """The kept model's validation document vectors are added to its embedding cache, equal to
+    what its encoders compute, so the evaluate stage encodes only the rest of the corpus; a model
+    validation never scored adds nothing."""
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from vectune.embed.cache import EmbeddingCache, text_hashes
+    from vectune.train.validation import _vectors, export_to_cache, mode_scores
+
+    vset = {**_small_vset(), "vectors": str(tmp_path / "vectors")}
+    model = SentenceTransformer(random_model, device="cpu")
+    model.max_seq_length = 24
+    mode_scores(model, vset, ["ndcg@10"], ("dense",))
+    model.save(str(tmp_path / "kept"))
+    docs = list(vset["corpus"].values())
+    folder = tmp_path / "cache"
+    assert export_to_cache(str(tmp_path / "kept"), vset, str(folder), "fp32", 24) == len(docs)
+    found, vectors = EmbeddingCache(folder).lookup(text_hashes(docs))
+    assert found.all()
+    fresh = _vectors(model, docs, 5, "fp32")
+    assert np.min(np.sum(vectors * fresh, axis=1)) > 0.9999
+    assert export_to_cache(str(tmp_path / "kept"), vset, str(folder), "fp32", 24) == 0  # there already
+
+    other = SentenceTransformer(random_model, device="cpu")
+    with torch.no_grad():
+        next(other.parameters())[0, 0] += 1e-3
+    other.save(str(tmp_path / "never-scored"))
+    assert export_to_cache(str(tmp_path / "never-scored"), vset, str(tmp_path / "c2"), "fp32", 24) == 0
+    assert export_to_cache(str(tmp_path / "kept"), vset, str(tmp_path / "c3"), "bf16", 24) == 0
+
+
+def test_validation_shares_the_embedding_cache_only_where_it_computes_the_same_vectors(random_model, tmp_path):
+    """The cache folder is shared with validation only where validation encodes as the stages'
+    encoders do: the same precision (bf16 training beside fp32 encoding is not), the same
+    max_seq_length, normalised vectors, a local runs folder."""
+    from vectune.spec import validate_dict
+    from vectune.train.stage import _shared_cache
+
+    def spec(model=None, train=None, runs=str(tmp_path / "runs")):
+        return validate_dict({"version": 1, "name": "t", "data": {"corpus": {"path": "c.jsonl"}},
+                              "model": {"base": random_model, "precision": "fp32", **(model or {})},
+                              "train": {"precision": "fp32", **(train or {})}, "runtime": {"runs": runs}}, "t")
+
+    folder = _shared_cache(spec(), random_model)
+    assert folder and folder.startswith(str(tmp_path / "runs" / "_cache" / "embeddings"))
+    assert _shared_cache(spec(train={"precision": "bf16"}), random_model) is None
+    assert _shared_cache(spec(model={"max_seq_length": 128}, train={"max_seq_length": 64}), random_model) is None
+    assert _shared_cache(spec(model={"max_seq_length": 64}, train={"max_seq_length": 64}), random_model)
+    assert _shared_cache(spec(model={"normalize": False}), random_model) is None
+    assert _shared_cache(spec(runs="s3://bucket/runs"), random_model) is None

@@ -208,6 +208,34 @@ def load_model(path: str, *, max_seq_length: int | None = None, device: str | No
     return model
 
 
+#: the config fields transformers' models take their attention dropout from (BERT, RoBERTa, MPNet,
+#: XLM-R: the first; DistilBERT and most newer architectures: the second)
+ATTENTION_DROPOUT_FIELDS = ("attention_probs_dropout_prob", "attention_dropout")
+
+
+def load_for_training(path: str, *, device: str | None = None, attention_dropout: float | None = None):
+    """The model a training worker fine-tunes: `path` loaded with its attention dropout set to
+    `attention_dropout` (None: the model's own) through its config, before the modules are
+    built, the way transformers reads it. A model without such a field loads as it is."""
+    if Path(path).is_dir():
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        model = SentenceTransformer(path, device=device)
+    except Exception as exc:  # noqa: BLE001 - one clear message, as load_model
+        raise ModelError(f"cannot load model {path!r}: {exc}") from None
+    if attention_dropout is None:
+        return model
+    config = getattr(getattr(model[0], "auto_model", None), "config", None)
+    fields = {f: attention_dropout for f in ATTENTION_DROPOUT_FIELDS
+              if isinstance(getattr(config, f, None), (int, float)) and getattr(config, f) != attention_dropout}
+    if not fields:
+        return model
+    return SentenceTransformer(path, device=device, config_kwargs=fields)
+
+
 def export_int8(model: str, *, cache_root: str | None = None) -> dict:
     """`vectune model export`: build (or find) the int8 variant of `model` (a registry name, a
     folder or a cached hub id) ahead of time. Returns where it is, whether it was built now, in

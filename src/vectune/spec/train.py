@@ -82,6 +82,13 @@ class TrainSpec(Section):
                             "that supports it, a CPU with avx512_bf16 or amx_bf16), fp32 elsewhere; decided on a "
                             "training worker. An explicit bf16 on a CPU without native bf16 is emulated (measured "
                             "15x slower than fp32 on an AVX2 CPU) and warned about.")
+    attention_dropout: float | None = Field(
+        0.0, ge=0.0, lt=1.0, description="Dropout on the attention probabilities while training (null: the model's "
+                                         "own, 0.1 for BERT-family models). Off by default: torch's fused attention "
+                                         "takes no dropout on a CPU, and the unfused path it falls back to made a "
+                                         "forward + backward pass of all-MiniLM-L6-v2 over 32 SciFact abstracts "
+                                         "2.25x slower in fp32 (8.83 s against 3.93 s, 2 cores of an AVX-512 Xeon, "
+                                         "benchmarks/precision.py). The hidden layers' dropout stays.")
     workers: int = Field(1, ge=1, le=4096)
     gpus_per_worker: float = Field(0, ge=0, le=64)
     cpus_per_worker: float = Field(1, gt=0, le=1024)

@@ -57,6 +57,7 @@ class LoopConfig:
     rivals: dict[int, float] = field(default_factory=dict)
     patience: int | None = None  # checkpoints without gain before stopping (EarlyStoppingCallback)
     score_base: bool = False  # score the starting model on the validation queries before step 1
+    attention_dropout: float | None = 0.0  # the spec's train.attention_dropout (None: the model's own)
 
 
 def score_key(primary: str) -> str:
@@ -137,18 +138,23 @@ def _callbacks(config: LoopConfig, rank: int, world: int):
 def build_trainer(config: LoopConfig, datasets, *, rank: int, world: int, device, work: str):
     """The `SentenceTransformerTrainer` every worker runs, with Ray Train's reporting."""
     from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
+    from sentence_transformers import SentenceTransformerTrainer
     from sentence_transformers import SentenceTransformerTrainingArguments as Args
     from sentence_transformers.base.sampler import BatchSamplers, MultiDatasetBatchSamplers
     from transformers import EarlyStoppingCallback
     from transformers.trainer_callback import PrinterCallback
 
+    from vectune.embed.models import load_for_training
     from vectune.train.losses import build_loss
     from vectune.train.validation import RetrievalEvaluator
 
-    model = SentenceTransformer(config.model_path, device=str(device))
+    model = load_for_training(config.model_path, device=str(device), attention_dropout=config.attention_dropout)
     if config.max_seq_length:
         model.max_seq_length = config.max_seq_length
+    if config.validation and config.score_base:  # the starting model's corpus vectors, from the mine's cache
+        from vectune.train.validation import seed_from_cache
+
+        seed_from_cache(model, config.validation, config.precision)
     loss = build_loss(config.loss, model, world, guide=config.base_model_path, precision=config.precision)
     evaluator = RetrievalEvaluator.from_set(config.validation, config.metrics, config.primary,
                                             precision=config.precision,

@@ -99,6 +99,9 @@ def train(spec: Spec, run: Run, base_model: str, *, preflight: dict | None = Non
     vectors = run.path("train", "validation-vectors")
     if vset:  # each model's validation vectors, read again when a later scoring meets the same weights
         vset["vectors"] = str(vectors)
+        base_cache = _shared_cache(spec, base_model)
+        if base_cache:  # the mine's vectors of the base model: scoring it before step 1 reads them
+            vset["cache"] = base_cache
     primary = spec.evaluate.gate.metric
     metrics = tuple(dict.fromkeys([primary, *spec.evaluate.metrics]))
     threads = spec.runtime.torch_threads or max(1, int(math.ceil(t.cpus_per_worker)))
@@ -145,6 +148,7 @@ def train(spec: Spec, run: Run, base_model: str, *, preflight: dict | None = Non
                 prompts=prompts, validation=vset, metrics=metrics, primary=primary,
                 log_path=str(run.path("train", f"loss{name}.jsonl")), progress=counter,
                 rivals=dict(rivals), patience=t.patience if vset else None, score_base=vset is not None and i == 0,
+                attention_dropout=t.attention_dropout,
             )
             trainer = TorchTrainer(
                 train_loop,
@@ -288,6 +292,13 @@ def train(spec: Spec, run: Run, base_model: str, *, preflight: dict | None = Non
     if mix:
         run.write_json("train/interpolation.json", mix)
     write_card(out, spec, base_model, summary, metrics=None)
+    if vset and (folder := _shared_cache(spec, str(out))):
+        from vectune.train.validation import export_to_cache
+
+        # the kept model's validation vectors: the evaluate stage encodes only the rest of the corpus
+        added = export_to_cache(str(out), vset, folder, t.precision, t.max_seq_length or m.max_seq_length)
+        if added:
+            log.info("validation: %d document vectors of the kept model go to its embedding cache", added)
     shutil.rmtree(vectors, ignore_errors=True)  # the stage's own scratch (a few MB a model)
     return summary
 
@@ -324,6 +335,21 @@ def _validation(spec: Spec, held: frozenset[str], table) -> tuple[dict, dict]:
              else f"the whole corpus ({info['docs']:,} documents)", info["labelled"],
              "dense" if spec.search.mode == "dense" else f"{spec.search.mode} ({spec.search.fusion}) as served")
     return vset, info
+
+
+def _shared_cache(spec: Spec, model_path: str) -> str | None:
+    """The embedding cache folder of `model_path`'s document vectors, where validation computes
+    the vectors the stages' encoders would (the same precision, under autocast or none, the same
+    max_seq_length and prefix, normalised), so the two may share them; else None."""
+    from vectune.embed.encoder import encoder_config
+
+    m, t = spec.model, spec.train
+    if not m.normalize or (t.max_seq_length or m.max_seq_length) != m.max_seq_length:
+        return None
+    config = encoder_config(spec, model_path, role="document")
+    if config.cache_dir is None or config.precision not in ("fp32", "bf16") or config.precision != t.precision:
+        return None
+    return config.cache_dir
 
 
 def _served(spec: Spec) -> str:

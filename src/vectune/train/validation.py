@@ -47,6 +47,32 @@ def _texts_digest(texts: list[str]) -> str:
     return h.hexdigest()
 
 
+def _store_path(store: str, digest: str, texts: list[str], precision: str, batch_size: int) -> Path:
+    """Where `_vectors` keeps the vectors of `texts` made by the model of `digest`."""
+    return Path(store) / f"{digest}-{_texts_digest(texts)}-{precision}-{batch_size}.npy"
+
+
+def _save(path: Path, v: np.ndarray) -> None:
+    """Write `v` to `path` whole or not at all (two workers writing one key write the same)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, v)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def _load(path: Path, rows: int) -> np.ndarray | None:
+    try:
+        v = np.load(path)
+    except (OSError, ValueError):
+        return None
+    return v if v.ndim == 2 and v.shape[0] == rows else None
+
+
 def _vectors(model, texts: list[str], batch_size: int, precision: str, progress=None, store: str | None = None,
              digest: str | None = None) -> np.ndarray:
     """Vectors of `texts`; with a `progress` counter, encoded in length-sorted chunks of whole
@@ -63,13 +89,9 @@ def _vectors(model, texts: list[str], batch_size: int, precision: str, progress=
 
     path = None
     if store:
-        key = f"{digest}-{_texts_digest(texts)}-{precision}-{batch_size}"
-        path = Path(store) / f"{key}.npy"
-        try:
-            v = np.load(path)
-        except (OSError, ValueError):
-            v = None
-        if v is not None and v.shape[0] == len(texts):
+        path = _store_path(store, digest, texts, precision, batch_size)
+        v = _load(path, len(texts))
+        if v is not None:
             tick(progress, len(texts))
             return v
 
@@ -81,16 +103,65 @@ def _vectors(model, texts: list[str], batch_size: int, precision: str, progress=
         v = encode_sorted(encode, texts, 4 * batch_size if progress is not None else len(texts), progress)
     v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)  # renormalised in fp32
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.save(fh, v)
-            os.replace(tmp, path)  # whole or absent: two workers writing one key both write the same
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+        _save(path, v)
     return v
+
+
+def seed_from_cache(model, vset: dict, precision: str, batch_size: int = 64) -> int:
+    """Put the starting model's validation document vectors, read from the run's embedding cache,
+    in the stage's store (`vset["vectors"]`), so that scoring it before step 1 encodes only the
+    queries: the mine encoded the whole corpus with this model already.
+
+    `vset["cache"]` is the folder of this model's document vectors (`EncoderConfig.cache_dir`),
+    set by the driver only where the cache's vectors are the ones validation would compute (the
+    same precision, max_seq_length and prefix, normalised). Seeds only when every validation
+    document is there; returns how many vectors it read (0: nothing seeded, validation encodes).
+    """
+    from vectune.embed.cache import EmbeddingCache, text_hashes
+
+    store, folder = vset.get("vectors"), vset.get("cache")
+    if not store or not folder or not Path(folder).is_dir():
+        return 0
+    texts = list(vset["corpus"].values())
+    path = _store_path(store, model_digest(model), texts, precision, batch_size)
+    if _load(path, len(texts)) is not None:
+        return 0
+    found, v = EmbeddingCache(folder).lookup(text_hashes(texts))
+    if v is None or not found.all():
+        return 0
+    _save(path, v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12))
+    return len(texts)
+
+
+def export_to_cache(model_path: str, vset: dict, folder: str, precision: str, max_seq_length: int | None = None,
+                    batch_size: int = 64) -> int:
+    """Add the validation document vectors of the model saved at `model_path`, if validation
+    scored it (the kept checkpoint, or a mix), to its embedding cache `folder`, so that the
+    evaluate stage encodes only the rest of the corpus. The caller passes the folder only
+    where validation computes the vectors the encoders would (same precision, max_seq_length
+    and prefix, normalised). Returns how many it added (0: validation never scored this model)."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from vectune.embed.cache import EmbeddingCache, text_hashes
+
+    store = vset.get("vectors")
+    if not store:
+        return 0
+    model = SentenceTransformer(model_path, device="cpu" if not torch.cuda.is_available() else None)
+    if max_seq_length:
+        model.max_seq_length = max_seq_length
+    texts = list(vset["corpus"].values())
+    v = _load(_store_path(store, model_digest(model), texts, precision, batch_size), len(texts))
+    if v is None:
+        return 0
+    cache = EmbeddingCache(folder)
+    hashes = text_hashes(texts)
+    found, _ = cache.lookup(hashes)
+    if (~found).any():
+        cache.add(hashes[~found], v[~found])
+        cache.compact()
+    return int((~found).sum())
 
 
 def retrieval_scores(model, vset: dict, metrics, batch_size: int = 64, precision: str = "fp32",
