@@ -169,9 +169,16 @@ def forecast(spec, data, stages: list[str], model_path: str) -> dict:
         # the first learning rate runs its budget; a later one runs at least to its first
         # checkpoint and at most the whole budget: half of it is the estimate
         runs = 1 + 0.5 * (rates - 1)
-        # the starting model before step 1, each checkpoint, the mixing weights not yet scored,
-        # and the served modes compared at the end (the starting and the kept model)
-        scoring = val_texts * d * (1 + runs * t.checkpoints + max(0, len(t.interpolation) - 2) + 2)
+        # the starting model before step 1 (its documents read from the mine's vectors where
+        # validation shares the embedding cache), each checkpoint and the mixing weights not yet
+        # scored; the served modes compared at the end read the vectors scored already
+        from vectune.train.stage import shared_cache
+
+        try:
+            start = 0 if shared_cache(spec, model_path) else 1
+        except Exception:  # noqa: BLE001 - a forecast never fails the run
+            start = 1
+        scoring = val_texts * d * (start + runs * t.checkpoints + max(0, len(t.interpolation) - 2))
         out["stages"]["train"] = {
             "size": f"{steps} steps of {t.batch_size} rows ({negatives} hard negatives)"
                     + (f" for each of {rates} learning rates (later ones stop early when behind)" if rates > 1 else "")

@@ -275,17 +275,17 @@ def test_validation_shares_the_embedding_cache_only_where_it_computes_the_same_v
     encoders do: the same precision (bf16 training beside fp32 encoding is not), the same
     max_seq_length, normalised vectors, a local runs folder."""
     from vectune.spec import validate_dict
-    from vectune.train.stage import _shared_cache
+    from vectune.train.stage import shared_cache
 
     def spec(model=None, train=None, runs=str(tmp_path / "runs")):
         return validate_dict({"version": 1, "name": "t", "data": {"corpus": {"path": "c.jsonl"}},
                               "model": {"base": random_model, "precision": "fp32", **(model or {})},
                               "train": {"precision": "fp32", **(train or {})}, "runtime": {"runs": runs}}, "t")
 
-    folder = _shared_cache(spec(), random_model)
+    folder = shared_cache(spec(), random_model)
     assert folder and folder.startswith(str(tmp_path / "runs" / "_cache" / "embeddings"))
-    assert _shared_cache(spec(train={"precision": "bf16"}), random_model) is None
-    assert _shared_cache(spec(model={"max_seq_length": 128}, train={"max_seq_length": 64}), random_model) is None
-    assert _shared_cache(spec(model={"max_seq_length": 64}, train={"max_seq_length": 64}), random_model)
-    assert _shared_cache(spec(model={"normalize": False}), random_model) is None
-    assert _shared_cache(spec(runs="s3://bucket/runs"), random_model) is None
+    assert shared_cache(spec(train={"precision": "bf16"}), random_model) is None
+    assert shared_cache(spec(model={"max_seq_length": 128}, train={"max_seq_length": 64}), random_model) is None
+    assert shared_cache(spec(model={"max_seq_length": 64}, train={"max_seq_length": 64}), random_model)
+    assert shared_cache(spec(model={"normalize": False}), random_model) is None
+    assert shared_cache(spec(runs="s3://bucket/runs"), random_model) is None

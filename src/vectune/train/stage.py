@@ -99,7 +99,7 @@ def train(spec: Spec, run: Run, base_model: str, *, preflight: dict | None = Non
     vectors = run.path("train", "validation-vectors")
     if vset:  # each model's validation vectors, read again when a later scoring meets the same weights
         vset["vectors"] = str(vectors)
-        base_cache = _shared_cache(spec, base_model)
+        base_cache = shared_cache(spec, base_model)
         if base_cache:  # the mine's vectors of the base model: scoring it before step 1 reads them
             vset["cache"] = base_cache
     primary = spec.evaluate.gate.metric
@@ -292,7 +292,7 @@ def train(spec: Spec, run: Run, base_model: str, *, preflight: dict | None = Non
     if mix:
         run.write_json("train/interpolation.json", mix)
     write_card(out, spec, base_model, summary, metrics=None)
-    if vset and (folder := _shared_cache(spec, str(out))):
+    if vset and (folder := shared_cache(spec, str(out))):
         from vectune.train.validation import export_to_cache
 
         # the kept model's validation vectors: the evaluate stage encodes only the rest of the corpus
@@ -337,7 +337,7 @@ def _validation(spec: Spec, held: frozenset[str], table) -> tuple[dict, dict]:
     return vset, info
 
 
-def _shared_cache(spec: Spec, model_path: str) -> str | None:
+def shared_cache(spec: Spec, model_path: str) -> str | None:
     """The embedding cache folder of `model_path`'s document vectors, where validation computes
     the vectors the stages' encoders would (the same precision, under autocast or none, the same
     max_seq_length and prefix, normalised), so the two may share them; else None."""
