@@ -35,6 +35,11 @@ def autocast(precision: str, device_type: str):
     return torch.autocast(device_type, dtype=torch.bfloat16)
 
 
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Each row scaled to length 1 (a zero row stays zero)."""
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 @functools.cache
 def _warn_once(message: str) -> None:
     log.warning(message)

@@ -173,6 +173,19 @@ def model_fingerprint(path: str) -> str:
     return _fingerprint(str(root), stamp)
 
 
+def _open(path: str, device: str | None, **kwargs):
+    """A SentenceTransformer from a resolved path (offline when it is a folder), or a ModelError."""
+    if Path(path).is_dir():
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        return SentenceTransformer(path, device=device, **kwargs)
+    except Exception as exc:  # OSError, ValueError, HF errors: one clear message
+        raise ModelError(f"cannot load model {path!r}: {exc}") from None
+
+
 def load_model(path: str, *, max_seq_length: int | None = None, device: str | None = None, threads: int | None = None,
                precision: str = "fp32", cache_root: str | None = None, fingerprint: str | None = None,
                int8_tag: str | None = None):
@@ -182,20 +195,13 @@ def load_model(path: str, *, max_seq_length: int | None = None, device: str | No
     beside the model, or in the user's cache or under `cache_root`, on first use;
     `int8_tag` asks for a stamped variant instead of this installation's: see
     `vectune.embed.int8`); fp16 casts the weights to half (GPUs)."""
-    if Path(path).is_dir():
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
-    from sentence_transformers import SentenceTransformer
 
     if threads:
         torch.set_num_threads(threads)
     if precision == "int8":
         device = "cpu"  # an ONNX Runtime CPU graph: tokens and pooling stay on the CPU too
-    try:
-        model = SentenceTransformer(path, device=device)
-    except Exception as exc:  # OSError, ValueError, HF errors: one clear message
-        raise ModelError(f"cannot load model {path!r}: {exc}") from None
+    model = _open(path, device)
     if max_seq_length:
         model.max_seq_length = max_seq_length
     if precision == "int8":
@@ -217,15 +223,7 @@ def load_for_training(path: str, *, device: str | None = None, attention_dropout
     """The model a training worker fine-tunes: `path` loaded with its attention dropout set to
     `attention_dropout` (None: the model's own) through its config, before the modules are
     built, the way transformers reads it. A model without such a field loads as it is."""
-    if Path(path).is_dir():
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from sentence_transformers import SentenceTransformer
-
-    try:
-        model = SentenceTransformer(path, device=device)
-    except Exception as exc:  # noqa: BLE001 - one clear message, as load_model
-        raise ModelError(f"cannot load model {path!r}: {exc}") from None
+    model = _open(path, device)
     if attention_dropout is None:
         return model
     config = getattr(getattr(model[0], "auto_model", None), "config", None)
@@ -233,7 +231,7 @@ def load_for_training(path: str, *, device: str | None = None, attention_dropout
               if isinstance(getattr(config, f, None), (int, float)) and getattr(config, f) != attention_dropout}
     if not fields:
         return model
-    return SentenceTransformer(path, device=device, config_kwargs=fields)
+    return _open(path, device, config_kwargs=fields)
 
 
 def export_int8(model: str, *, cache_root: str | None = None) -> dict:

@@ -22,6 +22,7 @@ import numpy as np
 
 from vectune.data import DomainData
 from vectune.embed import Encoder, apart, encoder_config
+from vectune.embed.encoder import unit_rows
 from vectune.errors import IndexingError
 from vectune.index.points import id_checksum, point_id, sample_key
 from vectune.index.store import DENSE, MEMORY, PAGE, Store
@@ -114,7 +115,7 @@ def verify(store: Store, name: str, spec: Spec, data: DomainData, model_path: st
     if empty:
         raise IndexingError(f"{name}: sampled documents {empty[:5]} have no stored vector")
     stored = np.asarray([by_doc[d].vector for d in ids], dtype=np.float32)
-    cos = np.sum(_unit(fresh) * _unit(stored), axis=1)
+    cos = np.sum(unit_rows(fresh) * unit_rows(stored), axis=1)
     worst = int(np.argmin(cos))
     if cos[worst] < MIN_COSINE:
         raise IndexingError(f"{name}: the stored vector of document {ids[worst]!r} does not match a fresh embedding "
@@ -245,10 +246,6 @@ def _main(argv: list[str]) -> int:
         return 3
     print(json.dumps({"points": points, "checksum": [count, f"{total:x}"]}))
     return 0
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 if __name__ == "__main__":

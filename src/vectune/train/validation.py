@@ -84,7 +84,7 @@ def _vectors(model, texts: list[str], batch_size: int, precision: str, progress=
     in the worker and again when it is the kept model; the second time reads the file. A missing
     or unreadable file is encoded again, so a store another node cannot see costs time, never a
     wrong vector."""
-    from vectune.embed.encoder import autocast, encode_sorted
+    from vectune.embed.encoder import autocast, encode_sorted, unit_rows
     from vectune.progress import tick
 
     path = None
@@ -101,7 +101,7 @@ def _vectors(model, texts: list[str], batch_size: int, precision: str, progress=
 
     with autocast(precision, model.device.type):
         v = encode_sorted(encode, texts, 4 * batch_size if progress is not None else len(texts), progress)
-    v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)  # renormalised in fp32
+    v = unit_rows(v)  # renormalised in fp32
     if path is not None:
         _save(path, v)
     return v
@@ -118,6 +118,7 @@ def seed_from_cache(model, vset: dict, precision: str, batch_size: int = 64) -> 
     document is there; returns how many vectors it read (0: nothing seeded, validation encodes).
     """
     from vectune.embed.cache import EmbeddingCache, text_hashes
+    from vectune.embed.encoder import unit_rows
 
     store, folder = vset.get("vectors"), vset.get("cache")
     if not store or not folder or not Path(folder).is_dir():
@@ -129,7 +130,7 @@ def seed_from_cache(model, vset: dict, precision: str, batch_size: int = 64) -> 
     found, v = EmbeddingCache(folder).lookup(text_hashes(texts))
     if v is None or not found.all():
         return 0
-    _save(path, v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12))
+    _save(path, unit_rows(v))
     return len(texts)
 
 
