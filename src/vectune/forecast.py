@@ -178,7 +178,10 @@ def forecast(spec, data, stages: list[str], model_path: str) -> dict:
             start = 0 if shared_cache(spec, model_path) else 1
         except Exception:  # noqa: BLE001 - a forecast never fails the run
             start = 1
-        scoring = val_texts * d * (start + runs * t.checkpoints + max(0, len(t.interpolation) - 2))
+        # mixing weights: scored from the better end inward until the score turns down (at
+        # least one of them; half of the rest is the estimate)
+        inner = max(0, len(t.interpolation) - 2)
+        scoring = val_texts * d * (start + runs * t.checkpoints + (1 + 0.5 * (inner - 1) if inner else 0))
         out["stages"]["train"] = {
             "size": f"{steps} steps of {t.batch_size} rows ({negatives} hard negatives)"
                     + (f" for each of {rates} learning rates (later ones stop early when behind)" if rates > 1 else "")

@@ -150,7 +150,8 @@ def test_a_checkpoint_scored_in_training_is_read_back_when_loaded_from_its_folde
     config = LoopConfig(model_path=random_model, base_model_path=random_model, loss=MNRLoss(), groups=(1,),
                         micro_batch=4, accumulation=1, total_steps=2, warmup_steps=0, checkpoint_every=2,
                         learning_rate=1e-3, weight_decay=0.0, precision="fp32", max_seq_length=24, seed=3,
-                        threads=1, validation=vset, metrics=("ndcg@10",), primary="ndcg@10")
+                        threads=1, validation=vset, metrics=("ndcg@10",), primary="ndcg@10",
+                        served_max_seq_length=24)
     trainer = build_trainer(config, datasets_from_table(pa.Table.from_pylist(rows), (1,)), rank=0, world=1,
                             device=torch.device("cpu"), work=str(tmp_path / "work"))
     trainer.remove_callback(RayTrainReportCallback)  # no Ray Train session to report to here
@@ -212,7 +213,8 @@ def test_the_starting_model_is_scored_from_the_mines_vectors(random_model, tmp_p
         config = LoopConfig(model_path=random_model, base_model_path=random_model, loss=MNRLoss(), groups=(1,),
                             micro_batch=4, accumulation=1, total_steps=2, warmup_steps=0, checkpoint_every=2,
                             learning_rate=1e-3, weight_decay=0.0, precision="fp32", max_seq_length=24, seed=3,
-                            threads=1, validation=vset, metrics=("ndcg@10",), primary="ndcg@10", score_base=True)
+                            threads=1, validation=vset, metrics=("ndcg@10",), primary="ndcg@10", score_base=True,
+                            served_max_seq_length=24)
         encoded.clear()
         monkeypatch.setattr(SentenceTransformer, "encode", counting)
         trainer = build_trainer(config, datasets_from_table(pa.Table.from_pylist(rows), (1,)), rank=0, world=1,
@@ -272,8 +274,9 @@ def test_the_kept_models_validation_vectors_go_to_its_embedding_cache(random_mod
 
 def test_validation_shares_the_embedding_cache_only_where_it_computes_the_same_vectors(random_model, tmp_path):
     """The cache folder is shared with validation only where validation encodes as the stages'
-    encoders do: the same precision (bf16 training beside fp32 encoding is not), the same
-    max_seq_length, normalised vectors, a local runs folder."""
+    encoders do: the same precision (bf16 training beside fp32 encoding is not), normalised
+    vectors, a local runs folder; validation encodes at the served length, so a shorter training
+    length shares it too."""
     from vectune.spec import validate_dict
     from vectune.train.stage import shared_cache
 
@@ -285,7 +288,137 @@ def test_validation_shares_the_embedding_cache_only_where_it_computes_the_same_v
     folder = shared_cache(spec(), random_model)
     assert folder and folder.startswith(str(tmp_path / "runs" / "_cache" / "embeddings"))
     assert shared_cache(spec(train={"precision": "bf16"}), random_model) is None
-    assert shared_cache(spec(model={"max_seq_length": 128}, train={"max_seq_length": 64}), random_model) is None
+    # validation encodes at the served length whatever length training truncates to
+    assert shared_cache(spec(model={"max_seq_length": 128}, train={"max_seq_length": 64}), random_model)
     assert shared_cache(spec(model={"max_seq_length": 64}, train={"max_seq_length": 64}), random_model)
     assert shared_cache(spec(model={"normalize": False}), random_model) is None
     assert shared_cache(spec(runs="s3://bucket/runs"), random_model) is None
+
+
+def test_mixing_weights_are_walked_from_the_better_end_inward():
+    from vectune.train.validation import walk_order
+
+    weights = [0.0, 0.25, 0.5, 0.75, 1.0]
+    ends = lambda b, t: {0.0: {"ndcg@10": b}, 1.0: {"ndcg@10": t}}  # noqa: E731
+    assert walk_order(weights, ends(0.3, 0.5), "ndcg@10") == ([0.75, 0.5, 0.25], True)
+    assert walk_order(weights, ends(0.5, 0.3), "ndcg@10") == ([0.25, 0.5, 0.75], True)
+    assert walk_order(weights, ends(0.4, 0.4), "ndcg@10") == ([0.75, 0.5, 0.25], True)  # ties: the tuned end
+    # an end not scored (no base score before step 1, or weights without 0): every weight, all scored
+    assert walk_order(weights, {1.0: {"ndcg@10": 0.5}}, "ndcg@10") == ([0.0, 0.25, 0.5, 0.75], False)
+    assert walk_order([0.5, 0.75, 1.0], {1.0: {"ndcg@10": 0.5}}, "ndcg@10") == ([0.5, 0.75], False)
+    assert walk_order([0.0, 1.0], ends(0.3, 0.5), "ndcg@10") == ([], True)
+
+
+def _mix_pair(random_model, tmp_path):
+    """The random model as the base, and a copy with every float weight moved by 1 as the tuned
+    model: a mix's first weight tells the mixing weight that made it."""
+    from sentence_transformers import SentenceTransformer
+
+    tuned = SentenceTransformer(random_model, device="cpu")
+    with torch.no_grad():
+        for p in tuned.parameters():
+            p += 1.0
+    tuned.save(str(tmp_path / "tuned"))
+    return random_model, str(tmp_path / "tuned")
+
+
+def test_the_mixing_walk_stops_where_the_score_turns_down(random_model, tmp_path, monkeypatch):
+    """With a single-peaked validation curve, `choose_weight` scores weights from the better end
+    inward and stops at the first one below the best so far: it finds the peak among the weights
+    and scores no weight past it."""
+    from sentence_transformers import SentenceTransformer
+
+    from vectune.train import validation
+
+    base_path, tuned_path = _mix_pair(random_model, tmp_path)
+    first = next(SentenceTransformer(base_path, device="cpu").parameters()).flatten()[0].item()
+    weights = [0.0, 0.25, 0.5, 0.75, 1.0]
+    for peak, scored, skipped, kept in ((0.6, [0.75, 0.5, 0.25], [], 0.5),  # past 0.5 from the tuned end
+                                        (0.9, [0.75], [0.25, 0.5], 1.0),  # the tuned end is the peak
+                                        (0.1, [0.25], [0.5, 0.75], 0.0)):  # the base end is the peak
+        curve = lambda w: 1.0 - (w - peak) ** 2  # noqa: E731
+        seen: list[float] = []
+
+        def scripted(model, vset, metrics, **kwargs):
+            w = round(next(model.parameters()).flatten()[0].item() - first, 4)  # the mix moved it by w
+            seen.append(w)
+            return {"ndcg@10": curve(w)}
+
+        monkeypatch.setattr(validation, "retrieval_scores", scripted)
+        out = tmp_path / f"mix-{peak}"
+        mix = validation.choose_weight(base_path, tuned_path, str(out), _small_vset(), weights, ["ndcg@10"],
+                                       "ndcg@10", known={0.0: {"ndcg@10": curve(0.0)}, 1.0: {"ndcg@10": curve(1.0)}})
+        assert seen == scored and mix["skipped"] == skipped and mix["weight"] == kept
+        assert [c["weight"] for c in mix["curve"]] == sorted({0.0, 1.0, *scored})
+        saved = next(SentenceTransformer(str(out), device="cpu").parameters()).flatten()[0].item()
+        assert abs(saved - first - kept) < 1e-4  # the kept mix is what was saved
+
+
+def test_every_mixing_weight_is_scored_when_an_end_is_unknown(random_model, tmp_path):
+    """No score for the starting model (an end unknown): no walk, every weight scored for real."""
+    from vectune.train.validation import choose_weight
+
+    base_path, tuned_path = _mix_pair(random_model, tmp_path)
+    mix = choose_weight(base_path, tuned_path, str(tmp_path / "mix"), _small_vset(), [0.0, 0.5, 1.0],
+                        ["ndcg@10"], "ndcg@10", known={1.0: {"ndcg@10": 2.0}}, max_seq_length=24)
+    assert [c["weight"] for c in mix["curve"]] == [0.0, 0.5, 1.0] and mix["skipped"] == []
+    assert mix["weight"] == 1.0  # the known 2.0 beats any real nDCG
+
+
+def test_training_at_a_shorter_length_is_still_validated_at_the_served_one(random_model, tmp_path):
+    """`train.max_seq_length` shortens the steps' texts only: every checkpoint is scored at the
+    served length (its vectors are the ones the kept model, loaded at that length, reads back),
+    and the model trains at the shorter one again after each scoring."""
+    import pyarrow as pa
+    from ray.train.huggingface.transformers import RayTrainReportCallback
+    from sentence_transformers import SentenceTransformer
+
+    from vectune.spec.train import MNRLoss
+    from vectune.train.loop import LoopConfig, build_trainer, datasets_from_table
+    from vectune.train.validation import mode_scores, model_digest
+
+    store = tmp_path / "vectors"
+    vset = {**_small_vset(), "vectors": str(store)}
+    rows = [{"query": f"query {q}", "positive": f"doc {q} " * 10, "negatives": [f"other {q}"], "group": 1}
+            for q in range(16)]
+    config = LoopConfig(model_path=random_model, base_model_path=random_model, loss=MNRLoss(), groups=(1,),
+                        micro_batch=4, accumulation=1, total_steps=2, warmup_steps=0, checkpoint_every=1,
+                        learning_rate=1e-3, weight_decay=0.0, precision="fp32", max_seq_length=8, seed=3,
+                        threads=1, validation=vset, metrics=("ndcg@10",), primary="ndcg@10",
+                        served_max_seq_length=24)
+    trainer = build_trainer(config, datasets_from_table(pa.Table.from_pylist(rows), (1,)), rank=0, world=1,
+                            device=torch.device("cpu"), work=str(tmp_path / "work"))
+    trainer.remove_callback(RayTrainReportCallback)
+    lengths = []
+    forward = trainer.model.forward
+    model = trainer.model
+
+    def counting(features, *args, **kwargs):  # the training steps' forward passes, not the scorings'
+        if model.training:
+            lengths.append(features["input_ids"].shape[1])
+        return forward(features, *args, **kwargs)
+
+    model.forward = counting
+    trainer.train()
+    assert lengths and max(lengths) <= 8  # every step's texts cut at the training length
+    (checkpoint,) = (tmp_path / "work").glob("checkpoint-2")
+    kept = SentenceTransformer(str(checkpoint), device="cpu")
+    kept.max_seq_length = 24
+    names = {p.name.split("-")[0] for p in store.glob("*.npy")}
+    assert model_digest(kept) in names  # scored at 24, not at the 8 it trained at
+    kept.encode = lambda *a, **k: (_ for _ in ()).throw(AssertionError("encoded again"))
+    mode_scores(kept, vset, ["ndcg@10"], ("dense",))
+
+
+def test_the_served_length_is_the_models_whatever_training_truncates_to(random_model):
+    from vectune.spec import Spec
+    from vectune.train.stage import served_length
+
+    base = {"version": 1, "name": "t", "data": {"corpus": {"path": "c.jsonl"}, "queries": {"path": "q.jsonl"},
+                                                 "train": {"path": "t.tsv"}},
+            "model": {"base": random_model}, "index": {"collection": "t"}}
+    spec = lambda model={}, train={}: Spec.model_validate(  # noqa: E731
+        {**base, "model": {**base["model"], **model}, "train": train})
+    assert served_length(spec(), random_model) is None  # nothing overrides: every model keeps the base's
+    assert served_length(spec(train={"max_seq_length": 16}), random_model) == 64  # the random model's own
+    assert served_length(spec({"max_seq_length": 48}, {"max_seq_length": 16}), random_model) == 48

@@ -176,7 +176,10 @@ def _train(a: RunArtifacts) -> str:
             curve = a.interpolation.get("curve") or []
             names = [k for k in (curve[0] if curve else {}) if k != "weight"]
             parts.append(_table(["tuned weight", *names], [[c["weight"], *(c.get(n) for n in names)] for c in curve]))
-            parts.append(f"<p>kept weight {a.interpolation.get('weight')}: the gate judges this model</p>")
+            skipped = a.interpolation.get("skipped") or []
+            parts.append(f"<p>kept weight {a.interpolation.get('weight')}: the gate judges this model"
+                         + (f" (not scored: {_e(', '.join(str(w) for w in skipped))}, past the peak of the weights "
+                            "scored from the better end inward)" if skipped else "") + "</p>")
     return "".join(parts)
 
 

@@ -74,7 +74,11 @@ class TrainSpec(Section):
     learning_rate: float = Field(2e-5, gt=0, lt=1.0)
     warmup_ratio: float = Field(0.1, ge=0, le=1)
     weight_decay: float = Field(0.01, ge=0, le=10)
-    max_seq_length: int | None = Field(None, ge=8, le=8192, description="Overrides model.max_seq_length while training.")
+    max_seq_length: int | None = Field(
+        None, ge=8, le=8192,
+        description="The length training steps truncate texts to (null: the served length, model.max_seq_length "
+                    "or the model's own). Shorter is cheaper per step; validation still scores every checkpoint, "
+                    "and the kept model is saved and served, at the served length.")
     negatives: int | None = Field(None, ge=0, le=64, description="Hard negatives per row used (<= mine.num_negatives).")
     seed: int = Field(12, ge=0, le=2**32 - 1)
     precision: Literal["auto", "fp32", "bf16"] = Field(

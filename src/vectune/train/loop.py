@@ -43,7 +43,7 @@ class LoopConfig:
     learning_rate: float
     weight_decay: float
     precision: str
-    max_seq_length: int | None
+    max_seq_length: int | None  # while training (train.max_seq_length; None: the served length)
     seed: int
     threads: int
     prompts: dict[str, str] = field(default_factory=dict)
@@ -58,6 +58,9 @@ class LoopConfig:
     patience: int | None = None  # checkpoints without gain before stopping (EarlyStoppingCallback)
     score_base: bool = False  # score the starting model on the validation queries before step 1
     attention_dropout: float | None = 0.0  # the spec's train.attention_dropout (None: the model's own)
+    #: the length the stages encode at (model.max_seq_length; None: the model's own): validation
+    #: scores every checkpoint at it, whatever length the steps train at
+    served_max_seq_length: int | None = None
 
 
 def score_key(primary: str) -> str:
@@ -149,15 +152,17 @@ def build_trainer(config: LoopConfig, datasets, *, rank: int, world: int, device
     from vectune.train.validation import RetrievalEvaluator
 
     model = load_for_training(config.model_path, device=str(device), attention_dropout=config.attention_dropout)
-    if config.max_seq_length:
-        model.max_seq_length = config.max_seq_length
+    served = config.served_max_seq_length or model.max_seq_length
+    model.max_seq_length = served
     if config.validation and config.score_base:  # the starting model's corpus vectors, from the mine's cache
         from vectune.train.validation import seed_from_cache
 
         seed_from_cache(model, config.validation, config.precision)
+    if config.max_seq_length:  # the steps' length; validation scores at the served one
+        model.max_seq_length = config.max_seq_length
     loss = build_loss(config.loss, model, world, guide=config.base_model_path, precision=config.precision)
     evaluator = RetrievalEvaluator.from_set(config.validation, config.metrics, config.primary,
-                                            precision=config.precision,
+                                            precision=config.precision, max_seq_length=served,
                                             progress=config.progress if rank == 0 else None) \
         if config.validation else None
     args = Args(

@@ -95,6 +95,7 @@ def train(spec: Spec, run: Run, base_model: str, *, preflight: dict | None = Non
         "steps_per_epoch": p.steps_per_epoch, "total_steps": p.total_steps, "warmup_steps": p.warmup_steps,
         "checkpoint_every": p.checkpoint_every})
     m = spec.model
+    served = served_length(spec, base_model)
     vset, vinfo = _validation(spec, p.held, table) if p.held else (None, None)
     vectors = run.path("train", "validation-vectors")
     if vset:  # each model's validation vectors, read again when a later scoring meets the same weights
@@ -148,7 +149,7 @@ def train(spec: Spec, run: Run, base_model: str, *, preflight: dict | None = Non
                 prompts=prompts, validation=vset, metrics=metrics, primary=primary,
                 log_path=str(run.path("train", f"loss{name}.jsonl")), progress=counter,
                 rivals=dict(rivals), patience=t.patience if vset else None, score_base=vset is not None and i == 0,
-                attention_dropout=t.attention_dropout,
+                attention_dropout=t.attention_dropout, served_max_seq_length=served,
             )
             trainer = TorchTrainer(
                 train_loop,
@@ -213,17 +214,23 @@ def train(spec: Spec, run: Run, base_model: str, *, preflight: dict | None = Non
             num_cpus=t.cpus_per_worker, num_gpus=t.gpus_per_worker or 0)
         scored = [w for w in t.interpolation if w not in known]
         texts = len(scored) * (len(vset["queries"]) + len(vset["corpus"]))
-        with track(f"choose mixing weight ({len(scored)} weights)", texts, unit="texts") as counter:
+        # from the better end inward, stopping where the score turns down: up to len(scored) weights
+        with track(f"choose mixing weight (up to {len(scored)} weights)", texts, unit="texts") as counter:
             mix = ray.get(task.remote(base_path=base_model, tuned_path=tuned, out_path=str(out), vset=vset,
                                       weights=t.interpolation, metrics=metrics, primary=primary, known=known,
-                                      threads=threads, max_seq_length=t.max_seq_length or m.max_seq_length,
+                                      threads=threads, max_seq_length=served,
                                       precision=t.precision, progress=counter))
-        log.info("interpolation: weight %.2f of the tuned model scores best on the validation queries (%s)",
-                 mix["weight"], ", ".join(f"{c['weight']:.2f}: {c[primary]:.4f}" for c in mix["curve"]))
+        log.info("interpolation: weight %.2f of the tuned model scores best on the validation queries (%s)%s",
+                 mix["weight"], ", ".join(f"{c['weight']:.2f}: {c[primary]:.4f}" for c in mix["curve"]),
+                 f"; not scored, past the peak: {', '.join(f'{w:.2f}' for w in mix['skipped'])}"
+                 if mix.get("skipped") else "")
     else:
         from sentence_transformers import SentenceTransformer
 
-        SentenceTransformer(tuned, device="cpu").save(str(out))  # the model alone, no optimizer state
+        model = SentenceTransformer(tuned, device="cpu")
+        if served:  # saved at the served length, not the length its steps trained at
+            model.max_seq_length = served
+        model.save(str(out))  # the model alone, no optimizer state
     kept = ({k: v for k, v in next(c for c in mix["curve"] if c["weight"] == mix["weight"]).items() if k != "weight"}
             if mix else {k: chosen_metrics.get(f"eval_val_{k}") for k in metrics} if vset else None)
     beats = None
@@ -247,7 +254,7 @@ def train(spec: Spec, run: Run, base_model: str, *, preflight: dict | None = Non
         with track(f"compare served modes on validation ({len(paths)} models)", len(paths), unit="models"):
             modes = ray.get(task.remote(paths=paths, vset={**vset, "search": spec.search.model_dump()},
                                         metrics=metrics, threads=threads,
-                                        max_seq_length=t.max_seq_length or m.max_seq_length, precision=t.precision))
+                                        max_seq_length=served, precision=t.precision))
         log.info("validation by mode (%s): %s; bm25 %.4f", primary, "; ".join(
             f"{role} " + ", ".join(f"{mode} {v[primary]:.4f}" for mode, v in r.items())
             for role, r in modes.items() if role != "bm25"), modes["bm25"][primary])
@@ -260,7 +267,7 @@ def train(spec: Spec, run: Run, base_model: str, *, preflight: dict | None = Non
         task = ray.remote(_int8_check_task).options(num_cpus=t.cpus_per_worker)
         with track("int8 check on validation (fp32 and int8)", 1, unit="models"):
             int8 = ray.get(task.remote(path=str(out), vset=vset, tolerance=m.int8_tolerance,
-                                       max_seq_length=m.max_seq_length, threads=threads))
+                                       max_seq_length=served, threads=threads))
         log.info("int8 check: nDCG@10 int8 %.4f vs fp32 %.4f on %d validation queries (%+.4f, tolerance %g): %s",
                  int8["ndcg_int8"], int8["ndcg_fp32"], int8["queries"], -int8["drop"], int8["tolerance"],
                  "int8 kept" if int8["ok"] else "fp32 from here on")
@@ -296,7 +303,7 @@ def train(spec: Spec, run: Run, base_model: str, *, preflight: dict | None = Non
         from vectune.train.validation import export_to_cache
 
         # the kept model's validation vectors: the evaluate stage encodes only the rest of the corpus
-        added = export_to_cache(str(out), vset, folder, t.precision, t.max_seq_length or m.max_seq_length)
+        added = export_to_cache(str(out), vset, folder, t.precision, served)
         if added:
             log.info("validation: %d document vectors of the kept model go to its embedding cache", added)
     shutil.rmtree(vectors, ignore_errors=True)  # the stage's own scratch (a few MB a model)
@@ -337,14 +344,28 @@ def _validation(spec: Spec, held: frozenset[str], table) -> tuple[dict, dict]:
     return vset, info
 
 
+def served_length(spec: Spec, base_model: str) -> int | None:
+    """The length the stages encode at: `model.max_seq_length`, else the base model's own. Validation
+    scores every model at it and the kept model is saved with it, whatever length the training
+    steps ran at (`train.max_seq_length`). None: nothing overrides a length, every model keeps
+    the base's."""
+    m, t = spec.model, spec.train
+    if m.max_seq_length or not t.max_seq_length:
+        return m.max_seq_length
+    from vectune.embed.models import load_model, model_limits
+
+    return model_limits(base_model)["max_seq_length"] or load_model(base_model, device="cpu").max_seq_length
+
+
 def shared_cache(spec: Spec, model_path: str) -> str | None:
     """The embedding cache folder of `model_path`'s document vectors, where validation computes
-    the vectors the stages' encoders would (the same precision, under autocast or none, the same
-    max_seq_length and prefix, normalised), so the two may share them; else None."""
+    the vectors the stages' encoders would (the same precision, under autocast or none, and, as
+    validation encodes at the served length, the same max_seq_length and prefix; normalised), so
+    the two may share them; else None."""
     from vectune.embed.encoder import encoder_config
 
     m, t = spec.model, spec.train
-    if not m.normalize or (t.max_seq_length or m.max_seq_length) != m.max_seq_length:
+    if not m.normalize:
         return None
     config = encoder_config(spec, model_path, role="document")
     if config.cache_dir is None or config.precision not in ("fp32", "bf16") or config.precision != t.precision:

@@ -257,9 +257,12 @@ class RetrievalEvaluator(_evaluator_base()):
     """A sentence-transformers evaluator over the validation set (runs inside the trainer)."""
 
     def __init__(self, vset: dict, metrics, primary: str, name: str = "val", precision: str = "fp32",
-                 progress=None):
+                 progress=None, max_seq_length: int | None = None):
         super().__init__()
         self.vset, self.metrics, self.name, self.precision = vset, tuple(metrics), name, precision
+        #: the served length: a model that trains on shorter texts is still scored on what the
+        #: stages encode (and its checkpoints are saved at the training length, restored after)
+        self.max_seq_length = max_seq_length
         #: the training's counter: while a checkpoint is scored its line says so
         self.progress = progress
         self.primary_metric = primary
@@ -267,19 +270,23 @@ class RetrievalEvaluator(_evaluator_base()):
 
     @classmethod
     def from_set(cls, vset: dict, metrics, primary: str, precision: str = "fp32",
-                 progress=None) -> "RetrievalEvaluator":
-        return cls(vset, tuple(dict.fromkeys([primary, *metrics])), primary, precision=precision, progress=progress)
+                 progress=None, max_seq_length: int | None = None) -> "RetrievalEvaluator":
+        return cls(vset, tuple(dict.fromkeys([primary, *metrics])), primary, precision=precision, progress=progress,
+                   max_seq_length=max_seq_length)
 
     def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
         from vectune.progress import tick
 
-        was_training = model.training
+        was_training, length = model.training, model.max_seq_length
         model.eval()
+        if self.max_seq_length:
+            model.max_seq_length = self.max_seq_length
         texts = len(self.vset["queries"]) + len(self.vset["corpus"])
         tick(self.progress, 0, phase=f"scoring step {steps} on {texts} validation texts")
         try:
             means = retrieval_scores(model, self.vset, self.metrics, precision=self.precision)
         finally:
+            model.max_seq_length = length
             model.train(was_training)
             tick(self.progress, 0, phase="training")
         return self.prefix_name_to_metrics(means, self.name)
@@ -294,16 +301,34 @@ def interpolate(base_state: dict, tuned_state: dict, weight: float) -> dict:
     return out
 
 
+def walk_order(weights: list[float], known: dict[float, dict], primary: str) -> tuple[list[float], bool]:
+    """The mixing weights `choose_weight` scores, in order, and whether it walks: from the better
+    of the two ends already scored (weight 0, the starting model, and weight 1, the kept
+    checkpoint; ties to 1) inward, stopping where the score turns down. Without both ends
+    known: every unknown weight, ascending, all scored."""
+    unknown = [w for w in weights if not (w in known and primary in known[w])]
+    lo, hi = min(weights), max(weights)
+    if lo == hi or any(w not in known or primary not in known[w] for w in (lo, hi)):
+        return unknown, False
+    start = hi if known[hi][primary] >= known[lo][primary] else lo
+    return sorted(unknown, key=lambda w: abs(w - start)), True
+
+
 def choose_weight(base_path: str, tuned_path: str, out_path: str, vset: dict, weights: list[float],
                   metrics, primary: str, known: dict[float, dict] | None = None, threads: int | None = None,
                   max_seq_length: int | None = None, precision: str = "fp32", progress=None) -> dict:
-    """Score each mixing weight on the validation set; save the best mix to `out_path`.
+    """Score mixing weights on the validation set; save the best mix to `out_path`.
 
-    Ties go to the weight nearer 1 (the tuned model). `known` holds scores already
-    measured (the chosen checkpoint's own, at weight 1.0).
+    `known` holds scores already measured (the kept checkpoint's at weight 1, the starting
+    model's at 0). The others are scored from the better end inward (`walk_order`), and the walk
+    stops at the first weight that scores below the best so far: along the line from the base
+    to the tuned weights the score rises to one peak and falls (WiSE-FT's curves), so a weight
+    further in cannot win. Each one not scored is listed in `skipped`. Ties go to the weight
+    nearer 1 (the tuned model).
 
     Returns:
-        {"weight", "curve": [{"weight", <metrics>}...], "primary"}.
+        {"weight", "curve": [{"weight", <metrics>}...] (scored or known, ascending), "skipped",
+        "primary"}.
     """
     import torch
     from sentence_transformers import SentenceTransformer
@@ -319,21 +344,24 @@ def choose_weight(base_path: str, tuned_path: str, out_path: str, vset: dict, we
         m.eval()
     base_state = {k: v.detach().clone() for k, v in base.state_dict().items()}
     tuned_state = {k: v.detach().clone() for k, v in tuned.state_dict().items()}
-    known = dict(known or {})
-    curve = []
-    for w in weights:
-        if w in known and all(m in known[w] for m in metrics):
-            scores = {m: known[w][m] for m in metrics}
-        else:
-            model = base if w == 0.0 else tuned
-            if 0.0 < w < 1.0:
-                tuned.load_state_dict(interpolate(base_state, tuned_state, w))
-            elif w == 1.0:
-                tuned.load_state_dict(tuned_state)
-            scores = retrieval_scores(model, vset, metrics, precision=precision, progress=progress)
-        curve.append({"weight": w, **{m: round(float(v), 6) for m, v in scores.items()}})
+    known = {w: s for w, s in (known or {}).items() if w in weights and all(m in s for m in metrics)}
+    scores = {w: {m: known[w][m] for m in metrics} for w in known}
+    order, walked = walk_order(weights, known, primary)
+    skipped: list[float] = []
+    for n, w in enumerate(order):
+        model = base if w == 0.0 else tuned
+        if 0.0 < w < 1.0:
+            tuned.load_state_dict(interpolate(base_state, tuned_state, w))
+        elif w == 1.0:
+            tuned.load_state_dict(tuned_state)
+        best = max((s[primary] for s in scores.values()), default=-np.inf)
+        scores[w] = dict(retrieval_scores(model, vset, metrics, precision=precision, progress=progress))
+        if walked and scores[w][primary] < best:
+            skipped = sorted(order[n + 1:])
+            break
+    curve = [{"weight": w, **{m: round(float(v), 6) for m, v in scores[w].items()}} for w in sorted(scores)]
     best = max(curve, key=lambda c: (c[primary], c["weight"]))
     w = best["weight"]
     tuned.load_state_dict(tuned_state if w == 1.0 else interpolate(base_state, tuned_state, w))
     tuned.save(out_path)
-    return {"weight": w, "curve": curve, "primary": primary}
+    return {"weight": w, "curve": curve, "skipped": skipped, "primary": primary}
