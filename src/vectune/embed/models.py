@@ -94,6 +94,18 @@ def _json(path: Path) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+def _modules(root: Path) -> list[tuple[str, Path]]:
+    """(module type, its folder) of a sentence-transformers folder, from modules.json."""
+    modules = _json(root / "modules.json") if (root / "modules.json").exists() else []
+    return [(str(m.get("type", "")), root / str(m.get("path", ""))) for m in modules if isinstance(m, dict)] \
+        if isinstance(modules, list) else []
+
+
+def _transformer_folder(root: Path) -> Path:
+    """The folder of a sentence-transformers model's Transformer module (its config.json)."""
+    return next((folder for kind, folder in _modules(root) if kind.endswith("Transformer")), root)
+
+
 @lru_cache(maxsize=64)
 def model_limits(path: str) -> dict:
     """What a model folder allows, read from its configs without loading weights.
@@ -107,14 +119,10 @@ def model_limits(path: str) -> dict:
     root = Path(path)
     if not root.is_dir():
         return {"positions": None, "max_seq_length": None, "dimension": None}
-    modules = _json(root / "modules.json") if (root / "modules.json").exists() else []
-    transformer = root
+    transformer = _transformer_folder(root)
     dimension = None
-    for module in modules if isinstance(modules, list) else []:
-        kind, folder = str(module.get("type", "")), root / str(module.get("path", ""))
-        if kind.endswith("Transformer"):
-            transformer = folder
-        elif kind.endswith("Pooling"):
+    for kind, folder in _modules(root):
+        if kind.endswith("Pooling"):
             dimension = _json(folder / "config.json").get("word_embedding_dimension", dimension)
         elif kind.endswith("Dense"):
             dimension = _json(folder / "config.json").get("out_features", dimension)
@@ -223,15 +231,18 @@ def load_for_training(path: str, *, device: str | None = None, attention_dropout
     """The model a training worker fine-tunes: `path` loaded with its attention dropout set to
     `attention_dropout` (None: the model's own) through its config, before the modules are
     built, the way transformers reads it. A model without such a field loads as it is."""
-    model = _open(path, device)
     if attention_dropout is None:
-        return model
+        return _open(path, device)
+    if Path(path).is_dir():  # the fields the architecture has, read from its config.json: one load
+        config = _json(_transformer_folder(Path(path)) / "config.json")
+        fields = {f: attention_dropout for f in ATTENTION_DROPOUT_FIELDS
+                  if isinstance(config.get(f), (int, float)) and config.get(f) != attention_dropout}
+        return _open(path, device, **({"config_kwargs": fields} if fields else {}))
+    model = _open(path, device)  # a hub id: its config is known once loaded
     config = getattr(getattr(model[0], "auto_model", None), "config", None)
     fields = {f: attention_dropout for f in ATTENTION_DROPOUT_FIELDS
               if isinstance(getattr(config, f, None), (int, float)) and getattr(config, f) != attention_dropout}
-    if not fields:
-        return model
-    return _open(path, device, config_kwargs=fields)
+    return _open(path, device, config_kwargs=fields) if fields else model
 
 
 def export_int8(model: str, *, cache_root: str | None = None) -> dict:
