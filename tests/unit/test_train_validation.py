@@ -90,6 +90,18 @@ def _small_vset():
     return {"queries": queries, "corpus": corpus, "qrels": qrels}
 
 
+def _loop_config(model: str, vset: dict, **changes):
+    """A 2-step training of `model` on 4-row batches, validated on `vset` at 24 tokens."""
+    from vectune.spec.train import MNRLoss
+    from vectune.train.loop import LoopConfig
+
+    return LoopConfig(**{
+        "model_path": model, "base_model_path": model, "loss": MNRLoss(), "groups": (1,), "micro_batch": 4,
+        "accumulation": 1, "total_steps": 2, "warmup_steps": 0, "checkpoint_every": 2, "learning_rate": 1e-3,
+        "weight_decay": 0.0, "precision": "fp32", "max_seq_length": 24, "seed": 3, "threads": 1,
+        "validation": vset, "metrics": ("ndcg@10",), "primary": "ndcg@10", "served_max_seq_length": 24, **changes})
+
+
 def test_validation_vectors_are_kept_by_the_weights_that_made_them(random_model, tmp_path):
     """A model scored again on the same validation texts reads its vectors from the stage's
     store instead of encoding them; the same weights loaded from a saved folder share them; a
@@ -139,19 +151,14 @@ def test_a_checkpoint_scored_in_training_is_read_back_when_loaded_from_its_folde
     from ray.train.huggingface.transformers import RayTrainReportCallback
     from sentence_transformers import SentenceTransformer
 
-    from vectune.spec.train import MNRLoss
-    from vectune.train.loop import LoopConfig, build_trainer, datasets_from_table
+    from vectune.train.loop import build_trainer, datasets_from_table
     from vectune.train.validation import mode_scores
 
     store = tmp_path / "vectors"
     vset = {**_small_vset(), "vectors": str(store)}
     rows = [{"query": f"query {q}", "positive": f"doc {q}", "negatives": [f"other {q}"], "group": 1}
             for q in range(16)]
-    config = LoopConfig(model_path=random_model, base_model_path=random_model, loss=MNRLoss(), groups=(1,),
-                        micro_batch=4, accumulation=1, total_steps=2, warmup_steps=0, checkpoint_every=2,
-                        learning_rate=1e-3, weight_decay=0.0, precision="fp32", max_seq_length=24, seed=3,
-                        threads=1, validation=vset, metrics=("ndcg@10",), primary="ndcg@10",
-                        served_max_seq_length=24)
+    config = _loop_config(random_model, vset)
     trainer = build_trainer(config, datasets_from_table(pa.Table.from_pylist(rows), (1,)), rank=0, world=1,
                             device=torch.device("cpu"), work=str(tmp_path / "work"))
     trainer.remove_callback(RayTrainReportCallback)  # no Ray Train session to report to here
@@ -188,8 +195,7 @@ def test_the_starting_model_is_scored_from_the_mines_vectors(random_model, tmp_p
     from ray.train.huggingface.transformers import RayTrainReportCallback
     from sentence_transformers import SentenceTransformer
 
-    from vectune.spec.train import MNRLoss
-    from vectune.train.loop import LoopConfig, build_trainer, datasets_from_table
+    from vectune.train.loop import build_trainer, datasets_from_table
     from vectune.train.validation import mode_scores, seed_from_cache
 
     base = SentenceTransformer(random_model, device="cpu")
@@ -210,11 +216,7 @@ def test_the_starting_model_is_scored_from_the_mines_vectors(random_model, tmp_p
     def run(vset, work):
         rows = [{"query": f"query {q}", "positive": f"doc {q}", "negatives": [f"other {q}"], "group": 1}
                 for q in range(16)]
-        config = LoopConfig(model_path=random_model, base_model_path=random_model, loss=MNRLoss(), groups=(1,),
-                            micro_batch=4, accumulation=1, total_steps=2, warmup_steps=0, checkpoint_every=2,
-                            learning_rate=1e-3, weight_decay=0.0, precision="fp32", max_seq_length=24, seed=3,
-                            threads=1, validation=vset, metrics=("ndcg@10",), primary="ndcg@10", score_base=True,
-                            served_max_seq_length=24)
+        config = _loop_config(random_model, vset, score_base=True)
         encoded.clear()
         monkeypatch.setattr(SentenceTransformer, "encode", counting)
         trainer = build_trainer(config, datasets_from_table(pa.Table.from_pylist(rows), (1,)), rank=0, world=1,
@@ -373,19 +375,14 @@ def test_training_at_a_shorter_length_is_still_validated_at_the_served_one(rando
     from ray.train.huggingface.transformers import RayTrainReportCallback
     from sentence_transformers import SentenceTransformer
 
-    from vectune.spec.train import MNRLoss
-    from vectune.train.loop import LoopConfig, build_trainer, datasets_from_table
+    from vectune.train.loop import build_trainer, datasets_from_table
     from vectune.train.validation import mode_scores, model_digest
 
     store = tmp_path / "vectors"
     vset = {**_small_vset(), "vectors": str(store)}
     rows = [{"query": f"query {q}", "positive": f"doc {q} " * 10, "negatives": [f"other {q}"], "group": 1}
             for q in range(16)]
-    config = LoopConfig(model_path=random_model, base_model_path=random_model, loss=MNRLoss(), groups=(1,),
-                        micro_batch=4, accumulation=1, total_steps=2, warmup_steps=0, checkpoint_every=1,
-                        learning_rate=1e-3, weight_decay=0.0, precision="fp32", max_seq_length=8, seed=3,
-                        threads=1, validation=vset, metrics=("ndcg@10",), primary="ndcg@10",
-                        served_max_seq_length=24)
+    config = _loop_config(random_model, vset, checkpoint_every=1, max_seq_length=8)
     trainer = build_trainer(config, datasets_from_table(pa.Table.from_pylist(rows), (1,)), rank=0, world=1,
                             device=torch.device("cpu"), work=str(tmp_path / "work"))
     trainer.remove_callback(RayTrainReportCallback)
