@@ -233,16 +233,18 @@ def load_for_training(path: str, *, device: str | None = None, attention_dropout
     built, the way transformers reads it. A model without such a field loads as it is."""
     if attention_dropout is None:
         return _open(path, device)
+    model = None
     if Path(path).is_dir():  # the fields the architecture has, read from its config.json: one load
         config = _json(_transformer_folder(Path(path)) / "config.json")
-        fields = {f: attention_dropout for f in ATTENTION_DROPOUT_FIELDS
-                  if isinstance(config.get(f), (int, float)) and config.get(f) != attention_dropout}
-        return _open(path, device, **({"config_kwargs": fields} if fields else {}))
-    model = _open(path, device)  # a hub id: its config is known once loaded
-    config = getattr(getattr(model[0], "auto_model", None), "config", None)
+    else:  # a hub id: its config is known once loaded
+        model = _open(path, device)
+        loaded = getattr(getattr(model[0], "auto_model", None), "config", None)
+        config = loaded.to_dict() if loaded is not None else {}
     fields = {f: attention_dropout for f in ATTENTION_DROPOUT_FIELDS
-              if isinstance(getattr(config, f, None), (int, float)) and getattr(config, f) != attention_dropout}
-    return _open(path, device, config_kwargs=fields) if fields else model
+              if isinstance(config.get(f), (int, float)) and config.get(f) != attention_dropout}
+    if fields:
+        return _open(path, device, config_kwargs=fields)
+    return model if model is not None else _open(path, device)
 
 
 def export_int8(model: str, *, cache_root: str | None = None) -> dict:

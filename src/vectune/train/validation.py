@@ -306,9 +306,10 @@ def walk_order(weights: list[float], known: dict[float, dict], primary: str) -> 
     of the two ends already scored (weight 0, the starting model, and weight 1, the kept
     checkpoint; ties to 1) inward, stopping where the score turns down. Without both ends
     known: every unknown weight, ascending, all scored."""
-    unknown = [w for w in weights if not (w in known and primary in known[w])]
+    scored = {w for w in weights if primary in known.get(w, {})}
+    unknown = [w for w in weights if w not in scored]
     lo, hi = min(weights), max(weights)
-    if lo == hi or any(w not in known or primary not in known[w] for w in (lo, hi)):
+    if lo == hi or not {lo, hi} <= scored:
         return unknown, False
     start = hi if known[hi][primary] >= known[lo][primary] else lo
     return sorted(unknown, key=lambda w: abs(w - start)), True
