@@ -129,6 +129,36 @@ def test_first_reindex_is_a_full_build_with_text_hashes(spec, first):
     assert len(point.payload["text_hash"]) == 16
 
 
+def test_a_cold_reindex_through_actors_loads_the_model_nowhere_but_in_them(spec, shm, monkeypatch):
+    """A re-index whose encoders are actors, from a driver without the model: the collection's
+    dimension comes from the model folder's configs and the verification sample's fresh
+    embeddings are the vectors the actors computed as those documents passed, so no Ray task
+    loads the model a second and a third time. Rebuilt from the embedding cache, nothing
+    computed them: they are encoded again, in a task, and match the stored (the cold run's)
+    vectors, which shows those were fresh embeddings."""
+    from vectune.embed import apart
+    from vectune.pipeline import reindex
+
+    tasks: list[str] = []
+    real = apart._task
+    monkeypatch.setattr(apart, "here", lambda encoder=None: False)  # as in a driver without torch
+    monkeypatch.setattr(apart, "_task", lambda fn, gpus: tasks.append(fn.__name__) or real(fn, gpus))
+    pooled = spec.derived(
+        runtime=spec.runtime.model_copy(update={"driver_encode_max": 0, "runs": str(shm / "pooled-runs")}),
+        index=spec.index.model_copy(update={"qdrant": spec.index.qdrant.model_copy(
+            update={"path": str(shm / "pooled-qdrant")})}))
+
+    cold = reindex(pooled, run_id="p0")
+    assert cold["mode"] == "full" and cold["points"] == N_DOCS
+    assert cold["verified"]["sampled"] == INDEX["verify_sample"] and cold["verified"]["encoded_again"] == 0
+    assert tasks == []
+
+    warm = reindex(pooled, run_id="p1", full=True)
+    assert warm["verified"]["sampled"] == INDEX["verify_sample"]
+    assert warm["verified"]["encoded_again"] == INDEX["verify_sample"] and tasks == ["_encode"]
+    assert warm["verified"]["min_cosine"] > 0.999
+
+
 def test_mixed_changes_sync_in_place_to_what_a_full_rebuild_holds(spec, sliced, scifact, first, shm):
     from vectune.pipeline import reindex
     from vectune.runs import Run

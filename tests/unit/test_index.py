@@ -469,28 +469,53 @@ def test_reindex_promotes_the_newest_model_that_passed_the_gate(tmp_path):
 
 
 def test_write_tasks_draw_the_verification_sample_the_corpus_would_give():
-    """Each write task keeps the k smallest sample keys of its rows; merged on completion they
-    are exactly `verify.sample_ids` over the whole corpus (so a full build's verification needs
-    no second pass over the corpus for the sampled texts)."""
+    """Each write task keeps the k smallest sample keys of its rows under `sample_bar`; merged on
+    completion they are exactly `verify.sample_ids` over the whole corpus (so a full build's
+    verification needs no second pass over the corpus for the sampled texts), and what all the
+    tasks send back is a bounded number of rows, not tasks x k: texts and vectors in the driver
+    that would grow with the corpus. The vectors come along for the rows the encoder computed."""
     from types import SimpleNamespace
 
+    from vectune.embed.encoder import FRESH
     from vectune.index.verify import sample_ids
-    from vectune.index.writer import StoreDatasink, _draw
+    from vectune.index.writer import StoreDatasink, _draw, sample_bar
 
-    docs = [(f"d{i}", f"text {i}") for i in range(500)]
-    tasks = [docs[:170], docs[170:330], docs[330:]]
-    returns = []
-    for rows in tasks:
-        drawn: list = []
-        for start in range(0, len(rows), 64):  # blocks
-            block = rows[start:start + 64]
-            drawn = _draw(drawn, {"doc_id": [d for d, _ in block], "text": [t for _, t in block]}, 8, "run-1")
-        returns.append({"written": len(rows), "sample": drawn})
-    sink = StoreDatasink("c", handle=None, batch_size=8, payload=["doc_id"], sample=(8, "run-1"))
-    sink.on_write_complete(SimpleNamespace(write_returns=returns))
-    assert sink.written == 500
-    assert list(sink.sample) == sample_ids([d for d, _ in docs], 8, "run-1")
+    k, n = 8, 20_000
+    docs = [(f"d{i}", f"text {i}") for i in range(n)]
+    vectors = np.random.default_rng(0).normal(size=(n, 4)).astype(np.float32)
+
+    def run(tasks: int, rows_said: int) -> tuple[StoreDatasink, int]:
+        returns, sent = [], 0
+        per = n // tasks
+        for t in range(tasks):
+            drawn: list = []
+            for start in range(t * per, (t + 1) * per, 100):  # blocks
+                block = range(start, start + 100)
+                columns = {"doc_id": [docs[i][0] for i in block], "text": [docs[i][1] for i in block],
+                           "embedding": vectors[start:start + 100], FRESH: np.array([i % 3 != 0 for i in block])}
+                drawn = _draw(drawn, columns, k, "run-1", rows_said)
+            returns.append({"written": per, "sample": drawn})
+            sent += len(drawn)
+        sink = StoreDatasink("c", handle=None, batch_size=8, payload=["doc_id"], sample=(k, "run-1", rows_said))
+        sink.on_write_complete(SimpleNamespace(write_returns=returns))
+        return sink, sent
+
+    sink, sent = run(tasks=100, rows_said=n)
+    assert sink.written == n
+    assert list(sink.sample) == sample_ids([d for d, _ in docs], k, "run-1")
     assert all(sink.sample[d] == f"text {d[1:]}" for d in sink.sample)
+    # the candidates sent back: about 4k + 32 in all, where each task's own k would be 800
+    assert sent <= 2 * (4 * k + 32) < 100 * k
+    # the vectors of the sampled rows the encoder computed (not those from the cache)
+    fresh = {d for d in sink.sample if int(d[1:]) % 3 != 0}
+    assert set(sink.fresh) == fresh and fresh
+    assert all(np.array_equal(sink.fresh[d], vectors[int(d[1:])]) for d in fresh)
+
+    # a small corpus keeps every row as a candidate; a bar set for far more rows than came (a
+    # wrong count) leaves too few: then no sample, and the verification draws its own
+    assert sample_bar(k, 4 * k + 32) is None and sample_bar(k, n) is not None
+    short, _ = run(tasks=10, rows_said=1000 * n)
+    assert short.written == n and getattr(short, "sample", None) is None
 
 
 def test_points_outside_the_corpus_are_found_exactly_by_their_ids():

@@ -17,6 +17,7 @@ import numpy as np
 
 from vectune.embed.dataset import encode_texts
 from vectune.embed.encoder import Encoder, EncoderConfig
+from vectune.embed.models import declared_dimension
 
 __all__ = ["dimension", "encode", "fresh_vectors", "here"]
 
@@ -51,9 +52,13 @@ def _task(fn, num_gpus: float):
 
 
 def dimension(encoder: Encoder, num_gpus: float = 0) -> int:
-    """The model's output dimension: from `encoder` in this process when `here`, else a Ray task."""
+    """The model's output dimension: from `encoder` in this process when `here`, else from the
+    model folder's configs when they state it (`declared_dimension`), else a Ray task's load."""
     if here(encoder):
         return encoder.dimension
+    declared = declared_dimension(encoder.config.model_path)
+    if declared is not None:
+        return declared
     import ray
 
     return int(ray.get(_task(_dimension, num_gpus).remote(encoder.config)))

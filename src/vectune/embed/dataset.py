@@ -12,7 +12,8 @@ from vectune.embed.encoder import Encoder, EncoderConfig
 
 
 def embed_dataset(ds, config: EncoderConfig, plan: ActorPlan, *, batch_size: int = 1024,
-                  keep: tuple[str, ...] | None = None, progress=None, preload: bool = False):
+                  keep: tuple[str, ...] | None = None, progress=None, preload: bool = False,
+                  mark_fresh: bool = False):
     """Add an `embedding` column to a Dataset with a `text` column (lazy, streaming).
 
     `keep` names the input columns passed through (all when None). Every Ray op
@@ -24,12 +25,14 @@ def embed_dataset(ds, config: EncoderConfig, plan: ActorPlan, *, batch_size: int
     (benchmarks/encode.py). `progress` is a `vectune.progress.track` counter the actors tick
     per text. `preload` loads the model as each actor starts (see `Encoder`); pass
     `expects_encoding(config, rows)`. `plan` is the stage's actor plan (`plan_actors`).
+    `mark_fresh` adds the `encoder.FRESH` column.
     """
     config = dataclasses.replace(config, threads=config.threads or plan.threads,
                                  device=config.device or ("cuda" if plan.gpus else None))
     return ds.map_batches(
         Encoder,
-        fn_constructor_kwargs={"config": config, "keep": keep, "progress": progress, "preload": preload},
+        fn_constructor_kwargs={"config": config, "keep": keep, "progress": progress, "preload": preload,
+                               "mark_fresh": mark_fresh},
         batch_size=batch_size,
         batch_format="numpy",
         compute=actor_pool(plan.actors),
@@ -51,7 +54,8 @@ def in_driver(driver_encode_max: int, rows: int, plan: ActorPlan) -> bool:
     return sum(1 for node in ray.nodes() if node.get("Alive")) == 1
 
 
-def embed_here(ds, config: EncoderConfig, *, keep: tuple[str, ...] | None = None, progress=None):
+def embed_here(ds, config: EncoderConfig, *, keep: tuple[str, ...] | None = None, progress=None,
+               mark_fresh: bool = False):
     """What `embed_dataset` gives (the same columns and vectors), encoded in this process: the
     input read by Ray Data, one `Encoder` (its model shared with this process's other encoders of
     the same model), the result a materialized Dataset. For small corpora (`in_driver`)."""
@@ -59,7 +63,7 @@ def embed_here(ds, config: EncoderConfig, *, keep: tuple[str, ...] | None = None
     import ray.data
     from ray.data.extensions import ArrowTensorArray
 
-    encoder = Encoder(config, keep=keep, progress=progress)
+    encoder = Encoder(config, keep=keep, progress=progress, mark_fresh=mark_fresh)
     tables = []
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         out = encoder(batch)

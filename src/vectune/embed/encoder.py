@@ -158,6 +158,13 @@ def _resolved_precision(spec) -> str:
     return resolved(spec, train=False).model.precision
 
 
+#: the column an `Encoder` built with `mark_fresh` adds: whether the row's vector was computed by
+#: the encoder's model as the row passed (True), or read from the embedding cache. A vector
+#: computed so is a fresh embedding: the same model loaded again gives the same floats, so a
+#: verification of the stored vectors needs not run the model on that row again.
+FRESH = "fresh_vector"
+
+
 class Encoder:
     """Ray Data UDF: adds an `embedding` column (float32) computed from `text`.
 
@@ -171,8 +178,11 @@ class Encoder:
     """
 
     def __init__(self, config: EncoderConfig, text_column: str = "text", keep: tuple[str, ...] | None = None,
-                 progress=None, preload: bool = False, remember: bool = False):
+                 progress=None, preload: bool = False, remember: bool = False, mark_fresh: bool = False):
         self.config = config
+        #: with `mark_fresh`, each batch gets a `FRESH` column: whether its row's vector was
+        #: computed by this model now rather than read from the cache (see `FRESH`)
+        self.mark_fresh = mark_fresh
         #: with `remember`, the vectors this encoder computed itself (not read from the cache),
         #: by text hash (prefix included): fresh embeddings a verification in this process may
         #: reuse instead of running the same model on the same texts again
@@ -220,14 +230,18 @@ class Encoder:
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """Vectors for texts (float32, n x d), through the cache when there is one."""
+        return self._vectors(texts)[0]
+
+    def _vectors(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(`encode`'s vectors, a bool per text: computed by the model now, not read from the cache)."""
         texts = [self.config.prefix + t for t in texts] if self.config.prefix else list(texts)
         if not texts:
-            return np.zeros((0, self.dimension), dtype=np.float32)
+            return np.zeros((0, self.dimension), dtype=np.float32), np.zeros(0, dtype=bool)
         if self.cache is None:
             vectors = self._encode(texts)
             if self.computed is not None:
                 self.computed.update(zip(text_hashes(texts).tolist(), vectors))
-            return vectors
+            return vectors, np.ones(len(texts), dtype=bool)
         hashes = text_hashes(texts)
         found, hits = self.cache.lookup(hashes)
         out = None
@@ -250,7 +264,7 @@ class Encoder:
             out[missing] = vecs[inverse]
         else:
             tick(self.progress, len(texts))
-        return out
+        return out, ~found
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         self.encoded += len(texts)
@@ -287,8 +301,10 @@ class Encoder:
 
     def __call__(self, batch: dict) -> dict:
         texts = [str(t) for t in batch[self.text_column]]
-        vectors = self.encode(texts)
+        vectors, fresh = self._vectors(texts)
         # projecting here, not in a separate Ray op, keeps every CPU-hungry op in the pool
         out = {k: v for k, v in batch.items() if self.keep is None or k in self.keep}
         out["embedding"] = vectors  # n x d ndarray -> a fixed-shape tensor column
+        if self.mark_fresh:
+            out[FRESH] = fresh
         return out

@@ -82,21 +82,25 @@ def _hub_snapshot(name: str) -> str:
         raise ModelError(f"model {name!r}: cannot download it from the Hugging Face hub: {exc}") from None
 
 
-def _json(path: Path) -> dict:
+def _read_json(path: Path, missing):
     import json
 
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return {}
+        return missing
     except (OSError, ValueError) as exc:
         raise ModelError(f"{path}: not a readable model config ({exc})") from None
+
+
+def _json(path: Path) -> dict:
+    value = _read_json(path, {})
     return value if isinstance(value, dict) else {}
 
 
 def _modules(root: Path) -> list[tuple[str, Path]]:
-    """(module type, its folder) of a sentence-transformers folder, from modules.json."""
-    modules = _json(root / "modules.json") if (root / "modules.json").exists() else []
+    """(module type, its folder) of a sentence-transformers folder, from modules.json (a list)."""
+    modules = _read_json(root / "modules.json", [])
     return [(str(m.get("type", "")), root / str(m.get("path", ""))) for m in modules if isinstance(m, dict)] \
         if isinstance(modules, list) else []
 
@@ -114,18 +118,12 @@ def model_limits(path: str) -> dict:
         `positions`: the most tokens it can take (config.json `max_position_embeddings`,
         bounded by the tokenizer's `model_max_length`; RoBERTa-style models reserve two),
         `max_seq_length`: its sentence-transformers default, `dimension`: the output size
-        (the last Dense layer's, else the pooling's, else `hidden_size`). None where unknown.
+        (`declared_dimension`). None where unknown.
     """
     root = Path(path)
     if not root.is_dir():
         return {"positions": None, "max_seq_length": None, "dimension": None}
     transformer = _transformer_folder(root)
-    dimension = None
-    for kind, folder in _modules(root):
-        if kind.endswith("Pooling"):
-            dimension = _json(folder / "config.json").get("word_embedding_dimension", dimension)
-        elif kind.endswith("Dense"):
-            dimension = _json(folder / "config.json").get("out_features", dimension)
     config = _json(transformer / "config.json")
     positions = config.get("max_position_embeddings")
     if isinstance(positions, int) and config.get("model_type") in ("roberta", "xlm-roberta", "camembert", "mpnet"):
@@ -141,7 +139,55 @@ def model_limits(path: str) -> dict:
                          "pytorch_model.bin): an incomplete copy?")
     return {"positions": positions if isinstance(positions, int) else None,
             "max_seq_length": st.get("max_seq_length"),
-            "dimension": dimension if isinstance(dimension, int) else config.get("hidden_size")}
+            "dimension": declared_dimension(path)}
+
+
+#: module types whose output size a folder's configs state: a pipeline of only these has the
+#: size its last Pooling or Dense module says (Normalize and the Transformer keep it)
+_SIZED_MODULES = ("Transformer", "Pooling", "Dense", "Normalize")
+
+
+def _pooled_dimension(config: dict) -> int | None:
+    """A Pooling module's output size from its config: the token embedding size times the
+    number of pooling modes (`pooling_mode`, or the older `pooling_mode_*` flags)."""
+    size = config.get("embedding_dimension", config.get("word_embedding_dimension"))
+    if not isinstance(size, int):
+        return None
+    mode = config.get("pooling_mode")
+    flags = [v for k, v in config.items() if k.startswith("pooling_mode_")]
+    if isinstance(mode, str):
+        modes = 1
+    elif isinstance(mode, (list, tuple)):
+        modes = len(mode)
+    elif flags:
+        modes = sum(1 for v in flags if v is True)
+    else:
+        modes = 1  # sentence-transformers' default: mean
+    return size * modes if modes else None
+
+
+def declared_dimension(path: str) -> int | None:
+    """The output dimension a model folder's configs state, without loading the model: the last
+    Dense layer's `out_features`, else the Pooling's output; a plain Hugging Face folder (no
+    modules.json, which sentence-transformers mean-pools) its `hidden_size`. None where the
+    configs cannot say for sure (not a folder, no Pooling, a module of another type, which may
+    change the size): then only a loaded model knows."""
+    root = Path(path)
+    if not root.is_dir():
+        return None
+    if not (root / "modules.json").is_file():
+        hidden = _json(root / "config.json").get("hidden_size")
+        return hidden if isinstance(hidden, int) and hidden > 0 else None
+    modules = _modules(root)
+    if not modules or any(kind.rsplit(".", 1)[-1] not in _SIZED_MODULES for kind, _ in modules):
+        return None
+    dimension = None
+    for kind, folder in modules:
+        if kind.endswith("Pooling"):
+            dimension = _pooled_dimension(_json(folder / "config.json"))
+        elif kind.endswith("Dense"):
+            dimension = _json(folder / "config.json").get("out_features")
+    return dimension if isinstance(dimension, int) and dimension > 0 else None
 
 
 def check_sequence_lengths(path: str, lengths: dict[str, int | None]) -> None:

@@ -253,15 +253,15 @@ def construct(store: Store, spec: Spec, run_id: str, data: DomainData, name: str
     if reuse:
         log.info("%s already holds these vectors, verified (%s): verifying it again instead of rebuilding",
                  name, old.get("state"))
-        resumed, written, index, sample = True, 0, old.get("index") or {}, None
+        resumed, written, index, sample, computed = True, 0, old.get("index") or {}, None, None
     else:
         if store.where.embedded:
             _check_space(store.where, data, dimension)
         resumed = _prepare(store, spec, name, stamp, live=live)
         timings["prepare"] = round(time.perf_counter() - start, 2)
         mark = time.perf_counter()
-        loaded = _load(store, spec, data, name, cfg, sample=(spec.index.verify_sample, run_id))
-        written, sample = loaded.points, loaded.sample
+        loaded = _load(store, spec, data, name, cfg, sample=(spec.index.verify_sample, run_id, data.corpus.count))
+        written, sample, computed = loaded.points, loaded.sample, loaded.fresh
         compact_cache(cfg)  # merge the vectors the workers cached, for the next run and for search
         timings["load"] = round(time.perf_counter() - mark, 2)
         mark = time.perf_counter()
@@ -271,7 +271,8 @@ def construct(store: Store, spec: Spec, run_id: str, data: DomainData, name: str
     _faults.hit("index.verify", collection=name)
     mark = time.perf_counter()
     try:
-        checks = _verify(store, name, spec, data, model["path"], seed=run_id, encoder=fresh, sample=sample)
+        checks = _verify(store, name, spec, data, model["path"], seed=run_id, encoder=fresh, sample=sample,
+                         computed=computed)
     except IndexingError as exc:
         cols.update_stamp(store, name, state="failed", error=str(exc)[:500])
         raise IndexingError(f"{exc}. The alias {cols.alias_name(spec)!r} still points at {live or 'nothing'}; the "
@@ -347,34 +348,36 @@ def corpus_rows(spec: Spec, data: DomainData, plan) -> tuple:
     return ds, batch, blocks
 
 
-def corpus_vectors(spec: Spec, data: DomainData, cfg, progress=None) -> tuple:
-    """(lazy Dataset of the payload fields plus `embedding`, its number of read blocks)."""
+def corpus_vectors(spec: Spec, data: DomainData, cfg, progress=None, *, mark_fresh: bool = False) -> tuple:
+    """(lazy Dataset of the payload fields plus `embedding`, its number of read blocks);
+    `mark_fresh` adds the `encoder.FRESH` column."""
     idx = spec.index
     plan = plan_actors(idx.concurrency, idx.num_gpus)
     ds, batch, blocks = corpus_rows(spec, data, plan)
     if in_driver(spec.runtime.driver_encode_max, data.corpus.count, plan):  # a small corpus on one machine
-        return embed_here(ds, cfg, keep=kept_columns(spec), progress=progress), blocks
-    embedded = embed_dataset(ds, cfg, plan, batch_size=batch, keep=kept_columns(spec),
-                             progress=progress, preload=expects_encoding(cfg, data.corpus.count))
+        return embed_here(ds, cfg, keep=kept_columns(spec), progress=progress, mark_fresh=mark_fresh), blocks
+    embedded = embed_dataset(ds, cfg, plan, batch_size=batch, keep=kept_columns(spec), progress=progress,
+                             preload=expects_encoding(cfg, data.corpus.count), mark_fresh=mark_fresh)
     return embedded, blocks
 
 
-def _load(store: Store, spec: Spec, data: DomainData, name: str, cfg, *, sample: tuple[int, str] | None = None):
+def _load(store: Store, spec: Spec, data: DomainData, name: str, cfg, *, sample: tuple[int, str, int] | None = None):
     """Stream the corpus through the encoder actors into the store (`writer.Written`: the points
-    written, and the verification sample `sample` = (k, seed) drawn on the way)."""
+    written, and the verification sample `sample` = (k, seed, rows) drawn on the way, with the vectors
+    of those the encoders computed rather than read from the cache)."""
     from vectune.index.writer import write_dataset, write_failure
 
     idx = spec.index
     try:
         with track("re-embed corpus", data.corpus.count) as counter:
-            embedded, blocks = corpus_vectors(spec, data, cfg, progress=counter)
+            embedded, blocks = corpus_vectors(spec, data, cfg, progress=counter, mark_fresh=sample is not None)
             return write_dataset(embedded, store, name, batch_size=idx.batch_size, payload=payload_fields(spec),
                                  parallel=idx.parallel, blocks=blocks, bm25=bm25_settings(spec), sample=sample)
     except Exception as exc:  # noqa: BLE001 - a Ray-wrapped worker error: keep its last line
         raise IndexingError(f"loading {name} failed: {write_failure(store.where, exc)}") from exc
 
 
-def _verify(store, name, spec, data, model_path, *, seed, encoder, sample=None):
+def _verify(store, name, spec, data, model_path, *, seed, encoder, sample=None, computed=None):
     from vectune.index.verify import verify
 
-    return verify(store, name, spec, data, model_path, seed=seed, encoder=encoder, sample=sample)
+    return verify(store, name, spec, data, model_path, seed=seed, encoder=encoder, sample=sample, computed=computed)

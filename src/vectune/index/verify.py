@@ -10,7 +10,10 @@
 5. their stored vectors match a fresh embedding of the same documents (cosine > 0.999),
    computed without the embedding cache, so a stale cache or a mix-up of models cannot pass:
    by the model the caller already holds when it encoded in this process (a small corpus),
-   else as `vectune.embed.apart` decides (a Ray task for a driver without the model).
+   else as `vectune.embed.apart` decides (a Ray task for a driver without the model). A
+   vector the load's encoders computed themselves as the document passed (not read from the
+   cache) is such a fresh embedding already: the same model gives the same floats again, so
+   a cold re-index checks its sample against those and loads the model nowhere else.
 """
 
 from __future__ import annotations
@@ -78,6 +81,7 @@ def sample_texts(data: DomainData, doc_ids: list[str]) -> dict[str, str]:
 
 def verify(store: Store, name: str, spec: Spec, data: DomainData, model_path: str, *, seed: str,
            encoder: Encoder | None = None, sample: dict[str, str] | None = None,
+           computed: dict[str, np.ndarray] | None = None,
            expected: tuple[int, tuple[int, int]] | None = None, scanned: tuple[int, int] | None = None) -> dict:
     """Raise IndexingError unless collection `name` holds exactly the corpus, embedded by
     `model_path`. Returns what was checked.
@@ -89,7 +93,10 @@ def verify(store: Store, name: str, spec: Spec, data: DomainData, model_path: st
     is the uncached twin of) was built with `remember` and ran the model in this process on
     some of those texts, its vectors are fresh embeddings already (the same loaded model would
     give the same floats again), so only the sampled documents it did not compute, e.g. ones
-    it found in the cache, are encoded again. `expected` and `scanned`: as `verify_ids` takes them.
+    it found in the cache, are encoded again. `computed` ({doc_id: vector}): the sampled
+    documents' vectors the load's encoders computed by the model as they passed
+    (`writer.Written.fresh`), fresh embeddings likewise. `expected` and `scanned`: as
+    `verify_ids` takes them.
     """
     got, checksum = verify_ids(store, name, data, expected=expected, scanned=scanned)
     ids = sample_ids(data.corpus.ids, spec.index.verify_sample, seed) if sample is None else list(sample)
@@ -104,6 +111,7 @@ def verify(store: Store, name: str, spec: Spec, data: DomainData, model_path: st
         raise IndexingError(f"{name} misses sampled documents {missing[:5]}")
     texts = sample_texts(data, ids) if sample is None else sample
     known = {d: encoder.computed_vector(texts[d]) for d in ids} if encoder is not None else {}
+    known.update({d: computed[d] for d in ids if computed and d in computed})
     redo = [d for d in ids if known.get(d) is None]
     if redo:
         cfg = encoder_config(spec, model_path, role="document", cache=False)

@@ -24,6 +24,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from vectune import _faults
+from vectune.embed.encoder import FRESH
 from vectune.errors import VectuneError, root_cause
 from vectune.index.store import PAGE, Record, Store, Target, pages
 from vectune.index.engines import open_store
@@ -90,24 +91,27 @@ def upsert_columns(store: Store, collection: str, columns: dict[str, Any], *, ba
 class Written:
     """What a write job did: the points written, and (when asked for and the rows carried their
     text) the verification sample it drew on the way: {doc_id: text} of the `k` documents with
-    the smallest `points.sample_key` for the seed, so verifying needs no second corpus pass."""
+    the smallest `points.sample_key` for the seed, so verifying needs no second corpus pass;
+    `fresh`: {doc_id: vector} of those sampled whose rows say (`encoder.FRESH`) the encoder
+    computed their vector as they passed, a fresh embedding the verification need not redo."""
 
     points: int
     sample: dict[str, str] | None = None
+    fresh: dict[str, np.ndarray] | None = None
 
 
 def write_dataset(embedded, store: Store, collection: str, *, batch_size: int, payload: list[str],
-                  parallel: int, blocks: int, bm25=None, sample: tuple[int, str] | None = None) -> Written:
+                  parallel: int, blocks: int, bm25=None, sample: tuple[int, str, int] | None = None) -> Written:
     """Stream a Dataset of (doc_id, embedding, payload fields) into `collection` with Ray write
-    tasks. `store` is the driver's (see `worker_handle`); `sample`: (k, seed) of a verification
-    sample to draw from the rows written."""
+    tasks. `store` is the driver's (see `worker_handle`); `sample`: (k, seed, rows expected) of a
+    verification sample to draw from the rows written."""
     handle = worker_handle(store)
     sink = StoreDatasink(collection, handle=handle, batch_size=batch_size, payload=payload, bm25=bm25,
                          sample=sample)
     # the embedded engine applies one request at a time: two tasks keep it fed, more only queue
     concurrency = max(1, min(blocks, 2 if isinstance(handle, ActorStore) else parallel))
     embedded.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_TASK_CPUS}, concurrency=concurrency)
-    return Written(int(getattr(sink, "written", 0) or 0), getattr(sink, "sample", None))
+    return Written(int(getattr(sink, "written", 0) or 0), getattr(sink, "sample", None), getattr(sink, "fresh", None))
 
 
 def worker_handle(store: Store):
@@ -249,9 +253,11 @@ class StoreDatasink(_datasink_base()):
     embedded engine's owner actor."""
 
     def __init__(self, collection: str, *, handle, batch_size: int, payload: list[str], bm25=None,
-                 sample: tuple[int, str] | None = None):
+                 sample: tuple[int, str, int] | None = None):
         self.collection = collection
-        self.sample_of = sample  # (k, seed): each task keeps its k smallest keys, merged on completion
+        #: (k, seed, rows expected): each task keeps its k smallest keys under `sample_bar`,
+        #: merged on completion
+        self.sample_of = sample
         self.bm25 = bm25  # the spec's bm25 section when points carry BM25 vectors
         self.handle = handle  # an ActorStore, or a server's Target
         self.batch_size = batch_size
@@ -261,7 +267,7 @@ class StoreDatasink(_datasink_base()):
         from ray.data.block import BlockAccessor
 
         written = 0
-        drawn: list[tuple[bytes, str, str]] = []  # (sample key, doc_id, text), at most k
+        drawn: list[tuple] = []  # (sample key, doc_id, text, fresh vector or None), at most k
         pending: deque = deque()  # owner calls in flight: the next block is prepared meanwhile
         owner = self.handle.actor if isinstance(self.handle, ActorStore) else None
         store = None if owner is not None else open_store(self.handle)
@@ -292,16 +298,45 @@ class StoreDatasink(_datasink_base()):
         if self.sample_of and all(r["sample"] is not None for r in returns):
             k = self.sample_of[0]
             merged = sorted((row for r in returns for row in r["sample"]), key=lambda row: row[0])[:k]
-            self.sample = {doc_id: text for _, doc_id, text in merged}
+            if len(merged) >= min(k, self.written):  # else (improbably) too few under the bar:
+                # no sample, and the verification draws its own from the corpus
+                self.sample = {doc_id: text for _, doc_id, text, _ in merged}
+                self.fresh = {doc_id: vector for _, doc_id, _, vector in merged if vector is not None}
 
     def get_name(self) -> str:
         return "QdrantUpsert"
 
 
-def _draw(drawn: list, columns: dict, k: int, seed: str) -> list:
-    """The k rows of smallest `sample_key` among `drawn` and this block's rows."""
-    rows = [(sample_key(seed, str(d)), str(d), str(t)) for d, t in zip(columns["doc_id"], columns["text"])]
-    return heapq.nsmallest(k, drawn + rows, key=lambda row: row[0])
+#: a write task keeps a row as a verification-sample candidate only when its key is among the
+#: lowest `sample_bar` of the key space: about 4k + 32 rows of the whole corpus in expectation,
+#: so the candidates all tasks send back to the driver stay that many whatever the corpus size
+#: (each task keeping its own k smallest made them tasks x k: texts and vectors growing with
+#: the corpus), while the k smallest keys lie below the bar but for a chance under e^-20
+_SAMPLE_SPARE = 32
+
+
+def sample_bar(k: int, rows: int) -> bytes | None:
+    """The `sample_key` below which the `k` smallest keys of `rows` uniform keys lie, almost
+    surely (None: keep every row, a corpus too small to bother)."""
+    expected = 4 * k + _SAMPLE_SPARE
+    if rows <= expected:
+        return None
+    return int(2 ** 64 * expected / rows).to_bytes(8, "big")
+
+
+def _draw(drawn: list, columns: dict, k: int, seed: str, rows: int) -> list:
+    """The k rows of smallest `sample_key` among `drawn` and this block's rows below
+    `sample_bar(k, rows)`, each with its vector when the block says the encoder computed it
+    (`encoder.FRESH`)."""
+    bar = sample_bar(k, rows)
+    if len(drawn) >= k:
+        bar = min(bar, drawn[-1][0]) if bar is not None else drawn[-1][0]
+    keys = [sample_key(seed, str(d)) for d in columns["doc_id"]]
+    fresh = columns.get(FRESH)
+    new = [(key, str(columns["doc_id"][i]), str(columns["text"][i]),
+            np.array(columns["embedding"][i], dtype=np.float32) if fresh is not None and fresh[i] else None)
+           for i, key in enumerate(keys) if bar is None or key < bar]
+    return heapq.nsmallest(k, drawn + new, key=lambda row: row[0])
 
 
 def _get(ref):
