@@ -160,6 +160,14 @@ class PeakRSS:
     def cpu_seconds(self) -> float:
         return sum(self._cpu[p] - self._cpu0.get(p, 0.0) for p in self._cpu)
 
+    def cpu_by_role(self) -> dict:
+        """CPU seconds per role (as `roles` names them): where a phase's CPU went."""
+        out: dict[str, float] = {}
+        for pid, t in self._cpu.items():
+            role = _role(self.by_pid.get(pid, (0, "?"))[1])
+            out[role] = round(out.get(role, 0.0) + t - self._cpu0.get(pid, 0.0), 1)
+        return out
+
     def roles(self) -> dict:
         """Peak RSS (MiB) of the busiest process in each role, each at its own peak: the driver,
         an encoder actor, the embedded engine's owner (the writer: it holds the engine, vectors
@@ -186,7 +194,8 @@ class PeakRSS:
         return {"peak_rss_mib": round(self.peak_total / 2**20, 1),
                 "peak_driver_rss_mib": round(self.peak_driver / 2**20, 1),
                 "peak_rss_by_role_mib": self.roles(), "peak_rss_parts_by_role_mib": self.role_parts(),
-                "cpu_seconds": round(self.cpu_seconds(), 1), "rss_at_peak_by_process": self.at_peak}
+                "cpu_seconds": round(self.cpu_seconds(), 1), "cpu_seconds_by_role": self.cpu_by_role(),
+                "rss_at_peak_by_process": self.at_peak}
 
 
 # -- corpora --------------------------------------------------------------------------

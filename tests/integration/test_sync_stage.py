@@ -224,6 +224,27 @@ def test_a_driver_without_the_model_syncs_a_small_change_in_one_ray_task(spec, s
     assert min(float(stored[d][0] @ v) for d, v in zip(docs, fresh)) > 0.9999
 
 
+def test_a_large_change_goes_through_the_actors_and_is_verified_with_their_vectors(spec, sliced, scifact, first,
+                                                                                   monkeypatch):
+    """More changed documents than one batch go through the encoder actors and the write tasks;
+    the write tasks bring back the vectors the actors computed for the verification sample's
+    documents, so no Ray task loads the model to encode them again, and they are the model's."""
+    from vectune.embed import apart as apart_mod
+    from vectune.pipeline import reindex
+
+    tasks = []
+    real = apart_mod._task
+    monkeypatch.setattr(apart_mod, "here", lambda encoder=None: False)  # as in a driver without torch
+    monkeypatch.setattr(apart_mod, "_task", lambda fn, gpus: tasks.append(fn.__name__) or real(fn, gpus))
+    n = INDEX["embed_batch_size"] + 6  # more than one batch: a Dataset through the actors
+    _change(sliced, scifact, modified=n, added=0, removed=0, seed=7)
+    result = reindex(spec, run_id="s-large")
+    assert result["mode"] == "incremental" and result["updated"] == n
+    assert tasks == []
+    assert result["verified"]["sampled"] == INDEX["verify_sample"] and result["verified"]["encoded_again"] == 0
+    assert result["verified"]["min_cosine"] > 0.999
+
+
 def test_an_empty_diff_writes_nothing(spec, sliced, first, monkeypatch):
     import vectune.data
     from vectune import _faults

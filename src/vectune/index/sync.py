@@ -128,7 +128,7 @@ def sync(store: Store, spec: Spec, data: DomainData, run_id: str, live: str, mod
     encoder = Encoder(encoder_config(spec, model["path"], role="document", fingerprint=model["fingerprint"]),
                       remember=True)
     try:
-        written = _write(store, spec, live, changes.rows, count, encoder)
+        written, computed = _write(store, spec, live, changes.rows, count, encoder, sample=sample)
     except Exception as exc:  # noqa: BLE001 - a Ray-wrapped worker error: keep its last line
         from vectune.index.writer import write_failure
 
@@ -154,7 +154,7 @@ def sync(store: Store, spec: Spec, data: DomainData, run_id: str, live: str, mod
     fresh = encoder.without_cache()  # the model the driver loaded to write, if it did
     try:
         checks = verify(store, live, spec, data, model["path"], seed=run_id, encoder=fresh, sample=sample,
-                        expected=(data.corpus.count, changes.checksum),
+                        computed=computed, expected=(data.corpus.count, changes.checksum),
                         scanned=checksum_plus(scanned, id_checksum(gone), -1))
     except IndexingError as exc:
         raise IndexingError(f"{exc}. The sync of {live} did not converge; re-run `vectune reindex`, or "
@@ -333,21 +333,25 @@ def _changed(batch: dict, pids: list[str], hashes: np.ndarray, stored: dict[str,
 
 
 # -- applying it ------------------------------------------------------------------------
-def _write(store: Store, spec: Spec, live: str, changed, count: int, encoder: Encoder) -> int:
-    """Embed and upsert the changed rows; returns the points written.
+def _write(store: Store, spec: Spec, live: str, changed, count: int, encoder: Encoder, *,
+           sample: dict[str, str]) -> tuple[int, dict]:
+    """Embed and upsert the changed rows; returns (the points written, {doc_id: vector} of the
+    verification `sample`'s documents the encoder actors computed as they passed).
 
     `changed` is the rows as one batch on the driver (up to one Ray batch of them), or a
     Dataset of them (`Changes.rows`). A batch is encoded by one Ray task (`apart.encode`: no
     actor pool to start, and no model loaded into the driver, which then stays the same size
     whatever the sync), or by the driver when it holds the model already; the verification reuses
     those vectors. A Dataset goes through the encoder actors, then to the store from write tasks
-    (to a server in parallel, to an Edge shard through the actor that holds it).
+    (to a server in parallel, to an Edge shard through the actor that holds it), which bring back
+    the sample's vectors the actors computed, for the verification to reuse likewise.
     """
     if count == 0:
-        return 0
+        return 0, {}
     idx = spec.index
     payload = payload_fields(spec)
     cfg = encoder.config
+    computed: dict = {}
     with track("sync changed documents", count) as counter:
         if isinstance(changed, dict):
             vectors = apart.encode(encoder, [str(t) for t in changed["text"]], idx.num_gpus, progress=counter)
@@ -357,12 +361,13 @@ def _write(store: Store, spec: Spec, live: str, changed, count: int, encoder: En
         else:
             plan = plan_actors(idx.concurrency, idx.num_gpus)
             embedded = embed_dataset(changed, cfg, plan, batch_size=idx.embed_batch_size, keep=kept_columns(spec),
-                                     progress=counter, preload=expects_encoding(cfg, count))
-            written = write_dataset(embedded, store, live, batch_size=idx.batch_size, payload=payload,
-                                    parallel=idx.parallel, blocks=max(1, changed.num_blocks()),
-                                    bm25=bm25_settings(spec)).points
+                                     progress=counter, preload=expects_encoding(cfg, count), mark_fresh=True)
+            done = write_dataset(embedded, store, live, batch_size=idx.batch_size, payload=payload,
+                                 parallel=idx.parallel, blocks=max(1, changed.num_blocks()),
+                                 bm25=bm25_settings(spec), vectors_of=frozenset(sample))
+            written, computed = done.points, done.fresh or {}
     compact_cache(cfg)
-    return written
+    return written, computed
 
 
 def delete_points(store: Store, name: str, point_ids: list[str]) -> int:

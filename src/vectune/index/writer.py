@@ -101,13 +101,15 @@ class Written:
 
 
 def write_dataset(embedded, store: Store, collection: str, *, batch_size: int, payload: list[str],
-                  parallel: int, blocks: int, bm25=None, sample: tuple[int, str, int] | None = None) -> Written:
+                  parallel: int, blocks: int, bm25=None, sample: tuple[int, str, int] | None = None,
+                  vectors_of: frozenset[str] | None = None) -> Written:
     """Stream a Dataset of (doc_id, embedding, payload fields) into `collection` with Ray write
     tasks. `store` is the driver's (see `worker_handle`); `sample`: (k, seed, rows expected) of a
-    verification sample to draw from the rows written."""
+    verification sample to draw from the rows written; `vectors_of`: documents (a sample drawn
+    already) whose vectors to bring back when the encoder computed them (`Written.fresh`)."""
     handle = worker_handle(store)
     sink = StoreDatasink(collection, handle=handle, batch_size=batch_size, payload=payload, bm25=bm25,
-                         sample=sample)
+                         sample=sample, vectors_of=vectors_of)
     # the embedded engine applies one request at a time: two tasks keep it fed, more only queue
     concurrency = max(1, min(blocks, 2 if isinstance(handle, ActorStore) else parallel))
     embedded.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_TASK_CPUS}, concurrency=concurrency)
@@ -253,8 +255,11 @@ class StoreDatasink(_datasink_base()):
     embedded engine's owner actor."""
 
     def __init__(self, collection: str, *, handle, batch_size: int, payload: list[str], bm25=None,
-                 sample: tuple[int, str, int] | None = None):
+                 sample: tuple[int, str, int] | None = None, vectors_of: frozenset[str] | None = None):
         self.collection = collection
+        #: documents whose vectors the tasks send back when the encoder computed them (`FRESH`):
+        #: a sample chosen before the write (a sync's), to verify without encoding it again
+        self.vectors_of = vectors_of
         #: (k, seed, rows expected): each task keeps its k smallest keys under `sample_bar`,
         #: merged on completion
         self.sample_of = sample
@@ -268,6 +273,7 @@ class StoreDatasink(_datasink_base()):
 
         written = 0
         drawn: list[tuple] = []  # (sample key, doc_id, text, fresh vector or None), at most k
+        kept: dict[str, np.ndarray] = {}  # the fresh vectors of `vectors_of`
         pending: deque = deque()  # owner calls in flight: the next block is prepared meanwhile
         owner = self.handle.actor if isinstance(self.handle, ActorStore) else None
         store = None if owner is not None else open_store(self.handle)
@@ -278,6 +284,8 @@ class StoreDatasink(_datasink_base()):
                     continue
                 if self.sample_of and "text" in columns:
                     drawn = _draw(drawn, columns, *self.sample_of)
+                if self.vectors_of and FRESH in columns:
+                    kept.update(_fresh_of(columns, self.vectors_of))
                 chunks = prepare(columns, batch_size=self.batch_size, payload=self.payload, bm25=self.bm25)
                 if store is not None:
                     written += apply(store, self.collection, chunks)
@@ -290,11 +298,13 @@ class StoreDatasink(_datasink_base()):
         finally:
             if store is not None:
                 store.close()
-        return {"written": written, "sample": drawn if self.sample_of else None}
+        return {"written": written, "sample": drawn if self.sample_of else None, "vectors": kept}
 
     def on_write_complete(self, write_result) -> None:
         returns = [r for r in write_result.write_returns if r]
         self.written = sum(r["written"] for r in returns)
+        if self.vectors_of:
+            self.fresh = {d: v for r in returns for d, v in r["vectors"].items()}
         if self.sample_of and all(r["sample"] is not None for r in returns):
             k = self.sample_of[0]
             merged = sorted((row for r in returns for row in r["sample"]), key=lambda row: row[0])[:k]
@@ -322,6 +332,13 @@ def sample_bar(k: int, rows: int) -> bytes | None:
     if rows <= expected:
         return None
     return int(2 ** 64 * expected / rows).to_bytes(8, "big")
+
+
+def _fresh_of(columns: dict, wanted: frozenset[str]) -> dict[str, np.ndarray]:
+    """{doc_id: vector} of this block's rows in `wanted` whose vector the encoder computed."""
+    fresh = columns[FRESH]
+    return {str(d): np.array(columns["embedding"][i], dtype=np.float32)
+            for i, d in enumerate(columns["doc_id"]) if fresh[i] and str(d) in wanted}
 
 
 def _draw(drawn: list, columns: dict, k: int, seed: str, rows: int) -> list:
