@@ -161,7 +161,7 @@ def _resolved_precision(spec) -> str:
 #: the column an `Encoder` built with `mark_fresh` adds: whether the row's vector was computed by
 #: the encoder's model as the row passed (True), or read from the embedding cache. A vector
 #: computed so is a fresh embedding: the same model loaded again gives the same floats, so a
-#: verification of the stored vectors needs not run the model on that row again.
+#: verification of the stored vectors need not run the model on that row again.
 FRESH = "fresh_vector"
 
 
