@@ -34,6 +34,13 @@ def test_the_declared_dimension_is_the_loaded_models(random_model, tmp_path):
     projected.save(str(tmp_path / "projected"))
     assert declared_dimension(str(tmp_path / "projected")) == _loaded_dimension(str(tmp_path / "projected")) == 96
 
+    # a saved truncate_dim (a Matryoshka model's): the loaded model truncates to it, and so does this
+    truncated = tmp_path / "truncated"
+    shutil.copytree(random_model, truncated)
+    st_config = json.loads((truncated / "config_sentence_transformers.json").read_text())
+    (truncated / "config_sentence_transformers.json").write_text(json.dumps({**st_config, "truncate_dim": 128}))
+    assert declared_dimension(str(truncated)) == _loaded_dimension(str(truncated)) == 128
+
     # two pooling modes side by side double the size, in today's config and in the older flags
     for name, config in (("modes", {"embedding_dimension": 384, "pooling_mode": ["mean", "max"]}),
                          ("flags", {"word_embedding_dimension": 384, "pooling_mode_mean_tokens": True,

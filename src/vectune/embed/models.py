@@ -169,25 +169,29 @@ def _pooled_dimension(config: dict) -> int | None:
 def declared_dimension(path: str) -> int | None:
     """The output dimension a model folder's configs state, without loading the model: the last
     Dense layer's `out_features`, else the Pooling's output; a plain Hugging Face folder (no
-    modules.json, which sentence-transformers mean-pools) its `hidden_size`. None where the
-    configs cannot say for sure (not a folder, no Pooling, a module of another type, which may
-    change the size): then only a loaded model knows."""
+    modules.json, which sentence-transformers mean-pools) its `hidden_size`; at most the
+    `truncate_dim` the folder saved (config_sentence_transformers.json), as a loaded model
+    truncates to it. None where the configs cannot say for sure (not a folder, no Pooling, a
+    module of another type, which may change the size): then only a loaded model knows."""
     root = Path(path)
     if not root.is_dir():
         return None
     if not (root / "modules.json").is_file():
-        hidden = _json(root / "config.json").get("hidden_size")
-        return hidden if isinstance(hidden, int) and hidden > 0 else None
-    modules = _modules(root)
-    if not modules or any(kind.rsplit(".", 1)[-1] not in _SIZED_MODULES for kind, _ in modules):
+        dimension = _json(root / "config.json").get("hidden_size")
+    else:
+        modules = _modules(root)
+        if not modules or any(kind.rsplit(".", 1)[-1] not in _SIZED_MODULES for kind, _ in modules):
+            return None
+        dimension = None
+        for kind, folder in modules:
+            if kind.endswith("Pooling"):
+                dimension = _pooled_dimension(_json(folder / "config.json"))
+            elif kind.endswith("Dense"):
+                dimension = _json(folder / "config.json").get("out_features")
+    if not isinstance(dimension, int) or dimension <= 0:
         return None
-    dimension = None
-    for kind, folder in modules:
-        if kind.endswith("Pooling"):
-            dimension = _pooled_dimension(_json(folder / "config.json"))
-        elif kind.endswith("Dense"):
-            dimension = _json(folder / "config.json").get("out_features")
-    return dimension if isinstance(dimension, int) and dimension > 0 else None
+    truncate = _json(root / "config_sentence_transformers.json").get("truncate_dim")
+    return min(dimension, truncate) if isinstance(truncate, int) and truncate > 0 else dimension
 
 
 def check_sequence_lengths(path: str, lengths: dict[str, int | None]) -> None:
