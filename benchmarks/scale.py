@@ -66,6 +66,7 @@ def write_spec(folder: Path, model: str, precision: str, args) -> Path:
             "model": {"base": model, "precision": precision, "max_seq_length": args.seq},
             "index": {"qdrant": {"path": str(folder / "qdrant")}, "embed_batch_size": args.embed_batch,
                       "batch_size": args.upsert_batch, "keep": 1,
+                      **({} if args.shard_points is None else {"shard_points": args.shard_points or None}),
                       **({"on_disk_vectors": True, "hnsw": {"on_disk": True}} if args.on_disk else {})},
             "runtime": {"runs": str(folder / "runs")}}
     path = folder / "spec.yaml"
@@ -224,7 +225,8 @@ def one(n: int, precision: str, args) -> dict:
         synthetic(work, n)
         spec_path = write_spec(work, model, precision, args)
         corpus = work / "corpus.jsonl"
-        out: dict = {"docs": n, "precision": precision, "phases": args.phases, "on_disk": args.on_disk}
+        out: dict = {"docs": n, "precision": precision, "phases": args.phases, "on_disk": args.on_disk,
+                     "shard_points": "default" if args.shard_points is None else (args.shard_points or None)}
         want = set(args.phases)
         # the corpus is streamed, never held, to draw queries from it and to rewrite it (this
         # process is the driver whose memory is measured)
@@ -277,6 +279,9 @@ def main() -> None:
                     help="also measure recall@10 and the engine's latency at these search `ef` values")
     ap.add_argument("--on-disk", action="store_true",
                     help="index.on_disk_vectors and index.hnsw.on_disk: the engine maps vectors and graph from disk")
+    ap.add_argument("--shard-points", type=int, default=None,
+                    help="index.shard_points (the embedded engine's most points a shard); 0: one shard; "
+                         "default: the spec's default")
     ap.add_argument("--cpus", type=int, default=None)
     ap.add_argument("--dir", default=None, help="work folder (default: the system's temp; the store is written there)")
     ap.add_argument("--model-dir", default=str(Path(tempfile.gettempdir()) / "vectune-scale-model"))

@@ -155,7 +155,11 @@ def test_spec_ef_is_auto_a_bounded_number_or_the_engines_default(tmp_path):
     from vectune.index.store import hnsw
 
     assert _spec(tmp_path).index.hnsw.ef == "auto"
-    assert hnsw(_spec(tmp_path), 1_000_000).ef == 512 and hnsw(_spec(tmp_path), 300).ef == 256
+    # the embedded engine searches each shard (`shard_points`, 100,000 by default) by itself
+    assert hnsw(_spec(tmp_path), 1_000_000).ef == 256 and hnsw(_spec(tmp_path), 300).ef == 256
+    assert hnsw(_spec(tmp_path, shard_points=None), 1_000_000).ef == 512
+    assert hnsw(_spec(tmp_path, shard_points=500_000), 1_000_000).ef == 384
+    assert hnsw(_spec(tmp_path, qdrant={"url": "http://q:6333"}), 1_000_000).ef == 512  # a server: one collection
     assert hnsw(_spec(tmp_path, hnsw={"ef": 96}), 1_000_000).ef == 96
     assert hnsw(_spec(tmp_path, hnsw={"ef": None}), 1_000_000).ef is None
     for bad in (0, 100_001, "fast", True, 1.5):

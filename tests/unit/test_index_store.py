@@ -23,12 +23,28 @@ DOCS = {
 }
 
 
-@pytest.fixture(params=["edge", "server"])
+def _small_shards(root: str, per: int):
+    """An EdgeStore whose every version holds at most `per` points a shard (`index.shard_points`):
+    the interface's tests then run across several shards."""
+    import dataclasses
+
+    from vectune.index.edge import EdgeStore
+
+    class SmallShards(EdgeStore):
+        def create(self, name, layout, *, stamp):
+            super().create(name, dataclasses.replace(layout, shard_points=per), stamp=stamp)
+
+    return SmallShards(Target(path=root))
+
+
+@pytest.fixture(params=["edge", "edge-shards", "server"])
 def store(request, tmp_path):
     if request.param == "edge":
         from vectune.index.edge import EdgeStore
 
         s = EdgeStore(Target(path=str(tmp_path / "qdrant")))
+    elif request.param == "edge-shards":  # 6 documents: shards of 4 and 2
+        s = _small_shards(str(tmp_path / "qdrant"), 4)
     else:
         s = server_stand_in()
     yield s
@@ -266,3 +282,66 @@ def test_an_index_built_with_other_hnsw_settings_than_created_keeps_the_vectors(
         assert store.search("docs", vectors[2], 1)[0].id == ids[2]
     finally:
         store.close()
+
+
+def test_a_version_above_its_shard_size_is_filled_one_bounded_shard_at_a_time(tmp_path):
+    """`index.shard_points`: a version holds at most that many points a shard. A fresh load fills
+    one shard at a time and seals (indexes, closes) each when full, so the writing process holds
+    one shard open; updates find their shard, new points go to the last; searches, counts,
+    scrolls and the index build span every shard, and walking them keeps at most one open."""
+    import json
+
+    from vectune.index.edge import EdgeStore
+
+    root = tmp_path / "qdrant"
+    store = EdgeStore(Target(path=str(root)))
+    vectors = _vectors(230, seed=3)
+    ids = [point_id(f"d{i}") for i in range(230)]
+    store.create("c", Layout(size=8, distance="cosine", shard_points=50), stamp={})
+    for start in range(0, 230, 40):  # a fresh load: ids vouched new
+        stop = min(start + 40, 230)
+        store.upsert("c", ids[start:stop], vectors[start:stop], [{"doc_id": f"d{i}"} for i in range(start, stop)],
+                     new_ids=True)
+        assert list(store._shards) == [("c", store._parts("c")[-1])]  # the writer holds one shard
+    parts = store._parts("c")
+    assert parts == ["shard", "shard-1", "shard-2", "shard-3", "shard-4"]
+    record = json.loads((root / "collections" / "c" / "version.json").read_text())
+    assert record["shard_points"] == 50 and record["parts"] == parts
+    assert json.loads((root / "vectune-store.json").read_text())["layout"] == 2  # an older vectune refuses it
+
+    def per_shard():
+        return [store._call("c", "count", lambda s: s.count(__import__("qdrant_edge").CountRequest(exact=True)), p)
+                for p in parts]
+
+    assert per_shard() == [50, 50, 50, 50, 30]
+    assert store.count("c") == 230 and store.count("c", has_field="doc_id") == 230
+    # an update stays in its shard; a new id (not vouched new) goes to the last
+    store.upsert("c", [ids[3], ids[120], point_id("new")], vectors[:3],
+                 [{"doc_id": "d3", "v": 2}, {"doc_id": "d120", "v": 2}, {"doc_id": "new"}])
+    assert per_shard() == [50, 50, 50, 50, 31] and store.count("c") == 231
+    got = {r.payload["doc_id"]: r for r in store.retrieve("c", [ids[3], ids[120], point_id("new")], ["doc_id", "v"],
+                                                           vectors=True)}
+    assert got["d3"].payload["v"] == 2 and got["d120"].payload["v"] == 2
+    assert np.allclose(got["d120"].vector, vectors[1], atol=1e-6)
+    store.delete("c", [ids[0], ids[100], point_id("new")])
+    assert per_shard() == [49, 50, 49, 50, 30] and store.count("c") == 228
+    pages = list(store.scroll("c", ["doc_id"], page=37))
+    seen = [r.id for p in pages for r in p]
+    assert len(seen) == len(set(seen)) == 228 and all(len(p) <= 37 for p in pages)
+    # search spans the shards: the exact top 10 (shards this small are searched exactly)
+    vectors[3], vectors[120] = vectors[0].copy(), vectors[1].copy()  # as updated above
+    alive = [i for i in range(230) if i not in (0, 100)]
+    for q in _vectors(5, seed=9):
+        want = [ids[i] for i in sorted(alive, key=lambda i: -float(vectors[i] @ q))[:10]]
+        hits = store.search("c", q, 10)
+        assert [h.id for h in hits] == want and hits[0].score >= hits[-1].score
+    built = store.build_index("c", Hnsw(m=16, ef_construct=100, ef=64))
+    assert (built["shards"], built["points"]) == (5, 228) and built["seconds_during_load"] >= 0
+    assert store._shards == {}  # built and closed, one at a time
+    assert store.count("c") == 228 and store._shards == {}  # a walk closes what it opened
+    store.close()
+    # a resumed load (another process: nothing vouched new) writes every point again: no duplicate
+    again = EdgeStore(Target(path=str(root)))
+    again.upsert("c", ids[:60], vectors[:60], [{"doc_id": f"d{i}"} for i in range(60)])
+    assert again.count("c") == 229  # d0 was deleted: written again; the other 59 replaced where they are
+    again.close()

@@ -4,14 +4,24 @@ Edge has shards, not collections, aliases or collection metadata. vectune's fold
 (`index.qdrant.path`):
 
     vectune-store.json             what wrote the folder (this layout, the engine's version)
-    collections/<name>/shard/      one Edge shard per collection version
-    collections/<name>/version.json  its vectors, HNSW settings, index build and the vectune stamp
+    collections/<name>/shard/      a collection version's Edge shard (its first, when it has several)
+    collections/<name>/shard-<k>/  its further shards, when it holds more than `shard_points` points
+    collections/<name>/version.json  its vectors, HNSW settings, shards, index build and the vectune stamp
     aliases/<alias>.json           {"collection": ...}: the version readers query
 
 The alias and version records are replaced atomically (written to a temporary file, fsynced,
 renamed over the old one, the folder fsynced): a reader, which resolves the alias on every open,
 sees the old record or the new one, never a torn or missing one, even when the writer is killed
 mid-way. A collection is dropped by renaming its folder out of sight, then deleting it.
+
+A version holds at most `index.shard_points` points per shard (`Layout.shard_points`; None: one
+shard). A load fills one shard at a time: when it is full its HNSW graph is built (`optimize()`), it
+is closed, and the next one is created, so the process writing a version holds one shard's memory
+whatever the corpus size. An update of a point already stored goes to the shard that holds it; a
+new point to the last one. A search queries every shard and merges: dense hits by score, and a
+hybrid query's two prefetched lists each merged across the shards and then fused (`fuse`), as a
+Qdrant server fuses across its shards; with one shard the engine fuses. Each shard computes its
+own BM25 IDF (as each shard of a server does).
 
 Edge lets one process open a shard at a time (its WAL is locked): a shard being written (a re-index
 owner, a sync) cannot be searched meanwhile; the others can. Shards open on first use and stay open
@@ -46,7 +56,10 @@ from vectune.index.store import (DENSE, FUSIONS, MEMORY, PAGE, RRF_K, SPARSE, Hi
 log = logging.getLogger(__name__)
 
 MARKER = "vectune-store.json"
-LAYOUT = 1
+#: 1: one shard per version; 2: versions may hold several (`parts` in their record)
+LAYOUT = 2
+#: the first (or only) shard folder of a version
+PART = "shard"
 #: free space kept in hand beyond what a write needs: Edge's WAL grows in 32 MiB segments
 MIN_FREE = 64 << 20
 #: Qdrant's default: segments under this many KiB of vectors are searched exactly, without HNSW
@@ -175,8 +188,8 @@ class EdgeStore:
         try:
             (root / "collections").mkdir(parents=True, exist_ok=True)
             (root / "aliases").mkdir(exist_ok=True)
-            if not (root / MARKER).exists():
-                write_json(root / MARKER, {"layout": LAYOUT, "engine": "qdrant-edge-py",
+            if not (root / MARKER).exists():  # layout 2 only once a version holds several shards
+                write_json(root / MARKER, {"layout": 1, "engine": "qdrant-edge-py",
                                            "engine_version": engine_version()})
         except OSError as exc:  # a file where the folder should be, no permission, a read-only disk
             raise IndexingError(f"cannot open the embedded Qdrant at {root} (index.qdrant.path): "
@@ -186,7 +199,9 @@ class EdgeStore:
             raise IndexingError(f"{root} was written by a newer vectune (store layout {marker.get('layout')}); "
                                 "upgrade vectune to read it")
         self.root = root
-        self._shards: dict[str, object] = {}
+        self._shards: dict[tuple[str, str], object] = {}  # (version, shard folder): the open shards
+        self._fill: dict[str, int] = {}  # points in the last shard of a version this process is writing
+        self._sealed: dict[str, float] = {}  # seconds spent building the full shards' graphs during a load
 
     def describe(self) -> str:
         return f"embedded engine (Qdrant Edge) at {self.root}"
@@ -212,13 +227,18 @@ class EdgeStore:
                 "a write to a full disk would kill the process instead of failing: free some space, or point "
                 "index.qdrant.path at a larger disk")
 
-    def _shard(self, name: str):
-        shard = self._shards.get(name)
+    def _parts(self, name: str) -> list[str]:
+        """The shard folders of version `name`, the last one open for new points."""
+        return list(self._record(name).get("parts") or [PART])
+
+    def _shard(self, name: str, part: str = PART):
+        shard = self._shards.get((name, part))
         if shard is not None:
             return shard
-        folder = self._dir(name) / "shard"
+        folder = self._dir(name) / part
         if not (self._dir(name) / "version.json").exists():
             raise IndexingError(f"no collection {name!r} in {self.root}")
+        what = f"the shard of {name}" if part == PART else f"shard {part} of {name}"
         self._ensure_space(0, f"open {name}")
         try:
             shard = _edge().EdgeShard.load(str(folder))
@@ -228,23 +248,48 @@ class EdgeStore:
             reason = _reason(exc)
             if "WouldBlock" in reason:
                 raise IndexingError(
-                    f"the shard of {name} ({folder}) is open in another process (a re-index or sync writing it?): "
+                    f"{what} ({folder}) is open in another process (a re-index or sync writing it?): "
                     "Qdrant Edge lets one process open a shard at a time (and one store in a process); retry when "
                     "it is done") from None
-            raise IndexingError(f"cannot load the shard of {name} ({folder}): {reason}") from None
-        self._shards[name] = shard
+            raise IndexingError(f"cannot load {what} ({folder}): {reason}") from None
+        self._shards[(name, part)] = shard
         return shard
 
-    def _call(self, name: str, what: str, fn):
-        """Run an Edge call; its errors, panics of a corrupted segment included, become IndexingError."""
+    def _release(self, name: str, part: str) -> None:
+        shard = self._shards.pop((name, part), None)
+        if shard is not None:
+            shard.close()
+
+    def _call(self, name: str, what: str, fn, part: str = PART):
+        """Run an Edge call on one shard of `name`; its errors, panics of a corrupted segment
+        included, become IndexingError."""
         try:
-            return fn(self._shard(name))
+            return fn(self._shard(name, part))
         except IndexingError:
             raise
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # noqa: BLE001 - PanicException derives from BaseException
             raise IndexingError(f"{name}: Qdrant Edge failed to {what}: {_reason(exc)}") from exc
+
+    def _each(self, name: str, what: str, fn) -> list:
+        """`fn` on every shard of `name`, in order. A version of several shards is walked one shard
+        at a time: a shard this call opened is closed again before the next one opens, so walking
+        (a count, a scroll, an index build) holds one shard's memory whatever the version's size."""
+        parts = self._parts(name)
+        out = []
+        for part in parts:
+            opened = (name, part) not in self._shards
+            try:
+                out.append(self._call(name, what, fn, part))
+            finally:
+                if opened and len(parts) > 1 and (name, part) != self._open_part(name, parts):
+                    self._release(name, part)
+        return out
+
+    def _open_part(self, name: str, parts: list[str]) -> tuple[str, str] | None:
+        """The shard of `name` this process is filling (kept open), if any."""
+        return (name, parts[-1]) if name in self._fill else None
 
     # -- versions --------------------------------------------------------------------------
     def collections(self) -> list[str]:
@@ -268,7 +313,7 @@ class EdgeStore:
         folder.mkdir(parents=True)
         h = layout.hnsw
         try:
-            self._shards[name] = qe.EdgeShard.create(str(folder / "shard"), _config(layout))
+            self._shards[(name, PART)] = qe.EdgeShard.create(str(folder / PART), _config(layout))
         except BaseException as exc:  # noqa: BLE001
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
@@ -278,12 +323,14 @@ class EdgeStore:
             "vectors": {DENSE: {"size": layout.size, "distance": layout.distance, "on_disk": layout.on_disk}},
             "sparse_vectors": {SPARSE: {"modifier": "idf"}} if layout.sparse else {},
             "hnsw": {"m": h.m, "ef_construct": h.ef_construct, "ef": h.ef, "on_disk": h.on_disk},
+            "shard_points": layout.shard_points, "parts": [PART],
             "index": None, "vectune": stamp})
+        self._fill[name] = 0
 
     def drop(self, name: str) -> None:
-        shard = self._shards.pop(name, None)
-        if shard is not None:
-            shard.close()
+        for key in [k for k in self._shards if k[0] == name]:
+            self._shards.pop(key).close()
+        self._fill.pop(name, None)
         folder = self._dir(name)
         if not folder.exists():
             return
@@ -303,7 +350,7 @@ class EdgeStore:
                       sparse=SPARSE in (record.get("sparse_vectors") or {}),
                       hnsw=Hnsw(m=h.get("m", 16), ef_construct=h.get("ef_construct", 100), ef=h.get("ef"),
                                 on_disk=bool(h.get("on_disk"))),
-                      on_disk=bool(dense.get("on_disk")))
+                      on_disk=bool(dense.get("on_disk")), shard_points=record.get("shard_points"))
 
     def version_record(self, name: str) -> dict:
         """The whole version record (layout, HNSW settings, index build, stamp)."""
@@ -345,7 +392,12 @@ class EdgeStore:
 
     # -- points ------------------------------------------------------------------------------
     def upsert(self, name: str, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict],
-               sparse: Sequence[Sparse] | None = None) -> int:
+               sparse: Sequence[Sparse] | None = None, *, new_ids: bool = False) -> int:
+        """Write points: a point already stored is replaced in the shard that holds it, a new one
+        goes to the version's last shard, which is sealed (indexed, closed) and followed by a new
+        one when it holds `shard_points`. `new_ids`: the caller vouches that no id is stored yet
+        (a fresh build's load: a corpus's ids are unique), so the points go straight to the last
+        shard without looking them up in the sealed ones."""
         qe = _edge()
         vectors = np.asarray(vectors, dtype=np.float32)
         # WAL + segment: each point twice, its payload (JSON) too
@@ -357,38 +409,138 @@ class EdgeStore:
             if sparse is not None:
                 vector[SPARSE] = qe.SparseVector(list(sparse[i].indices), list(sparse[i].values))
             points.append(qe.Point(pid, vector, dict(payloads[i])))
-        self._call(name, "upsert points", lambda s: s.update(qe.UpdateOperation.upsert_points(points)))
+        record = self._record(name)
+        limit, parts = record.get("shard_points"), list(record.get("parts") or [PART])
+        if not limit:
+            self._write(name, PART, points)
+            return len(points)
+        new = points
+        if not new_ids:  # a sync or a resumed load: some ids may be stored already
+            new = []
+            held: dict[str, str] = {}
+            for part in parts:
+                for pid in self._held(name, part, [str(p.id) for p in points if str(p.id) not in held]):
+                    held[pid] = part
+            for part in parts:
+                self._write(name, part, [p for p in points if held.get(str(p.id)) == part])
+            new = [p for p in points if str(p.id) not in held]
+        fill = self._fill.get(name)
+        if fill is None:
+            fill = self._call(name, "count points", lambda s: s.count(qe.CountRequest(exact=True)), parts[-1])
+        while new:
+            if fill >= limit:
+                parts, fill = self._seal(name, parts), 0
+            take, new = new[:limit - fill], new[limit - fill:]
+            self._write(name, parts[-1], take)
+            fill += len(take)
+        self._fill[name] = fill
         return len(points)
+
+    def _write(self, name: str, part: str, points: list) -> None:
+        if points:
+            qe = _edge()
+            self._call(name, "upsert points", lambda s: s.update(qe.UpdateOperation.upsert_points(points)), part)
+
+    def _held(self, name: str, part: str, ids: list[str]) -> list[str]:
+        """Which of `ids` shard `part` of `name` holds."""
+        if not ids:
+            return []
+        got = self._call(name, "look up points", lambda s: s.retrieve(ids, with_payload=False, with_vector=False),
+                         part)
+        return [str(p.id) for p in got]
+
+    def _seal(self, name: str, parts: list[str]) -> list[str]:
+        """Build the graph of the full last shard of `name`, close it, and start the next one
+        (created first, then listed in the version record: a seal killed between the two leaves
+        an unlisted folder, replaced by the next seal). Returns the version's shards."""
+        qe = _edge()
+        last = parts[-1]
+        start = time.perf_counter()
+        self._ensure_space(_size(self._dir(name) / last), f"build the index of {name}")
+        self._call(name, "build the index", lambda s: s.optimize(), last)
+        self._call(name, "flush", lambda s: s.flush(), last)
+        self._release(name, last)
+        self._sealed[name] = self._sealed.get(name, 0.0) + time.perf_counter() - start
+        part = f"{PART}-{len(parts)}"
+        folder = self._dir(name) / part
+        if folder.exists():
+            shutil.rmtree(folder)
+        try:
+            self._shards[(name, part)] = qe.EdgeShard.create(str(folder), _config(self.layout(name)))
+        except BaseException as exc:  # noqa: BLE001
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            raise IndexingError(f"cannot create shard {part} of {name}: {_reason(exc)}") from None
+        record = self._record(name)
+        record["parts"] = parts + [part]
+        marker = read_json(self.root / MARKER) or {}
+        if marker.get("layout", 1) < LAYOUT:  # an older vectune must not read a version's first shard as all of it
+            write_json(self.root / MARKER, {**marker, "layout": LAYOUT})
+        write_json(self._dir(name) / "version.json", record)
+        log.info("%s: shard %s holds %d points, indexed and closed; writing %s", name, last,
+                 record.get("shard_points"), part)
+        return record["parts"]
 
     def delete(self, name: str, ids: Sequence[str]) -> None:
         qe = _edge()
         self._ensure_space(0, f"delete from {name}")
-        self._call(name, "delete points", lambda s: s.update(qe.UpdateOperation.delete_points(list(ids))))
+        ids = list(ids)
+        self._each(name, "delete points", lambda s: s.update(qe.UpdateOperation.delete_points(ids)))
+        if name in self._fill:
+            self._fill[name] = None  # counted again at the next write
 
     def count(self, name: str, *, has_vector: str | None = None, has_field: str | None = None) -> int:
         qe = _edge()
         must = [qe.HasVectorCondition(has_vector)] if has_vector else None
         must_not = [qe.IsEmptyCondition(has_field)] if has_field else None
         flt = qe.Filter(must=must, must_not=must_not) if (must or must_not) else None
-        return int(self._call(name, "count points", lambda s: s.count(qe.CountRequest(exact=True, filter=flt))))
+        return sum(int(n) for n in self._each(name, "count points",
+                                               lambda s: s.count(qe.CountRequest(exact=True, filter=flt))))
 
     def scroll_page(self, name: str, fields: Sequence[str] | None, offset: str | None,
                     limit: int) -> tuple[list[Record], str | None]:
+        """One page of `name`'s points. Across several shards the offset is `<shard>:<point id>`,
+        and a shard read to its end is closed before the next one opens."""
         qe = _edge()
-        request = qe.ScrollRequest(offset=offset, limit=limit, with_payload=list(fields) if fields else False,
-                                   with_vector=False)
-        points, after = self._call(name, "scroll points", lambda s: s.scroll(request))
-        return [Record(str(p.id), dict(p.payload or {})) for p in points], (None if after is None else str(after))
+        parts = self._parts(name)
+        k, inner = 0, offset
+        if len(parts) > 1 and offset is not None:
+            head, _, rest = offset.partition(":")
+            k, inner = int(head), rest or None
+        while k < len(parts):
+            request = qe.ScrollRequest(offset=inner, limit=limit, with_payload=list(fields) if fields else False,
+                                       with_vector=False)
+            points, after = self._call(name, "scroll points", lambda s: s.scroll(request), parts[k])
+            records = [Record(str(p.id), dict(p.payload or {})) for p in points]
+            if len(parts) == 1:
+                return records, (None if after is None else str(after))
+            if after is not None:
+                return records, f"{k}:{after}"
+            if (name, parts[k]) != self._open_part(name, parts):
+                self._release(name, parts[k])
+            k, inner = k + 1, None
+            if records:
+                return records, (f"{k}:" if k < len(parts) else None)
+        return [], None
 
     def scroll(self, name: str, fields: Sequence[str] | None = None, *, page: int = PAGE) -> Iterator[list[Record]]:
         return pages(self.scroll_page, name, fields, page)
 
     def retrieve(self, name: str, ids: Sequence[str], fields: Sequence[str] | None = None, *,
                  vectors: bool = False) -> list[Record]:
-        got = self._call(name, "retrieve points", lambda s: s.retrieve(
-            list(ids), with_payload=list(fields) if fields else False, with_vector=[DENSE] if vectors else False))
-        return [Record(str(p.id), dict(p.payload or {}),
-                       (p.vector or {}).get(DENSE) if vectors and isinstance(p.vector, dict) else None) for p in got]
+        out: list[Record] = []
+        todo = list(ids)
+        for part in self._parts(name):
+            if not todo:
+                break
+            got = self._call(name, "retrieve points", lambda s: s.retrieve(
+                todo, with_payload=list(fields) if fields else False, with_vector=[DENSE] if vectors else False), part)
+            out.extend(Record(str(p.id), dict(p.payload or {}),
+                              (p.vector or {}).get(DENSE) if vectors and isinstance(p.vector, dict) else None)
+                       for p in got)
+            found = {r.id for r in out}
+            todo = [i for i in todo if i not in found]
+        return out
 
     # -- queries and the index ---------------------------------------------------------------
     def _resolve(self, name: str) -> str:
@@ -398,60 +550,92 @@ class EdgeStore:
         ef = ef if ef is not None else self.layout(name).hnsw.ef
         return _edge().SearchParams(hnsw_ef=ef) if ef else None
 
+    def _query(self, name: str, what: str, request) -> list[list]:
+        """`request` on every shard of `name` (kept open: a reader queries again)."""
+        return [self._call(name, what, lambda s: s.query(request), part) for part in self._parts(name)]
+
     def search(self, name: str, vector: Sequence[float], k: int, fields: Sequence[str] | None = None, *,
                ef: int | None = None) -> list[Hit]:
+        """The `k` nearest points; across several shards, each shard's `k` merged by score."""
         qe = _edge()
         name = self._resolve(name)
         request = qe.QueryRequest(limit=k, query=qe.Query.Nearest([float(v) for v in vector], using=DENSE),
                                   with_payload=list(fields) if fields else False, params=self._params(name, ef))
-        return _hits(self._call(name, "search", lambda s: s.query(request)))
+        found = self._query(name, "search", request)
+        if len(found) == 1:
+            return _hits(found[0])
+        nearest_first = self.layout(name).distance == "euclid"  # Qdrant scores euclid by distance
+        return sorted(_hits([p for points in found for p in points]), key=lambda h: h.score,
+                      reverse=not nearest_first)[:k]
 
     def hybrid(self, name: str, dense: Sequence[float], sparse: Sparse, k: int, fields: Sequence[str] | None = None,
                *, fusion: str = "rrf", prefetch: int = 100, ef: int | None = None,
                rrf_k: int = RRF_K) -> list[Hit]:
-        """Dense and `bm25` sparse candidates (`prefetch` each), fused in the engine (RRF with `rrf_k`, or DBSF)."""
+        """Dense and `bm25` sparse candidates (`prefetch` each), fused (RRF with `rrf_k`, or DBSF):
+        in the engine for a version of one shard; across several, each candidate list is gathered
+        from every shard first and then fused (`vectune.ranking.fuse`: qdrant-client's fusion),
+        as a Qdrant server fuses across its shards."""
         qe = _edge()
         if fusion not in FUSIONS:
             raise ValueError(f"fusion {fusion!r}: choose from {FUSIONS}")
         name = self._resolve(name)
         if not self.layout(name).sparse:
             raise IndexingError(f"{name} has no `{SPARSE}` sparse vector to search")
-        request = qe.QueryRequest(
-            limit=k, with_payload=list(fields) if fields else False,
-            prefetches=[qe.Prefetch(limit=prefetch, query=qe.Query.Nearest([float(v) for v in dense], using=DENSE),
-                                    params=self._params(name, ef)),
-                        qe.Prefetch(limit=prefetch, query=qe.Query.Nearest(
-                            qe.SparseVector(list(sparse.indices), [float(v) for v in sparse.values]), using=SPARSE))],
-            query=qe.Fusion.Rrf(k=rrf_k) if fusion == "rrf" else qe.Fusion.Dbsf())
-        return _hits(self._call(name, "run a hybrid query", lambda s: s.query(request)))
+        near = qe.Query.Nearest([float(v) for v in dense], using=DENSE)
+        terms = qe.Query.Nearest(qe.SparseVector(list(sparse.indices), [float(v) for v in sparse.values]), using=SPARSE)
+        if len(self._parts(name)) == 1:
+            request = qe.QueryRequest(
+                limit=k, with_payload=list(fields) if fields else False,
+                prefetches=[qe.Prefetch(limit=prefetch, query=near, params=self._params(name, ef)),
+                            qe.Prefetch(limit=prefetch, query=terms)],
+                query=qe.Fusion.Rrf(k=rrf_k) if fusion == "rrf" else qe.Fusion.Dbsf())
+            return _hits(self._call(name, "run a hybrid query", lambda s: s.query(request)))
+        from vectune.ranking import fuse
+
+        lists, payloads = [], {}
+        nearest_first = self.layout(name).distance == "euclid"
+        for query, params, best_high in ((near, self._params(name, ef), not nearest_first), (terms, None, True)):
+            request = qe.QueryRequest(limit=prefetch, query=query, params=params,
+                                      with_payload=list(fields) if fields else False)
+            hits = sorted(_hits([p for points in self._query(name, "run a hybrid query", request) for p in points]),
+                          key=lambda h: h.score, reverse=best_high)[:prefetch]
+            payloads.update((h.id, h.payload) for h in hits)
+            lists.append([(h.id, h.score) for h in hits])
+        return [Hit(pid, score, payloads[pid]) for pid, score in fuse(lists, fusion, limit=k, rrf_k=rrf_k)]
 
     def build_index(self, name: str, hnsw: Hnsw, *, timeout: float = 3600.0) -> dict:
-        """Build HNSW over what was loaded (`optimize()`, blocking), record it in the version record,
-        and close the shard, so the next reader (verification) loads it from disk.
+        """Build HNSW over what was loaded (`optimize()`, blocking, one shard at a time), record it
+        in the version record, and close the shards, so the next reader (verification) loads them
+        from disk. Shards sealed during the load were indexed then (`seconds_during_load`).
 
-        Needs about the shard's size again in free space while the optimised segment is written."""
+        Needs about the largest shard's size again in free space while its optimised segment is written."""
         qe = _edge()
         record = self._record(name)
-        size = sum(f.stat().st_size for f in (self._dir(name) / "shard" / "segments").rglob("*") if f.is_file())
-        self._ensure_space(size, f"build the index of {name}")
+        parts = list(record.get("parts") or [PART])
+        self._ensure_space(max(_size(self._dir(name) / p) for p in parts), f"build the index of {name}")
         built_with = record.get("hnsw") or {}
-        if (built_with.get("m"), built_with.get("ef_construct")) != (hnsw.m, hnsw.ef_construct):
-            # a resumed build whose spec changed its HNSW settings: Edge overwrites the shard's config on load
-            shard = self._shards.pop(name, None)
-            if shard is not None:
-                shard.close()
-            self._shards[name] = qe.EdgeShard.load(str(self._dir(name) / "shard"),
-                                                   _config(dataclasses.replace(self.layout(name), hnsw=hnsw)))
+        changed = (built_with.get("m"), built_with.get("ef_construct")) != (hnsw.m, hnsw.ef_construct)
         record["hnsw"] = {"m": hnsw.m, "ef_construct": hnsw.ef_construct, "ef": hnsw.ef, "on_disk": hnsw.on_disk}
         write_json(self._dir(name) / "version.json", record)
         start = time.perf_counter()
-        self._call(name, "build the index", lambda s: s.optimize())
-        self._call(name, "flush", lambda s: s.flush())
-        info = self._call(name, "describe the shard", lambda s: s.info())
-        # closed: whatever reads it next (verification first) loads it from its files, as a reader will
-        self._shards.pop(name).close()
-        built = {"built": _now(), "seconds": round(time.perf_counter() - start, 2), "points": info.points_count,
-                 "indexed_vectors": info.indexed_vectors_count, "segments": info.segments_count,
+        points = indexed = segments = 0
+        for part in parts:
+            if changed:
+                # a resumed build whose spec changed its HNSW settings: Edge overwrites the shard's config on load
+                self._release(name, part)
+                self._shards[(name, part)] = qe.EdgeShard.load(str(self._dir(name) / part),
+                                                               _config(dataclasses.replace(self.layout(name), hnsw=hnsw)))
+            self._call(name, "build the index", lambda s: s.optimize(), part)
+            self._call(name, "flush", lambda s: s.flush(), part)
+            info = self._call(name, "describe the shard", lambda s: s.info(), part)
+            points, indexed, segments = (points + info.points_count, indexed + info.indexed_vectors_count,
+                                         segments + info.segments_count)
+            # closed: whatever reads it next (verification first) loads it from its files, as a reader will
+            self._release(name, part)
+        self._fill.pop(name, None)
+        built = {"built": _now(), "seconds": round(time.perf_counter() - start, 2), "points": points,
+                 "indexed_vectors": indexed, "segments": segments, "shards": len(parts),
+                 "seconds_during_load": round(self._sealed.pop(name, 0.0), 2),
                  "m": hnsw.m, "ef_construct": hnsw.ef_construct, "ef": hnsw.ef}
         record = self._record(name)
         record["index"] = built
@@ -460,6 +644,7 @@ class EdgeStore:
 
     def close(self) -> None:
         shards, self._shards = self._shards, {}
+        self._fill.clear()
         for shard in shards.values():
             try:
                 shard.close()
@@ -469,6 +654,10 @@ class EdgeStore:
                 log.warning("closing a Qdrant Edge shard: %s", _reason(exc))
         if self._temporary:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _size(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
 def _hits(points) -> list[Hit]:

@@ -164,7 +164,8 @@ class ServerStore:
 
     # -- points ------------------------------------------------------------------------------
     def upsert(self, name: str, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict],
-               sparse: Sequence[Sparse] | None = None) -> int:
+               sparse: Sequence[Sparse] | None = None, *, new_ids: bool = False) -> int:
+        """`new_ids` changes nothing here: a server finds a point's shard by its id."""
         from qdrant_client import models
 
         named: dict = {DENSE: np.asarray(vectors, dtype=np.float32).tolist()}

@@ -260,7 +260,8 @@ def construct(store: Store, spec: Spec, run_id: str, data: DomainData, name: str
         resumed = _prepare(store, spec, name, stamp, live=live)
         timings["prepare"] = round(time.perf_counter() - start, 2)
         mark = time.perf_counter()
-        loaded = _load(store, spec, data, name, cfg, sample=(spec.index.verify_sample, run_id, data.corpus.count))
+        loaded = _load(store, spec, data, name, cfg, sample=(spec.index.verify_sample, run_id, data.corpus.count),
+                       new_ids=not resumed)
         written, sample, computed = loaded.points, loaded.sample, loaded.fresh
         compact_cache(cfg)  # merge the vectors the workers cached, for the next run and for search
         timings["load"] = round(time.perf_counter() - mark, 2)
@@ -361,10 +362,12 @@ def corpus_vectors(spec: Spec, data: DomainData, cfg, progress=None, *, mark_fre
     return embedded, blocks
 
 
-def _load(store: Store, spec: Spec, data: DomainData, name: str, cfg, *, sample: tuple[int, str, int] | None = None):
+def _load(store: Store, spec: Spec, data: DomainData, name: str, cfg, *, sample: tuple[int, str, int] | None = None,
+          new_ids: bool = False):
     """Stream the corpus through the encoder actors into the store (`writer.Written`: the points
     written, and the verification sample `sample` = (k, seed, rows) drawn on the way, with the vectors
-    of those the encoders computed rather than read from the cache)."""
+    of those the encoders computed rather than read from the cache). `new_ids`: the collection was
+    just created (not a resumed build), so no point is stored yet."""
     from vectune.index.writer import write_dataset, write_failure
 
     idx = spec.index
@@ -372,7 +375,8 @@ def _load(store: Store, spec: Spec, data: DomainData, name: str, cfg, *, sample:
         with track("re-embed corpus", data.corpus.count) as counter:
             embedded, blocks = corpus_vectors(spec, data, cfg, progress=counter, mark_fresh=sample is not None)
             return write_dataset(embedded, store, name, batch_size=idx.batch_size, payload=payload_fields(spec),
-                                 parallel=idx.parallel, blocks=blocks, bm25=bm25_settings(spec), sample=sample)
+                                 parallel=idx.parallel, blocks=blocks, bm25=bm25_settings(spec), sample=sample,
+                                 new_ids=new_ids)
     except Exception as exc:  # noqa: BLE001 - a Ray-wrapped worker error: keep its last line
         raise IndexingError(f"loading {name} failed: {write_failure(store.where, exc)}") from exc
 

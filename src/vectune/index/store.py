@@ -108,6 +108,9 @@ class Layout:
         sparse: whether it has the `bm25` sparse vector (IDF modifier).
         dense_name: the dense vector's name: `dense`; "" for an unnamed one (collections an older
             vectune built on a server).
+        shard_points: the embedded engine's most points per shard (`index.shard_points`): a larger
+            version is held in several shards, filled and indexed one at a time; None: one shard.
+            A server has its own `shards`.
     """
 
     size: int
@@ -118,6 +121,7 @@ class Layout:
     shards: int = 1
     replication: int = 1
     dense_name: str = DENSE
+    shard_points: int | None = None
 
 
 @dataclass(frozen=True)
@@ -172,7 +176,7 @@ class Store(Protocol):
 
     # -- points ------------------------------------------------------------------------------
     def upsert(self, name: str, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict],
-               sparse: Sequence[Sparse] | None = None) -> int: ...
+               sparse: Sequence[Sparse] | None = None, *, new_ids: bool = False) -> int: ...
     def delete(self, name: str, ids: Sequence[str]) -> None: ...
     def count(self, name: str, *, has_vector: str | None = None, has_field: str | None = None) -> int: ...
     def scroll_page(self, name: str, fields: Sequence[str] | None, offset: str | None,
@@ -240,12 +244,18 @@ def layout(spec: Spec, size: int, points: int, *, sparse: bool = False) -> Layou
     """The layout a build of this spec creates, for `size`-d vectors of `points` documents."""
     idx = spec.index
     return Layout(size=size, distance=idx.distance, sparse=sparse, hnsw=hnsw(spec, points),
-                  on_disk=idx.on_disk_vectors, shards=idx.shards, replication=idx.replication)
+                  on_disk=idx.on_disk_vectors, shards=idx.shards, replication=idx.replication,
+                  shard_points=None if idx.qdrant.url else idx.shard_points)
 
 
-def hnsw(spec: Spec, points: int) -> Hnsw:
-    """The spec's HNSW settings for a collection of `points` points (`ef: auto` resolved)."""
+def hnsw(spec: Spec, points: int, *, per_shard: int | None = None) -> Hnsw:
+    """The spec's HNSW settings for a collection of `points` points (`ef: auto` resolved: on the
+    embedded engine each shard is searched by itself, so for the points of its largest shard,
+    at most `per_shard`: by default the spec's `index.shard_points`, for an existing version its own)."""
     h = spec.index.hnsw
+    per = per_shard or spec.index.shard_points
+    if per and not spec.index.qdrant.url:
+        points = min(points, per)
     ef = auto_ef(points) if h.ef == "auto" else h.ef
     return Hnsw(m=h.m, ef_construct=h.ef_construct, ef=ef, on_disk=h.on_disk)
 

@@ -171,7 +171,7 @@ def _built_with(store: Store, live: str, spec: Spec, points: int) -> Hnsw:
     and the spec's search `ef` for its `points` points now (a search-time setting: `auto` follows
     the collection as syncs grow or shrink it)."""
     h = (cols.read_stamp(store, live) or {}).get("hnsw") or {}
-    now = hnsw(spec, points)
+    now = hnsw(spec, points, per_shard=store.layout(live).shard_points or points)
     return Hnsw(m=h.get("m", now.m), ef_construct=h.get("ef_construct", now.ef_construct), ef=now.ef,
                 on_disk=now.on_disk)
 

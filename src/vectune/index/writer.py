@@ -65,11 +65,12 @@ def prepare(columns: dict[str, Any], *, batch_size: int, payload: list[str], bm2
     return chunks
 
 
-def apply(store: Store, collection: str, chunks: list[dict]) -> int:
-    """Upsert prepared requests, one store call each."""
+def apply(store: Store, collection: str, chunks: list[dict], *, new_ids: bool = False) -> int:
+    """Upsert prepared requests, one store call each (`new_ids`: see `Store.upsert`)."""
     written = 0
     for chunk in chunks:
-        written += store.upsert(collection, chunk["ids"], chunk["vectors"], chunk["payloads"], chunk.get("sparse"))
+        written += store.upsert(collection, chunk["ids"], chunk["vectors"], chunk["payloads"], chunk.get("sparse"),
+                                new_ids=new_ids)
         _faults.hit("index.upsert")
     return written
 
@@ -102,14 +103,15 @@ class Written:
 
 def write_dataset(embedded, store: Store, collection: str, *, batch_size: int, payload: list[str],
                   parallel: int, blocks: int, bm25=None, sample: tuple[int, str, int] | None = None,
-                  vectors_of: frozenset[str] | None = None) -> Written:
+                  vectors_of: frozenset[str] | None = None, new_ids: bool = False) -> Written:
     """Stream a Dataset of (doc_id, embedding, payload fields) into `collection` with Ray write
     tasks. `store` is the driver's (see `worker_handle`); `sample`: (k, seed, rows expected) of a
     verification sample to draw from the rows written; `vectors_of`: documents (a sample drawn
-    already) whose vectors to bring back when the encoder computed them (`Written.fresh`)."""
+    already) whose vectors to bring back when the encoder computed them (`Written.fresh`);
+    `new_ids`: no row's point is in `collection` yet (a fresh build: `Store.upsert`)."""
     handle = worker_handle(store)
     sink = StoreDatasink(collection, handle=handle, batch_size=batch_size, payload=payload, bm25=bm25,
-                         sample=sample, vectors_of=vectors_of)
+                         sample=sample, vectors_of=vectors_of, new_ids=new_ids)
     # the embedded engine applies one request at a time: two tasks keep it fed, more only queue
     concurrency = max(1, min(blocks, 2 if isinstance(handle, ActorStore) else parallel))
     embedded.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_TASK_CPUS}, concurrency=concurrency)
@@ -148,10 +150,10 @@ class StoreOwner:
     def call(self, method: str, *args, **kwargs):
         return getattr(self.store, method)(*args, **kwargs)
 
-    def upsert_chunks(self, collection: str, chunks: list[dict]) -> int:
+    def upsert_chunks(self, collection: str, chunks: list[dict], new_ids: bool = False) -> int:
         start = time.perf_counter()
         try:
-            written = apply(self.store, collection, chunks)
+            written = apply(self.store, collection, chunks, new_ids=new_ids)
         finally:
             self.busy += time.perf_counter() - start
         self.points += written
@@ -255,8 +257,10 @@ class StoreDatasink(_datasink_base()):
     embedded engine's owner actor."""
 
     def __init__(self, collection: str, *, handle, batch_size: int, payload: list[str], bm25=None,
-                 sample: tuple[int, str, int] | None = None, vectors_of: frozenset[str] | None = None):
+                 sample: tuple[int, str, int] | None = None, vectors_of: frozenset[str] | None = None,
+                 new_ids: bool = False):
         self.collection = collection
+        self.new_ids = new_ids  # a fresh build's load: no row's point is stored yet
         #: documents whose vectors the tasks send back when the encoder computed them (`FRESH`):
         #: a sample chosen before the write (a sync's), to verify without encoding it again
         self.vectors_of = vectors_of
@@ -288,9 +292,9 @@ class StoreDatasink(_datasink_base()):
                     kept.update(_fresh_of(columns, self.vectors_of))
                 chunks = prepare(columns, batch_size=self.batch_size, payload=self.payload, bm25=self.bm25)
                 if store is not None:
-                    written += apply(store, self.collection, chunks)
+                    written += apply(store, self.collection, chunks, new_ids=self.new_ids)
                     continue
-                pending.append(owner.upsert_chunks.remote(self.collection, chunks))
+                pending.append(owner.upsert_chunks.remote(self.collection, chunks, self.new_ids))
                 if len(pending) > 1:
                     written += _get(pending.popleft())
             while pending:

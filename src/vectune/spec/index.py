@@ -65,7 +65,14 @@ class IndexSpec(Section):
                             "beside the dense one in every point, for search.mode: hybrid.")
     hnsw: HnswSpec = Field(default_factory=HnswSpec)
     on_disk_vectors: bool = False
-    shards: int = Field(1, ge=1, le=1024)
+    shards: int = Field(1, ge=1, le=1024, description="A server's shards per collection.")
+    shard_points: int | None = Field(
+        100_000, ge=1_000, le=1_000_000_000,
+        description="Embedded engine (Qdrant Edge): most points per shard. A larger collection version is held in "
+                    "several shards, filled one at a time; each is indexed (HNSW) and closed when full, so the "
+                    "writer's memory is one shard's whatever the corpus size. Searches query every shard and "
+                    "merge (about 1 ms a shard per query at 100,000 points). null: one shard (fastest search, "
+                    "the writer then holds the whole collection while it builds).")
     replication: int = Field(1, ge=1, le=64)
     batch_size: int = Field(256, ge=1, le=65_536, description="Points per upsert request.")
     parallel: int = Field(1, ge=1, le=256, description="Concurrent writers (a server only; the embedded engine has one).")
