@@ -19,7 +19,9 @@ from vectune.index import collections as cols
 pytestmark = pytest.mark.ray
 
 N_DOCS = 160
-INDEX = {"batch_size": 8, "embed_batch_size": 64, "keep": 1, "verify_sample": 8}
+#: shards of 64 points (`index.shard_points`): every build and sync here spans three shards, so
+#: updates, deletions and new points are checked across them against a full rebuild
+INDEX = {"batch_size": 8, "embed_batch_size": 64, "keep": 1, "verify_sample": 8, "shard_points": 64}
 
 
 @pytest.fixture(scope="module")
@@ -122,8 +124,12 @@ def test_first_reindex_is_a_full_build_with_text_hashes(spec, first):
     try:
         stamp = cols.read_stamp(client, first["name"])
         point = next(iter(client.scroll(first["name"], ["text_hash"], page=1)))[0]
+        record = client.version_record(first["name"])
     finally:
         client.close()
+    # 160 points in shards of 64, filled and indexed one at a time
+    assert record["parts"] == ["shard", "shard-1", "shard-2"] and record["index"]["shards"] == 3
+    assert record["index"]["points"] == N_DOCS and record["shard_points"] == 64
     assert stamp["format"] == cols.FORMAT and stamp["precision"] == "fp32"
     assert stamp["payload"] == ["doc_id", "text", "text_hash", "title"]
     assert len(point.payload["text_hash"]) == 16

@@ -339,6 +339,9 @@ def test_a_version_above_its_shard_size_is_filled_one_bounded_shard_at_a_time(tm
     assert (built["shards"], built["points"]) == (5, 228) and built["seconds_during_load"] >= 0
     assert store._shards == {}  # built and closed, one at a time
     assert store.count("c") == 228 and store._shards == {}  # a walk closes what it opened
+    sample = [ids[i] for i in (1, 60, 229)]
+    assert {r.id for r in store.retrieve("c", sample, keep_open=False)} == set(sample) and store._shards == {}
+    assert {r.id for r in store.retrieve("c", sample)} == set(sample) and len(store._shards) == 5  # a sync's lookups
     store.close()
     # a resumed load (another process: nothing vouched new) writes every point again: no duplicate
     again = EdgeStore(Target(path=str(root)))

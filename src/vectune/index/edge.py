@@ -527,14 +527,24 @@ class EdgeStore:
         return pages(self.scroll_page, name, fields, page)
 
     def retrieve(self, name: str, ids: Sequence[str], fields: Sequence[str] | None = None, *,
-                 vectors: bool = False) -> list[Record]:
+                 vectors: bool = False, keep_open: bool = True) -> list[Record]:
+        """The points of `ids` that `name` holds. The shards it opens stay open for the next
+        lookup (a sync's diff asks batch after batch); `keep_open=False` for a one-off read (the
+        verification's sample) walks them one open at a time instead, as a count does."""
         out: list[Record] = []
         todo = list(ids)
-        for part in self._parts(name):
+        parts = self._parts(name)
+        for part in parts:
             if not todo:
                 break
-            got = self._call(name, "retrieve points", lambda s: s.retrieve(
-                todo, with_payload=list(fields) if fields else False, with_vector=[DENSE] if vectors else False), part)
+            opened = (name, part) not in self._shards
+            try:
+                got = self._call(name, "retrieve points", lambda s: s.retrieve(
+                    todo, with_payload=list(fields) if fields else False, with_vector=[DENSE] if vectors else False),
+                    part)
+            finally:
+                if not keep_open and opened and len(parts) > 1 and (name, part) != self._open_part(name, parts):
+                    self._release(name, part)
             out.extend(Record(str(p.id), dict(p.payload or {}),
                               (p.vector or {}).get(DENSE) if vectors and isinstance(p.vector, dict) else None)
                        for p in got)

@@ -203,7 +203,8 @@ class ServerStore:
         return pages(self.scroll_page, name, fields, page)
 
     def retrieve(self, name: str, ids: Sequence[str], fields: Sequence[str] | None = None, *,
-                 vectors: bool = False) -> list[Record]:
+                 vectors: bool = False, keep_open: bool = True) -> list[Record]:
+        """`keep_open` is the embedded engine's (a server holds its shards)."""
         dense_name = self.layout(name).dense_name if vectors else DENSE
         got = self.client.retrieve(name, list(ids), with_payload=list(fields) if fields else False,
                                    with_vectors=([dense_name] if dense_name else True) if vectors else False)

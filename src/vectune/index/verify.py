@@ -104,7 +104,8 @@ def verify(store: Store, name: str, spec: Spec, data: DomainData, model_path: st
         log.info("verified %s: %d points, ids match, no vector to sample", name, got)
         return {"points": got, "ids_checksum": True, "id_checksum": checksum_text(checksum), "sampled": 0,
                 "min_cosine": None}
-    points = store.retrieve(name, [point_id(d) for d in ids], ["doc_id"], vectors=True)
+    # one read: the writer that verifies holds no more than one shard for it
+    points = store.retrieve(name, [point_id(d) for d in ids], ["doc_id"], vectors=True, keep_open=False)
     by_doc = {p.payload.get("doc_id"): p for p in points}
     missing = [d for d in ids if d not in by_doc]
     if missing:

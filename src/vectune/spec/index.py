@@ -67,7 +67,7 @@ class IndexSpec(Section):
     on_disk_vectors: bool = False
     shards: int = Field(1, ge=1, le=1024, description="A server's shards per collection.")
     shard_points: int | None = Field(
-        100_000, ge=1_000, le=1_000_000_000,
+        100_000, ge=10, le=1_000_000_000,
         description="Embedded engine (Qdrant Edge): most points per shard. A larger collection version is held in "
                     "several shards, filled one at a time; each is indexed (HNSW) and closed when full, so the "
                     "writer's memory is one shard's whatever the corpus size. Searches query every shard and "
