@@ -497,6 +497,32 @@ class EdgeStore:
         return sum(int(n) for n in self._each(name, "count points",
                                                lambda s: s.count(qe.CountRequest(exact=True, filter=flt))))
 
+    def census(self, name: str) -> dict:
+        """What verification checks, in one walk over `name`'s shards (each opened once, one at a
+        time, instead of once per count and scroll): its points, those with their dense vector,
+        those with a `doc_id`, and the `points.id_checksum` of their ids."""
+        from vectune.index.points import checksum_plus, id_checksum
+
+        qe = _edge()
+        filters = (None, qe.Filter(must=[qe.HasVectorCondition(DENSE)]),
+                   qe.Filter(must_not=[qe.IsEmptyCondition("doc_id")]))
+
+        def one(shard) -> tuple[list[int], tuple[int, int]]:
+            counts = [int(shard.count(qe.CountRequest(exact=True, filter=f))) for f in filters]
+            ids, offset = (0, 0), None
+            while True:
+                points, offset = shard.scroll(qe.ScrollRequest(offset=offset, limit=PAGE, with_payload=False,
+                                                               with_vector=False))
+                ids = checksum_plus(ids, id_checksum(str(p.id) for p in points))
+                if offset is None:
+                    return counts, ids
+
+        total, ids = [0, 0, 0], (0, 0)
+        for counts, part_ids in self._each(name, "check its points", one):
+            total = [a + b for a, b in zip(total, counts)]
+            ids = checksum_plus(ids, part_ids)
+        return {"points": total[0], "with_vector": total[1], "with_doc_id": total[2], "id_checksum": ids}
+
     def scroll_page(self, name: str, fields: Sequence[str] | None, offset: str | None,
                     limit: int) -> tuple[list[Record], str | None]:
         """One page of `name`'s points. Across several shards the offset is `<shard>:<point id>`,

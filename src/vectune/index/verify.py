@@ -47,14 +47,18 @@ def check_integrity(store: Store, name: str) -> int:
     """The point count of `name`, after checking that its storage loads and every point has its
     dense vector and its `doc_id` payload; IndexingError otherwise."""
     points = store.count(name)
-    with_vector = store.count(name, has_vector=DENSE)
-    if with_vector != points:
+    _intact(name, points, with_vector=store.count(name, has_vector=DENSE))
+    _intact(name, points, with_doc_id=store.count(name, has_field="doc_id"))
+    return points
+
+
+def _intact(name: str, points: int, *, with_vector: int | None = None, with_doc_id: int | None = None) -> None:
+    if with_vector is not None and with_vector != points:
         raise IndexingError(f"{name} is damaged: {points - with_vector} of its {points} points have no stored "
                             "vector (a truncated or corrupted segment file?)")
-    with_doc = store.count(name, has_field="doc_id")
-    if with_doc != points:
-        raise IndexingError(f"{name} is damaged: {points - with_doc} of its {points} points have no doc_id payload")
-    return points
+    if with_doc_id is not None and with_doc_id != points:
+        raise IndexingError(f"{name} is damaged: {points - with_doc_id} of its {points} points have no doc_id "
+                            "payload")
 
 
 def sample_ids(ids, k: int, seed: str) -> list[str]:
@@ -185,6 +189,8 @@ def checksum_of(text: str | None) -> tuple[int, int] | None:
 
 def _counted(store: Store, name: str, expected: int) -> int:
     """The point count of `name`, after checking it is `expected` and its integrity."""
+    if hasattr(type(store), "census"):  # the embedded engine: one walk over its shards
+        return _census(store, name, expected)[0]
     got = store.count(name)
     if got != expected:
         raise IndexingError(f"{name} holds {got} points but the corpus has {expected} documents")
@@ -195,8 +201,20 @@ def _counted(store: Store, name: str, expected: int) -> int:
 def _counted_ids(store: Store, name: str, expected: int) -> tuple[int, tuple[int, int]]:
     """(points, id checksum) of `name`, after checking it holds `expected` points and its
     integrity. An owner actor checksums its shard's ids itself; other stores are scrolled here."""
+    if hasattr(type(store), "census"):
+        return _census(store, name, expected)
     got = _counted(store, name, expected)
     return got, store.id_checksum(name) if hasattr(type(store), "id_checksum") else id_checksum(scroll_ids(store, name))
+
+
+def _census(store: Store, name: str, expected: int) -> tuple[int, tuple[int, int]]:
+    """`_counted_ids` from one `census` of the embedded engine (each shard opened once)."""
+    got = store.census(name)
+    points = got["points"]
+    if points != expected:
+        raise IndexingError(f"{name} holds {points} points but the corpus has {expected} documents")
+    _intact(name, points, with_vector=got["with_vector"], with_doc_id=got["with_doc_id"])
+    return points, tuple(got["id_checksum"])
 
 
 def shard_ids(where, name: str, expected: int) -> tuple[int, tuple[int, int]]:

@@ -210,6 +210,11 @@ class ActorStore:
         """The id checksum of collection `name`, computed by the owner beside its shard."""
         return tuple(_get(self.actor.id_checksum.remote(name)))
 
+    def census(self, name: str) -> dict:
+        """`EdgeStore.census` of `name`, taken by the owner beside its shards."""
+        got = _get(self.actor.call.remote("census", name))
+        return {**got, "id_checksum": tuple(got["id_checksum"])}
+
     def scan_ids(self, name: str, keys: np.ndarray) -> tuple[tuple[int, int], list[str]]:
         """(id checksum of `name`, its ids not among `keys`), found by the owner beside its shard."""
         checksum, outside = _get(self.actor.scan_ids.remote(name, keys))
