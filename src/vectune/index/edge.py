@@ -456,7 +456,7 @@ class EdgeStore:
         qe = _edge()
         last = parts[-1]
         start = time.perf_counter()
-        self._ensure_space(_size(self._dir(name) / last), f"build the index of {name}")
+        self._ensure_space(_size(self._dir(name) / last / "segments"), f"build the index of {name}")
         self._call(name, "build the index", lambda s: s.optimize(), last)
         self._call(name, "flush", lambda s: s.flush(), last)
         self._release(name, last)
@@ -648,7 +648,7 @@ class EdgeStore:
         qe = _edge()
         record = self._record(name)
         parts = list(record.get("parts") or [PART])
-        self._ensure_space(max(_size(self._dir(name) / p) for p in parts), f"build the index of {name}")
+        self._ensure_space(max(_size(self._dir(name) / p / "segments") for p in parts), f"build the index of {name}")
         built_with = record.get("hnsw") or {}
         changed = (built_with.get("m"), built_with.get("ef_construct")) != (hnsw.m, hnsw.ef_construct)
         record["hnsw"] = {"m": hnsw.m, "ef_construct": hnsw.ef_construct, "ef": hnsw.ef, "on_disk": hnsw.on_disk}
@@ -693,6 +693,8 @@ class EdgeStore:
 
 
 def _size(folder: Path) -> int:
+    """Bytes of the files under `folder` (a shard's `segments`: what `optimize()` writes again;
+    its WAL is not copied)."""
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
