@@ -229,7 +229,7 @@ class EdgeStore:
 
     def _parts(self, name: str) -> list[str]:
         """The shard folders of version `name`, the last one open for new points."""
-        return list(self._record(name).get("parts") or [PART])
+        return _parts(self._record(name))
 
     def _shard(self, name: str, part: str = PART):
         shard = self._shards.get((name, part))
@@ -343,14 +343,7 @@ class EdgeStore:
             shutil.rmtree(leftover, ignore_errors=True)
 
     def layout(self, name: str) -> Layout:
-        record = self._record(name)
-        dense = record["vectors"][DENSE]
-        h = record.get("hnsw") or {}
-        return Layout(size=int(dense["size"]), distance=str(dense["distance"]).lower(),
-                      sparse=SPARSE in (record.get("sparse_vectors") or {}),
-                      hnsw=Hnsw(m=h.get("m", 16), ef_construct=h.get("ef_construct", 100), ef=h.get("ef"),
-                                on_disk=bool(h.get("on_disk"))),
-                      on_disk=bool(dense.get("on_disk")), shard_points=record.get("shard_points"))
+        return _layout(self._record(name))
 
     def version_record(self, name: str) -> dict:
         """The whole version record (layout, HNSW settings, index build, stamp)."""
@@ -410,7 +403,7 @@ class EdgeStore:
                 vector[SPARSE] = qe.SparseVector(list(sparse[i].indices), list(sparse[i].values))
             points.append(qe.Point(pid, vector, dict(payloads[i])))
         record = self._record(name)
-        limit, parts = record.get("shard_points"), list(record.get("parts") or [PART])
+        limit, parts = record.get("shard_points"), _parts(record)
         if not limit:
             self._write(name, PART, points)
             return len(points)
@@ -582,27 +575,27 @@ class EdgeStore:
     def _resolve(self, name: str) -> str:
         return self.alias(name) or name
 
-    def _params(self, name: str, ef: int | None):
-        ef = ef if ef is not None else self.layout(name).hnsw.ef
+    def _params(self, layout: Layout, ef: int | None):
+        ef = ef if ef is not None else layout.hnsw.ef
         return _edge().SearchParams(hnsw_ef=ef) if ef else None
 
-    def _query(self, name: str, what: str, request) -> list[list]:
+    def _query(self, name: str, parts: list[str], what: str, request) -> list[list]:
         """`request` on every shard of `name` (kept open: a reader queries again)."""
-        return [self._call(name, what, lambda s: s.query(request), part) for part in self._parts(name)]
+        return [self._call(name, what, lambda s: s.query(request), part) for part in parts]
 
     def search(self, name: str, vector: Sequence[float], k: int, fields: Sequence[str] | None = None, *,
                ef: int | None = None) -> list[Hit]:
         """The `k` nearest points; across several shards, each shard's `k` merged by score."""
         qe = _edge()
         name = self._resolve(name)
+        record = self._record(name)  # read once a query: the layout, its `ef` and its shards
+        layout = _layout(record)
         request = qe.QueryRequest(limit=k, query=qe.Query.Nearest([float(v) for v in vector], using=DENSE),
-                                  with_payload=list(fields) if fields else False, params=self._params(name, ef))
-        found = self._query(name, "search", request)
+                                  with_payload=list(fields) if fields else False, params=self._params(layout, ef))
+        found = self._query(name, _parts(record), "search", request)
         if len(found) == 1:
             return _hits(found[0])
-        nearest_first = self.layout(name).distance == "euclid"  # Qdrant scores euclid by distance
-        return sorted(_hits([p for points in found for p in points]), key=lambda h: h.score,
-                      reverse=not nearest_first)[:k]
+        return _merged(found, k, best_high=layout.distance != "euclid")  # Qdrant scores euclid by distance
 
     def hybrid(self, name: str, dense: Sequence[float], sparse: Sparse, k: int, fields: Sequence[str] | None = None,
                *, fusion: str = "rrf", prefetch: int = 100, ef: int | None = None,
@@ -615,26 +608,27 @@ class EdgeStore:
         if fusion not in FUSIONS:
             raise ValueError(f"fusion {fusion!r}: choose from {FUSIONS}")
         name = self._resolve(name)
-        if not self.layout(name).sparse:
+        record = self._record(name)
+        layout, parts = _layout(record), _parts(record)
+        if not layout.sparse:
             raise IndexingError(f"{name} has no `{SPARSE}` sparse vector to search")
         near = qe.Query.Nearest([float(v) for v in dense], using=DENSE)
         terms = qe.Query.Nearest(qe.SparseVector(list(sparse.indices), [float(v) for v in sparse.values]), using=SPARSE)
-        if len(self._parts(name)) == 1:
+        if len(parts) == 1:
             request = qe.QueryRequest(
                 limit=k, with_payload=list(fields) if fields else False,
-                prefetches=[qe.Prefetch(limit=prefetch, query=near, params=self._params(name, ef)),
+                prefetches=[qe.Prefetch(limit=prefetch, query=near, params=self._params(layout, ef)),
                             qe.Prefetch(limit=prefetch, query=terms)],
                 query=qe.Fusion.Rrf(k=rrf_k) if fusion == "rrf" else qe.Fusion.Dbsf())
-            return _hits(self._call(name, "run a hybrid query", lambda s: s.query(request)))
+            return _hits(self._call(name, "run a hybrid query", lambda s: s.query(request), parts[0]))
         from vectune.ranking import fuse
 
         lists, payloads = [], {}
-        nearest_first = self.layout(name).distance == "euclid"
-        for query, params, best_high in ((near, self._params(name, ef), not nearest_first), (terms, None, True)):
+        for query, params, best_high in ((near, self._params(layout, ef), layout.distance != "euclid"),
+                                         (terms, None, True)):
             request = qe.QueryRequest(limit=prefetch, query=query, params=params,
                                       with_payload=list(fields) if fields else False)
-            hits = sorted(_hits([p for points in self._query(name, "run a hybrid query", request) for p in points]),
-                          key=lambda h: h.score, reverse=best_high)[:prefetch]
+            hits = _merged(self._query(name, parts, "run a hybrid query", request), prefetch, best_high=best_high)
             payloads.update((h.id, h.payload) for h in hits)
             lists.append([(h.id, h.score) for h in hits])
         return [Hit(pid, score, payloads[pid]) for pid, score in fuse(lists, fusion, limit=k, rrf_k=rrf_k)]
@@ -647,7 +641,7 @@ class EdgeStore:
         Needs about the largest shard's size again in free space while its optimised segment is written."""
         qe = _edge()
         record = self._record(name)
-        parts = list(record.get("parts") or [PART])
+        parts = _parts(record)
         self._ensure_space(max(_size(self._dir(name) / p / "segments") for p in parts), f"build the index of {name}")
         built_with = record.get("hnsw") or {}
         changed = (built_with.get("m"), built_with.get("ef_construct")) != (hnsw.m, hnsw.ef_construct)
@@ -690,6 +684,27 @@ class EdgeStore:
                 log.warning("closing a Qdrant Edge shard: %s", _reason(exc))
         if self._temporary:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _layout(record: dict) -> Layout:
+    """The `Layout` a version record describes."""
+    dense = record["vectors"][DENSE]
+    h = record.get("hnsw") or {}
+    return Layout(size=int(dense["size"]), distance=str(dense["distance"]).lower(),
+                  sparse=SPARSE in (record.get("sparse_vectors") or {}),
+                  hnsw=Hnsw(m=h.get("m", 16), ef_construct=h.get("ef_construct", 100), ef=h.get("ef"),
+                            on_disk=bool(h.get("on_disk"))),
+                  on_disk=bool(dense.get("on_disk")), shard_points=record.get("shard_points"))
+
+
+def _parts(record: dict) -> list[str]:
+    """The shard folders a version record lists (an older record: its one shard)."""
+    return list(record.get("parts") or [PART])
+
+
+def _merged(found: list[list], k: int, *, best_high: bool) -> list[Hit]:
+    """The best `k` of several shards' hits, by score (highest first unless `best_high` is False)."""
+    return sorted(_hits([p for points in found for p in points]), key=lambda h: h.score, reverse=best_high)[:k]
 
 
 def _size(folder: Path) -> int:
