@@ -2,8 +2,9 @@
 
 Encoding a corpus and training run in encoder actors and Ray Train workers, not in the
 process the user watches. Those workers tick a small counter actor; the driver polls it
-and draws a progress bar on stderr when stderr is a terminal, or logs a line every
-`LOG_EVERY` seconds when it is not (a log file, `ray job logs`, `kubectl logs`).
+and draws a progress bar on stderr when stderr is a terminal, or logs a line at once, one every
+`LOG_EVERY` seconds and a last one at the end when it is not (a log file, `ray job logs`,
+`kubectl logs`).
 
     with track("encode corpus", total=5183, unit="docs") as counter:
         ds = embed_dataset(..., progress=counter)   # the encoder actors call counter.add
@@ -147,11 +148,11 @@ def track(description: str, total: int, *, unit: str = "docs", local: bool = Fal
     started = time.monotonic()
     rate = Rate(total)
 
-    def read() -> tuple[int, dict]:
+    def read(timeout: float = 10.0) -> tuple[int, dict]:
         if not remote:
             return counter.read()
         try:
-            return ray.get(counter.read.remote(), timeout=10)
+            return ray.get(counter.read.remote(), timeout=timeout)
         except Exception:  # noqa: BLE001 - the display must never fail the work
             return -1, {}
 
@@ -173,16 +174,25 @@ def track(description: str, total: int, *, unit: str = "docs", local: bool = Fal
                            left=f"~{_eta(left)} left" if left is not None else "")
 
     def poll_log() -> None:
-        last = started - LOG_EVERY  # a first line at once: the phase has begun
-        while not stop.wait(POLL_EVERY):
+        # a first line at once, the phase has begun: written before the counter is read, since
+        # a counter actor can take seconds to start on a busy machine
+        log.info("%s", line(description, 0, total, unit, 0.0, rate, {}, started))
+        last, said = started, 0
+        while True:
+            ending = stop.wait(POLL_EVERY)
             now = time.monotonic()
-            done, info = read()
+            done, info = read(2.0 if ending else 10.0)  # the phase's end waits on a last read briefly
             if done >= 0:
                 rate.update(now, done)
-            if now - last < LOG_EVERY or done < 0:
+            # a line every LOG_EVERY, and a last one when the phase ends with news since the previous
+            if done < 0 or (now - last < LOG_EVERY and not (ending and done != said)):
+                if ending:
+                    return
                 continue
-            last = now
+            last, said = now, done
             log.info("%s", line(description, done, total, unit, now - started, rate, info, now))
+            if ending:
+                return
 
     thread = threading.Thread(target=poll_bar if console.err.is_terminal else poll_log, daemon=True,
                               name=f"vectune-progress-{description}")

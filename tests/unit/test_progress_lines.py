@@ -72,3 +72,18 @@ def test_no_work_yields_no_counter():
     with progress.track("nothing", 0) as counter:
         assert counter is None
     progress.tick(None, 3)  # a None counter is ignored
+
+
+def test_a_phase_that_ends_between_lines_still_logs_where_it_ended(monkeypatch, caplog):
+    """A line when the phase begins, and one when it ends with news since the previous line, even
+    when it ends long before the next line was due: the log never stops at 0/N."""
+    monkeypatch.setattr(progress, "LOG_EVERY", 60.0)
+    monkeypatch.setattr(progress, "POLL_EVERY", 0.02)
+    with caplog.at_level(logging.INFO, logger="vectune"):
+        with progress.track("quick", 5, unit="steps", local=True) as counter:
+            for _ in range(5):
+                progress.tick(counter, 1, loss=0.5)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("quick: ")]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("quick: 0/5 steps, starting")
+    assert lines[1].startswith("quick: 5/5 steps (100%)") and "loss 0.5" in lines[1]
