@@ -139,10 +139,12 @@ def test_a_cold_reindex_through_actors_loads_the_model_nowhere_but_in_them(spec,
     """A re-index whose encoders are actors, from a driver without the model: the collection's
     dimension comes from the model folder's configs and the verification sample's fresh
     embeddings are the vectors the actors computed as those documents passed, so no Ray task
-    loads the model a second and a third time. Rebuilt from the embedding cache, nothing
-    computed them: they are encoded again, in a task, and match the stored (the cold run's)
-    vectors, which shows those were fresh embeddings."""
+    loads the model a second and a third time. Verified again on its own (nothing computed them
+    then), the sample is encoded again, in a task, and matches the stored (the actors') vectors,
+    which shows those were fresh embeddings."""
+    from vectune.data import DomainData
     from vectune.embed import apart
+    from vectune.index import verify as verify_mod
     from vectune.pipeline import reindex
 
     tasks: list[str] = []
@@ -159,10 +161,13 @@ def test_a_cold_reindex_through_actors_loads_the_model_nowhere_but_in_them(spec,
     assert cold["verified"]["sampled"] == INDEX["verify_sample"] and cold["verified"]["encoded_again"] == 0
     assert tasks == []
 
-    warm = reindex(pooled, run_id="p1", full=True)
-    assert warm["verified"]["sampled"] == INDEX["verify_sample"]
-    assert warm["verified"]["encoded_again"] == INDEX["verify_sample"] and tasks == ["_encode"]
-    assert warm["verified"]["min_cosine"] > 0.999
+    store = connect(pooled)
+    try:
+        again = verify_mod.verify(store, cold["name"], pooled, DomainData(pooled), cold["model"]["path"], seed="p1")
+    finally:
+        store.close()
+    assert again["sampled"] == INDEX["verify_sample"] and again["encoded_again"] == INDEX["verify_sample"]
+    assert tasks == ["_encode"] and again["min_cosine"] > 0.999
 
 
 def test_mixed_changes_sync_in_place_to_what_a_full_rebuild_holds(spec, sliced, scifact, first, shm):
@@ -228,27 +233,6 @@ def test_a_driver_without_the_model_syncs_a_small_change_in_one_ray_task(spec, s
         [stored[d][1]["text"] for d in docs])
     fresh /= np.linalg.norm(fresh, axis=1, keepdims=True)
     assert min(float(stored[d][0] @ v) for d, v in zip(docs, fresh)) > 0.9999
-
-
-def test_a_large_change_goes_through_the_actors_and_is_verified_with_their_vectors(spec, sliced, scifact, first,
-                                                                                   monkeypatch):
-    """More changed documents than one batch go through the encoder actors and the write tasks;
-    the write tasks bring back the vectors the actors computed for the verification sample's
-    documents, so no Ray task loads the model to encode them again, and they are the model's."""
-    from vectune.embed import apart as apart_mod
-    from vectune.pipeline import reindex
-
-    tasks = []
-    real = apart_mod._task
-    monkeypatch.setattr(apart_mod, "here", lambda encoder=None: False)  # as in a driver without torch
-    monkeypatch.setattr(apart_mod, "_task", lambda fn, gpus: tasks.append(fn.__name__) or real(fn, gpus))
-    n = INDEX["embed_batch_size"] + 6  # more than one batch: a Dataset through the actors
-    _change(sliced, scifact, modified=n, added=0, removed=0, seed=7)
-    result = reindex(spec, run_id="s-large")
-    assert result["mode"] == "incremental" and result["updated"] == n
-    assert tasks == []
-    assert result["verified"]["sampled"] == INDEX["verify_sample"] and result["verified"]["encoded_again"] == 0
-    assert result["verified"]["min_cosine"] > 0.999
 
 
 def test_an_empty_diff_writes_nothing(spec, sliced, first, monkeypatch):
@@ -318,14 +302,26 @@ def test_a_bad_corpus_stops_the_sync_in_its_diff_before_anything_is_written(spec
     assert (stamp.get("sync") or {}).get("state") != "running"
 
 
-def test_a_failed_sync_keeps_serving_and_its_rerun_converges(spec, sliced, scifact, first, shm):
+def test_a_failed_sync_keeps_serving_and_its_rerun_converges(spec, sliced, scifact, first, shm, monkeypatch):
+    """A sync that dies mid-write leaves the alias and its collection serving and `sync.state:
+    running` on record; the re-run converges on what a full rebuild holds. Both go through the
+    encoder actors (more changed documents than one Ray batch), from a driver without the model:
+    the write tasks bring back the vectors the actors computed for the verification sample's
+    documents, so no Ray task loads the model to encode them again, and they are the model's."""
+    from pathlib import Path
+
     from vectune import _faults
+    from vectune.embed import apart as apart_mod
     from vectune.pipeline import reindex
 
-    # 70 changed rows: more than one Ray batch (64), so through the encoder actors; the re-run's
-    # 54 fit in one and the driver encodes them: both write paths, one after the other
-    _change(sliced, scifact, modified=50, added=20, removed=5, seed=2)
-    _faults.switch(**{"index.upsert": {"after": 2}})  # the sync dies after 2 of its 9 upsert requests
+    tasks = []
+    real = apart_mod._task
+    monkeypatch.setattr(apart_mod, "here", lambda encoder=None: False)  # as in a driver without torch
+    monkeypatch.setattr(apart_mod, "_task", lambda fn, gpus: tasks.append(fn.__name__) or real(fn, gpus))
+    # 90 changed rows, and 74 after the 2 upsert requests that land: more than one Ray batch (64)
+    # either time, so both go through the encoder actors and the write tasks
+    _change(sliced, scifact, modified=70, added=20, removed=5, seed=2)
+    _faults.switch(**{"index.upsert": {"after": 2}})  # the sync dies after 2 of its 12 upsert requests
     try:
         with pytest.raises(IndexingError, match="injected failure after 2 upsert batches"):
             reindex(spec, run_id="k1")
@@ -339,11 +335,20 @@ def test_a_failed_sync_keeps_serving_and_its_rerun_converges(spec, sliced, scifa
         client.close()
     assert stamp["sync"]["state"] == "running" and stamp["sync"]["run_id"] == "k1"
 
+    # the failed run's actors cached every changed vector, and a cached vector is no fresh
+    # embedding (verification would encode the sample again): with the cache cleared, the
+    # re-run computes them all, and its verification reuses what the actors computed
+    import shutil
+
+    shutil.rmtree(Path(spec.runs_root()) / "_cache" / "embeddings")
     again = reindex(spec, run_id="k1")
     assert again["mode"] == "incremental"
     # the 2 requests of 8 points that landed count as unchanged now; the deletes run once
-    assert again["added"] + again["updated"] == 50 + 20 - 2 * INDEX["batch_size"]
+    assert again["added"] + again["updated"] == 70 + 20 - 2 * INDEX["batch_size"] > INDEX["embed_batch_size"]
     assert again["deleted"] == 5
+    assert tasks == []  # neither the write nor the verification loaded the model in a task
+    assert again["verified"]["sampled"] == INDEX["verify_sample"] and again["verified"]["encoded_again"] == 0
+    assert again["verified"]["min_cosine"] > 0.999
     _assert_equal_to_rebuild(spec, _rebuilt(sliced, shm, "ref2"))
     client = connect(spec)
     try:
