@@ -585,17 +585,39 @@ class EdgeStore:
 
     def search(self, name: str, vector: Sequence[float], k: int, fields: Sequence[str] | None = None, *,
                ef: int | None = None) -> list[Hit]:
-        """The `k` nearest points; across several shards, each shard's `k` merged by score."""
+        """The `k` nearest points; across several shards, each shard's `k` merged by score, and
+        then the payload `fields` of those `k` read from the shards that hold them."""
         qe = _edge()
         name = self._resolve(name)
         record = self._record(name)  # read once a query: the layout, its `ef` and its shards
-        layout = _layout(record)
+        layout, parts = _layout(record), _parts(record)
+        several = len(parts) > 1
         request = qe.QueryRequest(limit=k, query=qe.Query.Nearest([float(v) for v in vector], using=DENSE),
-                                  with_payload=list(fields) if fields else False, params=self._params(layout, ef))
-        found = self._query(name, _parts(record), "search", request)
-        if len(found) == 1:
+                                  with_payload=list(fields) if fields and not several else False,
+                                  params=self._params(layout, ef))
+        found = self._query(name, parts, "search", request)
+        if not several:
             return _hits(found[0])
-        return _merged(found, k, best_high=layout.distance != "euclid")  # Qdrant scores euclid by distance
+        best = _ranked(found, k, best_high=layout.distance != "euclid")  # Qdrant scores euclid by distance
+        return self._with_payloads(name, parts, best, fields)
+
+    def _with_payloads(self, name: str, parts: list[str], ranked: list[tuple[Hit, int]],
+                       fields: Sequence[str] | None) -> list[Hit]:
+        """`ranked` (a hit and the index of its shard in `parts`) as hits carrying their payload
+        `fields`, read by one lookup on each shard that holds some: a query across shards
+        reads only the payloads it returns, not every shard's candidates' (a hybrid query's 100
+        prefetched a list: benchmarks/shard_queries.py)."""
+        if not fields:
+            return [hit for hit, _ in ranked]
+        wanted: dict[int, list[str]] = {}
+        for hit, where in ranked:
+            wanted.setdefault(where, []).append(hit.id)
+        payloads: dict[str, dict] = {}
+        for where, ids in wanted.items():
+            got = self._call(name, "read payloads", lambda s, ids=ids: s.retrieve(
+                ids, with_payload=list(fields), with_vector=False), parts[where])
+            payloads.update((str(p.id), dict(p.payload or {})) for p in got)
+        return [Hit(hit.id, hit.score, payloads.get(hit.id, {})) for hit, _ in ranked]
 
     def hybrid(self, name: str, dense: Sequence[float], sparse: Sparse, k: int, fields: Sequence[str] | None = None,
                *, fusion: str = "rrf", prefetch: int = 100, ef: int | None = None,
@@ -623,15 +645,15 @@ class EdgeStore:
             return _hits(self._call(name, "run a hybrid query", lambda s: s.query(request), parts[0]))
         from vectune.ranking import fuse
 
-        lists, payloads = [], {}
+        lists, shard_of = [], {}
         for query, params, best_high in ((near, self._params(layout, ef), layout.distance != "euclid"),
                                          (terms, None, True)):
-            request = qe.QueryRequest(limit=prefetch, query=query, params=params,
-                                      with_payload=list(fields) if fields else False)
-            hits = _merged(self._query(name, parts, "run a hybrid query", request), prefetch, best_high=best_high)
-            payloads.update((h.id, h.payload) for h in hits)
-            lists.append([(h.id, h.score) for h in hits])
-        return [Hit(pid, score, payloads[pid]) for pid, score in fuse(lists, fusion, limit=k, rrf_k=rrf_k)]
+            request = qe.QueryRequest(limit=prefetch, query=query, params=params, with_payload=False)
+            ranked = _ranked(self._query(name, parts, "run a hybrid query", request), prefetch, best_high=best_high)
+            shard_of.update((h.id, where) for h, where in ranked)
+            lists.append([(h.id, h.score) for h, _ in ranked])
+        fused = [(Hit(pid, score, {}), shard_of[pid]) for pid, score in fuse(lists, fusion, limit=k, rrf_k=rrf_k)]
+        return self._with_payloads(name, parts, fused, fields)
 
     def build_index(self, name: str, hnsw: Hnsw, *, timeout: float = 3600.0) -> dict:
         """Build HNSW over what was loaded (`optimize()`, blocking, one shard at a time), record it
@@ -702,9 +724,11 @@ def _parts(record: dict) -> list[str]:
     return list(record.get("parts") or [PART])
 
 
-def _merged(found: list[list], k: int, *, best_high: bool) -> list[Hit]:
-    """The best `k` of several shards' hits, by score (highest first unless `best_high` is False)."""
-    return sorted(_hits([p for points in found for p in points]), key=lambda h: h.score, reverse=best_high)[:k]
+def _ranked(found: list[list], k: int, *, best_high: bool) -> list[tuple[Hit, int]]:
+    """The best `k` of several shards' hits, by score (highest first unless `best_high` is False),
+    each with the index of the shard that holds it."""
+    hits = [(hit, where) for where, points in enumerate(found) for hit in _hits(points)]
+    return sorted(hits, key=lambda h: h[0].score, reverse=best_high)[:k]
 
 
 def _size(folder: Path) -> int:
