@@ -12,11 +12,11 @@ from testdata import server_stand_in
 
 from vectune.index import collections as cols
 from vectune.index.points import (add_content_hash, content_hashes, doc_keys, hash_hex, id_checksum, payload_fields,
-                                  point_id, point_keys)
+                                  point_id, point_ids_and_keys, point_keys)
 from vectune.index.stage import vector_settings
 from vectune.index.store import Layout, Target
 from vectune.index.engines import open_store
-from vectune.index.sync import delete_points, scan_ids, stored_hashes, unchanged_since_stamp
+from vectune.index.sync import StoredHashes, delete_points, scan_ids, stored_hashes, unchanged_since_stamp
 from vectune.index.writer import upsert_columns
 from vectune.spec import Spec
 
@@ -133,14 +133,28 @@ def test_stored_hashes_answer_per_block_and_one_id_scan_finds_gone_points_and_ch
     assert store.count("c") == 3
     assert delete_points(store, "c", [point_id("gone")]) == 1  # idempotent: a re-run deletes nothing more
     assert store.count("c") == 3
-    if store.where.embedded:  # the owner actor's own scan, beside the shard (its class, without Ray here)
+    if store.where.embedded:  # the owner's table of every stored point (its class, without Ray here)
         from vectune.index.writer import StoreOwner
 
+        docs = {d: f"{i + 1:016x}" for i, d in enumerate("pqrst")}
+        docs["u"] = None
+        store.create("s", Layout(size=2, distance="cosine", shard_points=2), stamp={})  # three shards
+        upsert_columns(store, "s", {"doc_id": np.array(list(docs)), "embedding": np.ones((6, 2), dtype=np.float32),
+                                    "text_hash": np.array([h or "" for h in docs.values()], dtype=object)},
+                       batch_size=2, payload=["doc_id", "text_hash"])
+        assert len(store.version_record("s")["parts"]) == 3
         store.close()
         owner = StoreOwner(store.where)
         try:
-            assert owner.scan_ids("c", point_keys(corpus)) == (id_checksum(point_id(d) for d in "abc"), [])
-            assert owner.scan_ids("c", point_keys(["a", "b"])) == (id_checksum(point_id(d) for d in "abc"),
-                                                                   [point_id("c")])
+            keys, table_hashes = owner.hash_table("s")
         finally:
             owner.close()
+        assert len(keys) == 6 and list(keys) == sorted(keys)
+        table = StoredHashes(keys, table_hashes)
+        pids, asked_keys = point_ids_and_keys(["r", "p", "u", "new"])
+        assert table.lookup(pids, asked_keys) == {point_id("p"): 1, point_id("r"): 3, point_id("u"): 0}
+        pids, asked_keys = point_ids_and_keys(["q"])
+        assert table.lookup(pids, asked_keys) == {point_id("q"): 2}
+        assert sorted(table.gone()) == sorted(point_id(d) for d in "st")  # no document asked for them
+        nothing = StoredHashes(np.array([], dtype="S16"), np.array([], dtype=np.uint64))
+        assert nothing.lookup(pids, asked_keys) == {} and nothing.gone() == []

@@ -3,27 +3,33 @@
 When the live collection's stamp matches what a build would write now (see
 `collections.full_build_reason`), `vectune reindex` does not build a new collection:
 
-    corpus (streamed through the driver a Ray batch at a time): hash each document, look up
-      the stored `text_hash` of the batch's point ids in the live collection (the owner actor
-      that holds an Edge shard looks them up beside it; a server is asked directly)
+    embedded engine: the owner actor walks the live version's shards once, one open at a time,
+      and sends back every point's key and stored `text_hash`, sorted (`StoredHashes`: 24 bytes
+      a point); a server is asked batch by batch instead
+    corpus (streamed through the driver a Ray batch at a time): hash each document, look up the
+      stored `text_hash` of the batch's point ids (in that table, or from the server)
       -> the added and changed rows only, put in the object store a block at a time
       -> embedded through the cache (when they fit in one Ray batch, by one Ray task, or by the
          driver if it holds the model already; else by the encoder actors) and upserted into the
          live collection (write tasks)
-      (the diff also sums the corpus's point ids into their `id_checksum` and keeps them as sorted
-      16-byte keys: 16 MB at a million documents)
-    live collection, after the upserts: one streamed scroll of ids (beside the shard, by its owner
-      actor, for the embedded engine) finds the points of documents gone from the corpus and
-      checksums every id, so verification needs no second scroll
+      (the diff also sums the corpus's point ids into their `id_checksum`; for a server it keeps
+      them as sorted 16-byte keys: 16 MB at a million documents)
+    the points of documents gone from the corpus: the table's points no document matched; for a
+      server, one streamed scroll of ids after the upserts, which also checksums every id so that
+      verification needs no second scroll
     -> delete the gone points -> let the engine index what changed -> verify (count, integrity,
-      the scanned checksum less the gone ids against the corpus's, a sample of vectors) -> stamp
+      the collection's id checksum against the corpus's, a sample of vectors) -> stamp
 
-Nothing proportional to the corpus is held in one process by the sync but 16 bytes a document:
-the driver holds one batch of the corpus and at most one block of changed rows at a time, the
-changed rows' counts, a sample of them (the `verify_sample` smallest keys), the corpus's point
-keys and the ids of the gone points. The
-diff runs in the driver rather than in Ray Data read tasks because it is a lookup per
-document: at 100,000 documents the tasks' scheduling cost ten times the lookups themselves.
+Nothing proportional to the corpus is held in one process by the sync but ~25 bytes a document
+(the embedded engine's table, 25 MB at a million) or 16 (a server's corpus keys): the driver
+holds one batch of the corpus and at most one block of changed rows at a time, the changed
+rows' counts, a sample of them (the `verify_sample` smallest keys) and the ids of the gone
+points. The diff runs in the driver rather than in Ray Data read tasks because it is a lookup
+per document: at 100,000 documents the tasks' scheduling cost ten times the lookups themselves.
+Asking the shards for each batch's ids instead of walking them once read every shard for every
+batch of 1,024 (measured: 15.8 ms a batch over two shards of 100,000; extrapolated: 50-80 s a million in ten
+shards);
+one walk of ids and one payload field reads 200,000 points in ~2 s.
 
 Readers of a server keep querying the alias meanwhile. Each upsert replaces whole points (vector
 and payload together) and each delete removes whole points, so a reader never sees half a point,
@@ -45,6 +51,7 @@ from __future__ import annotations
 import heapq
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,10 +142,15 @@ def sync(store: Store, spec: Spec, data: DomainData, run_id: str, live: str, mod
         raise IndexingError(f"syncing {live} failed: {write_failure(store.where, exc)}") from exc
     timings["write"] = round(time.perf_counter() - mark, 2)
     mark = time.perf_counter()
-    # one scroll of ids, after the upserts: the gone documents' points, and the id checksum that
-    # verification needs (the collection's ids once those are deleted: scanned less gone)
-    scanned, gone = scan_ids(store, live, changes.keys)
-    changes.keys = None
+    if changes.gone is not None:
+        # the diff walked every stored point: those it found no corpus document for are gone, and
+        # verification's census checksums the ids (one walk of the shards it takes anyway)
+        scanned, gone = None, changes.gone
+    else:
+        # one scroll of ids, after the upserts: the gone documents' points, and the id checksum that
+        # verification needs (the collection's ids once those are deleted: scanned less gone)
+        scanned, gone = scan_ids(store, live, changes.keys)
+    changes.keys = changes.gone = None
     deleted = delete_points(store, live, gone)
     timings["scroll"] = round(time.perf_counter() - mark, 2)
     log.info("sync %s: %d added, %d changed, %d removed of %d documents", live, added, updated, len(gone),
@@ -155,7 +167,7 @@ def sync(store: Store, spec: Spec, data: DomainData, run_id: str, live: str, mod
     try:
         checks = verify(store, live, spec, data, model["path"], seed=run_id, encoder=fresh, sample=sample,
                         computed=computed, expected=(data.corpus.count, changes.checksum),
-                        scanned=checksum_plus(scanned, id_checksum(gone), -1))
+                        scanned=checksum_plus(scanned, id_checksum(gone), -1) if scanned else None)
     except IndexingError as exc:
         raise IndexingError(f"{exc}. The sync of {live} did not converge; re-run `vectune reindex`, or "
                             "`vectune reindex --full` to build a new collection") from None
@@ -199,9 +211,6 @@ def _finish(store, live, spec, corpus: tuple[str, int, str], run_id, counts, che
 def stored_hashes(store: Store, name: str, point_ids: list[str]) -> dict[str, int]:
     """{point id: stored content hash} of those of `point_ids` the collection holds (0 for a point
     without a hash: never equal to a document's, so it is rewritten)."""
-    if hasattr(type(store), "text_hashes"):  # the embedded engine's owner: two plain lists back
-        found, hashes = store.text_hashes(name, point_ids)
-        return {p: int(h, 16) for p, h in zip(found, hashes)}
     got = store.retrieve(name, point_ids, ["text_hash"])
     return {r.id: int(r.payload.get("text_hash") or "0", 16) for r in got}
 
@@ -209,13 +218,36 @@ def stored_hashes(store: Store, name: str, point_ids: list[str]) -> dict[str, in
 def scan_ids(store: Store, name: str, keys: np.ndarray, *, page: int = PAGE) -> tuple[tuple[int, int], list[str]]:
     """(`id_checksum` of the collection's point ids, those of them that are no corpus document's:
     not among `keys`, the corpus's sorted `point_keys`), by one streamed scroll of ids: no payload
-    is read. The embedded engine's owner scrolls beside its shard and sends back only the gone ids."""
-    if hasattr(type(store), "scan_ids"):
-        return store.scan_ids(name, keys)
+    is read."""
     scan = IdScan(keys)
     for records in store.scroll(name, None, page=page):
         scan.add([r.id for r in records])
     return scan.result()
+
+
+class StoredHashes:
+    """Every stored point's key and `text_hash`, sorted by key (`StoreOwner.hash_table`: one walk
+    of the embedded engine's shards), looked up here batch by batch instead of asking the shards
+    for each batch's ids (at 10 shards of 100,000, a lookup of 1,024 ids reads every shard); the
+    points no corpus document matched are the gone ones. 25 bytes a point: the key, the hash and
+    whether a document matched it."""
+
+    def __init__(self, keys: np.ndarray, hashes: np.ndarray):
+        self.keys, self.hashes = keys, hashes
+        self.seen = np.zeros(len(keys), dtype=bool)
+
+    def lookup(self, point_ids: list[str], keys: np.ndarray) -> dict[str, int]:
+        """`stored_hashes` of a batch (its point ids and their keys), from the table."""
+        if not len(self.keys):
+            return {}
+        at = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        found = self.keys[at] == keys
+        self.seen[at[found]] = True
+        return {p: int(h) for p, h, f in zip(point_ids, self.hashes[at], found) if f}
+
+    def gone(self) -> list[str]:
+        """The point ids of the stored points no looked-up document matched."""
+        return [str(uuid.UUID(bytes=bytes(k))) for k in self.keys[~self.seen]]
 
 
 @dataclass
@@ -233,6 +265,7 @@ class Changes:
     rows: Any = None
     checksum: tuple[int, int] = (0, 0)
     keys: Any = None
+    gone: list[str] | None = None
 
     @property
     def count(self) -> int:
@@ -256,8 +289,10 @@ def diff(data: DomainData, store: Store, name: str, *, batch: int, k: int) -> Ch
     held_rows = 0
     refs: list = []
     keys: list[np.ndarray] = []
-    for rows, batch_keys in _changed_batches(data.corpus_batches(batch), store, name):
-        keys.append(batch_keys)
+    table = StoredHashes(*store.hash_table(name)) if hasattr(type(store), "hash_table") else None
+    for rows, batch_keys in _changed_batches(data.corpus_batches(batch), store, name, table):
+        if table is None:  # the gone points are found by a scroll after the upserts (`scan_ids`)
+            keys.append(batch_keys)
         out.checksum = checksum_plus(out.checksum, key_checksum(batch_keys))
         n = len(rows["doc_id"])
         if not n:
@@ -277,8 +312,11 @@ def diff(data: DomainData, store: Store, name: str, *, batch: int, k: int) -> Ch
             refs.append(_put(held))
             held, held_rows = [], 0
     out.sample = {d: t for _, d, t in sorted(heap, reverse=True)}
-    out.keys = np.sort(np.concatenate(keys)) if keys else np.array([], dtype="S16")
-    del keys
+    if table is not None:
+        out.gone = table.gone()
+    else:
+        out.keys = np.sort(np.concatenate(keys)) if keys else np.array([], dtype="S16")
+    del keys, table
     if refs:
         if held:
             refs.append(_put(held))
@@ -298,12 +336,19 @@ def _put(tables: list) -> Any:
     return ray.put(pa.concat_tables(tables))
 
 
-def _changed_batches(batches, store: Store, name: str):
+def _changed_batches(batches, store: Store, name: str, table: StoredHashes | None = None):
     """(`_changed` of each corpus batch, the batch's point ids as 16-byte keys), in order. The
-    stored hashes of a batch are looked up on a second thread while this one reads and hashes
-    the next batch (the lookup waits on the owner actor or the server, and lets go of the GIL
-    meanwhile); two batches are held at most."""
+    stored hashes of a batch come from `table` when the diff has one; otherwise they are looked
+    up on a second thread while this one reads and hashes the next batch (the lookup waits on
+    the server, and lets go of the GIL meanwhile); two batches are held at most."""
     from concurrent.futures import ThreadPoolExecutor
+
+    if table is not None:
+        for batch in batches:
+            pids, keys = point_ids_and_keys(batch["doc_id"])
+            hashes = content_hashes(batch["title"], batch["text"])
+            yield _changed(batch, pids, hashes, table.lookup(pids, keys)), keys
+        return
 
     with ThreadPoolExecutor(1, thread_name_prefix="vectune-diff") as lookups:
         pending = None
