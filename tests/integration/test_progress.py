@@ -16,9 +16,11 @@ pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")
-def sliced(tmp_path_factory, make_slice, ray_local):
+def sliced(tmp_path_factory, make_slice, ray_local, random_model):
+    """On a random-weight model: these tests compare ticks and vectors between code paths, not
+    what the model ranks (CI time)."""
     return make_slice(tmp_path_factory.mktemp("progress"), n_docs=150, n_queries=5,
-                      spec={"model": {"max_seq_length": 64}})
+                      spec={"model": {"max_seq_length": 64, "base": random_model}})
 
 
 def test_encoder_actors_tick_every_document_once(sliced):
