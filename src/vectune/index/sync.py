@@ -27,9 +27,8 @@ rows' counts, a sample of them (the `verify_sample` smallest keys) and the ids o
 points. The diff runs in the driver rather than in Ray Data read tasks because it is a lookup
 per document: at 100,000 documents the tasks' scheduling cost ten times the lookups themselves.
 Asking the shards for each batch's ids instead of walking them once read every shard for every
-batch of 1,024 (measured: 15.8 ms a batch over two shards of 100,000; extrapolated: 50-80 s a million in ten
-shards);
-one walk of ids and one payload field reads 200,000 points in ~2 s.
+batch of 1,024 (measured: 15.8 ms a batch over two shards of 100,000; extrapolated: 50-80 s a
+million in ten shards); one walk of ids and one payload field reads 200,000 points in ~2 s.
 
 Readers of a server keep querying the alias meanwhile. Each upsert replaces whole points (vector
 and payload together) and each delete removes whole points, so a reader never sees half a point,
@@ -167,7 +166,7 @@ def sync(store: Store, spec: Spec, data: DomainData, run_id: str, live: str, mod
     try:
         checks = verify(store, live, spec, data, model["path"], seed=run_id, encoder=fresh, sample=sample,
                         computed=computed, expected=(data.corpus.count, changes.checksum),
-                        scanned=checksum_plus(scanned, id_checksum(gone), -1) if scanned else None)
+                        scanned=None if scanned is None else checksum_plus(scanned, id_checksum(gone), -1))
     except IndexingError as exc:
         raise IndexingError(f"{exc}. The sync of {live} did not converge; re-run `vectune reindex`, or "
                             "`vectune reindex --full` to build a new collection") from None
@@ -247,7 +246,8 @@ class StoredHashes:
 
     def gone(self) -> list[str]:
         """The point ids of the stored points no looked-up document matched."""
-        return [str(uuid.UUID(bytes=bytes(k))) for k in self.keys[~self.seen]]
+        raw = self.keys[~self.seen].tobytes()  # whole 16-byte keys: an item read drops trailing NULs
+        return [str(uuid.UUID(bytes=raw[i:i + 16])) for i in range(0, len(raw), 16)]
 
 
 @dataclass
