@@ -338,24 +338,21 @@ def _put(tables: list) -> Any:
 
 def _changed_batches(batches, store: Store, name: str, table: StoredHashes | None = None):
     """(`_changed` of each corpus batch, the batch's point ids as 16-byte keys), in order. The
-    stored hashes of a batch come from `table` when the diff has one; otherwise they are looked
-    up on a second thread while this one reads and hashes the next batch (the lookup waits on
-    the server, and lets go of the GIL meanwhile); two batches are held at most."""
+    stored hashes of a batch come from `table` when the diff has one, else from the store
+    (`stored_hashes`: a server); either lookup runs on a second thread while this one reads and
+    hashes the next batch (a server's lets go of the GIL while it waits); two batches are held
+    at most, and the table is looked up by that one thread, batch after batch."""
     from concurrent.futures import ThreadPoolExecutor
 
-    if table is not None:
-        for batch in batches:
-            pids, keys = point_ids_and_keys(batch["doc_id"])
-            hashes = content_hashes(batch["title"], batch["text"])
-            yield _changed(batch, pids, hashes, table.lookup(pids, keys)), keys
-        return
+    def lookup(pids: list[str], keys: np.ndarray) -> dict[str, int]:
+        return table.lookup(pids, keys) if table is not None else stored_hashes(store, name, pids)
 
     with ThreadPoolExecutor(1, thread_name_prefix="vectune-diff") as lookups:
         pending = None
         for batch in batches:
             pids, keys = point_ids_and_keys(batch["doc_id"])
             hashes = content_hashes(batch["title"], batch["text"])
-            ahead = (batch, pids, hashes, keys, lookups.submit(stored_hashes, store, name, pids))
+            ahead = (batch, pids, hashes, keys, lookups.submit(lookup, pids, keys))
             if pending is not None:
                 yield _changed(*pending[:3], pending[4].result()), pending[3]
             pending = ahead
